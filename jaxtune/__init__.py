@@ -1,0 +1,52 @@
+"""jaxtune: fine-tune pretrained networks in JAX.
+
+The public API is flat, like optax::
+
+    import jaxtune as jt
+    rules = [(r"embeddings/.*", jt.freeze()), (r".*bias", jt.settings(weight_decay=False)), (r".*", jt.settings())]
+    tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
+"""
+from jaxtune.optim import (
+    MultiplierState,
+    lr_multipliers,
+    make_optimizer,
+    set_lr_multipliers,
+    set_trainable,
+    unfreezing_stages,
+    warmup_cosine,
+    warmup_linear,
+)
+from jaxtune.rules import (
+    RuleError,
+    Settings,
+    freeze,
+    label_params,
+    layer_factors,
+    leaf_paths,
+    match_rules,
+    param_paths,
+    settings,
+    summary,
+    trainable_mask,
+    weight_decay_mask,
+)
+from jaxtune.sharding import (
+    batch_sharding,
+    fsdp_spec,
+    initialize_multihost,
+    make_mesh,
+    shard_batch,
+    shard_train_state,
+    tree_shardings,
+)
+from jaxtune.train import (
+    StagedTrainStep,
+    TrainState,
+    cast_floating,
+    default_compute_dtype,
+    make_eval_step,
+    make_train_step,
+    mask_key,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Flax model families with Hugging Face checkpoint name maps (see ``family.py``)."""

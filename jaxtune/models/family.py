@@ -1,0 +1,159 @@
+"""What a model family (BERT, T5, ResNet, ...) tells the hub, and the name-map table that converts
+Hugging Face tensor names to Flax variable paths and back.
+
+A family module (``jaxtune/models/bert.py`` ...) defines one :class:`ModelFamily` called ``FAMILY``.
+The hub (``jaxtune/hub.py``) finds it by the ``model_type`` in ``config.json``; nothing else in the
+library needs to know how a family names its tensors.
+
+Example::
+
+    names = NameMap([
+        NameRule("embeddings.word_embeddings.weight", "params/embeddings/word_embeddings/embedding"),
+        NameRule("encoder.layer.{i}.attention.self.query.weight",
+                 "params/encoder/layer_{i}/attention/self/query/kernel", "linear"),
+    ])
+    flax_tree, used = names.to_flax({"encoder.layer.0.attention.self.query.weight": w})
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+# How one tensor changes layout between PyTorch / HF and Flax.
+#   copy:   same array
+#   linear: torch Linear (out, in)        <-> flax Dense (in, out)
+#   conv:   torch Conv (out, in, kh, kw)  <-> flax Conv (kh, kw, in, out)   (NCHW weights -> HWIO)
+_TO_FLAX: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "copy": lambda a: a,
+    "linear": lambda a: np.ascontiguousarray(a.T),
+    "conv": lambda a: np.ascontiguousarray(a.transpose(2, 3, 1, 0)),
+}
+_TO_HF: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "copy": lambda a: a,
+    "linear": lambda a: np.ascontiguousarray(a.T),
+    "conv": lambda a: np.ascontiguousarray(a.transpose(3, 2, 0, 1)),
+}
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """'encoder.layer.{i}.w' -> regex with a named digit group per {field}."""
+    parts, last = [], 0
+    for m in _FIELD.finditer(template):
+        parts.append(re.escape(template[last:m.start()]))
+        parts.append(f"(?P<{m.group(1)}>\\d+)")
+        last = m.end()
+    parts.append(re.escape(template[last:]))
+    return re.compile("".join(parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class NameRule:
+    """One row of a name map: an HF tensor name template, a Flax path template, a layout transform.
+
+    Templates use ``{field}`` for a layer number, e.g. ``encoder.layer.{i}.output.dense.bias`` and
+    ``params/encoder/layer_{i}/output/dense/bias``. The Flax path starts with the variable
+    collection (``params`` or ``batch_stats``).
+    """
+
+    hf: str
+    flax: str
+    transform: str = "copy"
+
+    def __post_init__(self):
+        if self.transform not in _TO_FLAX:
+            raise ValueError(f"NameRule {self.hf!r}: unknown transform {self.transform!r}; "
+                             f"use one of {sorted(_TO_FLAX)}")
+
+
+class NameMap:
+    """Converts between flat HF ``{name: array}`` dicts and nested Flax variable dicts."""
+
+    def __init__(self, rules: list[NameRule]):
+        self.rules = list(rules)
+        self._hf = [(_template_regex(r.hf), r) for r in self.rules]
+        self._flax = [(_template_regex(r.flax), r) for r in self.rules]
+
+    def to_flax(self, tensors: Mapping[str, np.ndarray]) -> tuple[dict, set[str]]:
+        """Returns (nested flax variables, set of HF names used). Names no rule knows are left out."""
+        out: dict = {}
+        used: set[str] = set()
+        for name, array in tensors.items():
+            for pattern, rule in self._hf:
+                m = pattern.fullmatch(name)
+                if m:
+                    _set_path(out, rule.flax.format(**m.groupdict()), _TO_FLAX[rule.transform](np.asarray(array)))
+                    used.add(name)
+                    break
+        return out, used
+
+    def to_hf(self, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Flattens nested flax variables to HF names. A leaf that no rule knows is an error."""
+        out: dict[str, np.ndarray] = {}
+        unknown = []
+        for path, array in flatten_paths(variables).items():
+            for pattern, rule in self._flax:
+                m = pattern.fullmatch(path)
+                if m:
+                    out[rule.hf.format(**m.groupdict())] = _TO_HF[rule.transform](np.asarray(array))
+                    break
+            else:
+                unknown.append(path)
+        if unknown:
+            raise KeyError(f"no HF name for {len(unknown)} Flax variable(s): {unknown[:10]}; "
+                           "add a NameRule for them to the family's name map")
+        return out
+
+
+def flatten_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x} for nested mappings (dicts, FrozenDicts)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_paths(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _set_path(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split("/")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """Everything the hub needs to load, build and save one family of checkpoints.
+
+    Attributes:
+      name: family name, e.g. "bert".
+      model_types: HF ``config.json`` ``model_type`` values this family reads.
+      tasks: task names the family supports (None = bare backbone).
+      config_from_hf: config.json dict -> the family's config object.
+      config_to_hf: (config, task, num_labels) -> config.json dict that transformers can load
+        (with ``architectures`` naming the matching transformers class).
+      build: (config, task, num_labels, dtype) -> flax linen Module.
+      to_flax: (config, tensors, task) -> (nested variables, set of used HF names).
+      to_hf: (config, variables, task) -> {HF name: numpy array}.
+      head_paths: regexes (re.fullmatch on 'collection/a/b' paths) of the task-head variables that
+        are re-initialised, not refused, when the checkpoint has none or a different label count.
+      example_inputs: (config, task) -> tuple of positional arrays to ``model.init`` with.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    tasks: tuple[str | None, ...]
+    config_from_hf: Callable[[dict], Any]
+    config_to_hf: Callable[[Any, str | None, int | None], dict]
+    build: Callable[..., Any]
+    to_flax: Callable[[Any, Mapping[str, np.ndarray], str | None], tuple[dict, set[str]]]
+    to_hf: Callable[[Any, Mapping[str, Any], str | None], dict[str, np.ndarray]]
+    head_paths: tuple[str, ...]
+    example_inputs: Callable[[Any, str | None], tuple]

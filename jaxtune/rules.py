@@ -1,0 +1,310 @@
+"""Fine-tuning strategy as data: an ordered table of ``(path regex, Settings)`` rules.
+
+Every parameter leaf has a path string (``encoder/layer_3/attention/query/kernel``). The first rule
+whose regex ``re.fullmatch``-es the path decides the leaf's settings. A leaf that no rule matches is
+an error naming it; so is a rule that matches nothing (it is usually a typo).
+
+Example::
+
+    import jaxtune as jt
+    rules = [
+        (r"embeddings/.*", jt.freeze()),
+        (r".*(bias|LayerNorm/scale)", jt.settings(weight_decay=0.0)),
+        (r".*", jt.settings()),
+    ]
+    mask = jt.trainable_mask(params, rules)      # bool pytree, same structure as params
+    print(jt.summary(params, rules))
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What one rule says about the parameters it matches.
+
+    Attributes:
+      frozen: the parameters are not trained (no optimizer state, no update).
+      lr_mult: learning-rate multiplier of the group.
+      weight_decay: ``None`` = the optimizer's default, ``False``/``0.0`` = no decay, ``True`` = the
+        default value, a float = that value.
+      layer_decay: per-rule layer-wise LR decay factor; ``None`` = the optimizer's ``layer_decay``,
+        ``1.0`` = no layer-wise decay for this group.
+      name: group name shown in summaries and used to address the group later; defaults to the regex.
+    """
+
+    frozen: bool = False
+    lr_mult: float = 1.0
+    weight_decay: float | bool | None = None
+    layer_decay: float | None = None
+    name: str | None = None
+
+
+def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
+             layer_decay: float | None = None, name: str | None = None) -> Settings:
+    """Settings of a trainable group.
+
+    Example::
+
+        (r".*bias", jt.settings(weight_decay=False))
+        (r"classifier/.*", jt.settings(lr_mult=10.0, name="head"))
+    """
+    if lr_mult < 0:
+        raise ValueError(f"lr_mult must be >= 0, got {lr_mult}")
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    return Settings(frozen=False, lr_mult=lr_mult, weight_decay=weight_decay,
+                    layer_decay=layer_decay, name=name)
+
+
+def freeze(name: str | None = None) -> Settings:
+    """Settings of a frozen group: no update, no optimizer state.
+
+    Example::
+
+        rules = [(r"embeddings/.*", jt.freeze()), (r".*", jt.settings())]
+    """
+    return Settings(frozen=True, name=name)
+
+
+Rule = tuple[str, Settings]
+
+
+class RuleError(ValueError):
+    """A rule table does not fit a parameter tree (uncovered parameters, unused or bad rules)."""
+
+
+_MAX_NAMED = 10
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _path_string(keys: tuple) -> str:
+    # nnx.State wraps each array in a Variable whose only child is `.value`: not part of the name.
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    return "/".join(_key_name(k) for k in keys)
+
+
+def leaf_paths(tree: Any) -> list[str]:
+    """Path strings of the leaves of ``tree``, in ``jax.tree.leaves`` order.
+
+    Example::
+
+        >>> leaf_paths({"dense": {"kernel": 1, "bias": 2}})
+        ['dense/bias', 'dense/kernel']
+    """
+    return [_path_string(keys) for keys, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def param_paths(tree: Any) -> Any:
+    """A pytree of the same structure as ``tree`` whose leaves are path strings.
+
+    Works on anything JAX flattens: nested dicts, ``FrozenDict``, ``flax.nnx.State`` (the
+    ``.value`` of each variable is left out of the name), lists/tuples (indices) and NamedTuples
+    (field names).
+
+    Example::
+
+        >>> param_paths({"encoder": {"layer_3": {"kernel": jnp.zeros(2)}}})
+        {'encoder': {'layer_3': {'kernel': 'encoder/layer_3/kernel'}}}
+    """
+    treedef = jax.tree_util.tree_structure(tree)
+    return jax.tree_util.tree_unflatten(treedef, leaf_paths(tree))
+
+
+def _check_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern, Settings]]:
+    compiled = []
+    for i, rule in enumerate(rules):
+        if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)
+                and isinstance(rule[1], Settings)):
+            raise RuleError(f"rule {i} is {rule!r}; a rule is a (regex, jt.settings(...)/jt.freeze()) pair")
+        try:
+            compiled.append((re.compile(rule[0]), rule[1]))
+        except re.error as e:
+            raise RuleError(f"rule {i} {rule[0]!r} is not a valid regex: {e}") from None
+    return compiled
+
+
+def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = False,
+                allow_unused: bool = False) -> list[int | None]:
+    """Index of the first rule that full-matches each leaf path, in ``jax.tree.leaves`` order.
+
+    Raises :class:`RuleError` naming up to 10 uncovered paths, or the rules that match nothing.
+    With ``allow_uncovered=True`` an uncovered leaf gets ``None``.
+
+    Example::
+
+        >>> match_rules({"a": 1, "b": 2}, [("a", freeze()), (".*", settings())])
+        [0, 1]
+    """
+    compiled = _check_rules(rules)
+    paths = leaf_paths(tree)
+    found: list[int | None] = []
+    for path in paths:
+        found.append(next((i for i, (rx, _) in enumerate(compiled) if rx.fullmatch(path)), None))
+    uncovered = [p for p, i in zip(paths, found) if i is None]
+    if uncovered and not allow_uncovered:
+        shown = "\n  ".join(uncovered[:_MAX_NAMED])
+        more = f"\n  ... and {len(uncovered) - _MAX_NAMED} more" if len(uncovered) > _MAX_NAMED else ""
+        raise RuleError(f"{len(uncovered)} parameter(s) match no rule:\n  {shown}{more}\n"
+                        "Hint: end the table with a catch-all rule (r'.*', jt.settings()).")
+    used = set(found)
+    unused = [rules[i][0] for i in range(len(rules)) if i not in used]
+    if unused and not allow_unused:
+        # A rule shadowed by earlier ones matches paths but never wins: name that case separately.
+        shadowed = [r for r in unused if any(re.fullmatch(r, p) for p in paths)]
+        hint = (f" ({len(shadowed)} of them only match paths an earlier rule already took: {shadowed})"
+                if shadowed else "")
+        raise RuleError(f"rule(s) {unused} match no parameter{hint}. Check the spelling against "
+                        f"jt.leaf_paths(params), e.g. {paths[:3]}; pass allow_unused=True to keep them.")
+    return found
+
+
+def _resolve(tree: Any, rules: Sequence[Rule], **match_kwargs) -> tuple[list[str], list[Settings | None], Any]:
+    found = match_rules(tree, rules, **match_kwargs)
+    settings_list = [None if i is None else rules[i][1] for i in found]
+    return leaf_paths(tree), settings_list, jax.tree_util.tree_structure(tree)
+
+
+def group_name(rule: Rule) -> str:
+    """The group label of a rule: its ``name`` if given, else its regex."""
+    return rule[1].name if rule[1].name is not None else rule[0]
+
+
+def label_params(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
+    """Pytree of group labels (each rule's ``name``, else its regex), same structure as ``tree``.
+
+    Usable directly as ``param_labels`` of ``optax.partition``.
+
+    Example::
+
+        >>> label_params({"emb": 0., "head": 0.}, [("emb", freeze("backbone")), (".*", settings())])
+        {'emb': 'backbone', 'head': '.*'}
+    """
+    found = match_rules(tree, rules, **match_kwargs)
+    labels = [None if i is None else group_name(rules[i]) for i in found]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), labels)
+
+
+def trainable_mask(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
+    """Bool pytree: True where the matching rule is not frozen. Works with ``optax.masked``.
+
+    Example::
+
+        >>> trainable_mask({"emb": 0., "head": 0.}, [("emb", freeze()), (".*", settings())])
+        {'emb': False, 'head': True}
+    """
+    _, found, treedef = _resolve(tree, rules, **match_kwargs)
+    return jax.tree_util.tree_unflatten(treedef, [s is not None and not s.frozen for s in found])
+
+
+def weight_decay_mask(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
+    """Bool pytree: True where weight decay applies (trainable and not switched off by the rule).
+
+    Fits ``optax.adamw(..., mask=weight_decay_mask(params, rules))`` in code of your own.
+
+    Example::
+
+        >>> weight_decay_mask({"b": 0., "w": 0.}, [("b", settings(weight_decay=False)), (".*", settings())])
+        {'b': False, 'w': True}
+    """
+    _, found, treedef = _resolve(tree, rules, **match_kwargs)
+    return jax.tree_util.tree_unflatten(
+        treedef, [s is not None and not s.frozen and s.weight_decay not in (False, 0, 0.0) for s in found])
+
+
+def _layer_id(layer_ids: Callable[[str], Any], path: str) -> np.ndarray:
+    try:
+        return np.asarray(layer_ids(path), dtype=np.int64)
+    except Exception as e:
+        raise RuleError(f"layer_ids({path!r}) failed: {type(e).__name__}: {e}. A layer_ids function maps every "
+                        "parameter path to a layer index (embeddings 0, block i -> i+1, head L+1)") from e
+
+
+def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | None = None,
+                  layer_decay: float | None = None, **match_kwargs) -> list[np.ndarray]:
+    """Per-leaf learning-rate multipliers (``lr_mult * decay ** (top - layer_id)``), leaves order.
+
+    ``top`` is the largest layer id of the tree (the head, L+1), so the head keeps the full rate.
+    ``layer_ids(path)`` returns an int, or a sequence of ints for a stacked (scanned) leaf whose
+    leading axis is the layer; its factor then has shape ``(n_layers, 1, ..., 1)``.
+    Frozen leaves get the factor they would have once unfrozen (the optimizer zeroes them).
+    """
+    paths, found, _ = _resolve(tree, rules, **match_kwargs)
+    leaves = jax.tree_util.tree_leaves(tree)
+    needs_ids = layer_decay is not None or any(s is not None and s.layer_decay is not None for s in found)
+    if needs_ids and layer_ids is None:
+        raise RuleError("layer_decay is set but no layer_ids function was given; pass "
+                        "layer_ids=model.layer_ids (path -> layer index: embeddings 0, block i -> i+1, head L+1)")
+    ids = [_layer_id(layer_ids, p) for p in paths] if layer_ids is not None else [np.asarray(0)] * len(paths)
+    top = max(int(i.max()) for i in ids) if ids else 0
+    factors = []
+    for path, leaf, s, lid in zip(paths, leaves, found, ids):
+        if s is None:
+            factors.append(np.asarray(0.0, np.float32))
+            continue
+        decay = s.layer_decay if s.layer_decay is not None else (layer_decay or 1.0)
+        f = (s.lr_mult * decay ** (top - lid.astype(np.float64))).astype(np.float32)
+        if f.ndim:
+            shape = np.shape(leaf)
+            if f.ndim != 1 or not shape or shape[0] != f.shape[0]:
+                raise RuleError(f"layer_ids({path!r}) gave {f.shape[0] if f.ndim == 1 else f.shape} ids but "
+                                f"the leaf has shape {shape}; a stacked leaf needs one id per entry of its "
+                                "leading (layer) axis")
+            f = f.reshape((-1,) + (1,) * (len(shape) - 1))
+        factors.append(f)
+    return factors
+
+
+def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | None = None,
+            layer_decay: float | None = None, **match_kwargs) -> str:
+    """A text table of the strategy: group, #tensors, #params, lr multiplier(s), weight decay, frozen.
+
+    With ``layer_ids``/``layer_decay`` the lr column shows the range of layer-wise multipliers.
+
+    Example::
+
+        print(jt.summary(params, rules, layer_ids=model.layer_ids, layer_decay=0.9))
+    """
+    found = match_rules(tree, rules, **match_kwargs)
+    factors = layer_factors(tree, rules, layer_ids, layer_decay, **match_kwargs)
+    leaves = jax.tree_util.tree_leaves(tree)
+    rows: dict[str, dict] = {}
+    for i, leaf, factor in zip(found, leaves, factors):
+        key = "(uncovered)" if i is None else group_name(rules[i])
+        row = rows.setdefault(key, {"tensors": 0, "params": 0, "mults": [], "settings": None if i is None else rules[i][1]})
+        row["tensors"] += 1
+        row["params"] += int(np.prod(np.shape(leaf)))
+        row["mults"].append(np.asarray(factor).ravel())
+    header = ("group", "tensors", "params", "lr mult", "weight decay", "frozen")
+    lines = []
+    for key, row in rows.items():
+        s: Settings | None = row["settings"]
+        mults = np.concatenate(row["mults"])
+        lo, hi = float(mults.min()), float(mults.max())
+        lr = f"{lo:.3g}" if np.isclose(lo, hi) else f"{lo:.3g}..{hi:.3g}"
+        wd = "-" if s is None else ("default" if s.weight_decay is None or s.weight_decay is True
+                                    else ("off" if s.weight_decay in (False, 0, 0.0) else f"{float(s.weight_decay):g}"))
+        frozen = "-" if s is None else ("yes" if s.frozen else "no")
+        if s is not None and s.frozen:
+            lr, wd = "-", "-"
+        lines.append((key, str(row["tensors"]), f"{row['params']:,}", lr, wd, frozen))
+    total = sum(r["params"] for r in rows.values())
+    trainable = sum(r["params"] for r in rows.values() if r["settings"] is not None and not r["settings"].frozen)
+    widths = [max(len(h), *(len(l[c]) for l in lines)) for c, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+    out = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(l) for l in lines),
+           f"trainable {trainable:,} of {total:,} parameters ({100.0 * trainable / max(total, 1):.1f}%)"]
+    return "\n".join(out)

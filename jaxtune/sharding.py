@@ -1,0 +1,99 @@
+"""Device meshes and partition specs: data parallelism and FSDP-style parameter sharding.
+
+Sharding comes from a ``jax.sharding.Mesh`` passed in, never from globals. Parameters are either
+replicated (data parallel) or split along their largest dimension that the mesh axis divides
+(FSDP); optimizer moments have the parameters' shapes and so get the same specs.
+
+Example::
+
+    mesh = jt.make_mesh()                                   # all devices on one "data" axis
+    state = jt.shard_train_state(state, mesh, fsdp=True)
+    batch = jt.shard_batch(batch, mesh)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize_multihost(**kwargs) -> None:
+    """Joins a multi-host run through ``jax.distributed.initialize`` (arguments passed on).
+
+    Call it once per host before creating a mesh; on a single host it is not needed.
+    """
+    jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS) -> Mesh:
+    """A one-axis mesh over the first ``num_devices`` devices (default: all, across hosts).
+
+    Example::
+
+        >>> mesh = make_mesh(1)
+        >>> mesh.axis_names
+        ('data',)
+    """
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"asked for {n} devices but only {len(devices)} are visible ({devices[0].platform}); "
+                         "on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N fakes N devices")
+    return Mesh(np.asarray(devices[:n]), (axis_name,))
+
+
+def fsdp_spec(shape: tuple[int, ...], axis_size: int, axis_name: str = DATA_AXIS, min_size: int = 2 ** 12) -> P:
+    """Partition spec splitting the largest dimension divisible by ``axis_size``; small arrays replicate.
+
+    Example::
+
+        >>> fsdp_spec((768, 3072), 8)
+        PartitionSpec(None, 'data')
+    """
+    if int(np.prod(shape, dtype=np.int64)) < min_size or axis_size == 1:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % axis_size == 0:
+            return P(*[axis_name if d == dim else None for d in range(len(shape))])
+    return P()
+
+
+def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = DATA_AXIS,
+                   fsdp_min_size: int = 2 ** 12) -> Any:
+    """NamedShardings for every array leaf of ``tree``: replicated, or FSDP specs if ``fsdp``
+    (arrays smaller than ``fsdp_min_size`` elements stay replicated)."""
+    size = mesh.shape[axis_name]
+
+    def spec(leaf):
+        shape = np.shape(leaf)
+        return NamedSharding(mesh, fsdp_spec(shape, size, axis_name, fsdp_min_size) if fsdp else P())
+
+    return jax.tree_util.tree_map(spec, tree)
+
+
+def shard_train_state(state: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = DATA_AXIS,
+                      fsdp_min_size: int = 2 ** 12) -> Any:
+    """Places a TrainState (or any pytree) on the mesh: replicated or FSDP-sharded."""
+    return jax.device_put(state, tree_shardings(state, mesh, fsdp, axis_name, fsdp_min_size))
+
+
+def batch_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
+    """Sharding of a batch: leading (example) axis split over the mesh axis."""
+    return NamedSharding(mesh, P(axis_name))
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
+    """Places a host batch on the mesh, split along the example axis.
+
+    The batch size must be divisible by the number of devices on the axis.
+    """
+    size = mesh.shape[axis_name]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+            raise ValueError(f"batch field {jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; its leading "
+                             f"axis must be divisible by the {size} devices of mesh axis {axis_name!r}")
+    return jax.device_put(batch, batch_sharding(mesh, axis_name))

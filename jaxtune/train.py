@@ -1,0 +1,248 @@
+"""Pure, jitted training and evaluation steps.
+
+``train_step(state, batch) -> (state, metrics)`` is one jitted function with the state donated.
+Parameters stay float32 (master weights) and are cast to the compute dtype inside the step
+(bfloat16 by default on GPU/TPU, float32 on CPU). Metrics come back as device arrays: the step
+never waits on the host.
+
+A loss function has this signature::
+
+    def loss_fn(params, batch, *, rng, model_state):
+        logits, updates = model.apply({"params": params, **model_state}, batch["x"],
+                                      mutable=list(model_state), rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["y"]).mean()
+        return loss, ({"accuracy": (logits.argmax(-1) == batch["y"]).mean()}, updates)
+
+(``model_state`` holds non-trained collections such as ``batch_stats``; ``{}`` when there are none.)
+
+Example::
+
+    state = jt.TrainState.create(params, tx)
+    train_step = jt.make_train_step(loss_fn, tx)
+    state, metrics = train_step(state, batch)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
+
+LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: step count, params, optimizer state, model state, RNG key."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation, *, model_state: Any = None,
+               rng: int | jax.Array = 0) -> "TrainState":
+        """Initial state: ``optimizer.init(params)``, step 0, ``model_state`` (e.g. batch stats).
+
+        Example::
+
+            >>> state = TrainState.create({"w": jnp.zeros(3)}, optax.sgd(0.1))
+            >>> int(state.step)
+            0
+        """
+        key = jax.random.key(rng) if isinstance(rng, int) else rng
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                   model_state={} if model_state is None else model_state, rng=key)
+
+
+def default_compute_dtype() -> jnp.dtype:
+    """bfloat16 on GPU/TPU, float32 on CPU."""
+    return jnp.dtype(jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32)
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Casts the floating-point leaves of ``tree`` to ``dtype`` (other leaves unchanged)."""
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+
+def _mask_flags(trainable: Any, n_leaves: int) -> list[Any]:
+    if trainable is None:
+        return [True] * n_leaves
+    flags = jax.tree_util.tree_leaves(trainable)
+    if len(flags) != n_leaves:
+        raise ValueError(f"trainable mask has {len(flags)} leaves but the parameters have {n_leaves}; "
+                         "build it with jt.trainable_mask(params, rules)")
+    out = []
+    for f in flags:
+        f = np.asarray(f, bool)
+        out.append(bool(f) if f.ndim == 0 else (True if f.all() else (tuple(f.tolist()) if f.any() else False)))
+    return out
+
+
+def mask_key(trainable: Any) -> tuple:
+    """Hashable key of a trainable mask (one entry per leaf; per-layer tuples for stacked leaves)."""
+    leaves = jax.tree_util.tree_leaves(trainable)
+    return tuple(_mask_flags(trainable, len(leaves)))
+
+
+def _split_micro_batches(batch: Any, k: int) -> Any:
+    def split(path, x):
+        if np.shape(x)[0] % k:
+            raise ValueError(f"batch field {jax.tree_util.keystr(path)} has leading size {np.shape(x)[0]}, "
+                             f"not divisible by accumulate={k}")
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+    return jax.tree_util.tree_map_with_path(split, batch)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
+                    accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
+                    fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
+                    donate: bool = True) -> Callable:
+    """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))``.
+      optimizer: e.g. from :func:`jaxtune.make_optimizer`.
+      trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
+        are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
+        only they are updated. A stacked leaf may take a per-layer bool array.
+      accumulate: gradient accumulation over this many micro-batches of the batch (a ``lax.scan``);
+        the result equals one step on the whole batch for a mean loss.
+      compute_dtype: dtype the parameters are cast to for the forward/backward pass (default
+        :func:`default_compute_dtype`); master parameters and optimizer state stay as they are.
+      mesh: a ``jax.sharding.Mesh``: the batch is split along ``axis_name``; parameters and
+        optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of at least
+        ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
+      donate: donate the state's buffers to the step (update in place).
+
+    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays.
+
+    Example::
+
+        step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
+        state, metrics = step(state, batch)
+    """
+    dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else default_compute_dtype()
+    if accumulate < 1:
+        raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+    flags_cache: dict = {}
+
+    def flags_for(n):
+        if n not in flags_cache:
+            flags_cache[n] = _mask_flags(trainable, n)
+        return flags_cache[n]
+
+    def step(state: TrainState, batch: Any):
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
+        leaves, treedef = jax.tree_util.tree_flatten(state.params)
+        flags = flags_for(len(leaves))
+        train_idx = [i for i, f in enumerate(flags) if f is not False]
+
+        def loss_of(train_leaves, micro_batch, rng, model_state):
+            full = [jax.lax.stop_gradient(x) for x in leaves]
+            for i, x in zip(train_idx, train_leaves):
+                full[i] = x
+            params = cast_floating(jax.tree_util.tree_unflatten(treedef, full), dtype)
+            loss, (metrics, new_model_state) = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
+            return loss.astype(jnp.float32), (metrics, new_model_state)
+
+        grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+        rng, step_rng = jax.random.split(state.rng)
+        train_leaves = [leaves[i] for i in train_idx]
+        if accumulate == 1:
+            (loss, (metrics, model_state)), grads = grad_fn(train_leaves, batch, step_rng, state.model_state)
+        else:
+            def micro(carry, xs):
+                grad_sum, model_state = carry
+                micro_batch, micro_rng = xs
+                (loss, (metrics, model_state)), grads = grad_fn(train_leaves, micro_batch, micro_rng, model_state)
+                return (jax.tree_util.tree_map(jnp.add, grad_sum, grads), model_state), (loss, metrics)
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, train_leaves)
+            xs = (_split_micro_batches(batch, accumulate), jax.random.split(step_rng, accumulate))
+            (grad_sum, model_state), (losses, metrics) = jax.lax.scan(micro, (zeros, state.model_state), xs)
+            grads = jax.tree_util.tree_map(lambda g: g / accumulate, grad_sum)
+            loss = losses.mean()
+            metrics = jax.tree_util.tree_map(lambda m: m.mean(0), metrics)
+
+        full_grads = [jnp.zeros_like(x) for x in leaves]
+        for i, g in zip(train_idx, grads):
+            full_grads[i] = g.astype(leaves[i].dtype)
+        updates, opt_state = optimizer.update(jax.tree_util.tree_unflatten(treedef, full_grads), state.opt_state,
+                                              state.params)
+        update_leaves = jax.tree_util.tree_leaves(updates)
+        new_leaves = list(leaves)
+        for i in train_idx:
+            u = update_leaves[i]
+            if isinstance(flags[i], tuple):
+                u = u * jnp.asarray(flags[i], u.dtype).reshape((-1,) + (1,) * (u.ndim - 1))
+            new_leaves[i] = (leaves[i] + u).astype(leaves[i].dtype)
+        new_state = state.replace(step=state.step + 1, params=jax.tree_util.tree_unflatten(treedef, new_leaves),
+                                  opt_state=opt_state, model_state=model_state, rng=rng)
+        if mesh is not None:
+            new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+class StagedTrainStep:
+    """Structural-mode steps for a strategy that changes (gradual unfreezing): one compiled step
+    per distinct trainable mask, built on first use and cached.
+
+    Example::
+
+        staged = jt.StagedTrainStep(loss_fn, tx)
+        for stage in jt.unfreezing_stages(params, model.layer_ids):
+            for batch in batches:
+                state, metrics = staged(state, batch, stage)
+        staged.num_stages_compiled   # == number of distinct stages
+    """
+
+    def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, **step_kwargs):
+        if "trainable" in step_kwargs:
+            raise TypeError("StagedTrainStep takes the trainable mask per call, not at construction")
+        self._build = lambda mask: make_train_step(loss_fn, optimizer, trainable=mask, **step_kwargs)
+        self._steps: dict[tuple, Callable] = {}
+
+    def __call__(self, state: TrainState, batch: Any, trainable: Any):
+        key = mask_key(trainable)
+        if key not in self._steps:
+            self._steps[key] = self._build(trainable)
+        return self._steps[key](state, batch)
+
+    @property
+    def num_stages_compiled(self) -> int:
+        """Number of distinct stages (masks) a step was built for."""
+        return len(self._steps)
+
+
+def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, mesh: Mesh | None = None,
+                   axis_name: str = DATA_AXIS) -> Callable:
+    """Builds the jitted ``eval_step(state, batch) -> metrics``.
+
+    ``eval_fn(params, batch, *, model_state) -> dict`` of per-batch metric arrays.
+
+    Example::
+
+        eval_step = jt.make_eval_step(lambda p, b, model_state: {"accuracy": ...})
+        metrics = eval_step(state, batch)
+    """
+    dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else default_compute_dtype()
+
+    def step(state: TrainState, batch: Any):
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
+        return eval_fn(cast_floating(state.params, dtype), batch, model_state=state.model_state)
+
+    return jax.jit(step)
