@@ -1,0 +1,127 @@
+"""Run logs: JSONL metrics, TensorBoard event files, a rich progress bar, and curve plots.
+
+Everything goes to one run directory::
+
+    run_dir/metrics.jsonl      one JSON object per logged step: {"step", "split", ...metrics}
+    run_dir/tensorboard/       event files (tensorboardX; open with `tensorboard --logdir run_dir`)
+    run_dir/curves.png         train/validation curves (:func:`plot_curves`)
+
+Example::
+
+    with jt.RunLogger("runs/exp1") as log:
+        log.log(step, {"loss": 0.3}, split="train")
+    jt.plot_curves("runs/exp1/metrics.jsonl", "runs/exp1/curves.png")
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterable
+
+import numpy as np
+
+
+class RunLogger:
+    """Writes metrics to ``metrics.jsonl`` and TensorBoard under ``run_dir``."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+        self.run_dir = os.fspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.jsonl_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+
+    def log(self, step: int, metrics: dict, split: str = "train") -> None:
+        """Appends ``metrics`` (numbers; device arrays are fetched) for ``step`` and ``split``."""
+        values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> str:
+    """Plots every metric of every split against the step, one panel per metric name; returns the PNG path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(jsonl_path)
+    series: dict[str, dict[str, tuple[list, list]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k in ("step", "split") or not isinstance(v, (int, float)) or math.isnan(v):
+                continue
+            xs, ys = series.setdefault(k, {}).setdefault(r["split"], ([], []))
+            xs.append(r["step"])
+            ys.append(v)
+    if not series:
+        raise ValueError(f"{jsonl_path} holds no metrics to plot")
+    names = sorted(series, key=lambda n: (n != "loss", n))
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        for split, (xs, ys) in sorted(series[name].items()):
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=split)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return os.fspath(out_png)
+
+
+def progress_bar(total: int, description: str = "train", disable: bool = False):
+    """A rich progress bar showing loss, examples/s and ETA.
+
+    Example::
+
+        with jt.progress_bar(total_steps) as bar:
+            task = bar.tasks[0].id
+            bar.update(task, advance=1, loss=0.3, ex_per_s=120.0)
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ex_per_s]:.1f} ex/s"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=disable)
+    bar.add_task(description, total=total, loss=float("nan"), ex_per_s=0.0)
+    return bar
+
+
+def format_table(rows: Iterable[dict], columns: list[str]) -> str:
+    """A plain text table of dicts (numbers to 4 decimals) for printing results."""
+    rows = list(rows)
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    widths = [max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line([cell(r.get(c, "")) for c in columns]) for r in rows])
