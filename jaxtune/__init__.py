@@ -9,6 +9,8 @@ The public API is flat, like optax::
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config
 from jaxtune.early_stopping import EarlyStopping
+from jaxtune.generation import generate
+from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.optim import (
     MultiplierState,
     lr_multipliers,
@@ -43,6 +45,7 @@ from jaxtune.sharding import (
     shard_train_state,
     tree_shardings,
 )
+from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,
     TrainState,
@@ -52,5 +55,11 @@ from jaxtune.train import (
     make_train_step,
     mask_key,
 )
+from jaxtune.models.bert import BertConfig, mean_pool
+from jaxtune.models.t5 import T5Config, shift_right, t5_loss
+from jaxtune.models.resnet import ResNetConfig, resnet_config
+from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+from jaxtune.models.mobilenet import mobilenet_v2_imagenet
+from jaxtune.models.efficientnet import efficientnet_lite0_imagenet
 
 __version__ = "0.1.0"

@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[${1:-demo}]"
-python -m pip install -q --no-deps -r requirements-data.txt
+python -m pip install -q --no-deps -r requirements-nodeps.txt

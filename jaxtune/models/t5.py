@@ -1,0 +1,679 @@
+"""T5 encoder-decoder in Flax linen, with Hugging Face checkpoint conversion.
+
+Covers T5 v1.0 (``feed_forward_proj="relu"``, ``lm_head`` tied to the shared embedding, decoder
+output scaled by ``d_model ** -0.5``) and T5 v1.1 / Flan-T5 / mT5 (``"gated-gelu"``, an untied
+``lm_head``, no scaling), read from ``config.json``. Semantics follow transformers'
+``modeling_t5.py``: relative position buckets (bidirectional in the encoder, causal in the
+decoder) whose bias lives in the first block of each stack and is reused by the others, RMS layer
+norm without mean or bias, unscaled dot-product attention, pre-norm residual blocks.
+
+Parameter paths mirror the HF names (``shared/embedding``,
+``encoder/block_0/layer_0/SelfAttention/q/kernel``,
+``encoder/block_0/layer_0/SelfAttention/relative_attention_bias/embedding``,
+``decoder/block_1/layer_1/EncDecAttention/k/kernel``, ``decoder/final_layer_norm/weight``,
+``lm_head/kernel``), so the name map below is one short table.
+
+Example::
+
+    model, variables = jaxtune.hub.from_pretrained("google/flan-t5-small", task="text_to_text")
+    logits = model.apply(variables, input_ids, attention_mask, decoder_input_ids)
+    loss = t5_loss(logits, labels)
+    tokens = jaxtune.generate(model, variables, input_ids, attention_mask, max_length=32, num_beams=4)
+
+The encoder-decoder generation protocol (``encode`` / ``init_cache`` / ``decode``) is described in
+:mod:`jaxtune.generation`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune.models.family import ModelFamily, NameMap, NameRule
+from jaxtune.rules import Settings, settings
+
+TASKS: tuple[str | None, ...] = (None, "text_to_text")
+
+# transformers' ACT2FN names used by T5 configs (``feed_forward_proj`` "relu" / "gated-gelu" /
+# "gated-silu" ...). "gelu" is the exact erf GELU, "gelu_new" the tanh approximation.
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """The fields of a T5 ``config.json`` that the Flax model uses.
+
+    ``tie_word_embeddings`` says whether the output projection is the shared embedding (no
+    ``lm_head`` parameter); ``scale_decoder_outputs`` whether the decoder output is multiplied by
+    ``d_model ** -0.5`` before it (T5 v1.0). transformers < 5 derived both from
+    ``tie_word_embeddings``; transformers >= 5 writes ``scale_decoder_outputs`` itself.
+
+    Example::
+
+        config = T5Config.from_hf(json.load(open("flan-t5-small/config.json")))
+    """
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int = 6
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    initializer_factor: float = 1.0
+    feed_forward_proj: str = "relu"
+    tie_word_embeddings: bool = True
+    scale_decoder_outputs: bool = True
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    def __post_init__(self):
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.dense_act_fn not in _ACTIVATIONS:
+            raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r} is not supported; "
+                             f"use 'ACT' or 'gated-ACT' with ACT in {sorted(_ACTIVATIONS)}")
+
+    @property
+    def is_gated_act(self) -> bool:
+        """True for the gated feed-forward block of T5 v1.1 (``wi_0``, ``wi_1``, ``wo``)."""
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        """Activation name; "gated-gelu" means the tanh GELU, as in transformers."""
+        if self.feed_forward_proj == "gated-gelu":
+            return "gelu_new"
+        return self.feed_forward_proj.split("-")[-1]
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> T5Config:
+        """Reads a transformers T5 ``config.json`` dict (v4 or v5 layout)."""
+        if hf.get("model_type", "t5") != "t5":
+            raise ValueError(f"T5Config.from_hf: model_type is {hf.get('model_type')!r}, expected 't5'")
+        names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs",
+                                                              "eos_token_id", "num_decoder_layers",
+                                                              "decoder_start_token_id", "pad_token_id"}
+        kwargs = {name: hf[name] for name in names if hf.get(name) is not None}
+        tie = hf.get("tie_word_embeddings", True) is not False
+        pad = hf.get("pad_token_id")
+        pad = 0 if pad is None else int(pad)
+        eos = hf.get("eos_token_id", 1)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0]
+        start = hf.get("decoder_start_token_id")
+        return cls(**kwargs,
+                   num_decoder_layers=hf.get("num_decoder_layers") or kwargs.get("num_layers", cls.num_layers),
+                   tie_word_embeddings=tie,
+                   scale_decoder_outputs=bool(hf.get("scale_decoder_outputs", tie)),
+                   pad_token_id=pad,
+                   eos_token_id=1 if eos is None else int(eos),
+                   decoder_start_token_id=pad if start is None else int(start))
+
+    def to_hf(self, task: str | None = "text_to_text") -> dict[str, Any]:
+        """``config.json`` dict that transformers' ``T5Model`` / ``T5ForConditionalGeneration`` loads."""
+        hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        hf.update(model_type="t5", is_encoder_decoder=True, dense_act_fn=self.dense_act_fn,
+                  is_gated_act=self.is_gated_act,
+                  architectures=["T5ForConditionalGeneration" if task == "text_to_text" else "T5Model"])
+        return hf
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """T5's bucket of ``memory_position - query_position``: exact for small distances, log-spaced
+    up to ``max_distance``; in the causal (decoder) case positive distances share bucket 0.
+
+    Example::
+
+        rel = jnp.arange(4)[None, :] - jnp.arange(4)[:, None]
+        relative_position_bucket(rel, bidirectional=True, num_buckets=32, max_distance=128)
+    """
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # log of max(distance, 1): the clamp only affects entries the `where` below discards.
+    scaled = (jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+              / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    if_large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
+    return buckets + jnp.where(is_small, distance, if_large)
+
+
+def _normal(std: float) -> Callable:
+    return nn.initializers.normal(stddev=std)
+
+
+def dot_product_attention(query, key, value, bias, mask, *, dropout_rate: float = 0.0,
+                          deterministic: bool = True, dropout_rng=None):
+    """Unscaled (T5) attention over ``(batch, length, heads, head_dim)`` arrays.
+
+    Uses ``jax.nn.dot_product_attention`` with ``scale=1.0``; when attention dropout is active it
+    computes the same thing with einsums, because ``jax.nn.dot_product_attention`` has no dropout
+    on the attention probabilities.
+    """
+    if deterministic or dropout_rate == 0.0:
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0)
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+
+
+class T5LayerNorm(nn.Module):
+    """RMS norm: ``weight * x / sqrt(mean(x**2) + eps)``, no mean, no bias, statistics in fp32."""
+
+    features: int
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.ones, (self.features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return weight.astype(self.dtype) * normed.astype(self.dtype)
+
+
+class T5Attention(nn.Module):
+    """Multi-head attention with T5's parameter names; the first block owns the position bias."""
+
+    config: T5Config
+    has_relative_attention_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c, f = self.config, self.config.initializer_factor
+        inner = c.num_heads * c.d_kv
+
+        def dense(features, std, name):
+            return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                            kernel_init=_normal(f * std), name=name)
+
+        self.q = dense(inner, (c.d_model * c.d_kv) ** -0.5, "q")
+        self.k = dense(inner, c.d_model ** -0.5, "k")
+        self.v = dense(inner, c.d_model ** -0.5, "v")
+        self.o = dense(c.d_model, inner ** -0.5, "o")
+        if self.has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embed(
+                c.relative_attention_num_buckets, c.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+                embedding_init=_normal(f * c.d_model ** -0.5))
+
+    def _heads(self, x):
+        return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.d_kv)
+
+    def project_kv(self, states):
+        """Key and value heads ``(batch, length, heads, d_kv)`` of ``states``."""
+        return self._heads(self.k(states)), self._heads(self.v(states))
+
+    def compute_bias(self, query_positions, key_positions, bidirectional: bool):
+        """Position bias ``(1, heads, queries, keys)`` for absolute positions of queries and keys."""
+        rel = key_positions[None, :] - query_positions[:, None]
+        buckets = relative_position_bucket(rel, bidirectional, self.config.relative_attention_num_buckets,
+                                           self.config.relative_attention_max_distance)
+        return jnp.transpose(self.relative_attention_bias(buckets), (2, 0, 1))[None]
+
+    def __call__(self, hidden_states, key, value, position_bias, mask, deterministic: bool = True):
+        query = self._heads(self.q(hidden_states))
+        rate = self.config.dropout_rate
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out = dot_product_attention(query, key.astype(query.dtype), value.astype(query.dtype), position_bias,
+                                    mask, dropout_rate=rate, deterministic=deterministic, dropout_rng=rng)
+        return self.o(out.reshape(*out.shape[:-2], -1))
+
+
+class T5LayerSelfAttention(nn.Module):
+    """Pre-norm self-attention sublayer; with a ``cache`` it writes its keys/values at ``position``."""
+
+    config: T5Config
+    has_relative_attention_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.SelfAttention = T5Attention(self.config, self.has_relative_attention_bias, self.dtype)
+        self.layer_norm = T5LayerNorm(self.config.d_model, self.config.layer_norm_epsilon, self.dtype)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def __call__(self, hidden_states, position_bias, mask, cache=None, position=None, deterministic=True):
+        normed = self.layer_norm(hidden_states)
+        key, value = self.SelfAttention.project_kv(normed)
+        if cache is not None:
+            start = (0, position, 0, 0)
+            key = jax.lax.dynamic_update_slice(cache["key"], key.astype(cache["key"].dtype), start)
+            value = jax.lax.dynamic_update_slice(cache["value"], value.astype(cache["value"].dtype), start)
+            cache = {"key": key, "value": value}
+        out = self.SelfAttention(normed, key, value, position_bias, mask, deterministic)
+        return hidden_states + self.dropout(out, deterministic=deterministic), cache
+
+
+class T5LayerCrossAttention(nn.Module):
+    """Pre-norm attention over the encoder output (keys/values projected once per input)."""
+
+    config: T5Config
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.EncDecAttention = T5Attention(self.config, False, self.dtype)
+        self.layer_norm = T5LayerNorm(self.config.d_model, self.config.layer_norm_epsilon, self.dtype)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def project_kv(self, encoder_hidden_states):
+        return self.EncDecAttention.project_kv(encoder_hidden_states)
+
+    def __call__(self, hidden_states, key, value, mask, deterministic=True):
+        out = self.EncDecAttention(self.layer_norm(hidden_states), key, value, None, mask, deterministic)
+        return hidden_states + self.dropout(out, deterministic=deterministic)
+
+
+class T5DenseActDense(nn.Module):
+    """Feed-forward ``wo(act(wi(x)))`` (T5 v1.0, ReLU) or gated ``wo(act(wi_0(x)) * wi_1(x))`` (v1.1)."""
+
+    config: T5Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        c, f = self.config, self.config.initializer_factor
+
+        def dense(features, std, name):
+            return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                            kernel_init=_normal(f * std), name=name)
+
+        act = _ACTIVATIONS[c.dense_act_fn]
+        if c.is_gated_act:
+            h = act(dense(c.d_ff, c.d_model ** -0.5, "wi_0")(x)) * dense(c.d_ff, c.d_model ** -0.5, "wi_1")(x)
+        else:
+            h = act(dense(c.d_ff, c.d_model ** -0.5, "wi")(x))
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        return dense(c.d_model, c.d_ff ** -0.5, "wo")(h)
+
+
+class T5LayerFF(nn.Module):
+    config: T5Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states, deterministic=True):
+        normed = T5LayerNorm(self.config.d_model, self.config.layer_norm_epsilon, self.dtype,
+                             name="layer_norm")(hidden_states)
+        out = T5DenseActDense(self.config, self.dtype, name="DenseReluDense")(normed, deterministic)
+        return hidden_states + nn.Dropout(self.config.dropout_rate)(out, deterministic=deterministic)
+
+
+class T5Block(nn.Module):
+    """``layer_0`` self-attention, ``layer_1`` cross-attention (decoder only), last: feed-forward."""
+
+    config: T5Config
+    is_decoder: bool
+    has_relative_attention_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        layers = [T5LayerSelfAttention(self.config, self.has_relative_attention_bias, self.dtype)]
+        if self.is_decoder:
+            layers.append(T5LayerCrossAttention(self.config, self.dtype))
+        layers.append(T5LayerFF(self.config, self.dtype))
+        self.layer = layers
+
+    def project_cross_kv(self, encoder_hidden_states):
+        return self.layer[1].project_kv(encoder_hidden_states)
+
+    def __call__(self, hidden_states, position_bias, mask, cross_kv=None, cross_mask=None, cache=None,
+                 position=None, deterministic=True):
+        hidden_states, cache = self.layer[0](hidden_states, position_bias, mask, cache, position, deterministic)
+        if self.is_decoder:
+            hidden_states = self.layer[1](hidden_states, *cross_kv, cross_mask, deterministic)
+        return self.layer[-1](hidden_states, deterministic), cache
+
+
+class T5Stack(nn.Module):
+    """The encoder or decoder stack; takes embedded tokens, returns final-normed hidden states."""
+
+    config: T5Config
+    is_decoder: bool
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        n = self.config.num_decoder_layers if self.is_decoder else self.config.num_layers
+        self.block = [T5Block(self.config, self.is_decoder, i == 0, self.dtype) for i in range(n)]
+        self.final_layer_norm = T5LayerNorm(self.config.d_model, self.config.layer_norm_epsilon, self.dtype)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def _position_bias(self, query_positions, key_positions):
+        attention = self.block[0].layer[0].SelfAttention
+        return attention.compute_bias(query_positions, key_positions, bidirectional=not self.is_decoder)
+
+    def __call__(self, embeddings, mask, encoder_hidden_states=None, encoder_mask=None, deterministic=True):
+        """Full-sequence pass. ``mask``: bool, broadcastable to (batch, 1, length, length)."""
+        positions = jnp.arange(embeddings.shape[1])
+        bias = self._position_bias(positions, positions)
+        hidden = self.dropout(embeddings, deterministic=deterministic)
+        for block in self.block:
+            cross_kv = block.project_cross_kv(encoder_hidden_states) if self.is_decoder else None
+            hidden, _ = block(hidden, bias, mask, cross_kv, encoder_mask, deterministic=deterministic)
+        return self.dropout(self.final_layer_norm(hidden), deterministic=deterministic)
+
+    def init_memory(self, encoder_hidden_states, encoder_mask):
+        """Cross-attention keys/values of every decoder block, projected once."""
+        return {"encoder_mask": encoder_mask,
+                "cross": [block.project_cross_kv(encoder_hidden_states) for block in self.block]}
+
+    def decode(self, embeddings, position, memory, cache):
+        """Cached pass over ``embeddings`` placed at ``position``; returns (hidden, new cache)."""
+        max_length = cache[0]["key"].shape[1]
+        query_positions = position + jnp.arange(embeddings.shape[1])
+        key_positions = jnp.arange(max_length)
+        bias = self._position_bias(query_positions, key_positions)
+        mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
+        hidden, new_cache = embeddings, []
+        for block, cross_kv, layer_cache in zip(self.block, memory["cross"], cache):
+            hidden, layer_cache = block(hidden, bias, mask, cross_kv, memory["encoder_mask"], layer_cache, position)
+            new_cache.append(layer_cache)
+        return self.final_layer_norm(hidden), new_cache
+
+
+def _key_mask(attention_mask, batch: int, length: int):
+    """(batch, length) 0/1 mask (or None) -> bool (batch, 1, 1, length)."""
+    if attention_mask is None:
+        return jnp.ones((batch, 1, 1, length), bool)
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+class T5Model(nn.Module):
+    """T5 encoder-decoder. ``task="text_to_text"`` returns LM logits, ``task=None`` the decoder's
+    last hidden states (like transformers' ``T5Model``).
+
+    Example::
+
+        model = T5Model(T5Config(), task="text_to_text")
+        variables = model.init(jax.random.key(0), input_ids, attention_mask, decoder_input_ids)
+        logits = model.apply(variables, input_ids, attention_mask, decoder_input_ids)   # (B, T, vocab)
+        # training with dropout:
+        logits = model.apply(variables, ..., deterministic=False, rngs={"dropout": key})
+    """
+
+    config: T5Config
+    task: str | None = "text_to_text"
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.task not in TASKS:
+            raise ValueError(f"T5 has no task {self.task!r}; supported: {list(TASKS)}")
+        c = self.config
+        self.shared = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+                               embedding_init=_normal(c.initializer_factor))
+        self.encoder = T5Stack(c, is_decoder=False, dtype=self.dtype)
+        self.decoder = T5Stack(c, is_decoder=True, dtype=self.dtype)
+        if self.task == "text_to_text" and not c.tie_word_embeddings:
+            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                                    kernel_init=_normal(c.initializer_factor))
+
+    def layer_ids(self, path: str) -> int:
+        """Layer id of a parameter path of this model (see the module-level :func:`layer_ids`)."""
+        return layer_ids(path, self.config.num_layers, self.config.num_decoder_layers)
+
+    def _head(self, hidden):
+        if self.task is None:
+            return hidden
+        if self.config.scale_decoder_outputs:
+            hidden = hidden * (self.config.d_model ** -0.5)
+        if self.config.tie_word_embeddings:
+            return self.shared.attend(hidden)
+        return self.lm_head(hidden)
+
+    def encode(self, input_ids, attention_mask=None, deterministic: bool = True):
+        """Encoder hidden states ``(batch, length, d_model)``."""
+        mask = _key_mask(attention_mask, *input_ids.shape)
+        return self.encoder(self.shared(input_ids), mask, deterministic=deterministic)
+
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 deterministic: bool = True):
+        """Teacher-forced logits ``(batch, target_length, vocab)`` (hidden states for task None).
+
+        ``decoder_input_ids`` are the labels shifted right (:func:`shift_right`);
+        ``decoder_attention_mask`` (optional) masks padded decoder keys on top of the causal mask.
+        """
+        if decoder_input_ids is None:
+            raise ValueError("T5Model needs decoder_input_ids, e.g. shift_right(labels, "
+                             "config.decoder_start_token_id, config.pad_token_id)")
+        encoded = self.encode(input_ids, attention_mask, deterministic)
+        batch, length = decoder_input_ids.shape
+        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        mask = causal & _key_mask(decoder_attention_mask, batch, length)
+        hidden = self.decoder(self.shared(decoder_input_ids), mask, encoded,
+                              _key_mask(attention_mask, *input_ids.shape), deterministic)
+        return self._head(hidden)
+
+    def init_cache(self, encoder_hidden_states, attention_mask, max_length: int):
+        """Generation state for :func:`jaxtune.generation.generate`: ``(memory, cache)``.
+
+        ``memory`` (cross-attention keys/values, encoder mask) stays fixed while decoding; ``cache``
+        holds every decoder block's self-attention keys/values for ``max_length`` positions. Every
+        leaf of both has the batch as its leading axis.
+        """
+        batch, length = encoder_hidden_states.shape[:2]
+        memory = self.decoder.init_memory(encoder_hidden_states, _key_mask(attention_mask, batch, length))
+        shape = (batch, max_length, self.config.num_heads, self.config.d_kv)
+        cache = [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+                 for _ in range(self.config.num_decoder_layers)]
+        return memory, cache
+
+    def decode(self, decoder_input_ids, position, memory, cache):
+        """Cached decoding of ``decoder_input_ids`` ``(batch, n)`` placed at decoder ``position``.
+
+        Returns ``(logits (batch, n, vocab), new cache)``; run in inference mode (no dropout).
+        """
+        hidden, cache = self.decoder.decode(self.shared(decoder_input_ids), position, memory, cache)
+        return self._head(hidden), cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss.
+
+def shift_right(labels, decoder_start_token_id: int, pad_token_id: int):
+    """Decoder inputs for teacher forcing: ``[start, labels[:-1]]`` with ``-100`` replaced by pad.
+
+    Example::
+
+        shift_right(jnp.array([[5, 6, 1, -100]]), 0, 0)   # [[0, 5, 6, 1]]
+    """
+    shifted = jnp.concatenate([jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
+
+
+def t5_loss(logits, labels, ignore_id: int = -100):
+    """Mean token cross-entropy over labels that are not ``ignore_id`` (as transformers' T5 loss;
+    0 when every label is ignored).
+
+    Example::
+
+        logits = model.apply(variables, ids, mask, shift_right(labels, 0, 0))
+        loss = t5_loss(logits, labels)
+    """
+    valid = labels != ignore_id
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer ids and default rules.
+
+_BLOCK = re.compile(r"(encoder|decoder)/block_(\d+)/.+")
+
+
+def layer_ids(path: str, num_layers: int, num_decoder_layers: int | None = None) -> int:
+    """Layer id of a T5 parameter path, monotone from input to output:
+
+    ``shared/...`` 0; ``encoder/block_i`` i + 1; ``decoder/block_j`` num_layers + j + 1; the final
+    norms of both stacks and ``lm_head`` num_layers + num_decoder_layers + 1.
+
+    Example::
+
+        layer_ids("encoder/block_1/layer_0/SelfAttention/q/kernel", 6)   # 2
+        layer_ids("decoder/block_0/layer_1/EncDecAttention/k/kernel", 6)  # 7
+        layer_ids("lm_head/kernel", 6)                                   # 13
+    """
+    path = path.removeprefix("params/")
+    num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
+    if path.startswith("shared/"):
+        return 0
+    m = _BLOCK.fullmatch(path)
+    if m:
+        stack, i = m.group(1), int(m.group(2))
+        count = num_layers if stack == "encoder" else num_decoder_layers
+        if i >= count:
+            raise KeyError(f"T5 layer_ids: {path!r} names {stack} block {i} but the {stack} has {count} blocks")
+        return i + 1 if stack == "encoder" else num_layers + i + 1
+    if re.fullmatch(r"(encoder|decoder)/final_layer_norm/.+|lm_head/.+", path):
+        return num_layers + num_decoder_layers + 1
+    raise KeyError(f"T5 layer_ids: unknown parameter path {path!r}; expected shared/..., encoder/block_<i>/..., "
+                   "decoder/block_<j>/..., {encoder,decoder}/final_layer_norm/... or lm_head/... "
+                   "(paths of variables['params'] without a leading 'params/')")
+
+
+def default_rules() -> list[tuple[str, Settings]]:
+    """No weight decay on the RMS-norm weights, defaults for everything else (T5 has no biases).
+
+    Example::
+
+        tx = jt.make_optimizer(params, t5.default_rules(), base=optax.adamw, learning_rate=1e-4)
+    """
+    return [
+        (r".*layer_norm/weight", settings(weight_decay=0.0, name="no_decay")),
+        (r".*", settings(name="decay")),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face checkpoints.
+
+def _attention_rules(hf: str, flax: str) -> list[NameRule]:
+    return [NameRule(f"{hf}.{p}.weight", f"params/{flax}/{p}/kernel", "linear") for p in "qkvo"]
+
+
+def _stack_rules(stack: str) -> list[NameRule]:
+    hf, flax = f"{stack}.block.{{i}}.layer", f"{stack}/block_{{i}}/layer"
+    ff = 2 if stack == "decoder" else 1
+    rules = [
+        *_attention_rules(f"{hf}.0.SelfAttention", f"{flax}_0/SelfAttention"),
+        NameRule(f"{hf}.0.SelfAttention.relative_attention_bias.weight",
+                 f"params/{flax}_0/SelfAttention/relative_attention_bias/embedding"),
+        *[NameRule(f"{hf}.{n}.layer_norm.weight", f"params/{flax}_{n}/layer_norm/weight") for n in range(ff + 1)],
+        *[NameRule(f"{hf}.{ff}.DenseReluDense.{w}.weight", f"params/{flax}_{ff}/DenseReluDense/{w}/kernel", "linear")
+          for w in ("wi", "wi_0", "wi_1", "wo")],
+        NameRule(f"{stack}.final_layer_norm.weight", f"params/{stack}/final_layer_norm/weight"),
+    ]
+    if stack == "decoder":
+        rules += _attention_rules(f"{hf}.1.EncDecAttention", f"{flax}_1/EncDecAttention")
+    return rules
+
+
+NAMES = NameMap([
+    NameRule("shared.weight", "params/shared/embedding"),
+    *_stack_rules("encoder"),
+    *_stack_rules("decoder"),
+    NameRule("lm_head.weight", "params/lm_head/kernel", "linear"),
+])
+
+
+def _check_task(task: str | None) -> None:
+    if task not in TASKS:
+        raise ValueError(f"T5 has no task {task!r}; supported: {list(TASKS)}")
+
+
+def to_flax(config: T5Config, tensors: Mapping[str, np.ndarray], task: str | None = "text_to_text"):
+    """HF tensors -> (nested Flax variables, used HF names).
+
+    ``lm_head.weight`` is used only by an untied ``text_to_text`` model. Copies of the shared
+    embedding (``encoder.embed_tokens.weight`` ...) are left unused.
+    """
+    _check_task(task)
+    tensors = dict(tensors)
+    lm_head = tensors.get("lm_head.weight")
+    if task != "text_to_text" or config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    shared = tensors.get("shared.weight")
+    if (task == "text_to_text" and config.tie_word_embeddings and lm_head is not None and shared is not None
+            and not np.array_equal(np.asarray(lm_head), np.asarray(shared))):
+        raise ValueError("T5 checkpoint has an lm_head.weight different from shared.weight but config.json says "
+                         "tie_word_embeddings=true (transformers >= 5 saves untied T5 v1.1 / Flan-T5 models "
+                         "this way); set \"tie_word_embeddings\": false in config.json to load the separate lm_head")
+    return NAMES.to_flax(tensors)
+
+
+def to_hf(config: T5Config, variables: Mapping[str, Any], task: str | None = "text_to_text") -> dict[str, np.ndarray]:
+    """Flax variables -> HF tensors as transformers saves ``T5Model`` / ``T5ForConditionalGeneration``."""
+    _check_task(task)
+    return NAMES.to_hf(variables)
+
+
+def build(config: T5Config, task: str | None = "text_to_text", num_labels: int | None = None,
+          dtype=jnp.float32) -> T5Model:
+    """The Flax T5 model of ``task`` (None or "text_to_text"); ``num_labels`` must be None.
+
+    Example::
+
+        model = build(config, "text_to_text", dtype=jnp.bfloat16)
+    """
+    _check_task(task)
+    if num_labels is not None:
+        raise ValueError(f"T5 {task!r} predicts tokens, it takes no num_labels (got {num_labels})")
+    return T5Model(config=config, task=task, dtype=dtype)
+
+
+def config_to_hf(config: T5Config, task: str | None = "text_to_text", num_labels: int | None = None) -> dict:
+    """``config.json`` dict for ``task`` (``architectures`` names the transformers class)."""
+    _check_task(task)
+    return config.to_hf(task)
+
+
+def example_inputs(config: T5Config, task: str | None = "text_to_text") -> tuple:
+    """Positional inputs for ``model.init``: input ids, attention mask and decoder input ids."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return ids, jnp.ones((1, 8), jnp.int32), jnp.zeros((1, 4), jnp.int32)
+
+
+FAMILY = ModelFamily(
+    name="t5",
+    model_types=("t5",),
+    tasks=TASKS,
+    config_from_hf=T5Config.from_hf,
+    config_to_hf=config_to_hf,
+    build=build,
+    to_flax=to_flax,
+    to_hf=to_hf,
+    head_paths=(r"params/lm_head/.*",),
+    example_inputs=example_inputs,
+)
