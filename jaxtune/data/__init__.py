@@ -1,4 +1,23 @@
-"""Data: real offline data sets, tokenisation, label alignment, QA features and length buckets."""
+"""Data: real offline data sets, tokenisation, label alignment, QA features, length buckets, image
+preprocessing, a restartable grain loader and rehearsal mixing. Local files -> TFDS format lives in
+``jaxtune.data.tfds_local`` (imported on use: it loads tensorflow-datasets)."""
+
+from jaxtune.data.image import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocessing,
+    center_crop,
+    decode_image,
+    horizontal_flip,
+    normalize,
+    random_crop,
+    random_horizontal_flip,
+    resize,
+    resize_shorter_side,
+    to_rgb,
+)
+from jaxtune.data.loader import Loader, LoaderIterator, example_stream
+from jaxtune.data.rehearsal import Rehearsal, RehearsalBatches, RehearsalSchedule
 
 from jaxtune.data.sources import (
     TWEET_SENTIMENT_LABELS,
@@ -34,6 +53,24 @@ from jaxtune.data.text import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImagePreprocessing",
+    "Loader",
+    "LoaderIterator",
+    "Rehearsal",
+    "RehearsalBatches",
+    "RehearsalSchedule",
+    "center_crop",
+    "decode_image",
+    "example_stream",
+    "horizontal_flip",
+    "normalize",
+    "random_crop",
+    "random_horizontal_flip",
+    "resize",
+    "resize_shorter_side",
+    "to_rgb",
     "IGNORE_INDEX",
     "TWEET_SENTIMENT_LABELS",
     "WNUT16_LABELS",

@@ -25,11 +25,8 @@ import numpy as np
 from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths
 from jaxtune.models.resnet import BatchNorm
 from jaxtune.torch_checkpoint import load_torch_state_dict
+from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet mean/std
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""Per-channel RGB mean of torchvision's ImageNet preprocessing (images scaled to [0, 1])."""
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""Per-channel RGB standard deviation of torchvision's ImageNet preprocessing."""
 
 IMAGE_CLASSIFICATION = "image_classification"
 # Tensors a torch checkpoint carries that no Flax variable needs.
