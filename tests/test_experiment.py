@@ -1,0 +1,133 @@
+"""The experiment runner, CLI and demo, on the real tweets with a tiny BERT (real MiniLM tokenizer)."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtune as jt
+from jaxtune import cli
+from jaxtune.experiment import evaluate_run, finetune, prepare_data
+from jaxtune.models import bert
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A small random BERT with the real all-MiniLM-L6-v2 vocabulary and tokenizer files."""
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    config = bert.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=37, max_position_embeddings=128)
+    model = bert.build(config, None)
+    variables = model.init(jax.random.key(0), *bert.example_inputs(config, None))
+    jt.save_pretrained(variables, config, directory)
+    for name in TOKENIZER_FILES:
+        shutil.copy(jt.minilm_path() / name, directory / name)
+    return str(directory)
+
+
+def _config(model_dir, out, name, **optim):
+    return {
+        "name": name, "output_dir": str(out),
+        "model": {"path": model_dir},
+        "data": {"dataset": "tweet_sentiment", "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
+                 "train_limit": 64, "eval_limit": 32, "test_limit": 32},
+        "optim": {"learning_rate": 1e-3, "schedule": "constant", **optim},
+        "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False},
+        "early_stopping": {"enabled": False, "monitor": "val_loss"},
+        "checkpoint": {"keep_latest": 1, "keep_best": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model_dir):
+    return prepare_data(jt.load_config(None, ["data.train_limit=64", "data.eval_limit=32", "data.test_limit=32",
+                                              "data.max_length=32"]).data,
+                        tiny_model_dir)
+
+
+def _train_losses(run_dir):
+    return [(r["step"], r["loss"]) for r in jt.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "train"]
+
+
+def _latest_params(run_dir, setup_state):
+    with jt.Checkpointer(os.path.join(run_dir, "checkpoints")) as ckpt:
+        return ckpt.restore(template=setup_state)[0].params
+
+
+def test_runner_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
+    straight = finetune(_config(tiny_model_dir, tmp_path, "straight"), data=data)
+    first = finetune(_config(tiny_model_dir, tmp_path, "resumed"), ["train.max_steps=2"], data=data)
+    assert first.steps == 2
+    resumed = finetune(_config(tiny_model_dir, tmp_path, "resumed"), data=data)  # same run dir: resumes at step 2
+    assert resumed.steps == 4
+    assert _train_losses(resumed.paths["run_dir"]) == _train_losses(straight.paths["run_dir"])
+    assert resumed.test_metrics == straight.test_metrics
+    from jaxtune.experiment import build
+    template = build(_config(tiny_model_dir, tmp_path, "template"), data=data).initial_state
+    for a, b in zip(jax.tree.leaves(_latest_params(resumed.paths["run_dir"], template)),
+                    jax.tree.leaves(_latest_params(straight.paths["run_dir"], template))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for key in ("plot", "report", "metrics", "config"):
+        assert os.path.exists(straight.paths[key]), key
+    assert "negative" in open(straight.paths["report"]).read()  # per-class report
+
+
+def test_early_stopping_stops_and_restores_best(tiny_model_dir, data, tmp_path):
+    # A learning rate far too high: validation loss is best early, then gets worse -> stop, restore best.
+    cfg = _config(tiny_model_dir, tmp_path, "diverge", learning_rate=0.5, optimizer="sgd", weight_decay=0.0)
+    cfg["train"].update(max_steps=40, eval_every=1)
+    cfg["early_stopping"] = {"enabled": True, "monitor": "val_loss", "mode": "min", "patience": 1}
+    cfg["checkpoint"]["export_best_hf"] = True
+    result = finetune(cfg, data=data)
+    assert result.stopped_early and result.steps < 40
+    assert result.best_step is not None and result.best_step <= result.steps - 2
+    # The final model is the best checkpoint: re-evaluating it gives the recorded best validation loss.
+    again = evaluate_run(result.paths["run_dir"], split="validation")
+    assert again["step"] == result.best_step
+    np.testing.assert_allclose(again["loss"], result.validation_metrics["val_loss"], rtol=1e-6)
+    np.testing.assert_allclose(evaluate_run(result.paths["run_dir"])["loss"], result.test_metrics["loss"], rtol=1e-6)
+    # The best model is exported in HF format and loads back.
+    model, variables = jt.from_pretrained(result.paths["export"], task="sequence_classification")
+    assert variables["params"]["classifier"]["kernel"].shape == (32, 3)
+
+
+def test_structural_gradual_unfreezing_from_config(tiny_model_dir, data, tmp_path):
+    cfg = _config(tiny_model_dir, tmp_path, "unfreeze", layer_decay=0.9, unfreezing="structural", unfreeze_every=1,
+                  unfreeze_stages=3)
+    cfg["train"].update(max_steps=3, eval_every=3)
+    result = finetune(cfg, data=data)
+    assert result.steps == 3 and np.isfinite(result.test_metrics["loss"])
+
+
+def test_cli_rules_eval_and_errors(tiny_model_dir, data, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(_config(tiny_model_dir, tmp_path, "cli")))
+    assert cli.main(["rules", str(path), "--set", "optim.layer_decay=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "group" in out and "lr mult" in out and "0.125..1" in out  # 2 layers: 0.5**3 for embeddings
+    with pytest.raises(jt.ConfigError, match="learnin_rate"):
+        cli.main(["rules", str(path), "--set", "optim.learnin_rate=1"])
+    finetune(path, ["train.max_steps=2"], data=data)
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "cli"), "--split", "validation"]) == 0
+    out = capsys.readouterr().out
+    scores = json.loads(out[out.index("{"):])
+    assert scores["step"] == 2 and {"loss", "accuracy", "macro_f1"} <= set(scores)
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        evaluate_run(tmp_path / "nowhere")
+
+
+def test_demo_smoke(tmp_path, capsys):
+    from jaxtune.demo import main
+    assert main(quick=True, output_dir=str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    for row in ("majority class", "linear probe", "full fine-tuning"):
+        assert row in out
+    for run in ("linear_probe", "finetune_llrd"):
+        assert os.path.exists(tmp_path / run / "curves.png") and os.path.exists(tmp_path / run / "report.txt")
+        assert os.listdir(tmp_path / run / "checkpoints")
