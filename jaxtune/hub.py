@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.models.family import ModelFamily, flatten_paths
+from jaxtune.models.family import ModelFamily, flatten_paths, unflatten_paths
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
         source=source, loaded=tuple(sorted(usable)), initialized=tuple(sorted(missing)),
         ignored=tuple(unused) + tuple(sorted(p for p in loaded if p not in shapes)),
         resized=tuple(resized[p] for p in sorted(resized)))
-    return _unflatten(flat), report
+    return unflatten_paths(flat), report
 
 
 def _init_only(model, example_inputs: tuple, rng: jax.Array, paths: Sequence[str]) -> dict[str, jax.Array]:
@@ -385,17 +385,6 @@ def _init_only(model, example_inputs: tuple, rng: jax.Array, paths: Sequence[str
         flat = flatten_paths(model.init(key, *example_inputs))
         return {p: flat[p] for p in paths}
     return jax.jit(init)(rng)
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths
+from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
 from jaxtune.models.resnet import BatchNorm
+from jaxtune.rules import Settings, settings
 from jaxtune.torch_checkpoint import load_torch_state_dict
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet mean/std
 
@@ -143,18 +144,6 @@ def dense_rules(torch_name: str, flax_name: str) -> list[NameRule]:
     """Rows of a ``nn.Linear`` <-> ``nn.Dense`` pair."""
     return [NameRule(f"{torch_name}.weight", f"params/{flax_name}/kernel", "linear"),
             NameRule(f"{torch_name}.bias", f"params/{flax_name}/bias")]
-
-
-def unflatten_paths(flat: Mapping[str, Any]) -> dict:
-    """{'a/b': x} -> {'a': {'b': x}} (inverse of :func:`~jaxtune.models.family.flatten_paths`)."""
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
 
 
 def is_head(path: str, head_paths: Sequence[str]) -> bool:
@@ -360,3 +349,13 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
         head_paths=head_paths,
         example_inputs=example_images,
     )
+
+
+def default_rules() -> list[tuple[str, Settings]]:
+    """No weight decay on biases and batch-norm scales; defaults for everything else.
+
+    Example::
+
+        tx = jt.make_optimizer(params, mobilenet.default_rules(), layer_ids=model.layer_ids, ...)
+    """
+    return [(r".*/(bias|scale)", settings(weight_decay=0.0)), (r".*", settings())]

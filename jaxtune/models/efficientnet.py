@@ -44,7 +44,6 @@ import numpy as np
 from jaxtune.models import _cnn
 from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, normalize_images
 from jaxtune.models.family import NameMap
-from jaxtune.rules import Settings, settings
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite",
            "EfficientNetLiteConfig", "default_rules", "efficientnet_lite", "efficientnet_lite0_imagenet",
@@ -216,14 +215,7 @@ def layer_ids(path: str, num_layers: int) -> int:
                    "'conv_stem/...', 'blocks_<i>/...', 'conv_head/...' or 'fc/...'")
 
 
-def default_rules() -> list[tuple[str, Settings]]:
-    """No weight decay on biases and batch-norm scales; defaults for everything else.
-
-    Example::
-
-        tx = jt.make_optimizer(params, efficientnet.default_rules(), layer_ids=model.layer_ids, ...)
-    """
-    return [(r".*/(bias|scale)", settings(weight_decay=0.0)), (r".*", settings())]
+default_rules = _cnn.default_rules
 
 
 def name_map(config: EfficientNetLiteConfig = EfficientNetLiteConfig()) -> NameMap:

@@ -121,6 +121,14 @@ def flatten_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def unflatten_paths(flat: Mapping[str, Any]) -> dict:
+    """{'a/b': x} -> {'a': {'b': x}} (inverse of :func:`flatten_paths`)."""
+    tree: dict = {}
+    for path, value in flat.items():
+        _set_path(tree, path, value)
+    return tree
+
+
 def _set_path(tree: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split("/")
     for key in parents:

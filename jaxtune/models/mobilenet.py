@@ -39,7 +39,6 @@ import numpy as np
 from jaxtune.models import _cnn
 from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, normalize_images
 from jaxtune.models.family import NameMap
-from jaxtune.rules import Settings, settings
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "MobileNetV2", "MobileNetV2Config",
            "default_rules", "from_torch", "layer_ids", "mobilenet_v2", "mobilenet_v2_imagenet", "name_map",
@@ -192,14 +191,7 @@ def layer_ids(path: str, num_layers: int) -> int:
                    "'features_<i>/...' or 'classifier_1/...'")
 
 
-def default_rules() -> list[tuple[str, Settings]]:
-    """No weight decay on biases and batch-norm scales; defaults for everything else.
-
-    Example::
-
-        tx = jt.make_optimizer(params, mobilenet.default_rules(), layer_ids=model.layer_ids, ...)
-    """
-    return [(r".*/(bias|scale)", settings(weight_decay=0.0)), (r".*", settings())]
+default_rules = _cnn.default_rules
 
 
 def name_map(config: MobileNetV2Config = MobileNetV2Config()) -> NameMap:

@@ -47,7 +47,6 @@ from jaxtune.models._cnn import (
 )
 from jaxtune.models.family import NameMap, NameRule
 from jaxtune.models.resnet import BatchNorm
-from jaxtune.rules import Settings, settings
 
 __all__ = [
     "FAMILY",
@@ -201,14 +200,7 @@ def layer_ids(path: str, num_layers: int) -> int:
                    "'bn_<j>/...' or 'classifier_{0,3,6}/...'")
 
 
-def default_rules() -> list[tuple[str, Settings]]:
-    """No weight decay on biases and batch-norm scales; defaults for everything else.
-
-    Example::
-
-        tx = jt.make_optimizer(params, vgg.default_rules(), layer_ids=model.layer_ids, ...)
-    """
-    return [(r".*/(bias|scale)", settings(weight_decay=0.0)), (r".*", settings())]
+default_rules = _cnn.default_rules
 
 
 def name_map(config: VGGConfig = VGGConfig()) -> NameMap:
