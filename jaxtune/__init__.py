@@ -9,7 +9,19 @@ The public API is flat, like optax::
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config
 from jaxtune.early_stopping import EarlyStopping
+from jaxtune.embeddings import (
+    CoverageReport,
+    VectorFileError,
+    Vocabulary,
+    WordVectors,
+    build_vocabulary,
+    embedding_table,
+    load_glove,
+    load_vectors,
+    load_word2vec,
+)
 from jaxtune.generation import generate
+from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.optim import (
     MultiplierState,

@@ -131,3 +131,16 @@ def test_demo_smoke(tmp_path, capsys):
     for run in ("linear_probe", "finetune_llrd"):
         assert os.path.exists(tmp_path / run / "curves.png") and os.path.exists(tmp_path / run / "report.txt")
         assert os.listdir(tmp_path / run / "checkpoints")
+
+
+@pytest.mark.parametrize("config", ["mnist_mobilenet", "mnist_mobilenet_frozen"])
+def test_mnist_mobilenet_configs_smoke(config, tmp_path):
+    """The real ImageNet MobileNetV2 on real MNIST digits, a few steps (experiments/configs)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = finetune(os.path.join(root, "experiments", "configs", f"{config}.yaml"),
+                      [f"output_dir={tmp_path}", "data.train_limit=32", "data.eval_limit=16", "data.test_limit=16",
+                       "data.image_size=32", "data.batch_size=16", "train.max_steps=2", "train.eval_every=2",
+                       "train.progress=false"])
+    assert result.steps == 2 and 0.0 <= result.test_metrics["accuracy"] <= 1.0
+    expected = 12_810 if config.endswith("frozen") else 2_236_682  # head only vs the whole network
+    assert result.trainable_params == expected
