@@ -32,7 +32,7 @@ from jaxtune.config import ExperimentConfig, OptimConfig, load_config, save_conf
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, summary, trainable_mask
-from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
+from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar, read_jsonl
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -417,7 +417,10 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     report_lines = [f"run {cfg.name}: best step {best_step} of {step}", data.description, "", setup.strategy_table, "",
                     "test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items())]
     if task.name in ("sequence_classification", "pair_classification", "image_classification"):
-        report_lines += ["", str(M.classification_report(references, predictions, data.label_names))]
+        class_report = M.classification_report(references, predictions, data.label_names)
+        report_lines += ["", str(class_report)]
+        paths["class_report_plot"] = plot_classification_report(
+            class_report, os.path.join(run_dir, "test_report.png"), title=f"{cfg.name}: test")
     paths["report"] = os.path.join(run_dir, "report.txt")
     with open(paths["report"], "w", encoding="utf-8") as f:
         f.write("\n".join(report_lines) + "\n")

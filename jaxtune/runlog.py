@@ -100,6 +100,42 @@ def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title
     return os.fspath(out_png)
 
 
+def plot_classification_report(report, out_png: str | os.PathLike, title: str | None = None) -> str:
+    """A PNG of a :class:`jaxtune.metrics.ClassificationReport`: the confusion matrix (counts) beside
+    per-class precision / recall / F1 bars; returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.label_names)
+    n = len(names)
+    fig, (ax_cm, ax_bar) = plt.subplots(1, 2, figsize=(5 + 0.6 * n, 3.5 + 0.25 * n))
+    ax_cm.imshow(report.confusion, cmap="Blues")
+    dark = report.confusion.max() / 2
+    for i in range(n):
+        for j in range(n):
+            ax_cm.text(j, i, str(int(report.confusion[i, j])), ha="center", va="center", fontsize=8,
+                       color="white" if report.confusion[i, j] > dark else "black")
+    ax_cm.set_xticks(range(n), names, rotation=45, ha="right")
+    ax_cm.set_yticks(range(n), names)
+    ax_cm.set_xlabel("predicted")
+    ax_cm.set_ylabel("true")
+    width = 0.27
+    x = np.arange(n)
+    for k, (label, values) in enumerate((("precision", report.precision), ("recall", report.recall), ("F1", report.f1))):
+        ax_bar.bar(x + (k - 1) * width, values, width, label=label)
+    ax_bar.set_xticks(x, names, rotation=45, ha="right")
+    ax_bar.set_ylim(0, 1)
+    ax_bar.legend(fontsize=8)
+    ax_bar.set_title(f"accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return os.fspath(out_png)
+
+
 def progress_bar(total: int, description: str = "train", disable: bool = False):
     """A rich progress bar showing loss, examples/s and ETA.
 

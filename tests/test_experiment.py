@@ -72,7 +72,7 @@ def test_runner_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
     for a, b in zip(jax.tree.leaves(_latest_params(resumed.paths["run_dir"], template)),
                     jax.tree.leaves(_latest_params(straight.paths["run_dir"], template))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for key in ("plot", "report", "metrics", "config"):
+    for key in ("plot", "report", "metrics", "config", "class_report_plot"):
         assert os.path.exists(straight.paths[key]), key
     assert "negative" in open(straight.paths["report"]).read()  # per-class report
 

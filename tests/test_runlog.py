@@ -1,7 +1,6 @@
 import os
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import jaxtune as jt
@@ -30,3 +29,14 @@ def test_plot_curves_writes_png(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no metrics"):
         jt.plot_curves(tmp_path / "empty.jsonl", tmp_path / "x.png")
+
+
+def test_classification_report_plot(tmp_path):
+    import numpy as np
+
+    from jaxtune import metrics
+    from jaxtune.runlog import plot_classification_report
+
+    report = metrics.classification_report(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]), ("a", "b", "c"))
+    out = plot_classification_report(report, tmp_path / "r.png")
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
