@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import numpy as np
