@@ -1,0 +1,830 @@
+"""Step-throughput benchmarks: jaxtune fine-tuning steps against their PyTorch peers.
+
+One process, one run: for every *case* (a model at fixed shapes) the harness builds a jaxtune train
+step per *mode* and, where PyTorch is available, the PyTorch peers of the same model, shapes and
+optimizer (AdamW), then times them in interleaved rounds (every contestant runs a round in turn, so
+a noisy shared machine slows them alike).
+
+Modes (all with AdamW, lr 2e-5, weight decay 0.01):
+
+* ``full``: full fine-tuning with plain ``optax.adamw``;
+* ``frozen_backbone``: structural mode, head only: ``make_train_step(trainable=mask)`` with a rule
+  table that freezes everything but the head (no backward into the backbone, no optimizer state);
+* ``llrd_masks``: the family's ``default_rules()`` (weight-decay masks) with layer-wise LR decay 0.9
+  through ``model.layer_ids``;
+* ``runtime_unfreeze``: gradual unfreezing in runtime mode (``make_optimizer(runtime=True)``): the
+  stage switches with :func:`jaxtune.set_trainable` at the start of every timed round; the number
+  of extra compilations is recorded (it must be 0).
+
+Every record reports examples/s, the median step time, achieved TFLOP/s and MFU against a matmul
+peak measured on the same device (bf16 on GPU, f32 on CPU), FLOPs per step (XLA cost analysis of
+the compiled step, else an analytic 6·N·tokens estimate), compile time, peak memory, optimizer-state
+bytes and the number of compilations. Outputs: JSON lines, a markdown table, a PNG bar chart and a
+section of ``benchmarks/RESULTS.md``.
+
+Suites: ``gpu`` (the default; BERT-base, T5-small, ResNet-50 at the issue's shapes), ``cpu`` (the
+real all-MiniLM-L6-v2 against PyTorch CPU) and ``smoke`` (tiny configs, seconds).
+
+Example::
+
+    python benchmarks/step_throughput.py --smoke --out /tmp/bench
+    jaxtune bench --cpu
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxtune as jt
+from jaxtune.hub import from_pretrained, minilm_path
+from jaxtune.models.bert import BertConfig
+from jaxtune.models.resnet import ResNetConfig, resnet_config
+from jaxtune.models.t5 import T5Config
+from jaxtune.tasks import get_task
+from jaxtune.train import default_compute_dtype
+
+MODES = ("full", "frozen_backbone", "llrd_masks", "runtime_unfreeze")
+SUITES = ("gpu", "cpu", "smoke")
+LEARNING_RATE = 2e-5
+WEIGHT_DECAY = 0.01
+LAYER_DECAY = 0.9
+UNFREEZING_STAGES = 4
+
+# XLA flags for the GPU suite, each with the reason it is there. Flags already present in XLA_FLAGS
+# win; XLA exits on an unknown flag, so every entry is checked to parse with the pinned jaxlib.
+GPU_XLA_FLAGS: dict[str, tuple[str, str]] = {
+    "xla_gpu_enable_latency_hiding_scheduler": (
+        "true", "schedule asynchronous copies/collectives to overlap with compute (NVIDIA's default)"),
+    "xla_gpu_enable_command_buffer": (
+        "FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL",
+        "record fusions and library calls into CUDA graphs: fewer kernel launches per step"),
+}
+# The smoke suite checks the harness, not speed: LLVM's optimisation passes are skipped to cut the
+# CPU compile time of its tiny steps about 3x.
+SMOKE_XLA_FLAGS: dict[str, tuple[str, str]] = {
+    "xla_backend_optimization_level": ("0", "no LLVM optimisation passes: 3x faster CPU compiles"),
+}
+# Environment for the GPU suite: JAX must share the device with PyTorch in the same process.
+GPU_ENV: dict[str, tuple[str, str]] = {
+    "XLA_PYTHON_CLIENT_PREALLOCATE": (
+        "false", "grow JAX's pool on demand so the PyTorch peers in the same process get memory"),
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": ("0.7", "cap JAX's pool at 70% of the device; PyTorch gets the rest"),
+}
+
+
+# --------------------------------------------------------------------------------------------- cases
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One model at fixed shapes.
+
+    Attributes:
+      name: short id used in tables and ``--cases`` (e.g. ``bert-base-s128-bs32``).
+      family: ``"bert"``, ``"t5"`` or ``"resnet"``.
+      config: the jaxtune config of the family (random weights) — or None with ``pretrained``.
+      batch_size: examples per step.
+      shape: ``{"seq": S}`` (BERT), ``{"src": S, "tgt": T}`` (T5) or ``{"image": H}`` (ResNet).
+      num_labels: classifier size (BERT/ResNet).
+      pretrained: checkpoint directory to load instead of random weights.
+      peers: PyTorch variants to run beside it (``"eager"``, ``"compile"``).
+      modes: the jaxtune modes to run (a subset of :data:`MODES`).
+    """
+
+    name: str
+    family: str
+    config: Any
+    batch_size: int
+    shape: dict
+    num_labels: int | None = None
+    pretrained: str | None = None
+    peers: tuple[str, ...] = ("eager",)
+    modes: tuple[str, ...] = MODES
+
+    @property
+    def shape_str(self) -> str:
+        return "x".join(f"{k}{v}" for k, v in self.shape.items())
+
+
+def _bert_config(**overrides):
+    return BertConfig(**overrides)
+
+
+def _t5_config(**overrides):
+    return T5Config(**overrides)
+
+
+def _resnet_config(depth: int | None = None, **fields):
+    return resnet_config(depth, num_labels=1000) if depth else ResNetConfig(**fields)
+
+
+# The smoke suite runs every mode on BERT only: it checks the harness, in well under a minute.
+SMOKE_MODES = ("full", "frozen_backbone")
+
+
+def suite_cases(suite: str) -> list[Case]:
+    """The cases of a suite (``gpu``, ``cpu`` or ``smoke``).
+
+    BERT cases of the GPU suite use ``attention_probs_dropout_prob=0`` on both sides, so both can
+    train on fused attention kernels; hidden dropout stays 0.1.
+
+    Example::
+
+        >>> [c.name for c in suite_cases("smoke")]
+        ['bert-tiny-s16-bs4', 't5-tiny-s16-t8-bs4', 'resnet-tiny-i32-bs4']
+    """
+    if suite == "gpu":
+        bert_base = _bert_config(attention_probs_dropout_prob=0.0)
+        return [
+            Case("bert-base-s128-bs32", "bert", bert_base, 32, {"seq": 128}, 2, peers=("eager", "compile")),
+            Case("bert-base-s128-bs128", "bert", bert_base, 128, {"seq": 128}, 2, peers=("eager", "compile")),
+            Case("bert-base-s512-bs32", "bert", bert_base, 32, {"seq": 512}, 2, peers=("eager", "compile")),
+            Case("t5-small-s256-t64-bs64", "t5", _t5_config(), 64, {"src": 256, "tgt": 64}),
+            Case("resnet50-i224-bs256", "resnet", _resnet_config(50), 256, {"image": 224}, 1000),
+        ]
+    if suite == "cpu":
+        return [Case("minilm-l6-s64-bs16", "bert", None, 16, {"seq": 64}, 2, pretrained=str(minilm_path()))]
+    if suite == "smoke":
+        tiny_bert = _bert_config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=37, max_position_embeddings=64)
+        tiny_t5 = _t5_config(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2,
+                             num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
+        tiny_resnet = _resnet_config(embedding_size=8, hidden_sizes=(16, 32), depths=(1, 1), num_labels=10)
+        return [
+            Case("bert-tiny-s16-bs4", "bert", tiny_bert, 4, {"seq": 16}, 2),
+            Case("t5-tiny-s16-t8-bs4", "t5", tiny_t5, 4, {"src": 16, "tgt": 8}, peers=(), modes=SMOKE_MODES),
+            Case("resnet-tiny-i32-bs4", "resnet", tiny_resnet, 4, {"image": 32}, 10, peers=(), modes=SMOKE_MODES),
+        ]
+    raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES}")
+
+
+def make_batch(case: Case, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random host batch of a case (NumPy; token ids avoid the special ids below 2 / 1000).
+
+    Example::
+
+        >>> sorted(make_batch(suite_cases("smoke")[0], 99))
+        ['attention_mask', 'input_ids', 'labels', 'token_type_ids']
+    """
+    rng = np.random.default_rng(seed)
+    b = case.batch_size
+    if case.family == "bert":
+        s = case.shape["seq"]
+        low = 1000 if vocab_size > 2000 else 1
+        return {"input_ids": rng.integers(low, vocab_size, (b, s)).astype(np.int32),
+                "attention_mask": np.ones((b, s), np.int32), "token_type_ids": np.zeros((b, s), np.int32),
+                "labels": rng.integers(0, case.num_labels, (b,)).astype(np.int32)}
+    if case.family == "t5":
+        src, tgt = case.shape["src"], case.shape["tgt"]
+        return {"input_ids": rng.integers(2, vocab_size, (b, src)).astype(np.int32),
+                "attention_mask": np.ones((b, src), np.int32),
+                "labels": rng.integers(2, vocab_size, (b, tgt)).astype(np.int32)}
+    if case.family == "resnet":
+        h = case.shape["image"]
+        return {"images": rng.standard_normal((b, h, h, 3), np.float32),
+                "labels": rng.integers(0, case.num_labels, (b,)).astype(np.int32)}
+    raise ValueError(f"case {case.name}: unknown family {case.family!r}")
+
+
+# --------------------------------------------------------------------------------------------- measurements
+def median_step_time(round_times: Sequence[float], steps_per_round: int) -> float:
+    """Median seconds per step over timed rounds of ``steps_per_round`` steps each.
+
+    Example::
+
+        >>> median_step_time([1.0, 3.0, 2.0], 2)
+        1.0
+    """
+    if not round_times or steps_per_round < 1:
+        raise ValueError(f"need timed rounds and steps_per_round >= 1, got {len(round_times)} rounds, "
+                         f"steps_per_round={steps_per_round}")
+    return statistics.median(round_times) / steps_per_round
+
+
+def matmul_peak_flops(n: int | None = None, repeats: int = 5) -> tuple[float, str]:
+    """Measured matmul peak of the default JAX device, in FLOP/s, and the dtype it used.
+
+    bf16 ``n x n`` matmuls on GPU/TPU (default n=8192), f32 on CPU (default n=1024); best of
+    ``repeats`` timings of 4 back-to-back products.
+
+    Example::
+
+        peak, dtype = matmul_peak_flops()    # e.g. (7.1e14, "bfloat16") on an H100
+    """
+    accelerator = jax.default_backend() != "cpu"
+    dtype = jnp.bfloat16 if accelerator else jnp.float32
+    n = n or (8192 if accelerator else 1024)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+
+    @jax.jit
+    def chain(a, b):
+        for _ in range(4):
+            a = (a @ b) * jnp.asarray(1e-2, dtype)
+        return a
+
+    jax.block_until_ready(chain(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(chain(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 4 * 2 * n ** 3 / best, jnp.dtype(dtype).name
+
+
+def tree_bytes(tree: Any) -> int:
+    """Total bytes of the array leaves of a pytree.
+
+    Example::
+
+        >>> tree_bytes({"a": np.zeros(3, np.float32), "b": (np.zeros(2, np.int8),)})
+        14
+    """
+    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)
+                   if hasattr(x, "dtype") and hasattr(x, "shape")))
+
+
+def xla_cost(compiled: Any, key: str = "flops") -> float | None:
+    """``flops`` (or ``bytes accessed``) of a compiled XLA executable from its cost analysis; None
+    where the backend has none.
+
+    Example::
+
+        flops = xla_cost(jax.jit(f).lower(x).compile())
+    """
+    try:
+        cost = compiled.cost_analysis()
+    except (NotImplementedError, RuntimeError):    # some backends implement no cost analysis
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    value = (cost or {}).get(key)
+    return float(value) if value and value > 0 else None
+
+
+def xla_peak_bytes(compiled: Any) -> int | None:
+    """Peak device memory of one call of a compiled executable, from XLA's buffer assignment:
+    arguments + temporaries + outputs not aliased to (donated) arguments."""
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        return None
+    if m is None:
+        return None
+    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    computed = m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+    return max(peak, int(computed)) or None
+
+
+def analytic_flops(case: Case, config: Any, params: Any, trainable_fraction: float = 1.0) -> float | None:
+    """6·N·tokens (+ attention) FLOPs of a transformer step (forward 2·N·tokens, backward 4·N·tokens);
+    N excludes embedding tables. A head-only step has a forward and a negligible backward
+    (``trainable_fraction=0`` -> 2·N·tokens). None for convolutional nets."""
+    sizes = {p: int(np.prod(x.shape)) for p, x in zip(jt.leaf_paths(params), jax.tree_util.tree_leaves(params))}
+    factor = 2.0 + 4.0 * trainable_fraction
+    b = case.batch_size
+    if case.family == "bert":
+        s = case.shape["seq"]
+        n = sum(v for p, v in sizes.items() if "embeddings" not in p)
+        attention = 2 * 2 * config.num_hidden_layers * s * s * config.hidden_size
+        return factor * b * (n * s + attention)
+    if case.family == "t5":
+        src, tgt = case.shape["src"], case.shape["tgt"]
+        enc = sum(v for p, v in sizes.items() if p.startswith("encoder/"))
+        dec = sum(v for p, v in sizes.items() if p.startswith("decoder/"))
+        head = config.vocab_size * config.d_model          # output projection (tied or lm_head)
+        inner = config.num_heads * config.d_kv
+        attention = 2 * 2 * inner * (config.num_layers * src * src
+                                     + config.num_decoder_layers * (tgt * tgt + tgt * src))
+        return factor * b * (enc * src + (dec + head) * tgt + attention)
+    return None
+
+
+# --------------------------------------------------------------------------------------------- jaxtune contestants
+@dataclasses.dataclass
+class Model:
+    """A built jaxtune model with its variables, loss and default rules."""
+
+    module: Any
+    config: Any
+    params: Any
+    model_state: dict
+    loss_fn: Callable
+    default_rules: list
+    head_regex: str
+
+
+def _head_regex(case: Case, config: Any) -> str:
+    if case.family == "t5":
+        # t5-small ties the output projection to the shared input embedding; then the only
+        # parameters on top of the decoder are its final RMS-norm weights.
+        return r"lm_head/.*" if not config.tie_word_embeddings else r"decoder/final_layer_norm/.*"
+    return r"classifier/.*"
+
+
+def build_model(case: Case, dtype: Any) -> Model:
+    """Builds the Flax model of a case (random init, or the pretrained checkpoint) and its loss."""
+    module_name = {"bert": "jaxtune.models.bert", "t5": "jaxtune.models.t5", "resnet": "jaxtune.models.resnet"}
+    if case.family not in module_name:
+        raise ValueError(f"case {case.name}: unknown family {case.family!r}; known: {sorted(module_name)}")
+    fam = importlib.import_module(module_name[case.family])
+    task_name = {"bert": "sequence_classification", "t5": "text_to_text", "resnet": "image_classification"}[case.family]
+    task = get_task(task_name)
+    if case.pretrained is not None:
+        module, variables = from_pretrained(case.pretrained, task=task.head, num_labels=case.num_labels, dtype=dtype)
+    else:
+        num_labels = None if case.family == "t5" else case.num_labels
+        module = fam.build(case.config, task.head, num_labels, dtype)
+        example = _init_inputs(case)
+        init_kwargs = {"train": False} if case.family == "resnet" else {}
+        variables = jax.jit(lambda key: module.init(key, *example, **init_kwargs))(jax.random.key(0))
+    variables = dict(variables)
+    params = variables.pop("params")
+    return Model(module, module.config, params, variables, task.loss_fn(module), fam.default_rules(),
+                 _head_regex(case, module.config))
+
+
+def _init_inputs(case: Case) -> tuple:
+    if case.family == "bert":
+        return (jnp.zeros((1, case.shape["seq"]), jnp.int32),)
+    if case.family == "t5":
+        return (jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32), jnp.zeros((1, 4), jnp.int32))
+    return (jnp.zeros((1, case.shape["image"], case.shape["image"], 3), jnp.float32),)
+
+
+class JaxContestant:
+    """One jaxtune mode of a case: builds the optimizer and step, compiles, runs timed rounds."""
+
+    framework = "jaxtune"
+
+    def __init__(self, case: Case, model: Model, mode: str, batch: dict, compute_dtype: Any):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        self.case, self.model, self.mode, self.variant = case, model, mode, "jit"
+        self.host_batch, self.compute_dtype = batch, compute_dtype
+        self.stage = 0
+        self.stages: list = []
+
+    def setup(self) -> dict:
+        """Builds, compiles (timed) and returns the static stats of the step."""
+        m = self.model
+        params = jax.tree_util.tree_map(jnp.array, m.params)    # own copy: the state is donated
+        trainable = None
+        if self.mode == "full":
+            tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        elif self.mode == "frozen_backbone":
+            rules = [(m.head_regex, jt.settings(name="head")), (r".*", jt.freeze("backbone"))]
+            tx = jt.make_optimizer(params, rules, optax.adamw, LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+            trainable = jt.trainable_mask(params, rules)
+        elif self.mode == "llrd_masks":
+            tx = jt.make_optimizer(params, m.default_rules, optax.adamw, LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                                   layer_ids=m.module.layer_ids, layer_decay=LAYER_DECAY)
+        else:
+            tx = jt.make_optimizer(params, m.default_rules, optax.adamw, LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                                   runtime=True)
+            ids = {int(m.module.layer_ids(p)) for p in jt.leaf_paths(params)}
+            self.stages = jt.unfreezing_stages(params, m.module.layer_ids,
+                                               num_stages=min(UNFREEZING_STAGES, len(ids)))
+        state = jt.TrainState.create(params, tx, model_state=jax.tree_util.tree_map(jnp.array, m.model_state))
+        if self.stages:
+            state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[0]))
+        self.step = jt.make_train_step(m.loss_fn, tx, trainable=trainable, compute_dtype=self.compute_dtype)
+        self.batch = jax.device_put(self.host_batch)
+        start = time.perf_counter()
+        compiled = self.step.lower(state, self.batch).compile()
+        compile_s = time.perf_counter() - start
+        self.state = state
+        flops, source = xla_cost(compiled), "xla_cost_analysis"
+        n_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+        if trainable is not None:
+            n_trainable = int(sum(np.prod(x.shape) for x, t in zip(jax.tree_util.tree_leaves(params),
+                                                                   jax.tree_util.tree_leaves(trainable)) if t))
+        else:
+            n_trainable = n_params
+        if flops is None:
+            flops = analytic_flops(self.case, m.config, params, 0.0 if trainable is not None else 1.0)
+            source = "analytic_6N" if flops is not None else "n/a"
+        return {"compile_s": compile_s, "flops_per_step": flops, "flops_source": source,
+                "xla_bytes_accessed": xla_cost(compiled, "bytes accessed"),
+                "peak_memory_bytes": xla_peak_bytes(compiled), "memory_source": "xla_memory_analysis",
+                "optimizer_state_bytes": tree_bytes(state.opt_state), "param_count": n_params,
+                "trainable_param_count": n_trainable}
+
+    def run(self, steps: int) -> float:
+        """Runs ``steps`` steps (a runtime-mode round first switches the unfreezing stage), blocks
+        on the final state only, and returns the elapsed seconds."""
+        start = time.perf_counter()
+        state = self.state
+        if self.stages:
+            self.stage = (self.stage + 1) % len(self.stages)
+            state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[self.stage]))
+        for _ in range(steps):
+            state, metrics = self.step(state, self.batch)
+        jax.block_until_ready((state, metrics))
+        self.state = state
+        return time.perf_counter() - start
+
+    def compilations(self) -> int:
+        """Number of compiled variants of the jitted step."""
+        return int(self.step._cache_size())
+
+    def close(self) -> None:
+        self.state = self.batch = self.step = None
+
+
+# --------------------------------------------------------------------------------------------- runner
+@dataclasses.dataclass
+class Options:
+    """Timing protocol of a run."""
+
+    warmup: int = 3
+    rounds: int = 10
+    steps_per_round: int = 5
+    peers: bool = True
+    modes: tuple[str, ...] = MODES
+
+
+SUITE_OPTIONS = {
+    "gpu": Options(warmup=3, rounds=10, steps_per_round=5),
+    "cpu": Options(warmup=2, rounds=8, steps_per_round=2),
+    "smoke": Options(warmup=1, rounds=2, steps_per_round=2),
+}
+
+
+def _load_torch_peers(path: Path | None = None):
+    """The PyTorch peer module (benchmarks/torch_peers.py of the repository), or (None, reason)."""
+    path = path or Path(__file__).resolve().parents[1] / "benchmarks" / "torch_peers.py"
+    if importlib.util.find_spec("torch") is None:
+        return None, "PyTorch is not installed"
+    if importlib.util.find_spec("transformers") is None:
+        return None, "transformers is not installed"
+    if not path.is_file():
+        return None, f"{path} not found (run from a source checkout)"
+    spec = importlib.util.spec_from_file_location("jaxtune_bench_torch_peers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, ""
+
+
+def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: Any = None,
+             peer_device: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Builds every contestant of ``case``, times them in interleaved rounds, returns one record each."""
+    compute_dtype = default_compute_dtype()
+    model = build_model(case, compute_dtype)
+    vocab = getattr(model.config, "vocab_size", 0)
+    batch = make_batch(case, vocab)
+    modes = [m for m in options.modes if m in case.modes]
+    contestants: list = [JaxContestant(case, model, mode, batch, compute_dtype) for mode in modes]
+    if peers_module is not None and peer_device is not None:
+        for variant in case.peers:
+            contestants.append(peers_module.TorchPeer(case, model.config, batch, variant, peer_device))
+    records, static = [], []
+    for c in contestants:
+        log(f"  setup {case.name} {c.framework}/{c.mode}/{c.variant}")
+        static.append(c.setup())
+    for c in contestants:
+        c.run(options.warmup)
+    warm_compiles = [c.compilations() for c in contestants]
+    times: list[list[float]] = [[] for _ in contestants]
+    for _ in range(options.rounds):
+        for i, c in enumerate(contestants):
+            times[i].append(c.run(options.steps_per_round))
+    for c, s, t, warm in zip(contestants, static, times, warm_compiles):
+        step_s = median_step_time(t, options.steps_per_round)
+        flops = s["flops_per_step"]
+        compiles = c.compilations()
+        records.append({
+            "kind": "case", "case": case.name, "family": case.family, "framework": c.framework,
+            "mode": c.mode, "variant": c.variant, "batch_size": case.batch_size, "shape": case.shape_str,
+            "compute_dtype": jnp.dtype(compute_dtype).name if c.framework == "jaxtune" else c.dtype_name,
+            "examples_per_s": case.batch_size / step_s, "step_time_s": step_s,
+            "step_time_min_s": min(t) / options.steps_per_round,
+            "tflops_per_s": flops / step_s / 1e12 if flops else None,
+            "mfu": flops / step_s / peak_flops if flops else None,
+            "rounds": len(t), "steps_per_round": options.steps_per_round, **s,
+            "compilations": compiles, "extra_compilations": compiles - warm,
+        })
+        c.close()
+    del model
+    jax.clear_caches()
+    return records
+
+
+def environment(peak_flops: float, peak_dtype: str, suite: str, peer_device: str | None,
+                peer_reason: str) -> dict:
+    """Device, versions, flags and date of a run."""
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    device = jax.devices()[0]
+    return {
+        "kind": "env", "suite": suite, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(), "device": device.device_kind, "device_count": jax.device_count(),
+        "host": platform.node(), "cpu_count": os.cpu_count(), "load_avg": list(os.getloadavg()),
+        "python": platform.python_version(), "versions": versions,
+        "matmul_peak_tflops": peak_flops / 1e12, "matmul_peak_dtype": peak_dtype,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "threads": len(os.sched_getaffinity(0)),
+        "peer_device": peer_device, "peers_skipped_reason": peer_reason,
+    }
+
+
+# --------------------------------------------------------------------------------------------- reporting
+def _fmt(x: Any, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _mib(x: int | None) -> str:
+    return "n/a" if x is None else f"{x / 2 ** 20:.1f}"
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    """Markdown table of case records (one row each).
+
+    Example::
+
+        print(markdown_table([r for r in records if r["kind"] == "case"]))
+    """
+    head = ("| case | framework | mode | examples/s | step ms (median) | best round ms | TFLOP/s | MFU "
+            "| GFLOP/step (source) | compile s | peak mem MiB | opt-state MiB | compiles (extra) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        gflop = "n/a" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.1f} ({r['flops_source']})"
+        lines.append(
+            f"| {r['case']} | {r['framework']} {r['variant']} | {r['mode']} | {r['examples_per_s']:.1f} "
+            f"| {r['step_time_s'] * 1e3:.1f} | {r['step_time_min_s'] * 1e3:.1f} | {_fmt(r['tflops_per_s'], '.3f')} | {_fmt(r['mfu'], '.1%')} | {gflop} "
+            f"| {_fmt(r['compile_s'], '.1f')} | {_mib(r['peak_memory_bytes'])} | {_mib(r['optimizer_state_bytes'])} "
+            f"| {r['compilations']} ({r['extra_compilations']}) |")
+    return "\n".join(lines)
+
+
+def _find(records, case, framework="jaxtune", mode="full", variant=None):
+    for r in records:
+        if (r["case"] == case and r["framework"] == framework and r["mode"] == mode
+                and (variant is None or r["variant"] == variant)):
+            return r
+    return None
+
+
+def check_targets(records: Sequence[dict], suite: str) -> list[dict]:
+    """The issue's targets evaluated on a run's records: ``{"target", "case", "value", "threshold", "ok"}``.
+
+    ``value`` is a ratio (>= threshold passes) except for overheads, memory fractions, compile
+    seconds and extra compilations (<= threshold passes). Ratios use median step times; the cpu
+    suite also compares the fastest rounds. Targets whose records are missing are left out.
+
+    Example::
+
+        for t in check_targets(records, "cpu"):
+            print(t["target"], t["value"], "ok" if t["ok"] else "MISSED")
+    """
+    out = []
+
+    def add(target, case, value, threshold, higher_is_better=True):
+        if value is None:
+            return
+        ok = value >= threshold if higher_is_better else value <= threshold
+        out.append({"target": target, "case": case, "value": value, "threshold": threshold, "ok": bool(ok)})
+
+    cases = sorted({r["case"] for r in records})
+    for case in cases:
+        full = _find(records, case)
+        frozen = _find(records, case, mode="frozen_backbone")
+        llrd = _find(records, case, mode="llrd_masks")
+        runtime = _find(records, case, mode="runtime_unfreeze")
+        if full and frozen:
+            add("frozen-backbone speed-up over full (x)", case, full["step_time_s"] / frozen["step_time_s"], 2.5)
+            if suite == "gpu" and full["peak_memory_bytes"] and frozen["peak_memory_bytes"]:
+                add("frozen-backbone peak memory / full", case,
+                    frozen["peak_memory_bytes"] / full["peak_memory_bytes"], 0.40, False)
+        if full and llrd:
+            add("LLRD + masks overhead over AdamW", case, llrd["step_time_s"] / full["step_time_s"] - 1.0,
+                0.02 if suite == "gpu" else 0.03, False)
+        if runtime:
+            add("runtime unfreezing extra compilations", case, runtime["extra_compilations"], 0, False)
+        eager = _find(records, case, "pytorch", variant="eager")
+        compiled = _find(records, case, "pytorch", variant="compile")
+        if full and suite == "cpu" and eager:
+            add("jaxtune / PyTorch eager (x)", case, full["examples_per_s"] / eager["examples_per_s"], 1.0)
+            # On a shared machine the fastest round is the closest to an idle one.
+            add("jaxtune / PyTorch eager, best rounds (x)", case,
+                eager["step_time_min_s"] / full["step_time_min_s"], 1.0)
+        if full and suite == "gpu":
+            if case == "bert-base-s128-bs128" and compiled:
+                add("jaxtune / torch.compile (x)", case, full["examples_per_s"] / compiled["examples_per_s"], 1.25)
+            if case.startswith("resnet50") and eager:
+                add("jaxtune / PyTorch eager (x)", case, full["examples_per_s"] / eager["examples_per_s"], 1.2)
+            if case.startswith("t5-small") and eager:
+                add("jaxtune / PyTorch eager (x)", case, full["examples_per_s"] / eager["examples_per_s"], 2.0)
+            if case.startswith("bert-base"):
+                add("BERT-base step compile (s)", case, full["compile_s"], 20.0, False)
+    return out
+
+
+def targets_table(targets: Sequence[dict]) -> str:
+    lines = ["| target | case | value | threshold | met |", "|---|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {t['case']} | {t['value']:.3f} | {t['threshold']} | "
+                     f"{'yes' if t['ok'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def environment_markdown(env: dict) -> str:
+    v = env["versions"]
+    return (f"- date (UTC): {env['date']}\n- device: {env['device']} ({env['backend']}, {env['device_count']} device(s), "
+            f"{env['cpu_count']} CPU cores, {env['threads']} used, load average at start {', '.join(f'{x:.2f}' for x in env['load_avg'])})\n"
+            f"- measured matmul peak: {env['matmul_peak_tflops']:.3f} TFLOP/s ({env['matmul_peak_dtype']})\n"
+            f"- versions: " + ", ".join(f"{k} {v[k]}" for k in v) + "\n"
+            f"- XLA_FLAGS: `{env['xla_flags'] or '(none)'}`\n"
+            f"- PyTorch peers: {env['peer_device'] or 'skipped: ' + env['peers_skipped_reason']}\n")
+
+
+def plot(records: Sequence[dict], path: Path, title: str) -> None:
+    """Bar chart of examples/s, one panel per case (each on its own scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    fig, axes = plt.subplots(len(cases), 1, figsize=(7, 1.0 + 1.6 * len(cases)), squeeze=False)
+    for ax, case in zip(axes[:, 0], cases):
+        rows = [r for r in records if r["case"] == case]
+        labels = [f"{r['framework']} {r['variant']} {r['mode']}" if r["framework"] != "jaxtune" else r["mode"]
+                  for r in rows]
+        colors = ["tab:blue" if r["framework"] == "jaxtune" else "tab:orange" for r in rows]
+        ax.barh(labels, [r["examples_per_s"] for r in rows], color=colors)
+        ax.invert_yaxis()
+        ax.set_title(case, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("examples / s (blue: jaxtune, orange: PyTorch)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def update_results_md(path: Path, suite: str, body: str) -> None:
+    """Replaces (or appends) the ``suite`` section of RESULTS.md, between marker comments."""
+    begin, end = f"<!-- results:{suite}:begin -->", f"<!-- results:{suite}:end -->"
+    text = path.read_text() if path.is_file() else "# Step-throughput results\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def write_outputs(records: list[dict], env: dict, out: Path, suite: str, results_md: Path | None,
+                  make_plot: bool = True, name: str | None = None) -> dict[str, Path]:
+    """JSON lines, markdown, PNG (and the RESULTS.md section) of a run, named ``name`` (default: the
+    suite); returns the paths written."""
+    name = name or suite
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"jsonl": out / f"{name}.jsonl", "markdown": out / f"{name}.md"}
+    with paths["jsonl"].open("w") as f:
+        for r in [env, *records]:
+            f.write(json.dumps(r, default=float) + "\n")
+    targets = check_targets(records, suite)
+    note = "\nTiny configs: the timings check the harness and mean nothing.\n" if suite == "smoke" else ""
+    body = (f"## Suite `{suite}` (`{name}`)\n\n{environment_markdown(env)}{note}\n{markdown_table(records)}\n\n"
+            f"### Targets\n\n{targets_table(targets) if targets else '(none applicable)'}\n")
+    paths["markdown"].write_text(body)
+    if make_plot:
+        paths["png"] = out / f"{name}.png"
+        plot(records, paths["png"], f"jaxtune step throughput: {name} on {env['device']}")
+    if results_md is not None:
+        update_results_md(results_md, name, body + (f"\n![{name}](results/{name}.png)\n" if make_plot else ""))
+        paths["results_md"] = results_md
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def _apply_environment(suite: str, threads: int | None) -> None:
+    """Flags and environment of a suite; must run before JAX initialises its backend."""
+    flags, env = {"gpu": (GPU_XLA_FLAGS, GPU_ENV), "smoke": (SMOKE_XLA_FLAGS, {})}.get(suite, ({}, {}))
+    for name, (value, _) in env.items():
+        os.environ.setdefault(name, value)
+    present = os.environ.get("XLA_FLAGS", "")
+    extra = [f"--{k}={v}" for k, (v, _) in flags.items() if f"--{k}=" not in present]
+    os.environ["XLA_FLAGS"] = " ".join([present, *extra]).strip()
+    if threads is not None:
+        # XLA sizes its CPU thread pool from the affinity mask and the PyTorch peers take one thread
+        # per core of the same mask (torch_peers.configure): both use exactly `threads` cores.
+        cores = sorted(os.sched_getaffinity(0))
+        if not 1 <= threads <= len(cores):
+            raise SystemExit(f"--threads {threads}: this process may use {len(cores)} core(s)")
+        os.sched_setaffinity(0, cores[:threads])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="jaxtune bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--suite", choices=SUITES, default="gpu", help="which cases (default: gpu)")
+    group.add_argument("--smoke", dest="suite", action="store_const", const="smoke", help="tiny configs on CPU")
+    group.add_argument("--cpu", dest="suite", action="store_const", const="cpu",
+                       help="real all-MiniLM-L6-v2 (bs 16, seq 64) against PyTorch CPU")
+    p.add_argument("--name", default=None,
+                   help="stem of the output files and RESULTS.md section (default: the suite name)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results)")
+    p.add_argument("--results-md", type=Path, default=None,
+                   help="RESULTS.md whose suite section is replaced (default: benchmarks/RESULTS.md for "
+                        "the gpu/cpu suites, none for smoke); 'none' to skip")
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: all of the suite)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per contestant")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per contestant")
+    p.add_argument("--steps-per-round", type=int, default=None, help="steps per timed round")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin the process to this many cores (XLA's pool and PyTorch's threads follow)")
+    p.add_argument("--allow-cpu", action="store_true", help="run the gpu suite even without a GPU")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``jaxtune bench``: runs a suite and writes its results. Returns the exit status.
+
+    Example::
+
+        jaxtune.bench.main(["--smoke", "--out", "/tmp/bench", "--results-md", "none"])
+    """
+    args = parse_args(argv)
+    repo = Path(__file__).resolve().parents[1]
+    _apply_environment(args.suite, args.threads)   # before the first JAX computation initialises the backend
+    if args.suite == "gpu" and jax.default_backend() != "gpu" and not args.allow_cpu:
+        print(f"the gpu suite needs a GPU (JAX backend is {jax.default_backend()!r}); run --cpu or --smoke, "
+              "or pass --allow-cpu", file=sys.stderr)
+        return 2
+    base = SUITE_OPTIONS[args.suite]
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"unknown mode(s) {unknown}; choose from {MODES}", file=sys.stderr)
+        return 2
+    options = Options(warmup=base.warmup if args.warmup is None else args.warmup,
+                      rounds=base.rounds if args.rounds is None else args.rounds,
+                      steps_per_round=base.steps_per_round if args.steps_per_round is None else args.steps_per_round,
+                      peers=not args.no_peers, modes=modes)
+    cases = suite_cases(args.suite)
+    if args.cases:
+        wanted = args.cases.split(",")
+        missing = [w for w in wanted if w not in {c.name for c in cases}]
+        if missing:
+            print(f"unknown case(s) {missing} in suite {args.suite}; available: {[c.name for c in cases]}",
+                  file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in wanted]
+
+    peers, reason, peer_device = None, "disabled with --no-peers", None
+    if options.peers:
+        peers, reason = _load_torch_peers()
+        if peers is not None:
+            peer_device, reason = peers.peer_device(jax.default_backend())
+    peak, peak_dtype = matmul_peak_flops()
+    if peers is not None and peer_device is not None:
+        peers.configure(peer_device)
+    env = environment(peak, peak_dtype, args.suite, peer_device, reason)
+    print(f"suite {args.suite} on {env['device']}: matmul peak {peak / 1e12:.3f} TFLOP/s ({peak_dtype}); "
+          f"peers: {peer_device or reason}", flush=True)
+    records = []
+    for case in cases:
+        print(f"case {case.name}", flush=True)
+        for r in run_case(case, options, peak_flops=peak, peers_module=peers, peer_device=peer_device,
+                          log=lambda s: print(s, flush=True)):
+            records.append(r)
+            print(f"  {r['framework']:8s} {r['variant']:8s} {r['mode']:17s} {r['examples_per_s']:9.1f} ex/s "
+                  f"{r['step_time_s'] * 1e3:8.1f} ms  compile {_fmt(r['compile_s'], '.1f')} s  "
+                  f"compiles {r['compilations']} (+{r['extra_compilations']})", flush=True)
+    out = args.out or repo / "benchmarks" / "results"
+    if args.results_md is not None:
+        results_md = None if str(args.results_md) == "none" else args.results_md
+    else:
+        results_md = None if args.suite == "smoke" else repo / "benchmarks" / "RESULTS.md"
+    paths = write_outputs(records, env, out, args.suite, results_md, make_plot=not args.no_plot, name=args.name)
+    print(targets_table(check_targets(records, args.suite)))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
