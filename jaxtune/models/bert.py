@@ -488,7 +488,7 @@ def default_rules() -> list[tuple[str, Settings]]:
 
     Example::
 
-        tx = jt.make_optimizer(params, bert.default_rules(), base=optax.adamw, learning_rate=2e-5)
+        tx = jt.make_optimizer(params, bert.default_rules(), optax.adamw, learning_rate=2e-5)
     """
     return [
         (r".*/(bias|LayerNorm/scale)", settings(weight_decay=0.0, name="no_decay")),

@@ -481,7 +481,7 @@ def default_rules() -> list[tuple[str, Settings]]:
 
     Example::
 
-        tx = jt.make_optimizer(params, resnet.default_rules(), base=optax.adamw, learning_rate=1e-3)
+        tx = jt.make_optimizer(params, resnet.default_rules(), optax.adamw, learning_rate=1e-3)
     """
     return [
         (r".*(normalization/scale|bias)", settings(weight_decay=0.0, name="no_decay")),

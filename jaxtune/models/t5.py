@@ -568,7 +568,7 @@ def default_rules() -> list[tuple[str, Settings]]:
 
     Example::
 
-        tx = jt.make_optimizer(params, t5.default_rules(), base=optax.adamw, learning_rate=1e-4)
+        tx = jt.make_optimizer(params, t5.default_rules(), optax.adamw, learning_rate=1e-4)
     """
     return [
         (r".*layer_norm/weight", settings(weight_decay=0.0, name="no_decay")),
