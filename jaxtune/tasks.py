@@ -149,6 +149,8 @@ def _classification_scores(predictions, references, label_names=None) -> dict:
 
 
 def _token_loss(logits, batch):
+    """Per-example mean cross-entropy over the labelled tokens (-100 ignored); used by token
+    classification and text-to-text targets alike. Examples with no labelled token weigh 0."""
     labels = batch["labels"]
     valid = (labels != IGNORE_INDEX).astype(jnp.float32)
     nll = _cross_entropy(logits, jnp.where(labels == IGNORE_INDEX, 0, labels))
@@ -157,10 +159,16 @@ def _token_loss(logits, batch):
     return per_example, weights
 
 
+def _token_accuracy(predictions, references, label_names=None) -> dict:
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    keep = references != IGNORE_INDEX
+    return {"token_accuracy": M.accuracy(references[keep], predictions[keep])}
+
+
 def _token_scores(predictions, references, label_names=None) -> dict:
     predictions, references = np.asarray(predictions), np.asarray(references)
     keep = references != IGNORE_INDEX
-    out = {"token_accuracy": M.accuracy(references[keep], predictions[keep])}
+    out = _token_accuracy(predictions, references)
     if label_names is not None:
         names = list(label_names)
         refs = [[names[t] for t in r[k]] for r, k in zip(references, keep)]
@@ -196,20 +204,6 @@ def _qa_scores(predictions, references, label_names=None) -> dict:
     return {"span_exact": float(exact.mean()) if len(exact) else float("nan")}
 
 
-def _text_to_text_loss(logits, batch):
-    labels = batch["labels"]
-    valid = (labels != IGNORE_INDEX).astype(jnp.float32)
-    nll = _cross_entropy(logits, jnp.where(labels == IGNORE_INDEX, 0, labels))
-    per_example = jnp.sum(nll * valid, axis=-1) / jnp.maximum(jnp.sum(valid, axis=-1), 1.0)
-    return per_example, _example_weights(batch, labels.shape[0]) * (jnp.sum(valid, axis=-1) > 0)
-
-
-def _text_to_text_scores(predictions, references, label_names=None) -> dict:
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    keep = references != IGNORE_INDEX
-    return {"token_accuracy": M.accuracy(references[keep], predictions[keep])}
-
-
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -241,6 +235,6 @@ register_task(Task("token_classification", "token_classification", _TEXT_INPUTS,
 register_task(Task("question_answering", "question_answering", _TEXT_INPUTS, ("start_positions", "end_positions"),
                    _call_text_encoder, _qa_loss, _qa_predict, _qa_scores))
 register_task(Task("text_to_text", "text_to_text", ("input_ids", "attention_mask"), ("labels",),
-                   _call_text_to_text, _text_to_text_loss, _argmax, _text_to_text_scores))
+                   _call_text_to_text, _token_loss, _argmax, _token_accuracy))
 register_task(Task("image_classification", "image_classification", ("images",), ("labels",),
                    _call_image, _sequence_loss, _argmax, _classification_scores))

@@ -134,18 +134,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else default_compute_dtype()
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
-    flags_cache: dict = {}
-
-    def flags_for(n):
-        if n not in flags_cache:
-            flags_cache[n] = _mask_flags(trainable, n)
-        return flags_cache[n]
-
     def step(state: TrainState, batch: Any):
         if mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
         leaves, treedef = jax.tree_util.tree_flatten(state.params)
-        flags = flags_for(len(leaves))
+        flags = _mask_flags(trainable, len(leaves))  # trace time only
         train_idx = [i for i, f in enumerate(flags) if f is not False]
 
         def loss_of(train_leaves, micro_batch, rng, model_state):
