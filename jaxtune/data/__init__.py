@@ -1,6 +1,14 @@
 """Data: real offline data sets, tokenisation, label alignment, QA features, length buckets, image
 preprocessing, a restartable grain loader and rehearsal mixing. Local files -> TFDS format lives in
-``jaxtune.data.tfds_local`` (imported on use: it loads tensorflow-datasets)."""
+``jaxtune.data.tfds_local`` (imported on use: it loads tensorflow-datasets).
+
+The grain-based names (``Loader``, ``LoaderIterator``, ``example_stream``, ``Rehearsal``,
+``RehearsalBatches``, ``RehearsalSchedule``) are imported on first use, so ``import jaxtune`` works
+where grain is not installed (an accelerator image that only benchmarks or evaluates, say)::
+
+    from jaxtune.data import Loader   # imports grain here
+"""
+import importlib
 
 from jaxtune.data.image import (
     IMAGENET_MEAN,
@@ -16,8 +24,6 @@ from jaxtune.data.image import (
     resize_shorter_side,
     to_rgb,
 )
-from jaxtune.data.loader import Loader, LoaderIterator, example_stream
-from jaxtune.data.rehearsal import Rehearsal, RehearsalBatches, RehearsalSchedule
 
 from jaxtune.data.sources import (
     TWEET_SENTIMENT_LABELS,
@@ -100,3 +106,21 @@ __all__ = [
     "tokenize_words",
     "word_predictions",
 ]
+
+# name -> module of the names that need grain; resolved on first access (PEP 562).
+_GRAIN_NAMES = {
+    "Loader": "jaxtune.data.loader",
+    "LoaderIterator": "jaxtune.data.loader",
+    "example_stream": "jaxtune.data.loader",
+    "Rehearsal": "jaxtune.data.rehearsal",
+    "RehearsalBatches": "jaxtune.data.rehearsal",
+    "RehearsalSchedule": "jaxtune.data.rehearsal",
+}
+
+
+def __getattr__(name: str):
+    if name in _GRAIN_NAMES:
+        value = getattr(importlib.import_module(_GRAIN_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxtune.data' has no attribute {name!r}")
