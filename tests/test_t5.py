@@ -258,23 +258,6 @@ def test_dropout_is_active_and_reproducible_in_training_mode(checkpoints):
     assert first == float(loss(variables["params"], jax.random.key(0, impl="rbg")))
 
 
-def test_attention_dropout_path_equals_fused_attention():
-    """The einsum path used under attention dropout computes what jax.nn.dot_product_attention does."""
-    rng = np.random.RandomState(0)
-    q, k, v = rng.standard_normal((3, 2, 5, 4, 8)).astype(np.float32)
-    bias = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
-    mask = jnp.tril(jnp.ones((5, 5), bool))[None, None]
-
-    @jax.jit
-    def both(q, k, v, bias, mask):
-        return (t5.dot_product_attention(q, k, v, bias, mask),
-                t5.dot_product_attention(q, k, v, bias, mask, dropout_rate=1e-12, deterministic=False,
-                                         dropout_rng=jax.random.key(2, impl="rbg")))
-
-    fused, einsum = both(q, k, v, bias, mask)
-    np.testing.assert_allclose(np.asarray(einsum), np.asarray(fused), rtol=0, atol=1e-5)
-
-
 def test_relative_position_buckets_match_transformers():
     rel = np.arange(-40, 41)[None, :]
     for bidirectional in (True, False):

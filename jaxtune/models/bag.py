@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtune.models.attention import attention
 from jaxtune.rules import Settings, settings
 
 __all__ = ["BagClassifier", "BagConfig", "default_rules", "layer_ids", "with_embedding_table"]
@@ -91,8 +92,7 @@ class _EncoderLayer(nn.Module):
         heads, head_dim = cfg.num_heads, cfg.embed_dim // cfg.num_heads
         split = lambda name: dense(cfg.embed_dim, name)(x).reshape(x.shape[:2] + (heads, head_dim))
         # Keys only: padding is never attended to; outputs at padding are left out of the pooling.
-        attn = jax.nn.dot_product_attention(split("query"), split("key"), split("value"),
-                                            mask=mask[:, None, None, :])
+        attn = attention(split("query"), split("key"), split("value"), mask=mask[:, None, None, :])
         attn = dense(cfg.embed_dim, "output")(attn.reshape(x.shape))
         attn = nn.Dropout(cfg.dropout)(attn, deterministic=deterministic)
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="attention_norm")(x + attn)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtune.models.attention import attention, check_implementation
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
 
@@ -90,6 +91,9 @@ class BertConfig:
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
     labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")   # label names by id (HF id2label)
+    # jaxtune's own, not a config.json field: "auto" (cuDNN on NVIDIA GPUs where it can run, else
+    # XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    attention_implementation: str = "auto"
 
     def __post_init__(self):
         if self.hidden_act not in ACTIVATIONS:
@@ -98,6 +102,7 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
+        check_implementation(self.attention_implementation, "BertConfig.attention_implementation")
 
     @property
     def num_labels(self) -> int:
@@ -123,7 +128,7 @@ class BertConfig:
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
             raise ValueError("BERT decoders (is_decoder / add_cross_attention) are not supported; "
                              "jaxtune's BERT is a bidirectional encoder")
-        names = {f.name for f in dataclasses.fields(cls)} - {"labels"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"labels", "attention_implementation"}
         kwargs = {k: hf[k] for k in names if hf.get(k) is not None}
         if hf.get("id2label"):
             id2label = {int(k): v for k, v in hf["id2label"].items()}
@@ -134,7 +139,8 @@ class BertConfig:
 
     def to_hf(self, task: str | None = None) -> dict[str, Any]:
         """A ``config.json`` dict that ``transformers.AutoModelFor...`` loads for ``task``."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "labels"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("labels", "attention_implementation")}
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
         out.update(model_type="bert", architectures=[ARCHITECTURES[task]],
@@ -195,11 +201,10 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention through ``jax.nn.dot_product_attention``.
-
-    With attention dropout active (``deterministic=False`` and ``attention_probs_dropout_prob > 0``)
-    the probabilities are computed explicitly so they can be dropped as in PyTorch; set
-    ``attention_probs_dropout_prob=0`` to train on the fused kernels.
+    """Multi-head self-attention through :func:`jaxtune.models.attention.attention`: cuDNN flash
+    attention on NVIDIA GPUs in bf16/fp16 without attention dropout, XLA otherwise
+    (``BertConfig.attention_implementation``). Set ``attention_probs_dropout_prob=0`` to train on
+    the fused kernel; with attention dropout active the probabilities are dropped as in PyTorch.
     """
 
     config: BertConfig
@@ -217,14 +222,9 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = project("query"), project("key"), project("value")
         rate = cfg.attention_probs_dropout_prob
-        if deterministic or rate == 0.0:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        else:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-            probs = nn.Dropout(rate)(probs, deterministic=False)
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out = attention(q, k, v, mask=mask, dropout_rate=rate, dropout_rng=rng,
+                        implementation=cfg.attention_implementation)
         return out.reshape(*out.shape[:-2], cfg.hidden_size)
 
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtune.models.attention import attention, check_implementation
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
 
@@ -85,8 +86,12 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
+    # jaxtune's own, not a config.json field: "auto" (cuDNN on NVIDIA GPUs where it can run, else
+    # XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    attention_implementation: str = "auto"
 
     def __post_init__(self):
+        check_implementation(self.attention_implementation, "T5Config.attention_implementation")
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.dense_act_fn not in _ACTIVATIONS:
             raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r} is not supported; "
@@ -111,7 +116,8 @@ class T5Config:
             raise ValueError(f"T5Config.from_hf: model_type is {hf.get('model_type')!r}, expected 't5'")
         names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs",
                                                               "eos_token_id", "num_decoder_layers",
-                                                              "decoder_start_token_id", "pad_token_id"}
+                                                              "decoder_start_token_id", "pad_token_id",
+                                                              "attention_implementation"}
         kwargs = {name: hf[name] for name in names if hf.get(name) is not None}
         tie = hf.get("tie_word_embeddings", True) is not False
         pad = hf.get("pad_token_id")
@@ -130,7 +136,7 @@ class T5Config:
 
     def to_hf(self, task: str | None = "text_to_text") -> dict[str, Any]:
         """``config.json`` dict that transformers' ``T5Model`` / ``T5ForConditionalGeneration`` loads."""
-        hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "attention_implementation"}
         hf.update(model_type="t5", is_encoder_decoder=True, dense_act_fn=self.dense_act_fn,
                   is_gated_act=self.is_gated_act,
                   architectures=["T5ForConditionalGeneration" if task == "text_to_text" else "T5Model"])
@@ -168,27 +174,6 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 
 def _normal(std: float) -> Callable:
     return nn.initializers.normal(stddev=std)
-
-
-def dot_product_attention(query, key, value, bias, mask, *, dropout_rate: float = 0.0,
-                          deterministic: bool = True, dropout_rng=None):
-    """Unscaled (T5) attention over ``(batch, length, heads, head_dim)`` arrays.
-
-    Uses ``jax.nn.dot_product_attention`` with ``scale=1.0``; when attention dropout is active it
-    computes the same thing with einsums, because ``jax.nn.dot_product_attention`` has no dropout
-    on the attention probabilities.
-    """
-    if deterministic or dropout_rate == 0.0:
-        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=1.0)
-    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, value)
 
 
 class T5LayerNorm(nn.Module):
@@ -248,8 +233,9 @@ class T5Attention(nn.Module):
         query = self._heads(self.q(hidden_states))
         rate = self.config.dropout_rate
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        out = dot_product_attention(query, key.astype(query.dtype), value.astype(query.dtype), position_bias,
-                                    mask, dropout_rate=rate, deterministic=deterministic, dropout_rng=rng)
+        out = attention(query, key.astype(query.dtype), value.astype(query.dtype), bias=position_bias,
+                        mask=mask, scale=1.0, dropout_rate=rate, dropout_rng=rng,
+                        implementation=self.config.attention_implementation)
         return self.o(out.reshape(*out.shape[:-2], -1))
 
 
