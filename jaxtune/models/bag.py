@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.attention import attention
+from jaxtune.models.dense import flat_dot_general
 from jaxtune.rules import Settings, settings
 
 __all__ = ["BagClassifier", "BagConfig", "default_rules", "layer_ids", "with_embedding_table"]
@@ -88,7 +89,8 @@ class _EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, name=name,
+                                         dot_general=flat_dot_general)
         heads, head_dim = cfg.num_heads, cfg.embed_dim // cfg.num_heads
         split = lambda name: dense(cfg.embed_dim, name)(x).reshape(x.shape[:2] + (heads, head_dim))
         # Keys only: padding is never attended to; outputs at padding are left out of the pooling.

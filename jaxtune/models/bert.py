@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.attention import attention, check_implementation
+from jaxtune.models.dense import flat_dot_general
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
 
@@ -169,7 +170,7 @@ def mean_pool(last_hidden_state: jax.Array, attention_mask: jax.Array) -> jax.Ar
 
 
 def _dense(config: BertConfig, features: int, dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name, dot_general=flat_dot_general,
                     kernel_init=nn.initializers.normal(config.initializer_range))
 
 

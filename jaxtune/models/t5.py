@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.attention import attention, check_implementation
+from jaxtune.models.dense import flat_dot_general
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
 
@@ -176,6 +177,12 @@ def _normal(std: float) -> Callable:
     return nn.initializers.normal(stddev=std)
 
 
+def _dense(features: int, std: float, dtype, name: str) -> nn.Dense:
+    """T5's bias-free projection, run as a 2-D matrix product (:func:`flat_dot_general`)."""
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=_normal(std),
+                    dot_general=flat_dot_general, name=name)
+
+
 class T5LayerNorm(nn.Module):
     """RMS norm: ``weight * x / sqrt(mean(x**2) + eps)``, no mean, no bias, statistics in fp32."""
 
@@ -203,8 +210,7 @@ class T5Attention(nn.Module):
         inner = c.num_heads * c.d_kv
 
         def dense(features, std, name):
-            return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                            kernel_init=_normal(f * std), name=name)
+            return _dense(features, f * std, self.dtype, name)
 
         self.q = dense(inner, (c.d_model * c.d_kv) ** -0.5, "q")
         self.k = dense(inner, c.d_model ** -0.5, "k")
@@ -293,8 +299,7 @@ class T5DenseActDense(nn.Module):
         c, f = self.config, self.config.initializer_factor
 
         def dense(features, std, name):
-            return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                            kernel_init=_normal(f * std), name=name)
+            return _dense(features, f * std, self.dtype, name)
 
         act = _ACTIVATIONS[c.dense_act_fn]
         if c.is_gated_act:
@@ -422,8 +427,7 @@ class T5Model(nn.Module):
         self.encoder = T5Stack(c, is_decoder=False, dtype=self.dtype)
         self.decoder = T5Stack(c, is_decoder=True, dtype=self.dtype)
         if self.task == "text_to_text" and not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                                    kernel_init=_normal(c.initializer_factor))
+            self.lm_head = _dense(c.vocab_size, c.initializer_factor, self.dtype, "lm_head")
 
     def layer_ids(self, path: str) -> int:
         """Layer id of a parameter path of this model (see the module-level :func:`layer_ids`)."""
