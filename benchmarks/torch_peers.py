@@ -149,7 +149,7 @@ class TorchPeer:
         flops = float(counter.get_total_flops()) or None
         if self.variant == "compile":
             self.graphs_at_start = _compiled_graphs()
-            self.model = torch.compile(model)
+            self.model = torch.compile(model, dynamic=False)   # static shapes per case, as XLA compiles them
         _sync(self.device)
         start = time.perf_counter()
         self._step()
@@ -163,7 +163,10 @@ class TorchPeer:
                 "peak_memory_bytes": torch.cuda.max_memory_allocated() - base if cuda else None,
                 "memory_source": "torch.cuda.max_memory_allocated" if cuda else "n/a",
                 "optimizer_state_bytes": int(state_bytes), "param_count": int(n_params),
-                "trainable_param_count": int(n_params)}
+                "trainable_param_count": int(n_params),
+                # transformers' attention backend ("sdpa", "eager", ...); None for ResNet
+                "attention_kernel": getattr(model.config, "_attn_implementation", None)
+                if self.case.family in ("bert", "t5") else None}
 
     def run(self, steps: int) -> float:
         """Runs ``steps`` steps, synchronises the device once at the end, returns the seconds."""

@@ -33,15 +33,20 @@ Example::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import importlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,6 +109,9 @@ class Case:
       pretrained: checkpoint directory to load instead of random weights.
       peers: PyTorch variants to run beside it (``"eager"``, ``"compile"``).
       modes: the jaxtune modes to run (a subset of :data:`MODES`).
+      est_compile_s: conservative seconds of one jaxtune compilation on the suite's device (the unit
+        of :func:`estimate_case_s`).
+      est_step_s: conservative seconds of one step of the case's slowest contestant.
     """
 
     name: str
@@ -115,6 +123,8 @@ class Case:
     pretrained: str | None = None
     peers: tuple[str, ...] = ("eager",)
     modes: tuple[str, ...] = MODES
+    est_compile_s: float = 5.0
+    est_step_s: float = 0.05
 
     @property
     def shape_str(self) -> str:
@@ -149,16 +159,26 @@ def suite_cases(suite: str) -> list[Case]:
         ['bert-tiny-s16-bs4', 't5-tiny-s16-t8-bs4', 'resnet-tiny-i32-bs4']
     """
     if suite == "gpu":
+        # Ordered so that a run cut short by --time-budget-s has the targets' cases first: the
+        # torch.compile and compile-time targets (BERT bs 128), T5-small, ResNet-50, then the rest.
+        # Estimates: rough H100 guesses, on the safe side (see estimate_case_s).
         bert_base = _bert_config(attention_probs_dropout_prob=0.0)
+        bert_peers = ("eager", "compile")
         return [
-            Case("bert-base-s128-bs32", "bert", bert_base, 32, {"seq": 128}, 2, peers=("eager", "compile")),
-            Case("bert-base-s128-bs128", "bert", bert_base, 128, {"seq": 128}, 2, peers=("eager", "compile")),
-            Case("bert-base-s512-bs32", "bert", bert_base, 32, {"seq": 512}, 2, peers=("eager", "compile")),
-            Case("t5-small-s256-t64-bs64", "t5", _t5_config(), 64, {"src": 256, "tgt": 64}),
-            Case("resnet50-i224-bs256", "resnet", _resnet_config(50), 256, {"image": 224}, 1000),
+            Case("bert-base-s128-bs128", "bert", bert_base, 128, {"seq": 128}, 2, peers=bert_peers,
+                 est_compile_s=30, est_step_s=0.12),
+            Case("t5-small-s256-t64-bs64", "t5", _t5_config(), 64, {"src": 256, "tgt": 64},
+                 est_compile_s=30, est_step_s=0.08),
+            Case("resnet50-i224-bs256", "resnet", _resnet_config(50), 256, {"image": 224}, 1000,
+                 est_compile_s=45, est_step_s=0.3),
+            Case("bert-base-s128-bs32", "bert", bert_base, 32, {"seq": 128}, 2, peers=bert_peers,
+                 est_compile_s=30, est_step_s=0.05),
+            Case("bert-base-s512-bs32", "bert", bert_base, 32, {"seq": 512}, 2, peers=bert_peers,
+                 est_compile_s=30, est_step_s=0.15),
         ]
     if suite == "cpu":
-        return [Case("minilm-l6-s64-bs16", "bert", None, 16, {"seq": 64}, 2, pretrained=str(minilm_path()))]
+        return [Case("minilm-l6-s64-bs16", "bert", None, 16, {"seq": 64}, 2, pretrained=str(minilm_path()),
+                     est_compile_s=20, est_step_s=0.5)]
     if suite == "smoke":
         tiny_bert = _bert_config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=37, max_position_embeddings=64)
@@ -245,6 +265,56 @@ def matmul_peak_flops(n: int | None = None, repeats: int = 5) -> tuple[float, st
         jax.block_until_ready(chain(a, b))
         best = min(best, time.perf_counter() - start)
     return 4 * 2 * n ** 3 / best, jnp.dtype(dtype).name
+
+
+# jax.monitoring emits this event once per XLA backend compilation (jax/_src/dispatch.py).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations of this process, from any thread."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration_secs: float, **kwargs) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            with self._lock:
+                self.count += 1
+
+
+@functools.cache
+def _compile_counter() -> _CompileCounter:
+    return _CompileCounter()
+
+
+def xla_compile_count() -> int:
+    """XLA backend compilations run in this process since the first call (which starts counting).
+
+    Example::
+
+        before = xla_compile_count(); step(state, batch); recompiled = xla_compile_count() - before
+    """
+    return _compile_counter().count
+
+
+# Custom-call targets of cuDNN's fused attention in XLA:GPU (forward and backward).
+CUDNN_ATTENTION_TARGET = "__cudnn$fmha"
+
+
+def attention_kernel(compiled: Any, family: str) -> str | None:
+    """Which attention kernel a compiled transformer step runs: ``"cudnn"`` when XLA calls cuDNN's
+    fused attention, else ``"xla"``; ``None`` for families without attention (ResNet).
+
+    Example::
+
+        attention_kernel(step.lower(state, batch).compile(), "bert")    # "xla" on CPU
+    """
+    if family not in ("bert", "t5"):
+        return None
+    return "cudnn" if CUDNN_ATTENTION_TARGET in compiled.as_text() else "xla"
 
 
 def tree_bytes(tree: Any) -> int:
@@ -368,7 +438,18 @@ def _init_inputs(case: Case) -> tuple:
 
 
 class JaxContestant:
-    """One jaxtune mode of a case: builds the optimizer and step, compiles, runs timed rounds."""
+    """One jaxtune mode of a case: builds the optimizer and step, compiles, runs timed rounds.
+
+    Setup is split so that only lowering + XLA compilation may run in a thread pool
+    (:func:`compile_contestants`): :meth:`prepare` (state, step, device transfer) and :meth:`stats`
+    (cost and memory analysis) run on the calling thread in a fixed order.
+
+    Example::
+
+        c = JaxContestant(case, model, "full", batch, jnp.float32)
+        c.prepare(); c.compile(); static = c.stats()
+        seconds = c.run(5)
+    """
 
     framework = "jaxtune"
 
@@ -379,18 +460,19 @@ class JaxContestant:
         self.host_batch, self.compute_dtype = batch, compute_dtype
         self.stage = 0
         self.stages: list = []
+        self.compiled = self.trainable = None
+        self.compile_s, self.compile_concurrency, self.recompilations = None, 1, 0
 
-    def setup(self) -> dict:
-        """Builds, compiles (timed) and returns the static stats of the step."""
+    def prepare(self) -> None:
+        """Builds the optimizer, train state and jitted step, and puts the batch on the device."""
         m = self.model
         params = jax.tree_util.tree_map(jnp.array, m.params)    # own copy: the state is donated
-        trainable = None
         if self.mode == "full":
             tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         elif self.mode == "frozen_backbone":
             rules = [(m.head_regex, jt.settings(name="head")), (r".*", jt.freeze("backbone"))]
             tx = jt.make_optimizer(params, rules, optax.adamw, LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-            trainable = jt.trainable_mask(params, rules)
+            self.trainable = jt.trainable_mask(params, rules)
         elif self.mode == "llrd_masks":
             tx = jt.make_optimizer(params, m.default_rules, optax.adamw, LEARNING_RATE, weight_decay=WEIGHT_DECAY,
                                    layer_ids=m.module.layer_ids, layer_decay=LAYER_DECAY)
@@ -403,38 +485,57 @@ class JaxContestant:
         state = jt.TrainState.create(params, tx, model_state=jax.tree_util.tree_map(jnp.array, m.model_state))
         if self.stages:
             state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[0]))
-        self.step = jt.make_train_step(m.loss_fn, tx, trainable=trainable, compute_dtype=self.compute_dtype)
-        self.batch = jax.device_put(self.host_batch)
-        start = time.perf_counter()
-        compiled = self.step.lower(state, self.batch).compile()
-        compile_s = time.perf_counter() - start
         self.state = state
+        self.step = jt.make_train_step(m.loss_fn, tx, trainable=self.trainable, compute_dtype=self.compute_dtype)
+        self.batch = jax.device_put(self.host_batch)
+
+    def compile(self, concurrency: int = 1) -> float:
+        """Lowers and compiles the step ahead of time (timed) and returns the seconds; safe to call
+        from a worker thread. ``concurrency``: how many compilations share the machine meanwhile
+        (recorded as ``compile_concurrency``). Later calls of the jitted step reuse this executable
+        (JAX caches the lowering and the compilation)."""
+        start = time.perf_counter()
+        self.compiled = self.step.lower(self.state, self.batch).compile()
+        self.compile_s, self.compile_concurrency = time.perf_counter() - start, concurrency
+        return self.compile_s
+
+    def stats(self) -> dict:
+        """Static stats of the compiled step (FLOPs, memory, sizes); call after :meth:`compile`."""
+        if self.compiled is None:
+            raise RuntimeError(f"{self.case.name}/{self.mode}: stats() needs compile() first")
+        compiled, params, trainable = self.compiled, self.state.params, self.trainable
+        self.compiled = None
         flops, source = xla_cost(compiled), "xla_cost_analysis"
-        n_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+        leaves = jax.tree_util.tree_leaves(params)
+        n_params = int(sum(np.prod(x.shape) for x in leaves))
         if trainable is not None:
-            n_trainable = int(sum(np.prod(x.shape) for x, t in zip(jax.tree_util.tree_leaves(params),
-                                                                   jax.tree_util.tree_leaves(trainable)) if t))
+            n_trainable = int(sum(np.prod(x.shape) for x, t in zip(leaves, jax.tree_util.tree_leaves(trainable)) if t))
         else:
             n_trainable = n_params
         if flops is None:
-            flops = analytic_flops(self.case, m.config, params, 0.0 if trainable is not None else 1.0)
+            flops = analytic_flops(self.case, self.model.config, params, 0.0 if trainable is not None else 1.0)
             source = "analytic_6N" if flops is not None else "n/a"
-        return {"compile_s": compile_s, "flops_per_step": flops, "flops_source": source,
+        return {"compile_s": self.compile_s, "compile_concurrency": self.compile_concurrency,
+                "attention_kernel": attention_kernel(compiled, self.case.family),
+                "flops_per_step": flops, "flops_source": source,
                 "xla_bytes_accessed": xla_cost(compiled, "bytes accessed"),
                 "peak_memory_bytes": xla_peak_bytes(compiled), "memory_source": "xla_memory_analysis",
-                "optimizer_state_bytes": tree_bytes(state.opt_state), "param_count": n_params,
+                "optimizer_state_bytes": tree_bytes(self.state.opt_state), "param_count": n_params,
                 "trainable_param_count": n_trainable}
 
     def run(self, steps: int) -> float:
         """Runs ``steps`` steps (a runtime-mode round first switches the unfreezing stage), blocks
-        on the final state only, and returns the elapsed seconds."""
+        on the final state only, and returns the elapsed seconds. XLA compilations the step calls
+        trigger are added to ``recompilations`` (0 while they reuse the ahead-of-time executable)."""
         start = time.perf_counter()
         state = self.state
         if self.stages:
             self.stage = (self.stage + 1) % len(self.stages)
             state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[self.stage]))
+        compiles_before = xla_compile_count()
         for _ in range(steps):
             state, metrics = self.step(state, self.batch)
+        self.recompilations += xla_compile_count() - compiles_before
         jax.block_until_ready((state, metrics))
         self.state = state
         return time.perf_counter() - start
@@ -447,23 +548,129 @@ class JaxContestant:
         self.state = self.batch = self.step = None
 
 
+def compile_contestants(contestants: Sequence[JaxContestant], workers: int,
+                        log: Callable[[str], None] = print) -> None:
+    """Compiles the jaxtune contestants of a case: the ``full`` mode (else the first) alone, so its
+    ``compile_s`` is an uncontended number, then the others ``workers`` at a time in a thread pool
+    (XLA compiles with the GIL released). Each contestant records its ``compile_concurrency``.
+
+    Example::
+
+        for c in contestants:
+            c.prepare()
+        compile_contestants(contestants, workers=4)
+    """
+    if workers < 1:
+        raise ValueError(f"compile workers must be >= 1, got {workers}")
+    if not contestants:
+        return
+    first = next((c for c in contestants if c.mode == "full"), contestants[0])
+    rest = [c for c in contestants if c is not first]
+    seconds = first.compile()
+    log(f"  compile {first.case.name} jaxtune/{first.mode} alone: {seconds:.1f} s")
+    concurrency = min(workers, len(rest))
+    if concurrency <= 1:
+        for c in rest:
+            seconds = c.compile()
+            log(f"  compile {c.case.name} jaxtune/{c.mode}: {seconds:.1f} s")
+        return
+    with concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="xla-compile") as pool:
+        seconds = list(pool.map(lambda c: c.compile(concurrency), rest))
+    log(f"  compile {first.case.name} " + ", ".join(f"jaxtune/{c.mode} {s:.1f} s" for c, s in zip(rest, seconds))
+        + f" ({concurrency} at a time)")
+
+
 # --------------------------------------------------------------------------------------------- runner
 @dataclasses.dataclass
 class Options:
-    """Timing protocol of a run."""
+    """Timing protocol of a run; ``compile_workers``: jaxtune compilations of a case at a time."""
 
     warmup: int = 3
     rounds: int = 10
     steps_per_round: int = 5
     peers: bool = True
     modes: tuple[str, ...] = MODES
+    compile_workers: int = 1
 
 
+# The gpu protocol is sized to fit one 10-minute device command (see estimate_case_s); cpu and smoke
+# compile one step at a time so their compile_s stays comparable with the committed results.
 SUITE_OPTIONS = {
-    "gpu": Options(warmup=3, rounds=10, steps_per_round=5),
+    "gpu": Options(warmup=3, rounds=6, steps_per_round=5, compile_workers=4),
     "cpu": Options(warmup=2, rounds=8, steps_per_round=2),
     "smoke": Options(warmup=1, rounds=2, steps_per_round=2),
 }
+
+
+# Units of the cost model of estimate_case_s, in seconds of one jaxtune compilation alone.
+CONCURRENT_COMPILE_COST = 1.5    # a wave of up to compile_workers concurrent compilations
+TORCH_COMPILE_COST = 2.0         # a torch.compile peer's first step
+EAGER_PEER_COST = 0.5            # an eager peer's setup (model build, FLOP count, first step)
+MIN_BUDGET_SCALE = 0.5           # TimeBudget never shrinks an estimate below half
+
+
+def estimate_case_s(case: Case, options: Options, with_peers: bool = True) -> float:
+    """Conservative wall seconds of one case under ``options``, from the case's ``est_compile_s`` (C)
+    and ``est_step_s``: model build C; the first compilation C; the other modes C each, or 1.5·C per
+    wave of up to ``compile_workers`` concurrent ones; PyTorch peers C/2 (eager) or 2·C
+    (torch.compile); and every contestant's warm-up, timed and first steps.
+
+    Example::
+
+        >>> estimate_case_s(suite_cases("smoke")[1], Options(warmup=1, rounds=2, steps_per_round=2))
+        15.6
+    """
+    modes = [m for m in options.modes if m in case.modes]
+    peers = case.peers if with_peers else ()
+    c = case.est_compile_s
+    rest = max(len(modes) - 1, 0)
+    if options.compile_workers > 1 and rest > 1:
+        compile_s = c + math.ceil(rest / options.compile_workers) * CONCURRENT_COMPILE_COST * c
+    else:
+        compile_s = c * len(modes)
+    peer_s = sum(TORCH_COMPILE_COST * c if variant == "compile" else EAGER_PEER_COST * c for variant in peers)
+    steps = options.warmup + options.rounds * options.steps_per_round + 1
+    return round(c + compile_s + peer_s + (len(modes) + len(peers)) * steps * case.est_step_s, 3)
+
+
+class TimeBudget:
+    """Wall-clock budget of a run (``--time-budget-s``): whether the next case still fits.
+
+    The estimate of the next case is scaled by the largest actual/estimated ratio of the cases
+    finished so far (never below 0.5), so a slower machine than the cost model assumes starts less.
+    ``limit_s=None``: no budget, every case fits.
+
+    Example::
+
+        >>> clock = iter([0.0, 10.0, 70.0]).__next__         # start, then one reading per fits()
+        >>> budget = TimeBudget(100.0, clock=clock)
+        >>> budget.fits(50.0)                                 # 10 s elapsed + 50 s <= 100 s
+        True
+        >>> budget.finished(estimate_s=50.0, took_s=60.0)     # 20% slower than estimated
+        >>> budget.estimate(20.0), budget.fits(20.0)          # 70 s elapsed + 24 s <= 100 s
+        (24.0, True)
+    """
+
+    def __init__(self, limit_s: float | None, clock: Callable[[], float] = time.perf_counter):
+        if limit_s is not None and limit_s <= 0:
+            raise ValueError(f"time budget must be > 0 seconds, got {limit_s}")
+        self.limit_s, self.clock = limit_s, clock
+        self.start = clock()
+        self.scale = 1.0
+        self._ratios: list[float] = []
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def estimate(self, estimate_s: float) -> float:
+        return estimate_s * self.scale
+
+    def fits(self, estimate_s: float) -> bool:
+        return self.limit_s is None or self.elapsed() + self.estimate(estimate_s) <= self.limit_s
+
+    def finished(self, estimate_s: float, took_s: float) -> None:
+        self._ratios.append(took_s / estimate_s)
+        self.scale = max(MIN_BUDGET_SCALE, max(self._ratios))
 
 
 def _load_torch_peers(path: Path | None = None):
@@ -483,20 +690,32 @@ def _load_torch_peers(path: Path | None = None):
 
 def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: Any = None,
              peer_device: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Builds every contestant of ``case``, times them in interleaved rounds, returns one record each."""
+    """Builds every contestant of ``case``, times them in interleaved rounds, returns one record each.
+
+    Example::
+
+        records = run_case(suite_cases("smoke")[0], SUITE_OPTIONS["smoke"], peak_flops=1e11)
+    """
     compute_dtype = default_compute_dtype()
     model = build_model(case, compute_dtype)
     vocab = getattr(model.config, "vocab_size", 0)
     batch = make_batch(case, vocab)
     modes = [m for m in options.modes if m in case.modes]
-    contestants: list = [JaxContestant(case, model, mode, batch, compute_dtype) for mode in modes]
+    jax_contestants = [JaxContestant(case, model, mode, batch, compute_dtype) for mode in modes]
+    peers = []
     if peers_module is not None and peer_device is not None:
-        for variant in case.peers:
-            contestants.append(peers_module.TorchPeer(case, model.config, batch, variant, peer_device))
-    records, static = [], []
-    for c in contestants:
+        peers = [peers_module.TorchPeer(case, model.config, batch, variant, peer_device) for variant in case.peers]
+    for c in jax_contestants:
+        c.prepare()
+    compiles_before = xla_compile_count()
+    compile_contestants(jax_contestants, options.compile_workers, log)
+    # A jax that emits no backend-compile events cannot tell whether later calls recompiled.
+    counts_compiles = xla_compile_count() > compiles_before
+    static = [c.stats() for c in jax_contestants]
+    for c in peers:
         log(f"  setup {case.name} {c.framework}/{c.mode}/{c.variant}")
-        static.append(c.setup())
+        static.append({**c.setup(), "compile_concurrency": 1})
+    contestants = [*jax_contestants, *peers]
     for c in contestants:
         c.run(options.warmup)
     warm_compiles = [c.compilations() for c in contestants]
@@ -504,20 +723,23 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
     for _ in range(options.rounds):
         for i, c in enumerate(contestants):
             times[i].append(c.run(options.steps_per_round))
+    records = []
     for c, s, t, warm in zip(contestants, static, times, warm_compiles):
         step_s = median_step_time(t, options.steps_per_round)
         flops = s["flops_per_step"]
         compiles = c.compilations()
+        jaxtune = c.framework == "jaxtune"
         records.append({
             "kind": "case", "case": case.name, "family": case.family, "framework": c.framework,
             "mode": c.mode, "variant": c.variant, "batch_size": case.batch_size, "shape": case.shape_str,
-            "compute_dtype": jnp.dtype(compute_dtype).name if c.framework == "jaxtune" else c.dtype_name,
+            "compute_dtype": jnp.dtype(compute_dtype).name if jaxtune else c.dtype_name,
             "examples_per_s": case.batch_size / step_s, "step_time_s": step_s,
             "step_time_min_s": min(t) / options.steps_per_round,
             "tflops_per_s": flops / step_s / 1e12 if flops else None,
             "mfu": flops / step_s / peak_flops if flops else None,
             "rounds": len(t), "steps_per_round": options.steps_per_round, **s,
             "compilations": compiles, "extra_compilations": compiles - warm,
+            "recompilations": c.recompilations if jaxtune and counts_compiles else None,
         })
         c.close()
     del model
@@ -526,8 +748,8 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
 
 
 def environment(peak_flops: float, peak_dtype: str, suite: str, peer_device: str | None,
-                peer_reason: str) -> dict:
-    """Device, versions, flags and date of a run."""
+                peer_reason: str, dropped_xla_flags: Sequence[str] = ()) -> dict:
+    """Device, versions, flags (and those dropped as unknown to this jaxlib) and date of a run."""
     versions = {}
     for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
         try:
@@ -541,7 +763,8 @@ def environment(peak_flops: float, peak_dtype: str, suite: str, peer_device: str
         "host": platform.node(), "cpu_count": os.cpu_count(), "load_avg": list(os.getloadavg()),
         "python": platform.python_version(), "versions": versions,
         "matmul_peak_tflops": peak_flops / 1e12, "matmul_peak_dtype": peak_dtype,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "threads": len(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "xla_flags_dropped": list(dropped_xla_flags),
+        "threads": len(os.sched_getaffinity(0)),
         "peer_device": peer_device, "peers_skipped_reason": peer_reason,
     }
 
@@ -555,6 +778,19 @@ def _mib(x: int | None) -> str:
     return "n/a" if x is None else f"{x / 2 ** 20:.1f}"
 
 
+def _compile_cell(r: dict) -> str:
+    concurrency = r["compile_concurrency"]
+    return _fmt(r["compile_s"], ".1f") + (f" (×{concurrency})" if concurrency > 1 else "")
+
+
+def _recompiled(r: dict) -> str:
+    return f", {r['recompilations']} recompiled" if r["recompilations"] else ""
+
+
+def _attention_note(record: dict) -> str:
+    return " (cuDNN attention)" if record.get("attention_kernel") == "cudnn" else ""
+
+
 def markdown_table(records: Sequence[dict]) -> str:
     """Markdown table of case records (one row each).
 
@@ -563,15 +799,15 @@ def markdown_table(records: Sequence[dict]) -> str:
         print(markdown_table([r for r in records if r["kind"] == "case"]))
     """
     head = ("| case | framework | mode | examples/s | step ms (median) | best round ms | TFLOP/s | MFU "
-            "| GFLOP/step (source) | compile s | peak mem MiB | opt-state MiB | compiles (extra) |")
+            "| GFLOP/step (source) | compile s (×concurrent) | peak mem MiB | opt-state MiB | compiles (extra) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         gflop = "n/a" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:.1f} ({r['flops_source']})"
         lines.append(
-            f"| {r['case']} | {r['framework']} {r['variant']} | {r['mode']} | {r['examples_per_s']:.1f} "
+            f"| {r['case']} | {r['framework']} {r['variant']}{_attention_note(r)} | {r['mode']} | {r['examples_per_s']:.1f} "
             f"| {r['step_time_s'] * 1e3:.1f} | {r['step_time_min_s'] * 1e3:.1f} | {_fmt(r['tflops_per_s'], '.3f')} | {_fmt(r['mfu'], '.1%')} | {gflop} "
-            f"| {_fmt(r['compile_s'], '.1f')} | {_mib(r['peak_memory_bytes'])} | {_mib(r['optimizer_state_bytes'])} "
-            f"| {r['compilations']} ({r['extra_compilations']}) |")
+            f"| {_compile_cell(r)} | {_mib(r['peak_memory_bytes'])} | {_mib(r['optimizer_state_bytes'])} "
+            f"| {r['compilations']} ({r['extra_compilations']}{_recompiled(r)}) |")
     return "\n".join(lines)
 
 
@@ -653,7 +889,9 @@ def environment_markdown(env: dict) -> str:
             f"- measured matmul peak: {env['matmul_peak_tflops']:.3f} TFLOP/s ({env['matmul_peak_dtype']})\n"
             f"- versions: " + ", ".join(f"{k} {v[k]}" for k in v) + "\n"
             f"- XLA_FLAGS: `{env['xla_flags'] or '(none)'}`\n"
-            f"- PyTorch peers: {env['peer_device'] or 'skipped: ' + env['peers_skipped_reason']}\n")
+            + (f"- XLA flags dropped (this jaxlib rejects them): `{' '.join(env['xla_flags_dropped'])}`\n"
+               if env.get("xla_flags_dropped") else "")
+            + f"- PyTorch peers: {env['peer_device'] or 'skipped: ' + env['peers_skipped_reason']}\n")
 
 
 def plot(records: Sequence[dict], path: Path, title: str) -> None:
@@ -692,21 +930,73 @@ def update_results_md(path: Path, suite: str, body: str) -> None:
     path.write_text(text)
 
 
+def section_body(records: Sequence[dict], env: dict, suite: str, name: str, note: str = "") -> str:
+    """Markdown of a run: environment, ``note`` (e.g. cases not run), table and targets.
+
+    Example::
+
+        Path("gpu.md").write_text(section_body(records, env, "gpu", "gpu"))
+    """
+    targets = check_targets(records, suite)
+    smoke = "\nTiny configs: the timings check the harness and mean nothing.\n" if suite == "smoke" else ""
+    note = f"\n{note.strip()}\n" if note else ""
+    return (f"## Suite `{suite}` (`{name}`)\n\n{environment_markdown(env)}{smoke}{note}\n{markdown_table(records)}\n\n"
+            f"### Targets\n\n{targets_table(targets) if targets else '(none applicable)'}\n")
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict], mode: str = "w") -> None:
+    with path.open(mode) as f:
+        for r in rows:
+            f.write(json.dumps(r, default=float) + "\n")
+
+
+def _write_partial_markdown(records: Sequence[dict], env: dict, out: Path, suite: str, name: str,
+                            pending: Sequence[str]) -> None:
+    note = f"**Partial run**: not run yet: {', '.join(pending)}." if pending else ""
+    (out / f"{name}.md").write_text(section_body(records, env, suite, name, note))
+
+
+def start_outputs(env: dict, out: Path, suite: str, name: str, pending: Sequence[str]) -> Path:
+    """Starts the outputs of a run: ``<name>.jsonl`` with the environment record (each case is
+    appended by :func:`append_case_outputs`) and ``<name>.md`` listing the ``pending`` cases.
+    Returns the JSON lines' path.
+
+    Example::
+
+        jsonl = start_outputs(env, Path("/tmp/bench"), "gpu", "gpu", [c.name for c in cases])
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.jsonl"
+    _write_jsonl(path, [env])
+    _write_partial_markdown([], env, out, suite, name, pending)
+    return path
+
+
+def append_case_outputs(case_records: Sequence[dict], records: Sequence[dict], env: dict, out: Path, suite: str,
+                        name: str, pending: Sequence[str]) -> None:
+    """Appends a finished case's records to ``<name>.jsonl`` and rewrites ``<name>.md`` with every
+    record so far, listing the ``pending`` cases: a run killed later still leaves these on disk.
+
+    Example::
+
+        append_case_outputs(case_records, records, env, out, "gpu", "gpu", pending=["resnet50-i224-bs256"])
+    """
+    _write_jsonl(out / f"{name}.jsonl", case_records, mode="a")
+    _write_partial_markdown(records, env, out, suite, name, pending)
+
+
 def write_outputs(records: list[dict], env: dict, out: Path, suite: str, results_md: Path | None,
-                  make_plot: bool = True, name: str | None = None) -> dict[str, Path]:
+                  make_plot: bool = True, name: str | None = None, note: str = "") -> dict[str, Path]:
     """JSON lines, markdown, PNG (and the RESULTS.md section) of a run, named ``name`` (default: the
-    suite); returns the paths written."""
+    suite); ``note``: markdown added below the environment (e.g. cases skipped). Returns the paths
+    written; no PNG without records."""
     name = name or suite
     out.mkdir(parents=True, exist_ok=True)
     paths = {"jsonl": out / f"{name}.jsonl", "markdown": out / f"{name}.md"}
-    with paths["jsonl"].open("w") as f:
-        for r in [env, *records]:
-            f.write(json.dumps(r, default=float) + "\n")
-    targets = check_targets(records, suite)
-    note = "\nTiny configs: the timings check the harness and mean nothing.\n" if suite == "smoke" else ""
-    body = (f"## Suite `{suite}` (`{name}`)\n\n{environment_markdown(env)}{note}\n{markdown_table(records)}\n\n"
-            f"### Targets\n\n{targets_table(targets) if targets else '(none applicable)'}\n")
+    _write_jsonl(paths["jsonl"], [env, *records])
+    body = section_body(records, env, suite, name, note)
     paths["markdown"].write_text(body)
+    make_plot = make_plot and bool(records)
     if make_plot:
         paths["png"] = out / f"{name}.png"
         plot(records, paths["png"], f"jaxtune step throughput: {name} on {env['device']}")
@@ -717,14 +1007,60 @@ def write_outputs(records: list[dict], env: dict, out: Path, suite: str, results
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def _apply_environment(suite: str, threads: int | None) -> None:
-    """Flags and environment of a suite; must run before JAX initialises its backend."""
+XLA_FLAG_PROBE = "import jax; jax.devices()"     # initialising a backend parses XLA_FLAGS
+
+
+def _probe_xla_flags(flags: str) -> bool:
+    """Whether a fresh Python starts a JAX backend with ``XLA_FLAGS=flags`` (XLA aborts the process
+    on a flag or flag value it does not know)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", XLA_FLAG_PROBE], env={**os.environ, "XLA_FLAGS": flags},
+                              capture_output=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return True      # XLA rejects flags at once; a hang is another problem the run itself meets
+    return proc.returncode == 0
+
+
+def _join_flags(*flags: str) -> str:
+    return " ".join(f for f in flags if f)
+
+
+def accepted_xla_flags(base: str, candidates: Sequence[str],
+                       probe: Callable[[str], bool] | None = None) -> tuple[list[str], list[str]]:
+    """Splits ``candidates`` into the XLA flags the installed jaxlib accepts on top of ``base`` (the
+    XLA_FLAGS already set) and those it rejects. One probe when all are fine, else one per flag.
+
+    ``probe(flags) -> bool`` defaults to starting JAX in a subprocess with ``XLA_FLAGS=flags``.
+
+    Example::
+
+        >>> accepted_xla_flags("", ["--xla_a=1", "--xla_b=2"], probe=lambda flags: "xla_b" not in flags)
+        (['--xla_a=1'], ['--xla_b=2'])
+    """
+    probe = probe or _probe_xla_flags
+    if not candidates or probe(_join_flags(base, *candidates)):
+        return list(candidates), []
+    kept = [flag for flag in candidates if probe(_join_flags(base, flag))]
+    if not kept and not probe(base):
+        raise SystemExit(f"XLA_FLAGS={base!r} from the environment is rejected by this jaxlib "
+                         f"({XLA_FLAG_PROBE!r} fails); fix or unset it")
+    return kept, [flag for flag in candidates if flag not in kept]
+
+
+def _apply_environment(suite: str, threads: int | None) -> list[str]:
+    """Flags and environment of a suite; must run before JAX initialises its backend. For the gpu
+    suite, flags the installed jaxlib rejects are dropped (and returned)."""
     flags, env = {"gpu": (GPU_XLA_FLAGS, GPU_ENV), "smoke": (SMOKE_XLA_FLAGS, {})}.get(suite, ({}, {}))
     for name, (value, _) in env.items():
         os.environ.setdefault(name, value)
     present = os.environ.get("XLA_FLAGS", "")
     extra = [f"--{k}={v}" for k, (v, _) in flags.items() if f"--{k}=" not in present]
-    os.environ["XLA_FLAGS"] = " ".join([present, *extra]).strip()
+    dropped = []
+    if suite == "gpu":
+        extra, dropped = accepted_xla_flags(present, extra)
+        if dropped:
+            print(f"dropped XLA flags this jaxlib rejects: {' '.join(dropped)}", file=sys.stderr, flush=True)
+    os.environ["XLA_FLAGS"] = _join_flags(present, *extra)
     if threads is not None:
         # XLA sizes its CPU thread pool from the affinity mask and the PyTorch peers take one thread
         # per core of the same mask (torch_peers.configure): both use exactly `threads` cores.
@@ -732,6 +1068,17 @@ def _apply_environment(suite: str, threads: int | None) -> None:
         if not 1 <= threads <= len(cores):
             raise SystemExit(f"--threads {threads}: this process may use {len(cores)} core(s)")
         os.sched_setaffinity(0, cores[:threads])
+    return dropped
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__       # argparse names the type in its error message
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -755,36 +1102,85 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per contestant")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per contestant")
     p.add_argument("--steps-per-round", type=int, default=None, help="steps per timed round")
+    p.add_argument("--compile-workers", type=_positive(int), default=None,
+                   help="jaxtune compilations of a case at a time after the full mode's (default: 4 for gpu, "
+                        "1 for cpu and smoke)")
+    p.add_argument("--time-budget-s", type=_positive(float), default=None,
+                   help="skip the remaining cases once elapsed time + a case's estimate would exceed this")
     p.add_argument("--threads", type=int, default=None,
                    help="pin the process to this many cores (XLA's pool and PyTorch's threads follow)")
     p.add_argument("--allow-cpu", action="store_true", help="run the gpu suite even without a GPU")
     return p.parse_args(argv)
 
 
+def _options(args: argparse.Namespace, modes: tuple[str, ...]) -> Options:
+    base = SUITE_OPTIONS[args.suite]
+    given = {k: getattr(args, k) for k in ("warmup", "rounds", "steps_per_round", "compile_workers")}
+    return dataclasses.replace(base, peers=not args.no_peers, modes=modes,
+                               **{k: v for k, v in given.items() if v is not None})
+
+
+def _print_record(r: dict) -> None:
+    print(f"  {r['framework']:8s} {r['variant']:8s} {r['mode']:17s} {r['examples_per_s']:9.1f} ex/s "
+          f"{r['step_time_s'] * 1e3:8.1f} ms  compile {_compile_cell(r)} s  "
+          f"compiles {r['compilations']} (+{r['extra_compilations']}{_recompiled(r)})", flush=True)
+
+
+def _run_cases(cases: Sequence[Case], options: Options, budget: TimeBudget, estimates: dict[str, float], *,
+               env: dict, out: Path, name: str, peak: float, peers: Any,
+               peer_device: str | None) -> tuple[list[dict], str]:
+    """Runs the cases that fit the budget, writing each to the outputs as it finishes; returns the
+    records and a markdown note on the cases skipped (empty when none were)."""
+    records, skipped_note = [], ""
+    for i, case in enumerate(cases):
+        expected = budget.estimate(estimates[case.name])
+        if not budget.fits(estimates[case.name]):
+            skipped = ", ".join(c.name for c in cases[i:])
+            why = (f"time budget {budget.limit_s:g} s: {budget.elapsed():.0f} s elapsed + ~{expected:.0f} s "
+                   f"estimated for {case.name}")
+            skipped_note = f"**Not run** ({why}): {skipped}."
+            print(f"skipping {len(cases) - i} case(s) ({why}): {skipped}", flush=True)
+            break
+        print(f"case {case.name} (estimated {expected:.0f} s)", flush=True)
+        case_start = budget.elapsed()
+        case_records = run_case(case, options, peak_flops=peak, peers_module=peers, peer_device=peer_device,
+                                log=lambda s: print(s, flush=True))
+        for r in case_records:
+            _print_record(r)
+        records += case_records
+        took = budget.elapsed() - case_start
+        budget.finished(estimates[case.name], took)
+        append_case_outputs(case_records, records, env, out, env["suite"], name, [c.name for c in cases[i + 1:]])
+        print(f"case {case.name} done in {took:.0f} s (estimated {expected:.0f} s); elapsed {budget.elapsed():.0f} s",
+              flush=True)
+    return records, skipped_note
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``jaxtune bench``: runs a suite and writes its results. Returns the exit status.
+
+    Each finished case is appended to ``<name>.jsonl`` (and ``<name>.md`` rewritten) at once, so a
+    run killed at a time limit keeps its finished cases; with ``--time-budget-s`` the cases that
+    would not fit are skipped and listed as such.
 
     Example::
 
         jaxtune.bench.main(["--smoke", "--out", "/tmp/bench", "--results-md", "none"])
     """
     args = parse_args(argv)
+    budget = TimeBudget(args.time_budget_s)
     repo = Path(__file__).resolve().parents[1]
-    _apply_environment(args.suite, args.threads)   # before the first JAX computation initialises the backend
+    dropped = _apply_environment(args.suite, args.threads)   # before the first JAX computation initialises the backend
     if args.suite == "gpu" and jax.default_backend() != "gpu" and not args.allow_cpu:
         print(f"the gpu suite needs a GPU (JAX backend is {jax.default_backend()!r}); run --cpu or --smoke, "
               "or pass --allow-cpu", file=sys.stderr)
         return 2
-    base = SUITE_OPTIONS[args.suite]
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         print(f"unknown mode(s) {unknown}; choose from {MODES}", file=sys.stderr)
         return 2
-    options = Options(warmup=base.warmup if args.warmup is None else args.warmup,
-                      rounds=base.rounds if args.rounds is None else args.rounds,
-                      steps_per_round=base.steps_per_round if args.steps_per_round is None else args.steps_per_round,
-                      peers=not args.no_peers, modes=modes)
+    options = _options(args, modes)
     cases = suite_cases(args.suite)
     if args.cases:
         wanted = args.cases.split(",")
@@ -803,24 +1199,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     peak, peak_dtype = matmul_peak_flops()
     if peers is not None and peer_device is not None:
         peers.configure(peer_device)
-    env = environment(peak, peak_dtype, args.suite, peer_device, reason)
+    env = environment(peak, peak_dtype, args.suite, peer_device, reason, dropped)
+    name = args.name or args.suite
+    out = args.out or repo / "benchmarks" / "results"
+    start_outputs(env, out, args.suite, name, [c.name for c in cases])
+    with_peers = peer_device is not None
+    estimates = {c.name: estimate_case_s(c, options, with_peers) for c in cases}
     print(f"suite {args.suite} on {env['device']}: matmul peak {peak / 1e12:.3f} TFLOP/s ({peak_dtype}); "
           f"peers: {peer_device or reason}", flush=True)
-    records = []
-    for case in cases:
-        print(f"case {case.name}", flush=True)
-        for r in run_case(case, options, peak_flops=peak, peers_module=peers, peer_device=peer_device,
-                          log=lambda s: print(s, flush=True)):
-            records.append(r)
-            print(f"  {r['framework']:8s} {r['variant']:8s} {r['mode']:17s} {r['examples_per_s']:9.1f} ex/s "
-                  f"{r['step_time_s'] * 1e3:8.1f} ms  compile {_fmt(r['compile_s'], '.1f')} s  "
-                  f"compiles {r['compilations']} (+{r['extra_compilations']})", flush=True)
-    out = args.out or repo / "benchmarks" / "results"
+    print(f"plan: {len(cases)} case(s), estimated {sum(estimates.values()):.0f} s (conservative) with warmup "
+          f"{options.warmup}, {options.rounds} rounds x {options.steps_per_round} steps, "
+          f"{options.compile_workers} compile worker(s); time budget "
+          f"{'none' if budget.limit_s is None else f'{budget.limit_s:g} s'}; {budget.elapsed():.0f} s elapsed",
+          flush=True)
+    records, skipped_note = _run_cases(cases, options, budget, estimates, env=env, out=out, name=name, peak=peak,
+                                       peers=peers, peer_device=peer_device)
     if args.results_md is not None:
         results_md = None if str(args.results_md) == "none" else args.results_md
     else:
         results_md = None if args.suite == "smoke" else repo / "benchmarks" / "RESULTS.md"
-    paths = write_outputs(records, env, out, args.suite, results_md, make_plot=not args.no_plot, name=args.name)
+    paths = write_outputs(records, env, out, args.suite, results_md, make_plot=not args.no_plot, name=name,
+                          note=skipped_note)
     print(targets_table(check_targets(records, args.suite)))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

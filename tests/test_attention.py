@@ -120,3 +120,16 @@ def test_attention_implementation_is_not_a_config_json_field():
     t5 = T5Config(attention_implementation="xla")
     assert "attention_implementation" not in t5.to_hf()
     assert dataclasses.replace(T5Config.from_hf(t5.to_hf()), attention_implementation="xla") == t5
+
+
+@pytest.mark.parametrize("kind,version,expected", [
+    ("NVIDIA H100 80GB HBM3", "cuda 12080", "cuda"),
+    ("NVIDIA H200", "<unknown>", "cuda"),
+    ("AMD Instinct MI300X", "rocm 60300", "gpu"),
+])
+def test_current_platform_tells_cuda_from_rocm(monkeypatch, kind, version, expected):
+    client = type("Client", (), {"platform_version": version})()
+    device = type("Device", (), {"device_kind": kind, "client": client})()
+    monkeypatch.setattr(A.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(A.jax, "devices", lambda: [device])
+    assert A.current_platform() == expected

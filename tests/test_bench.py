@@ -1,6 +1,7 @@
 """The step-throughput harness: the --smoke suite end to end (output schema) and its pure helpers."""
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import subprocess
@@ -18,27 +19,29 @@ CASE_FIELDS = {
     "examples_per_s", "step_time_s", "step_time_min_s", "tflops_per_s", "mfu", "rounds", "steps_per_round",
     "compile_s", "flops_per_step", "flops_source", "peak_memory_bytes", "memory_source",
     "optimizer_state_bytes", "param_count", "trainable_param_count", "compilations", "extra_compilations",
-    "xla_bytes_accessed",
+    "xla_bytes_accessed", "compile_concurrency", "recompilations", "attention_kernel",
 }
 ENV_FIELDS = {"kind", "suite", "date", "backend", "device", "versions", "matmul_peak_tflops", "matmul_peak_dtype",
-              "xla_flags", "peer_device", "peers_skipped_reason", "load_avg", "cpu_count"}
+              "xla_flags", "xla_flags_dropped", "peer_device", "peers_skipped_reason", "load_avg", "cpu_count"}
+SMOKE_COMPILE_WORKERS = 3      # the tiny BERT's three other modes compile at once (the default is 1)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One --smoke run in a fresh process (its XLA flags must be set before JAX starts)."""
+    """One --smoke run in a fresh process (its XLA flags must be set before JAX starts), compiling
+    in a thread pool; returns the output folder, environment record, case records and stdout."""
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "jaxtune.bench", "--smoke", "--out", str(out), "--results-md",
-                           str(out / "RESULTS.md")], check=False, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=240)
+                           str(out / "RESULTS.md"), "--compile-workers", str(SMOKE_COMPILE_WORKERS)],
+                          check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [json.loads(line) for line in (out / "smoke.jsonl").read_text().splitlines()]
-    return out, lines[0], lines[1:]
+    return out, lines[0], lines[1:], proc.stdout
 
 
 def test_smoke_writes_every_output(smoke):
-    out, _, _ = smoke
+    out, _, _, _ = smoke
     for name in ("smoke.jsonl", "smoke.md", "smoke.png", "RESULTS.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "smoke.png").stat().st_size < 300_000
@@ -47,16 +50,16 @@ def test_smoke_writes_every_output(smoke):
 
 
 def test_smoke_environment_record(smoke):
-    _, env, _ = smoke
+    _, env, _, _ = smoke
     assert env["kind"] == "env" and ENV_FIELDS <= set(env)
     assert env["suite"] == "smoke" and env["backend"] == "cpu"
     assert env["matmul_peak_tflops"] > 0 and env["matmul_peak_dtype"] == "float32"
     assert {"jax", "jaxlib", "flax", "optax", "torch", "transformers"} <= set(env["versions"])
-    assert "--xla_backend_optimization_level=0" in env["xla_flags"]
+    assert "--xla_backend_optimization_level=0" in env["xla_flags"] and env["xla_flags_dropped"] == []
 
 
 def test_smoke_case_records_are_complete_and_sensible(smoke):
-    _, _, records = smoke
+    _, _, records, _ = smoke
     expected = {(c.name, m) for c in bench.suite_cases("smoke") for m in c.modes}
     assert {(r["case"], r["mode"]) for r in records if r["framework"] == "jaxtune"} == expected
     assert any(r["framework"] == "pytorch" and r["variant"] == "eager" for r in records)
@@ -68,14 +71,54 @@ def test_smoke_case_records_are_complete_and_sensible(smoke):
         assert r["optimizer_state_bytes"] > 0 and r["param_count"] >= r["trainable_param_count"] > 0
         if r["framework"] == "jaxtune":
             assert r["compilations"] >= 1 and r["extra_compilations"] == 0, r
+            assert r["recompilations"] == 0, r        # the jitted calls reused the ahead-of-time executable
             assert r["compile_s"] > 0 and r["peak_memory_bytes"] > 0
             assert r["flops_source"] == "xla_cost_analysis"
+            assert r["attention_kernel"] == (None if r["family"] == "resnet" else "xla"), r   # no cuDNN on CPU
         else:
             assert r["flops_source"] == "torch_flop_counter"
+            assert r["recompilations"] is None and r["compile_concurrency"] == 1
+
+
+def test_full_mode_compiles_alone_and_the_others_concurrently(smoke):
+    _, _, records, _ = smoke
+    for r in (r for r in records if r["framework"] == "jaxtune"):
+        others = len(next(c for c in bench.suite_cases("smoke") if c.name == r["case"]).modes) - 1
+        expected = 1 if r["mode"] == "full" else min(SMOKE_COMPILE_WORKERS, others)
+        assert r["compile_concurrency"] == expected, r
+    assert any(r["compile_concurrency"] == SMOKE_COMPILE_WORKERS for r in records)
+
+
+def test_smoke_reports_progress_per_case(smoke):
+    _, _, records, stdout = smoke
+    assert stdout.startswith("suite smoke") and "\nplan: 3 case(s), estimated " in stdout
+    for case in dict.fromkeys(r["case"] for r in records):
+        assert f"case {case} done in " in stdout and "elapsed" in stdout
+
+
+def test_outputs_are_written_case_by_case(smoke, tmp_path):
+    _, env, records, _ = smoke
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    jsonl = bench.start_outputs(env, tmp_path, "smoke", "run", cases)
+    assert "**Partial run**: not run yet: " + ", ".join(cases) + "." in (tmp_path / "run.md").read_text()
+    done = []
+    for i, case in enumerate(cases):
+        case_records = [r for r in records if r["case"] == case]
+        done += case_records
+        bench.append_case_outputs(case_records, done, env, tmp_path, "smoke", "run", cases[i + 1:])
+        lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert lines == [env, *done]                 # what a run killed now would leave
+        markdown = (tmp_path / "run.md").read_text()
+        assert all(f"| {c} |" in markdown for c in cases[:i + 1])
+        pending = cases[i + 1:]
+        if pending:
+            assert "**Partial run**: not run yet: " + ", ".join(pending) + "." in markdown
+        else:
+            assert "Partial run" not in markdown
 
 
 def test_frozen_backbone_keeps_less_state_and_flops(smoke):
-    _, _, records = smoke
+    _, _, records, _ = smoke
     for case in {r["case"] for r in records}:
         full = bench._find(records, case, mode="full")
         frozen = bench._find(records, case, mode="frozen_backbone")
@@ -85,7 +128,7 @@ def test_frozen_backbone_keeps_less_state_and_flops(smoke):
 
 
 def test_runtime_unfreezing_switched_stages_without_recompiling(smoke):
-    _, _, records = smoke
+    _, _, records, _ = smoke
     runtime = [r for r in records if r["mode"] == "runtime_unfreeze"]
     assert runtime and all(r["compilations"] == 1 and r["extra_compilations"] == 0 for r in runtime)
     assert all(r["rounds"] >= 2 for r in runtime)     # at least one stage switch inside the timed rounds
@@ -151,14 +194,97 @@ def test_gpu_suite_covers_the_issue_cases():
     assert all("compile" in c.peers for c in cases.values() if c.family == "bert")
 
 
-def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch):
-    for name in ("XLA_FLAGS", *bench.GPU_ENV):      # restored (or removed again) after the test
+def _restore_env_after_test(monkeypatch, *names):
+    for name in names:          # restored (or removed again) after the test
         if name in os.environ:
             monkeypatch.setenv(name, os.environ[name])
         else:
             monkeypatch.delenv(name, raising=False)
+
+
+def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch):
+    _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
+    monkeypatch.setattr(bench, "_probe_xla_flags", lambda flags: True)
     assert bench.main(["--suite", "gpu", "--results-md", "none"]) == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_time_budget_skips_the_cases_that_do_not_fit_and_says_so(capsys, monkeypatch, tmp_path):
+    _restore_env_after_test(monkeypatch, "XLA_FLAGS")
+    results = tmp_path / "RESULTS.md"
+    argv = ["--smoke", "--out", str(tmp_path), "--results-md", str(results), "--no-peers", "--time-budget-s", "0.01"]
+    assert bench.main(argv) == 0
+    names = [c.name for c in bench.suite_cases("smoke")]
+    assert "skipping 3 case(s) (time budget 0.01 s: " in capsys.readouterr().out
+    for text in ((tmp_path / "smoke.md").read_text(), results.read_text()):
+        assert "**Not run** (time budget" in text and ", ".join(names) + "." in text
+    lines = (tmp_path / "smoke.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["kind"] == "env"
+    assert not (tmp_path / "smoke.png").exists()
+
+
+def test_time_budget_scales_estimates_by_the_finished_cases():
+    readings = iter([0.0, 10.0, 50.0, 50.0])
+    budget = bench.TimeBudget(100.0, clock=lambda: next(readings))
+    assert budget.fits(90.0) and not budget.fits(60.0)           # 10 s, then 50 s elapsed
+    budget.finished(estimate_s=20.0, took_s=40.0)                # twice the estimate
+    assert budget.estimate(30.0) == 60.0 and not budget.fits(30.0)
+    budget.finished(estimate_s=100.0, took_s=1.0)                # the largest ratio stays
+    assert budget.scale == 2.0
+    fast = bench.TimeBudget(None)
+    fast.finished(estimate_s=100.0, took_s=1.0)
+    assert fast.scale == bench.MIN_BUDGET_SCALE and fast.fits(1e9)
+    with pytest.raises(ValueError, match="time budget"):
+        bench.TimeBudget(0.0)
+
+
+def test_gpu_suite_estimate_and_protocol_fit_one_device_command():
+    options = bench.SUITE_OPTIONS["gpu"]
+    assert options.compile_workers == 4 and options.rounds * options.steps_per_round <= 30
+    assert bench.SUITE_OPTIONS["cpu"].compile_workers == bench.SUITE_OPTIONS["smoke"].compile_workers == 1
+    estimates = [bench.estimate_case_s(c, options) for c in bench.suite_cases("gpu")]
+    serial = [bench.estimate_case_s(c, bench.Options(compile_workers=1)) for c in bench.suite_cases("gpu")]
+    assert all(0 < e < s for e, s in zip(estimates, serial))
+    assert bench.suite_cases("gpu")[0].name == "bert-base-s128-bs128"    # the targets' case first
+
+
+def _fake_probe(rejected, calls):
+    def probe(flags):
+        calls.append(flags)
+        return not any(r in flags.split() for r in rejected)
+    return probe
+
+
+def test_accepted_xla_flags_probes_once_when_all_are_fine():
+    calls = []
+    assert bench.accepted_xla_flags("--user=1", ["--a=1", "--b=2"], _fake_probe([], calls)) == (["--a=1", "--b=2"], [])
+    assert calls == ["--user=1 --a=1 --b=2"]
+
+
+def test_accepted_xla_flags_drops_each_rejected_flag():
+    calls = []
+    kept, dropped = bench.accepted_xla_flags("", ["--a=1", "--b=2", "--c=3"], _fake_probe(["--b=2"], calls))
+    assert (kept, dropped) == (["--a=1", "--c=3"], ["--b=2"])
+    assert calls == ["--a=1 --b=2 --c=3", "--a=1", "--b=2", "--c=3"]
+    assert bench.accepted_xla_flags("", ["--a=1"], _fake_probe(["--a=1"], [])) == ([], ["--a=1"])
+    with pytest.raises(SystemExit, match="from the environment is rejected"):
+        bench.accepted_xla_flags("--bad=1", ["--a=1"], _fake_probe(["--bad=1"], []))
+
+
+def test_gpu_environment_drops_rejected_flags_and_records_them(monkeypatch, smoke):
+    _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    rejected = "--xla_gpu_enable_command_buffer=" + bench.GPU_XLA_FLAGS["xla_gpu_enable_command_buffer"][0]
+    monkeypatch.setattr(bench, "_probe_xla_flags", _fake_probe([rejected], []))
+    assert bench._apply_environment("gpu", None) == [rejected]
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true"
+    _, env, _, _ = smoke
+    markdown = bench.environment_markdown({**env, "xla_flags_dropped": [rejected]})
+    assert f"- XLA flags dropped (this jaxlib rejects them): `{rejected}`" in markdown
+
+
+def test_docstring_examples():
+    assert doctest.testmod(bench).failed == 0
 
 
 def test_gpu_xla_flags_parse_with_this_jaxlib():

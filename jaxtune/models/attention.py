@@ -124,9 +124,11 @@ def current_platform() -> str:
     """``"cuda"`` on an NVIDIA GPU backend, else JAX's default backend name (``"cpu"``, ``"tpu"``,
     ``"gpu"`` for ROCm)."""
     backend = jax.default_backend()
-    if backend == "gpu" and "rocm" not in jax.devices()[0].client.platform_version.lower():
-        return "cuda"
-    return backend
+    if backend != "gpu":
+        return backend
+    device = jax.devices()[0]
+    names = f"{getattr(device, 'device_kind', '')} {getattr(getattr(device, 'client', None), 'platform_version', '')}"
+    return "gpu" if "rocm" in names.lower() or "amd" in names.lower() else "cuda"
 
 
 def _hopper_or_later() -> bool:

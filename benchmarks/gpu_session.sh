@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one command a GPU session runs, from the repository root on the device machine (one device call,
+# timeout_s about 560; see "GPU session in one device call" in benchmarks/README.md):
+#
+#   bash benchmarks/gpu_session.sh [extra harness options]
+#
+# Runs the gpu suite with a time budget and leaves under $OUT (5 files, at most 2 folders down):
+#   session.log          everything printed (GPU, versions, the harness's progress)
+#   results/gpu.jsonl    environment record, then each case's records as soon as the case finishes
+#   results/gpu.md       the table so far (rewritten after each case), then the final one
+#   results/gpu.png      the chart (written at the end of the run)
+#   RESULTS.md           benchmarks/RESULTS.md with its gpu section rewritten (end of the run)
+#
+# BENCH_TIME_BUDGET_S (default 480) bounds the cases started; it leaves the call's remaining ~80 s for
+# start-up, the final outputs and an estimate that falls short.
+set -uo pipefail
+: "${OUT:?OUT must name the folder whose files the device call returns}"
+budget=${BENCH_TIME_BUDGET_S:-480}
+log="$OUT/session.log"
+mkdir -p "$OUT/results"
+# The repository is not installed there; python3 is the interpreter that has both torch and jax.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+{
+  echo "== gpu session $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${budget} s =="
+  nvidia-smi -L
+  python3 - <<'EOF'
+import importlib.metadata as md
+import platform
+
+print("python", platform.python_version())
+for name in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "transformers", "numpy", "matplotlib"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
+EOF
+} 2>&1 | tee "$log"
+
+python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name gpu --time-budget-s "$budget" "$@" 2>&1 \
+  | tee -a "$log"
+status=${PIPESTATUS[0]}
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+echo "== harness exit status $status ==" | tee -a "$log"
+exit "$status"
