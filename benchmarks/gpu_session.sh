@@ -37,7 +37,8 @@ for name in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "tr
 EOF
 } 2>&1 | tee "$log"
 
-python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name gpu --time-budget-s "$budget" "$@" 2>&1 \
+python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name gpu --time-budget-s "$budget" \
+  --profile-steps 3 "$@" 2>&1 \
   | tee -a "$log"
 status=${PIPESTATUS[0]}
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"

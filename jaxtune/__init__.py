@@ -23,6 +23,7 @@ from jaxtune.embeddings import (
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
     MultiplierState,
     lr_multipliers,

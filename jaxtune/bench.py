@@ -62,6 +62,7 @@ from jaxtune.hub import from_pretrained, minilm_path
 from jaxtune.models.bert import BertConfig
 from jaxtune.models.resnet import ResNetConfig, resnet_config
 from jaxtune.models.t5 import T5Config
+from jaxtune.profiling import profile_step
 from jaxtune.tasks import get_task
 from jaxtune.train import default_compute_dtype
 
@@ -71,6 +72,7 @@ LEARNING_RATE = 2e-5
 WEIGHT_DECAY = 0.01
 LAYER_DECAY = 0.9
 UNFREEZING_STAGES = 4
+PROFILE_TOP_OPS = 20
 
 # XLA flags for the GPU suite, each with the reason it is there. Flags already present in XLA_FLAGS
 # win; XLA exits on an unknown flag, so every entry is checked to parse with the pinned jaxlib.
@@ -85,6 +87,10 @@ GPU_XLA_FLAGS: dict[str, tuple[str, str]] = {
 # CPU compile time of its tiny steps about 3x.
 SMOKE_XLA_FLAGS: dict[str, tuple[str, str]] = {
     "xla_backend_optimization_level": ("0", "no LLVM optimisation passes: 3x faster CPU compiles"),
+}
+# --profile-steps on the CPU suites: XLA:CPU emits a trace event per op only with this flag.
+CPU_PROFILE_XLA_FLAGS: dict[str, tuple[str, str]] = {
+    "xla_cpu_enable_xprof_traceme": ("true", "trace events per XLA:CPU op, for --profile-steps"),
 }
 # Environment for the GPU suite: JAX must share the device with PyTorch in the same process.
 GPU_ENV: dict[str, tuple[str, str]] = {
@@ -583,7 +589,8 @@ def compile_contestants(contestants: Sequence[JaxContestant], workers: int,
 # --------------------------------------------------------------------------------------------- runner
 @dataclasses.dataclass
 class Options:
-    """Timing protocol of a run; ``compile_workers``: jaxtune compilations of a case at a time."""
+    """Timing protocol of a run; ``compile_workers``: jaxtune compilations of a case at a time;
+    ``profile_steps``: steps of each case's ``full`` mode to profile after the timing (0: none)."""
 
     warmup: int = 3
     rounds: int = 10
@@ -591,6 +598,7 @@ class Options:
     peers: bool = True
     modes: tuple[str, ...] = MODES
     compile_workers: int = 1
+    profile_steps: int = 0      # > 0: profile that many steps of each case's `full` mode (after timing)
 
 
 # The gpu protocol is sized to fit one 10-minute device command (see estimate_case_s); cpu and smoke
@@ -688,6 +696,22 @@ def _load_torch_peers(path: Path | None = None):
     return module, ""
 
 
+def _profile_full_mode(contestants: Sequence[JaxContestant], steps: int, log: Callable[[str], None]) -> str | None:
+    """The op table (:func:`jaxtune.profiling.profile_step`) of ``steps`` steps of the ``full``
+    contestant, logged; None when not asked for or when the profiler fails (the run goes on)."""
+    full = next((c for c in contestants if c.mode == "full"), None)
+    if steps <= 0 or full is None:
+        return None
+    try:
+        full.state, ops = profile_step(full.step, full.state, full.batch, steps=steps)
+    except Exception as err:     # a profiler problem must not cost the measurements of the run
+        log(f"  profile {full.case.name} jaxtune/full failed: {type(err).__name__}: {err}")
+        return None
+    table = f"# {full.case.name} jaxtune/full\n{ops.table(top=PROFILE_TOP_OPS)}"
+    log(table)
+    return table
+
+
 def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: Any = None,
              peer_device: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Builds every contestant of ``case``, times them in interleaved rounds, returns one record each.
@@ -723,6 +747,7 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
     for _ in range(options.rounds):
         for i, c in enumerate(contestants):
             times[i].append(c.run(options.steps_per_round))
+    profile = _profile_full_mode(jax_contestants, options.profile_steps, log)
     records = []
     for c, s, t, warm in zip(contestants, static, times, warm_compiles):
         step_s = median_step_time(t, options.steps_per_round)
@@ -740,6 +765,7 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
             "rounds": len(t), "steps_per_round": options.steps_per_round, **s,
             "compilations": compiles, "extra_compilations": compiles - warm,
             "recompilations": c.recompilations if jaxtune and counts_compiles else None,
+            **({"profile": profile} if profile and jaxtune and c.mode == "full" else {}),
         })
         c.close()
     del model
@@ -1047,10 +1073,13 @@ def accepted_xla_flags(base: str, candidates: Sequence[str],
     return kept, [flag for flag in candidates if flag not in kept]
 
 
-def _apply_environment(suite: str, threads: int | None) -> list[str]:
+def _apply_environment(suite: str, threads: int | None, profile: bool = False) -> list[str]:
     """Flags and environment of a suite; must run before JAX initialises its backend. For the gpu
-    suite, flags the installed jaxlib rejects are dropped (and returned)."""
+    suite, flags the installed jaxlib rejects are dropped (and returned). ``profile`` on the CPU
+    suites adds the flag without which XLA:CPU traces no ops."""
     flags, env = {"gpu": (GPU_XLA_FLAGS, GPU_ENV), "smoke": (SMOKE_XLA_FLAGS, {})}.get(suite, ({}, {}))
+    if profile and suite != "gpu":
+        flags = {**flags, **CPU_PROFILE_XLA_FLAGS}
     for name, (value, _) in env.items():
         os.environ.setdefault(name, value)
     present = os.environ.get("XLA_FLAGS", "")
@@ -1105,6 +1134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-workers", type=_positive(int), default=None,
                    help="jaxtune compilations of a case at a time after the full mode's (default: 4 for gpu, "
                         "1 for cpu and smoke)")
+    p.add_argument("--profile-steps", type=int, default=None,
+                   help="after timing, profile this many steps of each case's full mode and log the busiest ops "
+                        "(also stored as the record's 'profile'); default 0")
     p.add_argument("--time-budget-s", type=_positive(float), default=None,
                    help="skip the remaining cases once elapsed time + a case's estimate would exceed this")
     p.add_argument("--threads", type=int, default=None,
@@ -1115,7 +1147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _options(args: argparse.Namespace, modes: tuple[str, ...]) -> Options:
     base = SUITE_OPTIONS[args.suite]
-    given = {k: getattr(args, k) for k in ("warmup", "rounds", "steps_per_round", "compile_workers")}
+    given = {k: getattr(args, k) for k in ("warmup", "rounds", "steps_per_round", "compile_workers", "profile_steps")}
     return dataclasses.replace(base, peers=not args.no_peers, modes=modes,
                                **{k: v for k, v in given.items() if v is not None})
 
@@ -1170,7 +1202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     budget = TimeBudget(args.time_budget_s)
     repo = Path(__file__).resolve().parents[1]
-    dropped = _apply_environment(args.suite, args.threads)   # before the first JAX computation initialises the backend
+    # before the first JAX computation initialises the backend
+    dropped = _apply_environment(args.suite, args.threads, profile=bool(args.profile_steps))
     if args.suite == "gpu" and jax.default_backend() != "gpu" and not args.allow_cpu:
         print(f"the gpu suite needs a GPU (JAX backend is {jax.default_backend()!r}); run --cpu or --smoke, "
               "or pass --allow-cpu", file=sys.stderr)

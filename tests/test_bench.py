@@ -33,7 +33,8 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "jaxtune.bench", "--smoke", "--out", str(out), "--results-md",
-                           str(out / "RESULTS.md"), "--compile-workers", str(SMOKE_COMPILE_WORKERS)],
+                           str(out / "RESULTS.md"), "--compile-workers", str(SMOKE_COMPILE_WORKERS),
+                           "--profile-steps", "2"],
                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [json.loads(line) for line in (out / "smoke.jsonl").read_text().splitlines()]
@@ -78,6 +79,18 @@ def test_smoke_case_records_are_complete_and_sensible(smoke):
         else:
             assert r["flops_source"] == "torch_flop_counter"
             assert r["recompilations"] is None and r["compile_concurrency"] == 1
+
+
+def test_full_mode_is_profiled_after_timing(smoke):
+    """--profile-steps: each case's full-mode record carries the op table (and the log shows it)."""
+    _, env, records, stdout = smoke
+    assert "--xla_cpu_enable_xprof_traceme=true" in env["xla_flags"]
+    for r in records:
+        if r["framework"] == "jaxtune" and r["mode"] == "full":
+            assert r["profile"].startswith(f"# {r['case']} jaxtune/full\nprofile: 2 step(s)"), r["profile"][:200]
+            assert "ms busy per step" in r["profile"] and r["profile"] in stdout
+        else:
+            assert "profile" not in r
 
 
 def test_full_mode_compiles_alone_and_the_others_concurrently(smoke):
