@@ -37,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import functools
+import gc
 import importlib
 import importlib.util
 import json
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ WEIGHT_DECAY = 0.01
 LAYER_DECAY = 0.9
 UNFREEZING_STAGES = 4
 PROFILE_TOP_OPS = 20
+FAILURE_TRACEBACK_FRAMES = 12     # innermost frames of a failed case's traceback in the log
 
 # XLA flags for the GPU suite, each with the reason it is there. Flags already present in XLA_FLAGS
 # win; XLA exits on an unknown flag, so every entry is checked to parse with the pinned jaxlib.
@@ -1134,6 +1137,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-workers", type=_positive(int), default=None,
                    help="jaxtune compilations of a case at a time after the full mode's (default: 4 for gpu, "
                         "1 for cpu and smoke)")
+    p.add_argument("--attention", choices=("auto", "xla", "cudnn"), default=None,
+                   help="attention_implementation of the BERT/T5 cases (default: the models' 'auto')")
     p.add_argument("--profile-steps", type=int, default=None,
                    help="after timing, profile this many steps of each case's full mode and log the busiest ops "
                         "(also stored as the record's 'profile'); default 0")
@@ -1160,23 +1165,34 @@ def _print_record(r: dict) -> None:
 
 def _run_cases(cases: Sequence[Case], options: Options, budget: TimeBudget, estimates: dict[str, float], *,
                env: dict, out: Path, name: str, peak: float, peers: Any,
-               peer_device: str | None) -> tuple[list[dict], str]:
-    """Runs the cases that fit the budget, writing each to the outputs as it finishes; returns the
-    records and a markdown note on the cases skipped (empty when none were)."""
-    records, skipped_note = [], ""
+               peer_device: str | None) -> tuple[list[dict], str, list[str]]:
+    """Runs the cases that fit the budget, writing each to the outputs as it finishes. A case that
+    raises is logged with its traceback and listed as failed; the run goes on with the next case.
+    Returns the records, a markdown note on the cases skipped or failed, and the failed names."""
+    records, notes, failed = [], [], []
     for i, case in enumerate(cases):
         expected = budget.estimate(estimates[case.name])
         if not budget.fits(estimates[case.name]):
             skipped = ", ".join(c.name for c in cases[i:])
             why = (f"time budget {budget.limit_s:g} s: {budget.elapsed():.0f} s elapsed + ~{expected:.0f} s "
                    f"estimated for {case.name}")
-            skipped_note = f"**Not run** ({why}): {skipped}."
+            notes.append(f"**Not run** ({why}): {skipped}.")
             print(f"skipping {len(cases) - i} case(s) ({why}): {skipped}", flush=True)
             break
         print(f"case {case.name} (estimated {expected:.0f} s)", flush=True)
         case_start = budget.elapsed()
-        case_records = run_case(case, options, peak_flops=peak, peers_module=peers, peer_device=peer_device,
-                                log=lambda s: print(s, flush=True))
+        try:
+            case_records = run_case(case, options, peak_flops=peak, peers_module=peers, peer_device=peer_device,
+                                    log=lambda s: print(s, flush=True))
+        except Exception as err:      # one broken case must not cost the others of a one-shot run
+            print(f"case {case.name} FAILED after {budget.elapsed() - case_start:.0f} s:\n"
+                  f"{traceback.format_exc(limit=-FAILURE_TRACEBACK_FRAMES)}", flush=True)
+            failed.append(case.name)
+            notes.append(f"**Failed**: {case.name} ({_first_line(err)}).")
+            del err
+            gc.collect()
+            jax.clear_caches()
+            continue
         for r in case_records:
             _print_record(r)
         records += case_records
@@ -1185,7 +1201,25 @@ def _run_cases(cases: Sequence[Case], options: Options, budget: TimeBudget, esti
         append_case_outputs(case_records, records, env, out, env["suite"], name, [c.name for c in cases[i + 1:]])
         print(f"case {case.name} done in {took:.0f} s (estimated {expected:.0f} s); elapsed {budget.elapsed():.0f} s",
               flush=True)
-    return records, skipped_note
+    return records, "\n\n".join(notes), failed
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+
+
+def with_attention(case: Case, implementation: str | None) -> Case:
+    """``case`` with its transformer config's ``attention_implementation`` set (``None``: as is).
+
+    Example::
+
+        >>> with_attention(suite_cases("smoke")[0], "xla").config.attention_implementation
+        'xla'
+    """
+    if implementation is None or case.config is None or not hasattr(case.config, "attention_implementation"):
+        return case
+    return dataclasses.replace(case, config=dataclasses.replace(case.config, attention_implementation=implementation))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1223,6 +1257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
+    cases = [with_attention(c, args.attention) for c in cases]
 
     peers, reason, peer_device = None, "disabled with --no-peers", None
     if options.peers:
@@ -1245,17 +1280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{options.compile_workers} compile worker(s); time budget "
           f"{'none' if budget.limit_s is None else f'{budget.limit_s:g} s'}; {budget.elapsed():.0f} s elapsed",
           flush=True)
-    records, skipped_note = _run_cases(cases, options, budget, estimates, env=env, out=out, name=name, peak=peak,
+    records, note, failed = _run_cases(cases, options, budget, estimates, env=env, out=out, name=name, peak=peak,
                                        peers=peers, peer_device=peer_device)
     if args.results_md is not None:
         results_md = None if str(args.results_md) == "none" else args.results_md
     else:
         results_md = None if args.suite == "smoke" else repo / "benchmarks" / "RESULTS.md"
     paths = write_outputs(records, env, out, args.suite, results_md, make_plot=not args.no_plot, name=name,
-                          note=skipped_note)
+                          note=note)
     print(targets_table(check_targets(records, args.suite)))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    if failed:
+        print(f"{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -307,3 +307,34 @@ def test_gpu_xla_flags_parse_with_this_jaxlib():
                           check=False, env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr[-2000:]
+
+
+def test_a_failing_case_is_logged_and_the_others_still_run(capsys, monkeypatch, tmp_path):
+    """A one-shot GPU run must not lose every case to one broken one: the failure is logged with
+    its traceback, listed in the markdown, and the exit status says so."""
+    _restore_env_after_test(monkeypatch, "XLA_FLAGS")
+    ran = []
+
+    def fake_run_case(case, options, **kwargs):
+        ran.append(case.name)
+        if case.family == "t5":
+            raise RuntimeError("cuDNN graph build failed\nsecond line")
+        return []
+
+    monkeypatch.setattr(bench, "run_case", fake_run_case)
+    results = tmp_path / "RESULTS.md"
+    assert bench.main(["--smoke", "--out", str(tmp_path), "--results-md", str(results), "--no-peers", "--no-plot"]) == 1
+    assert ran == [c.name for c in bench.suite_cases("smoke")]                 # the cases after it ran too
+    captured = capsys.readouterr()
+    assert "case t5-tiny-s16-t8-bs4 FAILED after" in captured.out and "fake_run_case" in captured.out
+    assert "1 case(s) failed: t5-tiny-s16-t8-bs4" in captured.err
+    for text in ((tmp_path / "smoke.md").read_text(), results.read_text()):
+        assert "**Failed**: t5-tiny-s16-t8-bs4 (RuntimeError: cuDNN graph build failed)." in text
+
+
+def test_attention_option_sets_the_transformer_cases_only():
+    cases = [bench.with_attention(c, "xla") for c in bench.suite_cases("gpu")]
+    assert {c.config.attention_implementation for c in cases if c.family in ("bert", "t5")} == {"xla"}
+    resnet = next(c for c in cases if c.family == "resnet")
+    assert resnet == next(c for c in bench.suite_cases("gpu") if c.family == "resnet")
+    assert bench.with_attention(cases[0], None) is cases[0]
