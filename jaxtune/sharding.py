@@ -87,13 +87,24 @@ def batch_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
-    """Places a host batch on the mesh, split along the example axis.
+    """Places a batch on the mesh, split along the example axis.
 
-    The batch size must be divisible by the number of devices on the axis.
+    In a single process ``batch`` is the whole batch. With several processes (multi-host) it is
+    this process's part (what ``Loader(..., process_count=n)`` yields), and the result is the
+    global array assembled from every process's part. The leading axis must be divisible by the
+    devices of the axis that this process holds.
+
+    Example::
+
+        batch = shard_batch(next(loader_iter), mesh)      # jax.Arrays split over mesh axis "data"
     """
-    size = mesh.shape[axis_name]
+    local = max(mesh.shape[axis_name] // jax.process_count(), 1)
     for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
-        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % local:
             raise ValueError(f"batch field {jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; its leading "
-                             f"axis must be divisible by the {size} devices of mesh axis {axis_name!r}")
-    return jax.device_put(batch, batch_sharding(mesh, axis_name))
+                             f"axis must be divisible by the {local} devices of mesh axis {axis_name!r} in this "
+                             "process")
+    sharding = batch_sharding(mesh, axis_name)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

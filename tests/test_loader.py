@@ -167,3 +167,62 @@ def test_exhausted_and_closed_iterators():
     it.close()
     with pytest.raises(RuntimeError, match="closed"):
         next(it)
+
+
+def _augment(example, rng):
+    return {"x": example, "noise": rng.integers(0, 1_000_000)}
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_processes_split_every_global_batch_of_the_single_process_stream(count):
+    """Simulated multi-host: the processes' parts, concatenated in process order, are the batches one
+    process would load (same shuffle, same augmentation rngs), and each part is batch_size/count."""
+    common = dict(batch_size=8, seed=5, num_epochs=2, random_transform=_augment, read_threads=0, prefetch=0)
+    single = _collect(Loader(np.arange(37), **common))
+    parts = [_collect(Loader(np.arange(37), process_index=i, process_count=count, **common)) for i in range(count)]
+    assert all(len(p) == len(single) == 9 for p in parts)           # 74 examples // 8, remainder dropped
+    for j, batch in enumerate(single):
+        assert all(p[j]["x"].shape == (8 // count,) for p in parts)
+        for key in ("x", "noise"):
+            np.testing.assert_array_equal(np.concatenate([p[j][key] for p in parts]), batch[key])
+
+
+def test_process_part_resumes_from_a_position_saved_under_another_process_count():
+    single = Loader(np.arange(40), batch_size=4, seed=1, read_threads=0, prefetch=0)
+    with single.iterator() as it:
+        for _ in range(3):
+            next(it)
+        state = it.get_state()
+    rest = _collect(single, state)
+    second_half = Loader(np.arange(40), batch_size=4, seed=1, read_threads=0, prefetch=0,
+                         process_index=1, process_count=2)
+    resumed = _collect(second_half, state)
+    assert len(resumed) == len(rest) == 7
+    for mine, whole in zip(resumed, rest):
+        np.testing.assert_array_equal(mine, whole[2:])
+
+
+def test_multi_process_arguments_are_checked():
+    with pytest.raises(ValueError, match="not divisible by process_count=3"):
+        Loader(np.arange(40), batch_size=8, process_index=0, process_count=3)
+    with pytest.raises(ValueError, match="drop_remainder=True"):
+        Loader(np.arange(40), batch_size=8, process_index=0, process_count=2, drop_remainder=False)
+    with pytest.raises(ValueError, match=r"process_index=2 is outside \[0, process_count=2\)"):
+        Loader(np.arange(40), batch_size=8, process_index=2, process_count=2)
+    assert Loader(np.arange(40), batch_size=8).process_shard == (jax.process_index(), jax.process_count())
+
+
+def test_process_parts_become_global_arrays_on_a_sharding():
+    """With a device sharding and several processes, batches go through
+    jax.make_array_from_process_local_data (here one real process: the part is the whole array)."""
+    from jaxtune.data.loader import _global_batch
+    from jaxtune.sharding import batch_sharding, make_mesh
+
+    sharding = batch_sharding(make_mesh(1))
+    loader = Loader(np.arange(16, dtype=np.int32), batch_size=8, shuffle=False, prefetch=1, device=sharding,
+                    process_index=0, process_count=2)
+    batches = list(loader)
+    assert all(isinstance(b, jax.Array) and b.sharding == sharding for b in batches)
+    assert [np.asarray(b).tolist() for b in batches] == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    with pytest.raises(ValueError, match="need a jax.sharding.Sharding"):
+        _global_batch(jax.devices()[0], np.zeros(4))

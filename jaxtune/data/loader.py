@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, Self, runtime_checkable
 
 import grain
+import jax
 import numpy as np
 
 __all__ = ["Loader", "LoaderIterator", "StreamSpec", "example_stream"]
@@ -119,6 +120,31 @@ class _EpochPermutation(grain.MapDataset):
         return epoch * self._n + int(_permutation(self._seed, self._n, epoch)[offset])
 
 
+class _ProcessSlice(grain.MapDataset):
+    """This process's part of every global batch: index ``i`` -> stream position
+    ``(i // local) * global_size + process_index * local + i % local``. Only the positions a
+    process reads are computed (the parent's maps are lazy), and each example keeps its global
+    position, so shuffling and augmentation do not depend on the number of processes."""
+
+    def __init__(self, parent: grain.MapDataset, global_size: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._global, self._local = global_size, global_size // process_count
+        self._offset = process_index * self._local
+        self._batches = len(parent) // global_size
+
+    def __len__(self) -> int:
+        return min(self._batches * self._local, sys.maxsize)
+
+    def __str__(self) -> str:
+        return f"_ProcessSlice(global={self._global}, local={self._local}, offset={self._offset})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, within = divmod(int(index), self._local)
+        return self._parent[batch * self._global + self._offset + within]
+
+
 @functools.lru_cache(maxsize=4)
 def _permutation(seed: int, n: int, epoch: int) -> np.ndarray:
     # Module-level (not per dataset) so datasets stay picklable for worker processes.
@@ -174,6 +200,14 @@ class Loader:
         None yields NumPy batches.
       worker_processes: grain worker processes (0 keeps everything in this process). Workers
         are spawned: a script using them needs an ``if __name__ == "__main__":`` guard.
+      process_index, process_count: this process's share of a multi-process (multi-host) run;
+        None: ``jax.process_index()`` / ``jax.process_count()``. ``batch_size`` is the *global*
+        batch: each process reads and yields its ``batch_size // process_count`` examples of
+        every global batch (contiguous, in process order), so all processes together see exactly
+        the single-process stream, and a saved position resumes under any process count. With a
+        ``device`` sharding, batches become global ``jax.Array``s
+        (``jax.make_array_from_process_local_data``). Several processes need
+        ``drop_remainder=True``.
 
     Example:
         >>> import numpy as np
@@ -195,6 +229,8 @@ class Loader:
     prefetch: int = 2
     device: Any = None
     worker_processes: int = 0
+    process_index: int | None = None
+    process_count: int | None = None
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -204,6 +240,15 @@ class Loader:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        index, count = self.process_shard
+        if not 0 <= index < count:
+            raise ValueError(f"process_index={index} is outside [0, process_count={count}).")
+        if count > 1 and self.batch_size % count:
+            raise ValueError(f"batch_size={self.batch_size} (the global batch) is not divisible by "
+                             f"process_count={count}; every process must load an equal share.")
+        if count > 1 and not self.drop_remainder:
+            raise ValueError(f"{count} processes need drop_remainder=True: a final partial batch cannot be "
+                             "split evenly. Pad the data to a multiple of batch_size instead.")
         if self.num_batches == 0:
             raise ValueError(
                 f"the stream has {len(self._stream())} examples, fewer than batch_size="
@@ -220,13 +265,28 @@ class Loader:
             self.source, seed=self.seed, shuffle=self.shuffle, num_epochs=self.num_epochs
         )
 
+    @property
+    def process_shard(self) -> tuple[int, int]:
+        """``(process_index, process_count)`` this loader reads for (JAX's, unless given)."""
+        index = jax.process_index() if self.process_index is None else self.process_index
+        count = jax.process_count() if self.process_count is None else self.process_count
+        return int(index), int(count)
+
+    @property
+    def local_batch_size(self) -> int:
+        """Examples per batch that this process yields."""
+        return self.batch_size // self.process_shard[1]
+
     def _batches(self) -> grain.MapDataset:
         ds = self._stream().seed(self.seed)
         if self.transform is not None:
             ds = ds.map(self.transform)
         if self.random_transform is not None:
             ds = ds.random_map(self.random_transform)
-        return ds.batch(self.batch_size, drop_remainder=self.drop_remainder, batch_fn=self.batch_fn)
+        index, count = self.process_shard
+        if count > 1:
+            ds = _ProcessSlice(ds, self.batch_size, index, count)
+        return ds.batch(self.local_batch_size, drop_remainder=self.drop_remainder, batch_fn=self.batch_fn)
 
     @property
     def num_batches(self) -> int | None:
@@ -260,6 +320,15 @@ class Loader:
             "shuffle": bool(self.shuffle),
             "stream_length": int(min(len(self._stream()), sys.maxsize)),
         }
+
+
+def _global_batch(sharding: Any, local_batch: Any) -> Any:
+    """A process's part of a global batch -> global ``jax.Array``s split along the example axis."""
+    if not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(f"several processes need a jax.sharding.Sharding as device (got {sharding!r}), "
+                         "e.g. jaxtune.batch_sharding(mesh)")
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -296,7 +365,11 @@ class LoaderIterator:
         if loader.worker_processes:
             _ensure_absl_flags_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=loader.worker_processes))
-        if loader.device is not None:
+        if loader.device is not None and loader.process_shard[1] > 1:
+            ds = ds.map(functools.partial(_global_batch, loader.device))
+            if loader.prefetch:
+                ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=loader.prefetch)
+        elif loader.device is not None:
             ds = grain.experimental.device_put(
                 ds, loader.device, cpu_buffer_size=max(loader.prefetch, 1),
                 device_buffer_size=max(loader.prefetch, 1),
