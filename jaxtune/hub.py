@@ -319,8 +319,10 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     if task not in family.tasks:
         raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     config = family.config_from_hf(hf_config)
-    model = family.build(config, task, num_labels, dtype)
     tensors = read_weights(directory, allow_pickle=allow_pickle)
+    if family.config_for_weights is not None:
+        config = family.config_for_weights(config, tensors)
+    model = family.build(config, task, num_labels, dtype)
     loaded, used = family.to_flax(config, tensors, task)
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),

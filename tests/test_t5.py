@@ -114,6 +114,29 @@ def test_config_from_hf_reads_v4_and_v5_layouts():
         t5.T5Config.from_hf({**TINY, "feed_forward_proj": "gated-gelu-x"})
 
 
+def test_untied_lm_head_saved_as_tied_is_loaded_untied(checkpoints, tmp_path):
+    """transformers >= 5 writes ``tie_word_embeddings: true`` (and ``scale_decoder_outputs: false``)
+    for T5 v1.1 / Flan-T5 next to a separate ``lm_head.weight``: the weights decide, and the model
+    equals the v1.1 one (float32, exact: the same tensors)."""
+    _, directory, _, model, variables = checkpoints("v1.1")
+    resaved = tmp_path / "resaved"
+    resaved.mkdir()
+    (resaved / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    config = json.loads((directory / "config.json").read_text())
+    config.update(tie_word_embeddings=True, scale_decoder_outputs=False)
+    (resaved / "config.json").write_text(json.dumps(config))
+    loaded_model, loaded = hub.from_pretrained(resaved, task="text_to_text")
+    assert not loaded_model.config.tie_word_embeddings and not loaded_model.config.scale_decoder_outputs
+    assert "lm_head" in loaded["params"]
+    ids, mask, labels = _batch()
+    decoder_ids = np.asarray(t5.shift_right(labels, 0, 0))
+    np.testing.assert_array_equal(loaded_model.apply(loaded, ids, mask, decoder_ids),
+                                  model.apply(variables, ids, mask, decoder_ids))
+    tied = t5.T5Config.from_hf({"model_type": "t5", **TINY})
+    shared = np.ones((4, 2), np.float32)
+    assert t5.config_for_weights(tied, {"shared.weight": shared, "lm_head.weight": shared.copy()}) is tied
+
+
 def test_logits_and_loss_match_transformers(checkpoint):
     _, _, torch_model, model, variables = checkpoint
     ids, mask, labels = _batch()

@@ -153,6 +153,9 @@ class ModelFamily:
       head_paths: regexes (re.fullmatch on 'collection/a/b' paths) of the task-head variables that
         are re-initialised, not refused, when the checkpoint has none or a different label count.
       example_inputs: (config, task) -> tuple of positional arrays to ``model.init`` with.
+      config_for_weights: optional (config, tensors) -> config, for what ``config.json`` gets
+        wrong and the weights show (T5: an untied ``lm_head`` saved with
+        ``tie_word_embeddings: true``); runs before the model is built.
     """
 
     name: str
@@ -165,3 +168,4 @@ class ModelFamily:
     to_hf: Callable[[Any, Mapping[str, Any], str | None], dict[str, np.ndarray]]
     head_paths: tuple[str, ...]
     example_inputs: Callable[[Any, str | None], tuple]
+    config_for_weights: Callable[[Any, Mapping[str, np.ndarray]], Any] | None = None

@@ -26,6 +26,7 @@ The encoder-decoder generation protocol (``encode`` / ``init_cache`` / ``decode`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +41,8 @@ from jaxtune.models.attention import attention, check_implementation
 from jaxtune.models.dense import flat_dot_general
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
+
+logger = logging.getLogger(__name__)
 
 TASKS: tuple[str | None, ...] = (None, "text_to_text")
 
@@ -619,8 +622,27 @@ def to_flax(config: T5Config, tensors: Mapping[str, np.ndarray], task: str | Non
             and not np.array_equal(np.asarray(lm_head), np.asarray(shared))):
         raise ValueError("T5 checkpoint has an lm_head.weight different from shared.weight but config.json says "
                          "tie_word_embeddings=true (transformers >= 5 saves untied T5 v1.1 / Flan-T5 models "
-                         "this way); set \"tie_word_embeddings\": false in config.json to load the separate lm_head")
+                         "this way); pass config_for_weights(config, tensors) (from_pretrained does) or set "
+                         "\"tie_word_embeddings\": false in config.json to load the separate lm_head")
     return NAMES.to_flax(tensors)
+
+
+def config_for_weights(config: T5Config, tensors: Mapping[str, np.ndarray]) -> T5Config:
+    """Unties the output layer when the checkpoint has its own ``lm_head.weight`` (different from
+    ``shared.weight``) although ``config.json`` says ``tie_word_embeddings: true``, as transformers
+    >= 5 saves T5 v1.1 / Flan-T5 models. ``scale_decoder_outputs`` keeps what config.json says.
+
+    Example::
+
+        config = config_for_weights(T5Config.from_hf(hf_config), read_weights(directory))
+    """
+    lm_head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    if (not config.tie_word_embeddings or lm_head is None or shared is None
+            or np.array_equal(np.asarray(lm_head), np.asarray(shared))):
+        return config
+    logger.info("T5 checkpoint: lm_head.weight differs from shared.weight, so the output layer is untied "
+                "(config.json says tie_word_embeddings=true, as transformers >= 5 writes it)")
+    return dataclasses.replace(config, tie_word_embeddings=False)
 
 
 def to_hf(config: T5Config, variables: Mapping[str, Any], task: str | None = "text_to_text") -> dict[str, np.ndarray]:
@@ -666,4 +688,5 @@ FAMILY = ModelFamily(
     to_hf=to_hf,
     head_paths=(r"params/lm_head/.*",),
     example_inputs=example_inputs,
+    config_for_weights=config_for_weights,
 )
