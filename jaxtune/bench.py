@@ -920,6 +920,9 @@ def environment_markdown(env: dict) -> str:
             f"- XLA_FLAGS: `{env['xla_flags'] or '(none)'}`\n"
             + (f"- XLA flags dropped (this jaxlib rejects them): `{' '.join(env['xla_flags_dropped'])}`\n"
                if env.get("xla_flags_dropped") else "")
+            + (f"- attention (BERT/T5): `{env['attention']}`"
+               + (f"; {env['attention_note']}" if env.get("attention_note") else "") + "\n"
+               if "attention" in env else "")
             + f"- PyTorch peers: {env['peer_device'] or 'skipped: ' + env['peers_skipped_reason']}\n")
 
 
@@ -1209,6 +1212,52 @@ def _first_line(err: BaseException, limit: int = 300) -> str:
     return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
 
 
+def cudnn_attention_preflight() -> str:
+    """Why cuDNN attention cannot train here, or '' when it can: a tiny bf16 BERT step built with
+    ``attention_implementation="cudnn"`` must compile to a cuDNN attention call and give a finite
+    loss. Seconds on a GPU; the gpu suite runs it so that a cuDNN problem costs one check rather
+    than every BERT/T5 case.
+
+    Example::
+
+        problem = cudnn_attention_preflight()      # "" on a working NVIDIA GPU
+    """
+    try:
+        case = with_attention(suite_cases("smoke")[0], "cudnn")
+        model = build_model(case, jnp.bfloat16)
+        batch = jax.device_put(make_batch(case, model.config.vocab_size))
+        tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        state = jt.TrainState.create(model.params, tx, model_state=model.model_state)
+        compiled = jt.make_train_step(model.loss_fn, tx, compute_dtype=jnp.bfloat16).lower(state, batch).compile()
+        if attention_kernel(compiled, "bert") != "cudnn":
+            return "the compiled step calls no cuDNN attention"
+        _, metrics = compiled(state, batch)
+        if not all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree_util.tree_leaves(metrics)):
+            return "the step's metrics are not finite"
+    except Exception as err:      # any failure means: do not rely on cuDNN attention in this run
+        return _first_line(err)
+    return ""
+
+
+def choose_attention(requested: str | None, suite: str,
+                     preflight: Callable[[], str] = cudnn_attention_preflight) -> tuple[str | None, str]:
+    """The attention implementation for a run's BERT/T5 cases, and a note when it differs from the
+    request: on the gpu suite with ``auto`` (or nothing) requested, a failed
+    :func:`cudnn_attention_preflight` switches them to XLA attention.
+
+    Example::
+
+        >>> choose_attention(None, "gpu", preflight=lambda: "cuDNN is not detected")
+        ('xla', 'cuDNN attention failed its preflight (cuDNN is not detected); the BERT/T5 cases use XLA attention.')
+    """
+    if suite != "gpu" or requested not in (None, "auto"):
+        return requested, ""
+    problem = preflight()
+    if not problem:
+        return requested, ""
+    return "xla", f"cuDNN attention failed its preflight ({problem}); the BERT/T5 cases use XLA attention."
+
+
 def with_attention(case: Case, implementation: str | None) -> Case:
     """``case`` with its transformer config's ``attention_implementation`` set (``None``: as is).
 
@@ -1257,7 +1306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
-    cases = [with_attention(c, args.attention) for c in cases]
+    attention, attention_note = choose_attention(args.attention, args.suite)
+    if attention_note:
+        print(attention_note, file=sys.stderr, flush=True)
+    cases = [with_attention(c, attention) for c in cases]
 
     peers, reason, peer_device = None, "disabled with --no-peers", None
     if options.peers:
@@ -1267,7 +1319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     peak, peak_dtype = matmul_peak_flops()
     if peers is not None and peer_device is not None:
         peers.configure(peer_device)
-    env = environment(peak, peak_dtype, args.suite, peer_device, reason, dropped)
+    env = {**environment(peak, peak_dtype, args.suite, peer_device, reason, dropped),
+           "attention": attention or "auto", "attention_note": attention_note}
     name = args.name or args.suite
     out = args.out or repo / "benchmarks" / "results"
     start_outputs(env, out, args.suite, name, [c.name for c in cases])

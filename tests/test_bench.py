@@ -22,7 +22,8 @@ CASE_FIELDS = {
     "xla_bytes_accessed", "compile_concurrency", "recompilations", "attention_kernel",
 }
 ENV_FIELDS = {"kind", "suite", "date", "backend", "device", "versions", "matmul_peak_tflops", "matmul_peak_dtype",
-              "xla_flags", "xla_flags_dropped", "peer_device", "peers_skipped_reason", "load_avg", "cpu_count"}
+              "xla_flags", "xla_flags_dropped", "peer_device", "peers_skipped_reason", "load_avg", "cpu_count",
+              "attention", "attention_note"}
 SMOKE_COMPILE_WORKERS = 3      # the tiny BERT's three other modes compile at once (the default is 1)
 
 
@@ -338,3 +339,17 @@ def test_attention_option_sets_the_transformer_cases_only():
     resnet = next(c for c in cases if c.family == "resnet")
     assert resnet == next(c for c in bench.suite_cases("gpu") if c.family == "resnet")
     assert bench.with_attention(cases[0], None) is cases[0]
+
+
+def test_cudnn_attention_preflight_decides_the_gpu_suites_attention():
+    assert bench.cudnn_attention_preflight() != ""            # no cuDNN on CPU: a reason, not a crash
+    ran = []
+
+    def preflight(problem):
+        return lambda: ran.append(problem) or problem
+
+    assert bench.choose_attention(None, "gpu", preflight("")) == (None, "")
+    assert bench.choose_attention("auto", "gpu", preflight("boom"))[0] == "xla"
+    assert bench.choose_attention("cudnn", "gpu", preflight("boom")) == ("cudnn", "")   # asked for: kept
+    assert bench.choose_attention(None, "cpu", preflight("boom")) == (None, "")         # CPU: no cuDNN anyway
+    assert ran == ["", "boom"]
