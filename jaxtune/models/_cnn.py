@@ -1,7 +1,7 @@
 """Building blocks shared by the torchvision-style CNN families (MobileNetV2, EfficientNet-Lite, VGG).
 
 What lives here: ImageNet preprocessing constants, conv + batch-norm layers that match PyTorch's
-eval-mode numerics, torch's adaptive average pooling, name-map rows for a batch-norm layer, the
+eval-mode numerics, the inverted-residual block of MobileNetV2 and EfficientNet-Lite, torch's adaptive average pooling, name-map rows for a batch-norm layer, the
 loader that turns a PyTorch state dict into Flax variables (re-initialising a classifier head of a
 new size), and the factory that makes a family's hub :class:`~jaxtune.models.family.ModelFamily`.
 
@@ -89,6 +89,44 @@ class ConvBN(nn.Module):
         x = BatchNorm(self.bn_epsilon, self.bn_momentum, self.dtype, name="bn")(
             x, use_running_average=not train or self.frozen_bn)
         return x if self.activation is None else self.activation(x)
+
+
+class InvertedResidual(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excite (MobileNetV2, EfficientNet-Lite): 1x1 expand
+    (when ``expand_ratio > 1``), depthwise ``kernel`` x ``kernel``, linear 1x1 project, and a residual
+    when the stride is 1 and the channels match. Submodules ``expand``, ``depthwise``, ``project``
+    (each a :class:`ConvBN` with the given ``padding`` and batch-norm settings).
+
+    Example::
+
+        y = InvertedResidual(32, 16, stride=1, expand_ratio=6).apply(variables, x, train=False)
+    """
+
+    in_channels: int
+    out_channels: int
+    stride: int
+    expand_ratio: int
+    kernel: int = 3
+    padding: Any = None
+    bn_momentum: float = 0.1
+    bn_epsilon: float = 1e-5
+    frozen_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        layer = {"padding": self.padding, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+                 "frozen_bn": self.frozen_bn, "dtype": self.dtype}
+        hidden = self.in_channels * self.expand_ratio
+        y = x
+        if self.expand_ratio != 1:
+            y = ConvBN(hidden, kernel_size=1, name="expand", **layer)(y, train)
+        y = ConvBN(hidden, kernel_size=self.kernel, strides=self.stride, groups=hidden, name="depthwise",
+                   **layer)(y, train)
+        y = ConvBN(self.out_channels, kernel_size=1, activation=None, name="project", **layer)(y, train)
+        if self.stride == 1 and self.in_channels == self.out_channels:
+            y = x + y
+        return y
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:

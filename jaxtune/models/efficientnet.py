@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models import _cnn
-from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, normalize_images
+from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, InvertedResidual, normalize_images
 from jaxtune.models.family import NameMap
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite",
@@ -119,35 +119,6 @@ class EfficientNetLiteConfig:
         return len(self.blocks()) + 1
 
 
-class MBConv(nn.Module):
-    """Mobile inverted bottleneck without squeeze-excite: expand, depthwise, linear project, residual."""
-
-    in_channels: int
-    out_channels: int
-    kernel: int
-    stride: int
-    expand_ratio: int
-    config: EfficientNetLiteConfig
-    frozen_bn: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        cfg = self.config
-        layer = {"padding": "SAME", "bn_momentum": cfg.bn_momentum, "bn_epsilon": cfg.bn_epsilon,
-                 "frozen_bn": self.frozen_bn, "dtype": self.dtype}
-        hidden = self.in_channels * self.expand_ratio
-        y = x
-        if self.expand_ratio != 1:
-            y = ConvBN(hidden, kernel_size=1, name="expand", **layer)(y, train)
-        y = ConvBN(hidden, kernel_size=self.kernel, strides=self.stride, groups=hidden, name="depthwise",
-                   **layer)(y, train)
-        y = ConvBN(self.out_channels, kernel_size=1, activation=None, name="project", **layer)(y, train)
-        if self.stride == 1 and self.in_channels == self.out_channels:
-            y = x + y
-        return y
-
-
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite classifier on normalised NHWC images.
 
@@ -171,8 +142,7 @@ class EfficientNetLite(nn.Module):
         x = jnp.asarray(images, self.dtype)
         x = ConvBN(cfg.stem_channels, kernel_size=3, strides=2, name="conv_stem", **layer)(x, train)
         for i, (cin, cout, kernel, stride, expand) in enumerate(cfg.blocks()):
-            x = MBConv(cin, cout, kernel, stride, expand, cfg, self.frozen_bn, self.dtype, name=f"blocks_{i}")(
-                x, train)
+            x = InvertedResidual(cin, cout, stride, expand, kernel=kernel, name=f"blocks_{i}", **layer)(x, train)
         x = ConvBN(cfg.head_channels, kernel_size=1, name="conv_head", **layer)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if self.num_labels is None:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models import _cnn
-from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, normalize_images
+from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, InvertedResidual, normalize_images
 from jaxtune.models.family import NameMap
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "MobileNetV2", "MobileNetV2Config",
@@ -101,33 +101,6 @@ class MobileNetV2Config:
         return len(self.blocks()) + 1
 
 
-class InvertedResidual(nn.Module):
-    """Expand (1x1) -> depthwise (3x3) -> project (1x1, linear), residual when shapes allow."""
-
-    in_channels: int
-    out_channels: int
-    stride: int
-    expand_ratio: int
-    config: MobileNetV2Config
-    frozen_bn: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        cfg = self.config
-        bn = {"bn_momentum": cfg.bn_momentum, "bn_epsilon": cfg.bn_epsilon, "frozen_bn": self.frozen_bn,
-              "dtype": self.dtype}
-        hidden = round(self.in_channels * self.expand_ratio)
-        y = x
-        if self.expand_ratio != 1:
-            y = ConvBN(hidden, kernel_size=1, name="expand", **bn)(y, train)
-        y = ConvBN(hidden, kernel_size=3, strides=self.stride, groups=hidden, name="depthwise", **bn)(y, train)
-        y = ConvBN(self.out_channels, kernel_size=1, activation=None, name="project", **bn)(y, train)
-        if self.stride == 1 and self.in_channels == self.out_channels:
-            y = x + y
-        return y
-
-
 class MobileNetV2(nn.Module):
     """MobileNetV2 classifier on NHWC images normalised with :data:`IMAGENET_MEAN`/:data:`IMAGENET_STD`.
 
@@ -152,7 +125,8 @@ class MobileNetV2(nn.Module):
         x = jnp.asarray(images, self.dtype)
         x = ConvBN(make_divisible(cfg.stem_channels * cfg.width_mult), strides=2, name="features_0", **bn)(x, train)
         for i, (cin, cout, stride, t) in enumerate(cfg.blocks(), start=1):
-            x = InvertedResidual(cin, cout, stride, t, cfg, self.frozen_bn, self.dtype, name=f"features_{i}")(x, train)
+            x = InvertedResidual(cin, cout, stride, t, bn_momentum=cfg.bn_momentum, bn_epsilon=cfg.bn_epsilon,
+                                 frozen_bn=self.frozen_bn, dtype=self.dtype, name=f"features_{i}")(x, train)
         x = ConvBN(cfg.final_channels, kernel_size=1, name=f"features_{cfg.num_layers}", **bn)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         if self.num_labels is None:
