@@ -65,6 +65,7 @@ from jaxtune.models.bert import BertConfig
 from jaxtune.models.resnet import ResNetConfig, resnet_config
 from jaxtune.models.t5 import T5Config
 from jaxtune.profiling import profile_step
+from jaxtune.runlog import pyplot, save_figure
 from jaxtune.tasks import get_task
 from jaxtune.train import default_compute_dtype
 
@@ -928,10 +929,7 @@ def environment_markdown(env: dict) -> str:
 
 def plot(records: Sequence[dict], path: Path, title: str) -> None:
     """Bar chart of examples/s, one panel per case (each on its own scale)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cases = list(dict.fromkeys(r["case"] for r in records))
     fig, axes = plt.subplots(len(cases), 1, figsize=(7, 1.0 + 1.6 * len(cases)), squeeze=False)
     for ax, case in zip(axes[:, 0], cases):
@@ -944,10 +942,7 @@ def plot(records: Sequence[dict], path: Path, title: str) -> None:
         ax.set_title(case, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("examples / s (blue: jaxtune, orange: PyTorch)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, title=title, dpi=80, title_size=10)
 
 
 def update_results_md(path: Path, suite: str, body: str) -> None:

@@ -62,14 +62,41 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported on first use.
+
+    Example::
+
+        plt = pyplot(); fig, ax = plt.subplots()
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, *, title: str | None = None, dpi: int = 100,
+                title_size: float | None = None) -> str:
+    """Adds the ``title`` (if any), lays out, writes ``fig`` to ``path``, closes it; returns the path.
+
+    Example::
+
+        save_figure(fig, "out/curves.png", title="run 3")
+    """
+    if title:
+        fig.suptitle(title, fontsize=title_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return os.fspath(path)
+
+
 _SPLIT_COLORS = {"train": "C0", "validation": "C1", "test": "C3"}  # the same colour per split in every panel
 
 
 def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> str:
     """Plots every metric of every split against the step, one panel per metric name; returns the PNG path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = read_jsonl(jsonl_path)
     series: dict[str, dict[str, tuple[list, list]]] = {}
@@ -96,20 +123,13 @@ def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return os.fspath(out_png)
+    return save_figure(fig, out_png, title=title)
 
 
 def plot_classification_report(report, out_png: str | os.PathLike, title: str | None = None) -> str:
     """A PNG of a :class:`jaxtune.metrics.ClassificationReport`: the confusion matrix (counts) beside
     per-class precision / recall / F1 bars; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(report.label_names)
     n = len(names)
@@ -132,12 +152,7 @@ def plot_classification_report(report, out_png: str | os.PathLike, title: str | 
     ax_bar.set_ylim(0, 1)
     ax_bar.legend(fontsize=8)
     ax_bar.set_title(f"accuracy {report.accuracy:.3f}, macro-F1 {report.macro_f1:.3f}", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return os.fspath(out_png)
+    return save_figure(fig, out_png, title=title)
 
 
 def progress_bar(total: int, description: str = "train", disable: bool = False):
