@@ -613,18 +613,21 @@ def to_flax(config: T5Config, tensors: Mapping[str, np.ndarray], task: str | Non
     embedding (``encoder.embed_tokens.weight`` ...) are left unused.
     """
     _check_task(task)
-    tensors = dict(tensors)
-    lm_head = tensors.get("lm_head.weight")
-    if task != "text_to_text" or config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
-    shared = tensors.get("shared.weight")
-    if (task == "text_to_text" and config.tie_word_embeddings and lm_head is not None and shared is not None
-            and not np.array_equal(np.asarray(lm_head), np.asarray(shared))):
+    if task == "text_to_text" and config.tie_word_embeddings and _has_own_lm_head(tensors):
         raise ValueError("T5 checkpoint has an lm_head.weight different from shared.weight but config.json says "
                          "tie_word_embeddings=true (transformers >= 5 saves untied T5 v1.1 / Flan-T5 models "
                          "this way); pass config_for_weights(config, tensors) (from_pretrained does) or set "
                          "\"tie_word_embeddings\": false in config.json to load the separate lm_head")
+    tensors = dict(tensors)
+    if task != "text_to_text" or config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
     return NAMES.to_flax(tensors)
+
+
+def _has_own_lm_head(tensors: Mapping[str, np.ndarray]) -> bool:
+    """Whether the checkpoint has an ``lm_head.weight`` that differs from ``shared.weight``."""
+    lm_head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    return lm_head is not None and shared is not None and not np.array_equal(np.asarray(lm_head), np.asarray(shared))
 
 
 def config_for_weights(config: T5Config, tensors: Mapping[str, np.ndarray]) -> T5Config:
@@ -636,9 +639,7 @@ def config_for_weights(config: T5Config, tensors: Mapping[str, np.ndarray]) -> T
 
         config = config_for_weights(T5Config.from_hf(hf_config), read_weights(directory))
     """
-    lm_head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
-    if (not config.tie_word_embeddings or lm_head is None or shared is None
-            or np.array_equal(np.asarray(lm_head), np.asarray(shared))):
+    if not config.tie_word_embeddings or not _has_own_lm_head(tensors):
         return config
     logger.info("T5 checkpoint: lm_head.weight differs from shared.weight, so the output layer is untied "
                 "(config.json says tie_word_embeddings=true, as transformers >= 5 writes it)")
