@@ -1220,13 +1220,12 @@ def cudnn_attention_preflight() -> str:
     try:
         case = with_attention(suite_cases("smoke")[0], "cudnn")
         model = build_model(case, jnp.bfloat16)
-        batch = jax.device_put(make_batch(case, model.config.vocab_size))
-        tx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        state = jt.TrainState.create(model.params, tx, model_state=model.model_state)
-        compiled = jt.make_train_step(model.loss_fn, tx, compute_dtype=jnp.bfloat16).lower(state, batch).compile()
-        if attention_kernel(compiled, "bert") != "cudnn":
+        step = JaxContestant(case, model, "full", make_batch(case, model.config.vocab_size), jnp.bfloat16)
+        step.prepare()
+        step.compile()
+        if attention_kernel(step.compiled, case.family) != "cudnn":
             return "the compiled step calls no cuDNN attention"
-        _, metrics = compiled(state, batch)
+        _, metrics = step.compiled(step.state, step.batch)
         if not all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in jax.tree_util.tree_leaves(metrics)):
             return "the step's metrics are not finite"
     except Exception as err:      # any failure means: do not rely on cuDNN attention in this run
