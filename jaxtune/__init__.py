@@ -20,6 +20,15 @@ from jaxtune.embeddings import (
     load_vectors,
     load_word2vec,
 )
+from jaxtune.forgetting import (
+    L2SPState,
+    WeightAverageState,
+    average_weights,
+    averaged_params,
+    interpolate_params,
+    l2_sp,
+    param_drift,
+)
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained

@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -28,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtune.rules import Rule, Settings, _layer_id, _resolve, layer_factors, leaf_paths
+from jaxtune import forgetting
+from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
 
 _FROZEN = "frozen"
 
@@ -130,18 +132,22 @@ def _weight_decay_of(s: Settings, default: float) -> float:
     return float(s.weight_decay)
 
 
-def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool, kwargs: dict) -> optax.GradientTransformation:
+def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool, kwargs: dict,
+           anchor_strength: float) -> optax.GradientTransformation:
     if accepts_wd:
-        return optimizer(learning_rate=learning_rate, weight_decay=wd, **kwargs)
-    tx = optimizer(learning_rate=learning_rate, **kwargs)
-    # Coupled (L2) decay for optimizers without their own: equal to decoupled decay for SGD.
-    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+        tx = optimizer(learning_rate=learning_rate, weight_decay=wd, **kwargs)
+    else:
+        tx = optimizer(learning_rate=learning_rate, **kwargs)
+        # Coupled (L2) decay for optimizers without their own: equal to decoupled decay for SGD.
+        tx = optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+    # L2-SP is a loss term: its gradient goes in before the optimizer, like the data gradient.
+    return optax.chain(forgetting.l2_sp(anchor_strength), tx) if anchor_strength else tx
 
 
 def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., optax.GradientTransformation] = optax.adamw,
                    learning_rate: float | optax.Schedule = 1e-3, *, layer_ids: Callable[[str], Any] | None = None,
                    layer_decay: float | None = None, runtime: bool = False, allow_unused: bool = False,
-                   **optimizer_kwargs) -> optax.GradientTransformation:
+                   l2_sp: float = 0.0, **optimizer_kwargs) -> optax.GradientTransformation:
     """Compiles a rule table into one optax optimizer.
 
     Args:
@@ -158,6 +164,9 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         optimizer state), so :func:`set_trainable` / :func:`set_lr_multipliers` change the strategy
         without recompiling. Default (static): frozen leaves carry no state.
       allow_unused: do not raise for rules that match no parameter.
+      l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
+        group with a strength keeps its starting weights (those given to ``init``) in the state
+        and adds ``strength * (w - w_start)`` to its gradient (:func:`jaxtune.l2_sp`).
       **optimizer_kwargs: passed to ``optimizer`` (e.g. ``weight_decay=0.01, b2=0.98``).
 
     Example::
@@ -170,14 +179,23 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     paths, found, treedef = _resolve(params, rules, allow_unused=allow_unused)
     factors = layer_factors(params, rules, layer_ids, layer_decay, allow_unused=allow_unused)
     accepts_wd, default_wd = _default_weight_decay(optimizer, optimizer_kwargs)
-    labels, trainable = [], []
+    if l2_sp < 0:
+        raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
+    labels, trainable, groups = [], [], {}
     for s in found:
         trainable.append(np.asarray(0.0 if s.frozen else 1.0, np.float32))
-        labels.append(_FROZEN if s.frozen and not runtime else f"wd={_weight_decay_of(s, default_wd):g}")
-    transforms = {}
-    for label in sorted(set(labels)):
-        transforms[label] = (optax.set_to_zero() if label == _FROZEN else
-                             _build(optimizer, learning_rate, float(label[3:]), accepts_wd, optimizer_kwargs))
+        if s.frozen and not runtime:
+            labels.append(_FROZEN)
+            continue
+        # Runtime mode keeps frozen leaves' state; they take the strength they would have unfrozen.
+        wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(dataclasses.replace(s, frozen=False), l2_sp)
+        label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
+        groups[label] = (wd, strength)
+        labels.append(label)
+    transforms = {label: _build(optimizer, learning_rate, wd, accepts_wd, optimizer_kwargs, strength)
+                  for label, (wd, strength) in sorted(groups.items())}
+    if _FROZEN in labels:
+        transforms[_FROZEN] = optax.set_to_zero()
     label_tree = jax.tree_util.tree_unflatten(treedef, labels)
     if runtime:
         trainable = [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)]

@@ -37,6 +37,8 @@ class Settings:
       layer_decay: per-rule layer-wise LR decay factor; ``None`` = the optimizer's ``layer_decay``,
         ``1.0`` = no layer-wise decay for this group.
       name: group name shown in summaries and used to address the group later; defaults to the regex.
+      l2_sp: strength of the L2-SP penalty towards the pretrained weights (:func:`jaxtune.l2_sp`);
+        ``None`` = the optimizer's ``l2_sp`` (default 0: off), ``0.0`` = off for this group.
     """
 
     frozen: bool = False
@@ -44,23 +46,27 @@ class Settings:
     weight_decay: float | bool | None = None
     layer_decay: float | None = None
     name: str | None = None
+    l2_sp: float | None = None
 
 
 def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
-             layer_decay: float | None = None, name: str | None = None) -> Settings:
+             layer_decay: float | None = None, name: str | None = None, l2_sp: float | None = None) -> Settings:
     """Settings of a trainable group.
 
     Example::
 
         (r".*bias", jt.settings(weight_decay=False))
         (r"classifier/.*", jt.settings(lr_mult=10.0, name="head"))
+        (r"encoder/.*", jt.settings(l2_sp=0.01))      # keep the backbone near its pretrained weights
     """
     if lr_mult < 0:
         raise ValueError(f"lr_mult must be >= 0, got {lr_mult}")
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if l2_sp is not None and l2_sp < 0:
+        raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
     return Settings(frozen=False, lr_mult=lr_mult, weight_decay=weight_decay,
-                    layer_decay=layer_decay, name=name)
+                    layer_decay=layer_decay, name=name, l2_sp=l2_sp)
 
 
 def freeze(name: str | None = None) -> Settings:
@@ -268,9 +274,17 @@ def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], A
     return factors
 
 
+def l2_sp_strength(s: Settings, default: float = 0.0) -> float:
+    """The L2-SP strength a group gets: its rule's ``l2_sp``, else ``default``; 0 when frozen."""
+    if s.frozen:
+        return 0.0
+    return float(default if s.l2_sp is None else s.l2_sp)
+
+
 def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | None = None,
-            layer_decay: float | None = None, **match_kwargs) -> str:
-    """A text table of the strategy: group, #tensors, #params, lr multiplier(s), weight decay, frozen.
+            layer_decay: float | None = None, *, l2_sp: float = 0.0, **match_kwargs) -> str:
+    """A text table of the strategy: group, #tensors, #params, lr multiplier(s), weight decay, frozen
+    (and the L2-SP strength, when a group has one; ``l2_sp`` is the optimizer's default).
 
     With ``layer_ids``/``layer_decay`` the lr column shows the range of layer-wise multipliers.
 
@@ -289,6 +303,9 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
         row["params"] += int(np.prod(np.shape(leaf)))
         row["mults"].append(np.asarray(factor).ravel())
     header = ("group", "tensors", "params", "lr mult", "weight decay", "frozen")
+    with_l2_sp = any(r["settings"] is not None and l2_sp_strength(r["settings"], l2_sp) > 0 for r in rows.values())
+    if with_l2_sp:
+        header += ("l2-sp",)
     lines = []
     for key, row in rows.items():
         s: Settings | None = row["settings"]
@@ -300,7 +317,11 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
         frozen = "-" if s is None else ("yes" if s.frozen else "no")
         if s is not None and s.frozen:
             lr, wd = "-", "-"
-        lines.append((key, str(row["tensors"]), f"{row['params']:,}", lr, wd, frozen))
+        line = (key, str(row["tensors"]), f"{row['params']:,}", lr, wd, frozen)
+        if with_l2_sp:
+            strength = 0.0 if s is None else l2_sp_strength(s, l2_sp)
+            line += (f"{strength:g}" if strength else "-",)
+        lines.append(line)
     total = sum(r["params"] for r in rows.values())
     trainable = sum(r["params"] for r in rows.values() if r["settings"] is not None and not r["settings"].frozen)
     widths = [max(len(h), *(len(l[c]) for l in lines)) for c, h in enumerate(header)]
