@@ -62,13 +62,18 @@ class RuleConfig:
     weight_decay: float | bool | None = None
     layer_decay: float | None = None
     name: str | None = None
+    l2_sp: float | None = None
 
 
 @dataclasses.dataclass
 class OptimConfig:
     """rules: the strategy (None = the model family's default rules).
     unfreezing: None, "runtime" or "structural" gradual unfreezing, one stage every
-    ``unfreeze_every`` steps over ``unfreeze_stages`` stages (default: one per layer)."""
+    ``unfreeze_every`` steps over ``unfreeze_stages`` stages (default: one per layer).
+    l2_sp: L2-SP strength towards the pretrained weights for rules without their own ``l2_sp``.
+    weight_average: None, "ema" (decay ``weight_average_decay``) or "uniform" (SWA): validation,
+    test and export then use the averaged weights, averaged from ``weight_average_start`` (a
+    fraction of the steps) on."""
 
     optimizer: str = "adamw"
     learning_rate: float = 5e-5
@@ -80,6 +85,10 @@ class OptimConfig:
     unfreezing: str | None = None
     unfreeze_every: int = 0
     unfreeze_stages: int | None = None
+    l2_sp: float = 0.0
+    weight_average: str | None = None
+    weight_average_decay: float = 0.999
+    weight_average_start: float = 0.0
 
 
 @dataclasses.dataclass

@@ -30,8 +30,9 @@ from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ExperimentConfig, OptimConfig, load_config, save_config, to_dict
 from jaxtune.early_stopping import EarlyStopping
+from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
-from jaxtune.rules import Rule, Settings, summary, trainable_mask
+from jaxtune.rules import Rule, Settings, label_params, summary, trainable_mask
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar, read_jsonl
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
@@ -184,7 +185,7 @@ def build_rules(optim: OptimConfig, model) -> list[Rule]:
     if optim.rules is None:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name)) for r in optim.rules]
+                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp)) for r in optim.rules]
 
 
 def _schedule(optim: OptimConfig, total_steps: int):
@@ -196,6 +197,23 @@ def _schedule(optim: OptimConfig, total_steps: int):
     if optim.schedule == "warmup_cosine":
         return warmup_cosine(optim.learning_rate, warmup, total_steps)
     raise ValueError(f"unknown schedule {optim.schedule!r}; use constant, warmup_linear or warmup_cosine")
+
+
+def _weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.GradientTransformation | None:
+    if optim.weight_average is None:
+        return None
+    if optim.unfreezing == "structural":
+        raise ValueError("optim.weight_average needs optim.unfreezing 'runtime' (or none): a structural stage "
+                         "drops the updates of the leaves it keeps frozen, which the average cannot see")
+    if optim.weight_average not in ("ema", "uniform"):
+        raise ValueError(f"optim.weight_average {optim.weight_average!r} is not 'ema' or 'uniform' (or null: off)")
+    if not 0.0 <= optim.weight_average_start < 1.0:
+        raise ValueError(f"optim.weight_average_start must be a fraction of the steps in [0, 1), "
+                         f"got {optim.weight_average_start}")
+    if optim.weight_average == "ema" and not 0.0 <= optim.weight_average_decay < 1.0:
+        raise ValueError(f"optim.weight_average_decay must be in [0, 1), got {optim.weight_average_decay}")
+    decay = optim.weight_average_decay if optim.weight_average == "ema" else None
+    return average_weights(decay, start_step=int(optim.weight_average_start * total_steps), mask=mask)
 
 
 def _optimizer(name: str):
@@ -291,14 +309,18 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
     table = summary(params, rules, layer_ids=layer_ids if cfg.optim.layer_decay else None,
-                    layer_decay=cfg.optim.layer_decay)
+                    layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
     batches_per_epoch = len(epoch_batches(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
     uses_ids = bool(cfg.optim.layer_decay) or cfg.optim.unfreezing is not None
     tx = make_optimizer(params, rules, _optimizer(cfg.optim.optimizer), _schedule(cfg.optim, total_steps),
                         layer_ids=layer_ids if uses_ids else None, layer_decay=cfg.optim.layer_decay,
-                        runtime=runtime, weight_decay=cfg.optim.weight_decay)
+                        runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp)
+    # Leaves the rules let train (at some unfreezing stage) are averaged; rule-frozen ones never move.
+    averaging = _weight_averaging(cfg.optim, total_steps, trainable_mask(params, rules))
+    if averaging is not None:
+        tx = optax.chain(tx, averaging)
     stages = None
     if cfg.optim.unfreezing is not None:
         if cfg.optim.unfreezing not in ("runtime", "structural") or cfg.optim.unfreeze_every < 1:
@@ -317,6 +339,14 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
                  state, os.path.join(cfg.output_dir, cfg.name), n_trainable)
+
+
+def evaluation_state(cfg: ExperimentConfig, state: TrainState) -> TrainState:
+    """The state that validation, test and export read: with ``optim.weight_average`` set, its
+    params are the averaged weights (:func:`jaxtune.averaged_params`); else ``state`` itself."""
+    if cfg.optim.weight_average is None:
+        return state
+    return state.replace(params=averaged_params(state.params, state.opt_state))
 
 
 def _checkpointer(cfg: ExperimentConfig, run_dir: str) -> Checkpointer:
@@ -344,6 +374,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
     runtime = cfg.optim.unfreezing == "runtime"
     state = setup.initial_state
+    # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
+    pretrained = jax.device_get(state.params)
+    groups = label_params(pretrained, rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
     ckpt = _checkpointer(cfg, run_dir)
@@ -388,9 +421,11 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         log.log(step, values, "train")
                         bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
                     if step % cfg.train.eval_every == 0 or step == total_steps:
-                        scores, _, _ = evaluate(task, eval_step, state, val_batches, data.label_names)
+                        evaluated = evaluation_state(cfg, state)
+                        scores, _, _ = evaluate(task, eval_step, evaluated, val_batches, data.label_names)
                         last_val = {f"val_{k}": v for k, v in scores.items()}
                         log.log(step, scores, "validation")
+                        log.log(step, param_drift(evaluated.params, pretrained, groups), "drift")
                         next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
                         if stopper is not None:
                             stopped_early = stopper.update(step, last_val)
@@ -405,6 +440,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         if best_step is not None and best_step != step:
             state, _ = ckpt.restore(best_step, template=state)
         test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
+        state = evaluation_state(cfg, state)
         test_scores, predictions, references = evaluate(task, eval_step, state, test_batches, data.label_names)
         best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
         log.log(step, test_scores, "test")
@@ -427,6 +463,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     if cfg.checkpoint.export_best_hf:
         paths["export"] = os.path.join(run_dir, "best_hf")
         save_pretrained({"params": state.params, **state.model_state}, model.config, paths["export"], task=task.head)
+        if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
+            from jaxtune.data.text import load_tokenizer
+            load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
     print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
     return RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
                      trainable_params=setup.trainable_params, stopped_early=stopped_early, paths=paths, seconds=time.time() - start)
@@ -453,7 +492,8 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
     if split not in examples:
         raise ValueError(f"split must be one of {sorted(examples)}, got {split!r}")
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
-    scores, _, _ = evaluate(setup.task, setup.eval_step, state, batches, setup.data.label_names)
+    scores, _, _ = evaluate(setup.task, setup.eval_step, evaluation_state(setup.config, state), batches,
+                            setup.data.label_names)
     return {"step": step, **scores}
 
 
@@ -466,4 +506,4 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
     layer_ids = getattr(model, "layer_ids", None) if cfg.optim.layer_decay else None
     return summary(variables["params"], build_rules(cfg.optim, model), layer_ids=layer_ids,
-                   layer_decay=cfg.optim.layer_decay)
+                   layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)

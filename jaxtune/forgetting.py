@@ -93,6 +93,9 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
     follows the weights; from then on it is an exponential moving average with ``decay``, or, with
     ``decay=None``, the uniform mean of the weights since ``start_step`` (SWA). ``mask`` limits it
     to some parameters (the others cost no memory); read it with :func:`averaged_params`.
+    A structural-mode step (``jt.make_train_step(trainable=...)``) drops the updates of the leaves it
+    does not train, so the average must leave them out (``mask=`` that trainable mask); the step
+    checks this.
 
     Example::
 
@@ -134,6 +137,18 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
     return _masked(optax.GradientTransformation(init, update), mask)
 
 
+def _is_masked(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def _the_average(opt_state: Any) -> Any:
+    found = optax.tree.get_all_with_path(opt_state, "param_average")
+    if len(found) != 1:
+        raise ValueError(f"the optimizer state holds {len(found)} weight averages; build the optimizer with "
+                         "exactly one jt.average_weights(...) in its chain")
+    return found[0][1]
+
+
 def averaged_params(params: Any, opt_state: Any) -> Any:
     """The weights with the average kept by :func:`average_weights` in ``opt_state`` (leaves it
     does not average are taken from ``params``).
@@ -142,14 +157,16 @@ def averaged_params(params: Any, opt_state: Any) -> Any:
 
         eval_params = jt.averaged_params(state.params, state.opt_state)
     """
-    found = optax.tree.get_all_with_path(opt_state, "param_average")
-    if len(found) != 1:
-        raise ValueError(f"the optimizer state holds {len(found)} weight averages; build the optimizer with "
-                         "exactly one jt.average_weights(...) in its chain")
-    average = found[0][1]
-    is_masked = lambda x: isinstance(x, optax.MaskedNode)
-    return jax.tree.map(lambda a, p: p if is_masked(a) else a.astype(jnp.result_type(p)), average, params,
-                        is_leaf=is_masked)
+    return jax.tree.map(lambda a, p: p if _is_masked(a) else a.astype(jnp.result_type(p)), _the_average(opt_state),
+                        params, is_leaf=_is_masked)
+
+
+def averaged_leaves(opt_state: Any) -> list[bool] | None:
+    """Which parameter leaves (in ``jax.tree.leaves`` order) a weight average in ``opt_state``
+    covers; ``None`` when there is no :func:`average_weights` state."""
+    if not optax.tree.get_all_with_path(opt_state, "param_average"):
+        return None
+    return [not _is_masked(a) for a in jax.tree.leaves(_the_average(opt_state), is_leaf=_is_masked)]
 
 
 def _mask_leaves(mask: Mask | None, tree: Any) -> list[bool]:

@@ -93,6 +93,10 @@ def test_early_stopping_stops_and_restores_best(tiny_model_dir, data, tmp_path):
     # The best model is exported in HF format and loads back.
     model, variables = jt.from_pretrained(result.paths["export"], task="sequence_classification")
     assert variables["params"]["classifier"]["kernel"].shape == (32, 3)
+    # With its tokenizer: the export is a model directory a further fine-tuning can start from.
+    small = jt.load_config(None, ["data.train_limit=8", "data.eval_limit=8", "data.test_limit=8"]).data
+    exported, original = (prepare_data(small, d).test for d in (result.paths["export"], tiny_model_dir))
+    assert [e["input_ids"].tolist() for e in exported] == [e["input_ids"].tolist() for e in original]
 
 
 def test_structural_gradual_unfreezing_from_config(tiny_model_dir, data, tmp_path):
@@ -101,6 +105,40 @@ def test_structural_gradual_unfreezing_from_config(tiny_model_dir, data, tmp_pat
     cfg["train"].update(max_steps=3, eval_every=3)
     result = finetune(cfg, data=data)
     assert result.steps == 3 and np.isfinite(result.test_metrics["loss"])
+
+
+def _drift(run_dir):
+    return [r for r in jt.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "drift"]
+
+
+def test_l2_sp_and_weight_averaging_from_config(tiny_model_dir, data, tmp_path, capsys):
+    rules = [{"pattern": "classifier/.*", "name": "head", "l2_sp": 0.0},
+             {"pattern": ".*", "name": "backbone"}]
+    plain = finetune(_config(tiny_model_dir, tmp_path, "plain", optimizer="sgd", learning_rate=0.5,
+                             weight_decay=0.0, rules=rules), data=data)
+    anchored = finetune(_config(tiny_model_dir, tmp_path, "l2sp", optimizer="sgd", learning_rate=0.5,
+                                weight_decay=0.0, rules=rules, l2_sp=1.0), data=data)
+    table = capsys.readouterr().out
+    assert "l2-sp" in table and any(l.split()[0] == "backbone" and l.split()[-1] == "1" for l in table.splitlines())
+    # Drift from the pretrained weights is logged at every evaluation, overall and per group.
+    plain_drift, anchored_drift = _drift(plain.paths["run_dir"]), _drift(anchored.paths["run_dir"])
+    assert [r["step"] for r in plain_drift] == [2, 4] and {"all", "head", "backbone"} <= set(plain_drift[-1])
+    assert plain_drift[-1]["backbone"] > 0
+    # SGD with lr 0.5 and strength 1 halves the distance to the anchor every step: the backbone stays closer.
+    assert anchored_drift[-1]["backbone"] < 0.8 * plain_drift[-1]["backbone"]
+
+    averaged = finetune(_config(tiny_model_dir, tmp_path, "ema", weight_average="ema", weight_average_decay=0.5),
+                        data=data)
+    raw = finetune(_config(tiny_model_dir, tmp_path, "raw"), data=data)
+    assert _train_losses(averaged.paths["run_dir"]) == _train_losses(raw.paths["run_dir"])  # same training
+    assert averaged.test_metrics["loss"] != raw.test_metrics["loss"]  # evaluated on other (averaged) weights
+    # evaluate_run reads the same averaged weights from the checkpoint.
+    np.testing.assert_allclose(evaluate_run(averaged.paths["run_dir"])["loss"], averaged.test_metrics["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="'swa' is not 'ema' or 'uniform'"):
+        finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="swa"), data=data)
+    with pytest.raises(ValueError, match="needs optim.unfreezing 'runtime'"):
+        finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="ema", unfreezing="structural",
+                         unfreeze_every=1), data=data)
 
 
 def test_cli_rules_eval_and_errors(tiny_model_dir, data, tmp_path, capsys):

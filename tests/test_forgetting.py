@@ -225,3 +225,19 @@ def test_param_drift_per_group():
     np.testing.assert_allclose(drift["all"], 0.5 * np.sqrt(head_sq / all_sq), rtol=1e-5)
     with pytest.raises(ValueError, match="labels have 1 leaves"):
         jt.param_drift(moved, params, ["x"])
+
+
+def test_structural_step_refuses_an_average_over_leaves_it_does_not_train():
+    params = init_params()
+    stages = jt.unfreezing_stages(params, layer_ids, num_stages=2)
+    tx = optax.chain(optax.adamw(1e-2, weight_decay=0.1), jt.average_weights(0.9))
+    staged = jt.StagedTrainStep(loss_fn, tx, compute_dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"covers \d+ parameter\(s\) this structural step does not"):
+        staged(jt.TrainState.create(jax.tree.map(jnp.copy, params), tx), make_batch(), stages[0])
+    # Averaging only what the step trains is consistent: the average of frozen-by-step leaves is not kept.
+    masked = optax.chain(optax.adamw(1e-2, weight_decay=0.1), jt.average_weights(0.9, mask=stages[0]))
+    step = jt.make_train_step(loss_fn, masked, trainable=stages[0], compute_dtype=jnp.float32)
+    state, _ = step(jt.TrainState.create(jax.tree.map(jnp.copy, params), masked), make_batch())
+    averaged = _by_path(jt.averaged_params(state.params, state.opt_state))
+    np.testing.assert_array_equal(averaged["embeddings/embedding"], _by_path(params)["embeddings/embedding"])
+    np.testing.assert_array_equal(averaged["head/kernel"], _by_path(state.params)["head/kernel"])  # first update
