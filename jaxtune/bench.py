@@ -804,7 +804,8 @@ def _fmt(x: Any, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def _mib(x: int | None) -> str:
+def mib(x: int | None) -> str:
+    """Bytes as MiB with one decimal for tables (``n/a`` for None); ``mib(3 * 2**20) == "3.0"``."""
     return "n/a" if x is None else f"{x / 2 ** 20:.1f}"
 
 
@@ -836,7 +837,7 @@ def markdown_table(records: Sequence[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r['framework']} {r['variant']}{_attention_note(r)} | {r['mode']} | {r['examples_per_s']:.1f} "
             f"| {r['step_time_s'] * 1e3:.1f} | {r['step_time_min_s'] * 1e3:.1f} | {_fmt(r['tflops_per_s'], '.3f')} | {_fmt(r['mfu'], '.1%')} | {gflop} "
-            f"| {_compile_cell(r)} | {_mib(r['peak_memory_bytes'])} | {_mib(r['optimizer_state_bytes'])} "
+            f"| {_compile_cell(r)} | {mib(r['peak_memory_bytes'])} | {mib(r['optimizer_state_bytes'])} "
             f"| {r['compilations']} ({r['extra_compilations']}{_recompiled(r)}) |")
     return "\n".join(lines)
 

@@ -1,0 +1,57 @@
+"""The ahead-of-time compile check (jaxtune/bench_aot.py), on this machine's CPU as the target;
+the GPU targets need the CUDA plugin, which CI does not install."""
+import json
+
+import pytest
+
+from jaxtune import bench, bench_aot
+
+
+def test_compile_check_on_cpu_writes_memory_plan_and_frozen_ratios(tmp_path):
+    results_md = tmp_path / "RESULTS.md"
+    cases = ["bert-tiny-s16-bs4", "resnet-tiny-i32-bs4"]
+    rc = bench_aot.main(["--target", "cpu", "--suite", "smoke", "--cases", ",".join(cases), "--out", str(tmp_path),
+                         "--modes", "full,frozen_backbone", "--results-md", str(results_md)])
+    assert rc == 0
+    env, *records = [json.loads(line) for line in (tmp_path / "compile-cpu.jsonl").read_text().splitlines()]
+    assert env["target"] == "cpu" and env["compute_dtype"] == "float32"
+    assert [(r["case"], r["mode"]) for r in records] == [(c, m) for c in cases for m in ("full", "frozen_backbone")]
+    assert all(r["error"] is None and r["peak_memory_bytes"] > 0 and r["compile_s"] > 0 for r in records)
+    ratios = bench_aot.frozen_memory_ratios(records)
+    assert set(ratios) == set(cases)
+    assert all(0 < ratio < 1 for ratio in ratios.values())  # a head-only step plans less memory
+    text = (tmp_path / "compile-cpu.md").read_text()
+    assert "frozen-backbone / full peak memory" in text and "bert-tiny-s16-bs4" in text
+    assert "<!-- results:compile-cpu:begin -->" in results_md.read_text()
+
+
+def test_a_failing_compile_is_recorded_and_the_rest_go_on(monkeypatch):
+    case = bench.suite_cases("smoke")[0]
+    real_prepare = bench.JaxContestant.prepare
+
+    def prepare(self):
+        if self.mode == "frozen_backbone":
+            raise RuntimeError("boom in frozen")
+        real_prepare(self)
+
+    monkeypatch.setattr(bench.JaxContestant, "prepare", prepare)
+    records = bench_aot.compile_case(case, ["frozen_backbone", "full"], bench_aot.target_sharding("cpu"),
+                                     "float32", log=lambda _: None)
+    assert records[0]["error"] == "RuntimeError: boom in frozen" and records[0]["peak_memory_bytes"] is None
+    assert records[1]["error"] is None and records[1]["peak_memory_bytes"] > 0
+    assert "**failed**: RuntimeError: boom in frozen" in bench_aot.markdown(
+        records, {"target": "cpu", "date": "d", "jax": "j", "host": "h", "device": "cpu", "compute_dtype": "float32",
+                  "attention": "auto"})
+
+
+def test_gpu_target_attention_choice_and_missing_plugin_hint():
+    cases = {c.name: c for c in bench.suite_cases("gpu")}
+    assert bench_aot._auto_attention(cases["bert-base-s128-bs128"]) == "cudnn"   # no attention dropout
+    assert bench_aot._auto_attention(cases["t5-small-s256-t64-bs64"]) == "xla"   # T5 drops attention weights
+    with pytest.raises(ValueError, match="unknown target"):
+        bench_aot.target_sharding("a100")
+    try:
+        import jax_plugins.xla_cuda13  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="jax-cuda13-plugin"):
+            bench_aot.target_sharding("h100")
