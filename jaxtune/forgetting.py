@@ -50,7 +50,8 @@ def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransforma
     The anchor is the parameters the optimizer is initialised with (``tx.init(params)``: the
     pretrained weights), stored in the optimizer state. Put it *before* the optimizer, like a loss
     term: ``optax.chain(jt.l2_sp(0.01), optax.adam(1e-4))``. ``mask`` (a bool tree or a callable)
-    limits it to some parameters, typically the pretrained backbone and not a new head.
+    limits it to some parameters, typically the pretrained backbone and not a new head. The anchor
+    costs one copy of the parameters it covers.
 
     Example::
 
@@ -92,7 +93,8 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
     passes the updates on unchanged). Until ``start_step`` updates have been seen the average
     follows the weights; from then on it is an exponential moving average with ``decay``, or, with
     ``decay=None``, the uniform mean of the weights since ``start_step`` (SWA). ``mask`` limits it
-    to some parameters (the others cost no memory); read it with :func:`averaged_params`.
+    to some parameters (the average costs one copy of those, the others nothing); read it with
+    :func:`averaged_params`.
     A structural-mode step (``jt.make_train_step(trainable=...)``) drops the updates of the leaves it
     does not train, so the average must leave them out (``mask=`` that trainable mask); the step
     checks this.
