@@ -1075,7 +1075,7 @@ def accepted_xla_flags(base: str, candidates: Sequence[str],
     return kept, [flag for flag in candidates if flag not in kept]
 
 
-def _apply_environment(suite: str, threads: int | None, profile: bool = False) -> list[str]:
+def apply_environment(suite: str, threads: int | None, profile: bool = False) -> list[str]:
     """Flags and environment of a suite; must run before JAX initialises its backend. For the gpu
     suite, flags the installed jaxlib rejects are dropped (and returned). ``profile`` on the CPU
     suites adds the flag without which XLA:CPU traces no ops."""
@@ -1281,7 +1281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = TimeBudget(args.time_budget_s)
     repo = Path(__file__).resolve().parents[1]
     # before the first JAX computation initialises the backend
-    dropped = _apply_environment(args.suite, args.threads, profile=bool(args.profile_steps))
+    dropped = apply_environment(args.suite, args.threads, profile=bool(args.profile_steps))
     if args.suite == "gpu" and jax.default_backend() != "gpu" and not args.allow_cpu:
         print(f"the gpu suite needs a GPU (JAX backend is {jax.default_backend()!r}); run --cpu or --smoke, "
               "or pass --allow-cpu", file=sys.stderr)

@@ -139,7 +139,8 @@ def markdown(records: Sequence[dict], env: dict) -> str:
 
     lines = [f"## Compile check `{env['target']}` (deviceless: XLA:GPU plan, nothing run)", "",
              f"{env['date']}; jax {env['jax']}; compiled on {env['host']} for {env['device']}; "
-             f"compute {env['compute_dtype']}; attention `{env['attention']}`. Memory is XLA's buffer "
+             f"compute {env['compute_dtype']}; attention `{env['attention']}`; XLA_FLAGS "
+             f"`{env['xla_flags'] or '(none)'}`. Memory is XLA's buffer "
              "assignment of one step (arguments + temporaries + outputs not aliased to donated "
              "arguments), as `peak_memory_bytes` of the gpu suite. Compile seconds are this host's, "
              "without autotuning.", "",
@@ -195,12 +196,14 @@ def _auto_attention(case: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from jaxtune import bench
+
+    dropped = []
     if args.target != "cpu":
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver here: nothing to check against
+        dropped = bench.apply_environment("gpu", None)  # the gpu suite's XLA flags: the same compilation
     import jax
     import jax.numpy as jnp
-
-    from jaxtune import bench
 
     sharding = target_sharding(args.target)
     cases = bench.suite_cases(args.suite)
@@ -221,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 sharding, compute_dtype)
     device = sharding.mesh.devices.flat[0]
     env = {"target": args.target, "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "dropped_xla_flags": dropped,
            "host": f"{os.cpu_count()} CPU cores", "device": getattr(device, "device_kind", str(device)),
            "compute_dtype": jnp.dtype(compute_dtype).name, "attention": args.attention}
     name = args.name or f"compile-{args.target}"

@@ -290,7 +290,7 @@ def test_gpu_environment_drops_rejected_flags_and_records_them(monkeypatch, smok
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     rejected = "--xla_gpu_enable_command_buffer=" + bench.GPU_XLA_FLAGS["xla_gpu_enable_command_buffer"][0]
     monkeypatch.setattr(bench, "_probe_xla_flags", _fake_probe([rejected], []))
-    assert bench._apply_environment("gpu", None) == [rejected]
+    assert bench.apply_environment("gpu", None) == [rejected]
     assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true"
     _, env, _, _ = smoke
     markdown = bench.environment_markdown({**env, "xla_flags_dropped": [rejected]})

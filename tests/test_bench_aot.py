@@ -41,7 +41,7 @@ def test_a_failing_compile_is_recorded_and_the_rest_go_on(monkeypatch):
     assert records[1]["error"] is None and records[1]["peak_memory_bytes"] > 0
     assert "**failed**: RuntimeError: boom in frozen" in bench_aot.markdown(
         records, {"target": "cpu", "date": "d", "jax": "j", "host": "h", "device": "cpu", "compute_dtype": "float32",
-                  "attention": "auto"})
+                  "attention": "auto", "xla_flags": ""})
 
 
 def test_gpu_target_attention_choice_and_missing_plugin_hint():
