@@ -219,7 +219,8 @@ def _squared_norms(params: Any, anchor: Any) -> tuple[list[jax.Array], list[jax.
 
 def param_drift(params: Any, anchor: Any, labels: Any = None) -> dict[str, float]:
     """Relative distance from the anchor, ``||θ - θ0|| / ||θ0||``, over all parameters (``"all"``)
-    and per group of ``labels`` (a tree of group names, e.g. :func:`jaxtune.label_params`).
+    and per group of ``labels`` (a tree of group names, e.g. :func:`jaxtune.label_params`); the
+    absolute distance for a group whose anchor is all zeros (e.g. biases initialised at 0).
 
     Example::
 

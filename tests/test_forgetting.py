@@ -241,3 +241,21 @@ def test_structural_step_refuses_an_average_over_leaves_it_does_not_train():
     averaged = _by_path(jt.averaged_params(state.params, state.opt_state))
     np.testing.assert_array_equal(averaged["embeddings/embedding"], _by_path(params)["embeddings/embedding"])
     np.testing.assert_array_equal(averaged["head/kernel"], _by_path(state.params)["head/kernel"])  # first update
+
+
+def test_rule_l2_sp_and_averaging_on_nnx_state():
+    from flax import nnx
+
+    params = nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    rules = [(r"bias", jt.settings(l2_sp=0.0)), (r".*", jt.settings(l2_sp=0.5))]
+    tx = optax.chain(jt.make_optimizer(params, rules, optax.sgd, 0.1), jt.average_weights(None))
+    state = tx.init(params)
+    moved = jax.tree.map(lambda x: x + 1.0, params)
+    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, moved)
+    by_path = _by_path(updates)
+    np.testing.assert_allclose(by_path["kernel"], np.full((3, 2), -0.05), atol=1e-7)  # -lr * S * (w - w0)
+    np.testing.assert_array_equal(by_path["bias"], np.zeros(2))
+    averaged = jt.averaged_params(moved, state)
+    assert isinstance(averaged, nnx.State)
+    np.testing.assert_allclose(_by_path(averaged)["kernel"], _by_path(moved)["kernel"] - 0.05, atol=1e-7)
+    np.testing.assert_allclose(jt.param_drift(moved, params, jt.label_params(params, rules))["bias"], np.sqrt(2.0))

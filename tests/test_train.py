@@ -178,7 +178,9 @@ MESH_SCRIPT = textwrap.dedent("""
     params = init_params()
     fresh = lambda: jax.tree.map(jnp.array, params)  # a copy per state: each step donates its state
     rules = [(r"embeddings/.*", jt.freeze()), (r".*bias", jt.settings(weight_decay=False)), (r".*", jt.settings())]
-    tx = jt.make_optimizer(params, rules, optax.adamw, 1e-2, weight_decay=0.1)
+    # With an L2-SP anchor and a weight average in the optimizer state: they are sharded like the params.
+    tx = optax.chain(jt.make_optimizer(params, rules, optax.adamw, 1e-2, weight_decay=0.1, l2_sp=0.05),
+                     jt.average_weights(0.9, mask=jt.trainable_mask(params, rules)))
     batch = make_batch(16)
     ref = jt.TrainState.create(fresh(), tx)
     single = jt.make_train_step(loss_fn, tx, compute_dtype=jnp.float32)
@@ -192,9 +194,15 @@ MESH_SCRIPT = textwrap.dedent("""
             state, metrics = step(state, jt.shard_batch(batch, mesh))
         kernel = state.params["layer_0"]["dense"]["kernel"]
         assert len(kernel.sharding.device_set) == 8
+        anchor, = [a["layer_0"]["dense"]["kernel"] for _, a in optax.tree.get_all_with_path(state.opt_state, "anchor")
+                   if not isinstance(a["layer_0"]["dense"]["kernel"], optax.MaskedNode)]  # its weight-decay group
         if fsdp:
             assert "data" in str(kernel.sharding.spec), kernel.sharding
+            assert "data" in str(anchor.sharding.spec), anchor.sharding
         for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+        for a, b in zip(jax.tree.leaves(jt.averaged_params(state.params, state.opt_state)),
+                        jax.tree.leaves(jt.averaged_params(ref.params, ref.opt_state))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
         np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), atol=1e-5)
     print("MESH-OK")
