@@ -20,7 +20,6 @@ Example::
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -188,7 +187,7 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
             labels.append(_FROZEN)
             continue
         # Runtime mode keeps frozen leaves' state; they take the strength they would have unfrozen.
-        wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(dataclasses.replace(s, frozen=False), l2_sp)
+        wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(s, l2_sp)
         label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
         groups[label] = (wd, strength)
         labels.append(label)

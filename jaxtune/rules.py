@@ -275,9 +275,7 @@ def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], A
 
 
 def l2_sp_strength(s: Settings, default: float = 0.0) -> float:
-    """The L2-SP strength a group gets: its rule's ``l2_sp``, else ``default``; 0 when frozen."""
-    if s.frozen:
-        return 0.0
+    """The L2-SP strength of a group while it trains: its rule's ``l2_sp``, else ``default``."""
     return float(default if s.l2_sp is None else s.l2_sp)
 
 
@@ -303,7 +301,9 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
         row["params"] += int(np.prod(np.shape(leaf)))
         row["mults"].append(np.asarray(factor).ravel())
     header = ("group", "tensors", "params", "lr mult", "weight decay", "frozen")
-    with_l2_sp = any(r["settings"] is not None and l2_sp_strength(r["settings"], l2_sp) > 0 for r in rows.values())
+    strengths = {key: 0.0 if r["settings"] is None or r["settings"].frozen else l2_sp_strength(r["settings"], l2_sp)
+                 for key, r in rows.items()}
+    with_l2_sp = any(strengths.values())
     if with_l2_sp:
         header += ("l2-sp",)
     lines = []
@@ -319,8 +319,7 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
             lr, wd = "-", "-"
         line = (key, str(row["tensors"]), f"{row['params']:,}", lr, wd, frozen)
         if with_l2_sp:
-            strength = 0.0 if s is None else l2_sp_strength(s, l2_sp)
-            line += (f"{strength:g}" if strength else "-",)
+            line += (f"{strengths[key]:g}" if strengths[key] else "-",)
         lines.append(line)
     total = sum(r["params"] for r in rows.values())
     trainable = sum(r["params"] for r in rows.values() if r["settings"] is not None and not r["settings"].frozen)

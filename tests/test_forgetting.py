@@ -123,6 +123,8 @@ def test_l2_sp_default_strength_summary_and_runtime_mode():
     assert "l2-sp" in table.splitlines()[0]
     assert {l.split()[0]: l.split()[-1] for l in table.splitlines()[2:4]} == {"head/.*": "-", ".*": "0.5"}
     assert "l2-sp" not in jt.summary(params, rules)
+    frozen_rows = jt.summary(params, [(r"embeddings/.*", jt.freeze()), (r".*", jt.settings())], l2_sp=0.5)
+    assert {l.split()[0]: l.split()[-1] for l in frozen_rows.splitlines()[2:4]} == {"embeddings/.*": "-", ".*": "0.5"}
     # Runtime mode: a frozen group keeps its anchor and gets its strength once unfrozen.
     runtime = jt.make_optimizer(params, [(r"embeddings/.*", jt.freeze()), (r".*", jt.settings())], optax.sgd,
                                 0.1, runtime=True, l2_sp=0.5)
