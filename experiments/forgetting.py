@@ -67,7 +67,8 @@ def _load_params(export_dir: str, task: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--l2-sp", type=float, nargs="+", default=[0.1, 1.0], help="L2-SP strengths (one B run each)")
-    parser.add_argument("--ema-decay", type=float, default=0.99)
+    parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the ema variant (0: no ema run)")
+    parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, dropout)")
     parser.add_argument("--b-learning-rate", type=float, default=5e-4)
     parser.add_argument("--b-epochs", type=float, default=4)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -78,14 +79,16 @@ def main(argv: list[str] | None = None) -> None:
 
     a = _run("tweets_minilm.yaml", "A_tweets", work, [])
     a_export = a.paths["export"]
-    b_common = [f"model.path={a_export}", f"optim.learning_rate={args.b_learning_rate}", f"train.epochs={args.b_epochs}"]
+    b_common = [f"model.path={a_export}", f"optim.learning_rate={args.b_learning_rate}", f"train.epochs={args.b_epochs}",
+                f"train.seed={args.b_seed}"]
     head_exempt = ('optim.rules=[{pattern: "classifier/.*", name: head, l2_sp: 0.0}, '
                    '{pattern: ".*/(bias|LayerNorm/scale)", name: no_decay, weight_decay: 0.0}, '
                    '{pattern: ".*", name: decay}]')
     variants = {"plain": []}
     for strength in args.l2_sp:
         variants[f"l2sp (S={strength:g})"] = [head_exempt, f"optim.l2_sp={strength}"]
-    variants[f"ema (D={args.ema_decay:g})"] = ["optim.weight_average=ema", f"optim.weight_average_decay={args.ema_decay}"]
+    if args.ema_decay:
+        variants[f"ema (D={args.ema_decay:g})"] = ["optim.weight_average=ema", f"optim.weight_average_decay={args.ema_decay}"]
     b_runs = {name: _run("wnut_ner_minilm.yaml", f"B_{i}", work, b_common + overrides)
               for i, (name, overrides) in enumerate(variants.items())}
 
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# Catastrophic forgetting: tweets (A) then WNUT-16 NER (B), all-MiniLM-L6-v2", "",
              f"Written by `python experiments/forgetting.py` on {time.strftime('%Y-%m-%d')} "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}); "
-             f"{(time.time() - start) / 60:.1f} min. One seed.", "",
+             f"{(time.time() - start) / 60:.1f} min. One seed: B runs with train.seed {args.b_seed}.", "",
              f"A: {a.steps} steps, test accuracy {a.test_metrics['accuracy']:.4f}. "
              f"B: from A's export, lr {args.b_learning_rate:g}, {args.b_epochs:g} epochs, best validation entity F1 "
              "checkpoint. "
