@@ -9,6 +9,8 @@ Sequential fine-tuning of all-MiniLM-L6-v2 on real data, through the experiment 
    * ``plain``   the config as it is;
    * ``l2sp``    ``optim.l2_sp=S`` towards A's weights (the new token head exempt: ``l2_sp: 0``),
      for each S of ``--l2-sp``;
+   * ``l2sp decoupled``  the same with ``optim.l2_sp_decoupled=true`` (``jt.anchor_decay``: pulled
+     towards A's weights after AdamW, as its weight decay), for each S of ``--l2-sp-decoupled``;
    * ``ema``     ``optim.weight_average=ema`` (decay D): validation, test and export use the average;
    * ``wise-ft`` no training: WiSE-FT, A's encoder interpolated with plain B's, ``α`` in 0.25/0.5/0.75
      (B's head kept).
@@ -66,7 +68,9 @@ def _load_params(export_dir: str, task: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--l2-sp", type=float, nargs="+", default=[0.1, 1.0], help="L2-SP strengths (one B run each)")
+    parser.add_argument("--l2-sp", type=float, nargs="*", default=[0.1, 1.0], help="L2-SP strengths (one B run each)")
+    parser.add_argument("--l2-sp-decoupled", type=float, nargs="*", default=[],
+                        help="strengths of decoupled L2-SP (jt.anchor_decay; one B run each)")
     parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the ema variant (0: no ema run)")
     parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, dropout)")
     parser.add_argument("--b-learning-rate", type=float, default=5e-4)
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"plain": []}
     for strength in args.l2_sp:
         variants[f"l2sp (S={strength:g})"] = [head_exempt, f"optim.l2_sp={strength}"]
+    for strength in args.l2_sp_decoupled:
+        variants[f"l2sp decoupled (S={strength:g})"] = [head_exempt, f"optim.l2_sp={strength}",
+                                                        "optim.l2_sp_decoupled=true"]
     if args.ema_decay:
         variants[f"ema (D={args.ema_decay:g})"] = ["optim.weight_average=ema", f"optim.weight_average_decay={args.ema_decay}"]
     b_runs = {name: _run("wnut_ner_minilm.yaml", f"B_{i}", work, b_common + overrides)

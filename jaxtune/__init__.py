@@ -21,7 +21,9 @@ from jaxtune.embeddings import (
     load_word2vec,
 )
 from jaxtune.forgetting import (
+    AnchorDecayState,
     L2SPState,
+    anchor_decay,
     WeightAverageState,
     average_weights,
     averaged_params,

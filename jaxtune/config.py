@@ -70,7 +70,8 @@ class OptimConfig:
     """rules: the strategy (None = the model family's default rules).
     unfreezing: None, "runtime" or "structural" gradual unfreezing, one stage every
     ``unfreeze_every`` steps over ``unfreeze_stages`` stages (default: one per layer).
-    l2_sp: L2-SP strength towards the pretrained weights for rules without their own ``l2_sp``.
+    l2_sp: L2-SP strength towards the pretrained weights for rules without their own ``l2_sp``;
+    ``l2_sp_decoupled``: applied after the optimizer, as AdamW applies weight decay.
     weight_average: None, "ema" (decay ``weight_average_decay``) or "uniform" (SWA): validation,
     test and export then use the averaged weights, averaged from ``weight_average_start`` (a
     fraction of the steps) on."""
@@ -86,6 +87,7 @@ class OptimConfig:
     unfreeze_every: int = 0
     unfreeze_stages: int | None = None
     l2_sp: float = 0.0
+    l2_sp_decoupled: bool = False
     weight_average: str | None = None
     weight_average_decay: float = 0.999
     weight_average_start: float = 0.0

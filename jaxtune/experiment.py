@@ -316,7 +316,8 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     uses_ids = bool(cfg.optim.layer_decay) or cfg.optim.unfreezing is not None
     tx = make_optimizer(params, rules, _optimizer(cfg.optim.optimizer), _schedule(cfg.optim, total_steps),
                         layer_ids=layer_ids if uses_ids else None, layer_decay=cfg.optim.layer_decay,
-                        runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp)
+                        runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp,
+                        l2_sp_decoupled=cfg.optim.l2_sp_decoupled)
     # Leaves the rules let train (at some unfreezing stage) are averaged; rule-frozen ones never move.
     averaging = _weight_averaging(cfg.optim, total_steps, trainable_mask(params, rules))
     if averaging is not None:

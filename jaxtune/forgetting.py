@@ -6,6 +6,8 @@ Fine-tuning moves a pretrained network away from what it knew. These pure pieces
   starting point ``θ0``, added as its gradient. The anchor lives in the optimizer state, so it is
   checkpointed and restored with it. In a rule table it is one setting per group
   (``jt.settings(l2_sp=0.01)``, compiled by :func:`jaxtune.make_optimizer`).
+* :func:`anchor_decay` — the decoupled form of L2-SP for Adam-type optimizers, as AdamW decouples
+  weight decay (``make_optimizer(..., l2_sp_decoupled=True)``).
 * :func:`average_weights` — an exponential moving average (or a uniform average, as in SWA) of the
   weights after every update, kept in the optimizer state; :func:`averaged_params` reads it out.
 * :func:`interpolate_params` — WiSE-FT (Wortsman et al., 2022): ``(1 - α) θ0 + α θ``.
@@ -74,6 +76,49 @@ def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransforma
         penalised = jax.tree.map(
             lambda g, p, a: g + (strength * (p - a)).astype(g.dtype), updates, params, state.anchor)
         return penalised, state
+
+    return _masked(optax.GradientTransformation(init, update), mask)
+
+
+class AnchorDecayState(NamedTuple):
+    """State of :func:`anchor_decay`: updates seen (for the schedule) and the anchor ``θ0``."""
+
+    count: jax.Array
+    anchor: Any
+
+
+def anchor_decay(strength: float, learning_rate: float | optax.Schedule,
+                 mask: Mask | None = None) -> optax.GradientTransformation:
+    """Decoupled L2-SP: adds ``-lr(t) * strength * (params - anchor)`` to the final update, as AdamW
+    does for weight decay with the anchor in place of 0.
+
+    Put it *after* the optimizer, with the optimizer's learning rate (a float or the same
+    schedule): ``optax.chain(optax.adam(sched), jt.anchor_decay(1.0, sched))``. Unlike :func:`l2_sp`
+    the pull does not pass through Adam's normalisation, so its size is ``lr * strength`` of the
+    distance per step whatever the gradients are. With SGD the two are the same. The anchor is the
+    parameters given to ``init``, kept in the optimizer state.
+
+    Example::
+
+        >>> tx = optax.chain(optax.sgd(0.5), anchor_decay(0.5, 0.5))
+        >>> state = tx.init({"w": jnp.ones(2)})
+        >>> updates, _ = tx.update({"w": jnp.zeros(2)}, state, {"w": jnp.full(2, 3.0)})
+        >>> updates["w"].tolist()   # -(0.5 * 0.5 * (3 - 1))
+        [-0.5, -0.5]
+    """
+    if strength < 0:
+        raise ValueError(f"anchor_decay strength must be >= 0, got {strength}")
+
+    def init(params):
+        return AnchorDecayState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("anchor_decay needs the parameters: call tx.update(grads, opt_state, params)")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        pulled = jax.tree.map(lambda u, p, a: u - (lr * strength * (p - a)).astype(u.dtype), updates, params,
+                              state.anchor)
+        return pulled, AnchorDecayState(optax.safe_int32_increment(state.count), state.anchor)
 
     return _masked(optax.GradientTransformation(init, update), mask)
 

@@ -132,21 +132,26 @@ def _weight_decay_of(s: Settings, default: float) -> float:
 
 
 def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool, kwargs: dict,
-           anchor_strength: float) -> optax.GradientTransformation:
+           anchor_strength: float, decoupled: bool) -> optax.GradientTransformation:
     if accepts_wd:
         tx = optimizer(learning_rate=learning_rate, weight_decay=wd, **kwargs)
     else:
         tx = optimizer(learning_rate=learning_rate, **kwargs)
         # Coupled (L2) decay for optimizers without their own: equal to decoupled decay for SGD.
         tx = optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
-    # L2-SP is a loss term: its gradient goes in before the optimizer, like the data gradient.
-    return optax.chain(forgetting.l2_sp(anchor_strength), tx) if anchor_strength else tx
+    if not anchor_strength:
+        return tx
+    if decoupled:  # pulled towards the anchor after the optimizer, as AdamW decays weights
+        return optax.chain(tx, forgetting.anchor_decay(anchor_strength, learning_rate))
+    # L2-SP as a loss term: its gradient goes in before the optimizer, like the data gradient.
+    return optax.chain(forgetting.l2_sp(anchor_strength), tx)
 
 
 def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., optax.GradientTransformation] = optax.adamw,
                    learning_rate: float | optax.Schedule = 1e-3, *, layer_ids: Callable[[str], Any] | None = None,
                    layer_decay: float | None = None, runtime: bool = False, allow_unused: bool = False,
-                   l2_sp: float = 0.0, **optimizer_kwargs) -> optax.GradientTransformation:
+                   l2_sp: float = 0.0, l2_sp_decoupled: bool = False,
+                   **optimizer_kwargs) -> optax.GradientTransformation:
     """Compiles a rule table into one optax optimizer.
 
     Args:
@@ -166,6 +171,9 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
         and adds ``strength * (w - w_start)`` to its gradient (:func:`jaxtune.l2_sp`).
+      l2_sp_decoupled: instead, pull those groups towards their starting weights after the
+        optimizer by ``lr * strength * (w - w_start)`` (:func:`jaxtune.anchor_decay`), as AdamW
+        decouples weight decay.
       **optimizer_kwargs: passed to ``optimizer`` (e.g. ``weight_decay=0.01, b2=0.98``).
 
     Example::
@@ -191,7 +199,7 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
         groups[label] = (wd, strength)
         labels.append(label)
-    transforms = {label: _build(optimizer, learning_rate, wd, accepts_wd, optimizer_kwargs, strength)
+    transforms = {label: _build(optimizer, learning_rate, wd, accepts_wd, optimizer_kwargs, strength, l2_sp_decoupled)
                   for label, (wd, strength) in sorted(groups.items())}
     if _FROZEN in labels:
         transforms[_FROZEN] = optax.set_to_zero()

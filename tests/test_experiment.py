@@ -126,6 +126,11 @@ def test_l2_sp_and_weight_averaging_from_config(tiny_model_dir, data, tmp_path, 
     assert plain_drift[-1]["backbone"] > 0
     # SGD with lr 0.5 and strength 1 halves the distance to the anchor every step: the backbone stays closer.
     assert anchored_drift[-1]["backbone"] < 0.8 * plain_drift[-1]["backbone"]
+    # Decoupled L2-SP (after the optimizer) is the same pull for SGD: the same drift, to float rounding.
+    decoupled = finetune(_config(tiny_model_dir, tmp_path, "l2sp_decoupled", optimizer="sgd", learning_rate=0.5,
+                                 weight_decay=0.0, rules=rules, l2_sp=1.0, l2_sp_decoupled=True), data=data)
+    np.testing.assert_allclose(_drift(decoupled.paths["run_dir"])[-1]["backbone"], anchored_drift[-1]["backbone"],
+                               rtol=1e-4)
 
     averaged = finetune(_config(tiny_model_dir, tmp_path, "ema", weight_average="ema", weight_average_decay=0.5),
                         data=data)

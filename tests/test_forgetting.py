@@ -57,6 +57,53 @@ def test_l2_sp_sgd_settles_at_the_analytic_equilibrium():
     np.testing.assert_allclose(params["w"], expected, atol=1e-5)
 
 
+def test_anchor_decay_is_l2_sp_for_sgd_and_decoupled_for_adam():
+    anchor = {"w": jnp.array([1.0, -2.0, 0.5])}
+    target = {"w": jnp.array([4.0, 0.0, -1.0])}
+    grad = jax.grad(_quadratic(target))
+    sched = optax.linear_schedule(0.1, 0.01, 20)
+
+    def run(tx, steps=20):
+        params, state = anchor, tx.init(anchor)
+        for _ in range(steps):
+            u, state = tx.update(grad(params), state, params)
+            params = optax.apply_updates(params, u)
+        return params["w"]
+
+    # SGD: the decoupled pull -lr*S*(w - w0) is the coupled penalty's gradient step.
+    np.testing.assert_allclose(run(optax.chain(optax.sgd(sched), jt.anchor_decay(0.7, sched))),
+                               run(optax.chain(jt.l2_sp(0.7), optax.sgd(sched))), rtol=1e-6, atol=1e-6)
+    # Adam: w <- w + adam_update - lr(t) * S * (w - w0), outside Adam's normalisation.
+    adam, params = optax.adam(sched), dict(anchor)
+    adam_state = adam.init(params)
+    for t in range(20):
+        u, adam_state = adam.update(grad(params), adam_state, params)
+        params = {"w": params["w"] + u["w"] - sched(t) * 0.7 * (params["w"] - anchor["w"])}
+    np.testing.assert_allclose(run(optax.chain(optax.adam(sched), jt.anchor_decay(0.7, sched))), params["w"],
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=">= 0"):
+        jt.anchor_decay(-1.0, 0.1)
+
+
+def test_rule_table_decoupled_l2_sp_matches_a_hand_built_optimizer():
+    params = init_params()
+    tx = jt.make_optimizer(params, BACKBONE_L2SP, optax.adamw, 1e-2, weight_decay=0.0, l2_sp_decoupled=True)
+    labels = jax.tree.map(lambda n: {"head": "head", "embeddings": "frozen", "backbone": "backbone"}[n],
+                          jt.label_params(params, BACKBONE_L2SP))
+    ref = optax.partition({"head": optax.adamw(1e-2, weight_decay=0.0),
+                           "backbone": optax.chain(optax.adamw(1e-2, weight_decay=0.0), jt.anchor_decay(0.3, 1e-2)),
+                           "frozen": optax.set_to_zero()}, labels)
+    moved = jax.tree.map(lambda x: x + 0.5, params)
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.1), params)
+    ours, _ = tx.update(grads, tx.init(params), moved)
+    theirs, _ = ref.update(grads, ref.init(params), moved)
+    for path, u in _by_path(ours).items():
+        np.testing.assert_allclose(u, _by_path(theirs)[path], rtol=1e-6, atol=1e-8, err_msg=path)
+    coupled, _ = (t := jt.make_optimizer(params, BACKBONE_L2SP, optax.adamw, 1e-2, weight_decay=0.0)).update(
+        grads, t.init(params), moved)
+    assert not np.allclose(_by_path(coupled)["layer_0/dense/kernel"], _by_path(ours)["layer_0/dense/kernel"])
+
+
 def test_l2_sp_mask_leaves_other_parameters_alone_and_stores_no_anchor_for_them():
     params = {"body": jnp.ones(3), "head": jnp.ones(2)}
     tx = jt.l2_sp(1.0, mask={"body": True, "head": False})
