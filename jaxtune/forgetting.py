@@ -45,6 +45,16 @@ def _masked(inner: optax.GradientTransformation, mask: Mask | None) -> optax.Gra
     return inner if mask is None else optax.masked(inner, mask)
 
 
+def _copy(params: Any) -> Any:
+    """The parameters as new arrays: a state that keeps them survives the donation of ``params``."""
+    return jax.tree.map(jnp.array, params)
+
+
+def _require_params(params: Any, transform: str) -> None:
+    if params is None:
+        raise ValueError(f"{transform} needs the parameters: call tx.update(grads, opt_state, params)")
+
+
 def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransformation:
     """Adds ``strength * (params - anchor)`` to the gradient: the L2-SP penalty
     ``strength/2 * ||params - anchor||²`` taken as part of the loss.
@@ -68,11 +78,10 @@ def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransforma
         raise ValueError(f"l2_sp strength must be >= 0, got {strength}")
 
     def init(params):
-        return L2SPState(anchor=jax.tree.map(jnp.array, params))
+        return L2SPState(anchor=_copy(params))
 
     def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("l2_sp needs the parameters: call tx.update(grads, opt_state, params)")
+        _require_params(params, "l2_sp")
         penalised = jax.tree.map(
             lambda g, p, a: g + (strength * (p - a)).astype(g.dtype), updates, params, state.anchor)
         return penalised, state
@@ -110,11 +119,10 @@ def anchor_decay(strength: float, learning_rate: float | optax.Schedule,
         raise ValueError(f"anchor_decay strength must be >= 0, got {strength}")
 
     def init(params):
-        return AnchorDecayState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.array, params))
+        return AnchorDecayState(jnp.zeros((), jnp.int32), _copy(params))
 
     def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("anchor_decay needs the parameters: call tx.update(grads, opt_state, params)")
+        _require_params(params, "anchor_decay")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         pulled = jax.tree.map(lambda u, p, a: u - (lr * strength * (p - a)).astype(u.dtype), updates, params,
                               state.anchor)
@@ -161,11 +169,10 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
         raise ValueError(f"start_step must be >= 0, got {start_step}")
 
     def init(params):
-        return WeightAverageState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.array, params))
+        return WeightAverageState(jnp.zeros((), jnp.int32), _copy(params))
 
     def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("average_weights needs the parameters: call tx.update(grads, opt_state, params)")
+        _require_params(params, "average_weights")
         count = state.count + 1
         averaged = count - start_step  # how many post-start weights the new average holds
         if decay is None:
