@@ -67,21 +67,23 @@ class BrokenCheckpointError(RuntimeError):
 
 def _os_error(exc: BaseException) -> OSError | None:
     """The OS error under a failed orbax write: an ``OSError`` in the exception chain, or one rebuilt
-    from a tensorstore message (``... "FILE" ... [os_error_code='28']``); ``None`` if there is none."""
+    from a tensorstore message (``... file "PATH" ... [os_error_code='28']``); one naming its file
+    if there is such; ``None`` if there is none."""
+    found: list[OSError] = []
     todo, seen = [exc], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno is not None:
-            return e
         code = _OS_ERROR_CODE.search(str(e))
-        if code:
+        if isinstance(e, OSError) and e.errno is not None:
+            found.append(e)
+        elif code:
             path = _FILE_IN_MESSAGE.search(str(e))
-            return OSError(int(code.group(1)), os.strerror(int(code.group(1))), path.group(1) if path else None)
+            found.append(OSError(int(code.group(1)), os.strerror(int(code.group(1))), path.group(1) if path else None))
         todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-    return None
+    return next((e for e in found if e.filename), found[0] if found else None)
 
 
 def _short(exc: BaseException) -> str:
