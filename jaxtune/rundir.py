@@ -29,6 +29,7 @@ from jaxtune.config import RESUMABLE_KEYS, ExperimentConfig, resumable_keys, to_
 
 FINGERPRINT_FILE, RESULT_FILE = "fingerprint.json", "result.json"
 _RUN_MARKERS = (FINGERPRINT_FILE, "config.yaml", "checkpoints", "metrics.jsonl")  # what makes a dir a run dir
+_TMP = ".tmp-"  # infix of the temporary files of atomic writes (a run killed mid-write may leave one)
 
 
 class RunDirError(ValueError):
@@ -91,12 +92,17 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> str:
         write_json_atomic("runs/a/result.json", {"fingerprint": "ab12..."})
     """
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = f"{path}{_TMP}{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 
@@ -219,7 +225,7 @@ def check_run_dir(run_dir: str | os.PathLike, config: ExperimentConfig, *, resum
     digest, keys = run_fingerprint(config)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunDirError(f"run directory {run_dir} is a file; set name or output_dir to a directory path")
-    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+    if not os.path.isdir(run_dir) or all(_TMP in name for name in os.listdir(run_dir)):
         return RunDirPlan(run_dir, "new", digest, keys, {}, [])
     if overwrite:
         if not any(os.path.exists(os.path.join(run_dir, m)) for m in _RUN_MARKERS):

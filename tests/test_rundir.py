@@ -100,6 +100,9 @@ def test_resume_anyway_records_the_change_and_overwrite_starts_over(tmp_path):
 def test_directories_that_are_not_runs(tmp_path):
     (tmp_path / "a").mkdir()
     assert check_run_dir(str(tmp_path / "a"), _cfg()).action == "new"  # empty: fine
+    (tmp_path / "a" / "fingerprint.json.tmp-99").write_text("{")  # a run killed while writing its first file
+    assert check_run_dir(str(tmp_path / "a"), _cfg()).action == "new"
+    os.remove(tmp_path / "a" / "fingerprint.json.tmp-99")
     (tmp_path / "a" / "notes.txt").write_text("mine")
     with pytest.raises(jt.RunDirError, match="no fingerprint.json.*--overwrite"):
         check_run_dir(str(tmp_path / "a"), _cfg())
