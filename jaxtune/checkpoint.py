@@ -87,9 +87,14 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 def _short(exc: BaseException) -> str:
-    """An exception as one readable line: tensorstore's spec dumps cut off."""
-    text = re.sub(r"\s*\[tensorstore_spec.*", "", str(exc), flags=re.S).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:400] if text else ''}"
+    """An exception as one readable line: for tensorstore's long messages, its status, the innermost
+    file it names and what went wrong there (its spec dumps cut off)."""
+    text = re.sub(r"\s*\[tensorstore_spec.*", "", str(exc), flags=re.S).strip()
+    files = list(_FILE_IN_MESSAGE.finditer(text))
+    if not files:
+        return f"{type(exc).__name__}: {text.splitlines()[0][:400] if text else ''}"
+    status, detail = text.split(":", 1)[0], text[files[-1].end():].lstrip(": ")
+    return f"{type(exc).__name__}: {status[:40]} in {files[-1].group(1)}" + (f": {detail[:200]}" if detail else "")
 
 
 def _to_saveable(state: TrainState) -> TrainState:
