@@ -132,3 +132,13 @@ def test_result_json_and_finished_runs(tmp_path, capsys):
     assert finished_result(plan, total_steps=6) is None
     open_run_dir(plan)
     assert jt.read_result(run_dir) is None and not os.path.exists(os.path.join(run_dir, "result.json"))
+
+
+def test_cli_flags_resume_and_overwrite():
+    from jaxtune import cli
+
+    args = cli._parser().parse_args(["finetune", "c.yaml", "--resume"])
+    assert args.resume and not args.overwrite
+    assert cli._parser().parse_args(["finetune", "c.yaml", "--overwrite"]).overwrite
+    with pytest.raises(SystemExit):  # one explicit choice, not both
+        cli._parser().parse_args(["finetune", "c.yaml", "--resume", "--overwrite"])
