@@ -161,6 +161,7 @@ def _lose_record(step_dir):
     return "record/metadata"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
 @pytest.mark.parametrize("damage", [_break_data, _break_metadata, _lose_record])
 def test_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage):
     params, tx, step = _setup()
@@ -184,6 +185,7 @@ def test_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, 
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
 def test_no_intact_checkpoint_names_each_broken_file(tmp_path):
     params, tx, _ = _setup()
     state = _fresh_state(params, tx)
@@ -206,6 +208,7 @@ def _failing_record_write(error):
     return write
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
 @pytest.mark.parametrize("error, errno_, text", [
     (lambda path: PermissionError(13, "Permission denied", str(path)), 13, "Permission denied"),
     # tensorstore's form (the arrays): a ValueError whose message carries the file and the OS error code.

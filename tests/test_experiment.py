@@ -299,6 +299,7 @@ def test_kill_9_then_rerun_resumes_bit_exactly(tiny_model_dir, data, tmp_path, s
     _assert_same_run(run_dir, straight6)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
 def test_broken_latest_checkpoint_resumes_from_the_one_before(tiny_model_dir, data, tmp_path, straight6, capsys):
     cfg = _config(tiny_model_dir, tmp_path, "broken")
     cfg["train"]["max_steps"] = 4
