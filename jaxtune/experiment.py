@@ -30,6 +30,7 @@ from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ExperimentConfig, OptimConfig, load_config, save_config, to_dict
 from jaxtune.early_stopping import EarlyStopping
+from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, label_params, summary, trainable_mask
@@ -89,7 +90,7 @@ def _dataset(name: str):
              "wnut_ner": (sources.load_wnut_ner, "token_classification"),
              "mnist_digits": (sources.load_mnist_digits, "image_classification")}
     if name not in table:
-        raise ValueError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
+        raise UserError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
     return table[name]
 
 
@@ -176,7 +177,7 @@ def load_model(path: str, task: str, num_labels: int, dtype: str):
 def _family_module(model):
     module = importlib.import_module(type(model).__module__)
     if not hasattr(module, "default_rules"):
-        raise AttributeError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
+        raise UserError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
     return module
 
 
@@ -186,6 +187,11 @@ def build_rules(optim: OptimConfig, model) -> list[Rule]:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
                                  layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp)) for r in optim.rules]
+
+
+def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
+    """Whether the optimizer or a rule sets a layer-wise decay (so that layer ids are needed)."""
+    return optim.layer_decay is not None or any(s.layer_decay is not None for _, s in rules)
 
 
 def _schedule(optim: OptimConfig, total_steps: int):
@@ -218,7 +224,7 @@ def _weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.
 
 def _optimizer(name: str):
     if not hasattr(optax, name):
-        raise ValueError(f"optim.optimizer {name!r} is not an optax optimizer (e.g. adamw, adam, sgd, lion)")
+        raise UserError(f"optim.optimizer {name!r} is not an optax optimizer (e.g. adamw, adam, sgd, lion)")
     return getattr(optax, name)
 
 
@@ -287,12 +293,14 @@ class Setup:
 
 
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
-    from jaxtune.config import apply_overrides, from_dict
+    from jaxtune.config import apply_overrides, from_dict, validate_config
 
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
-    return from_dict(ExperimentConfig, apply_overrides(to_dict(config) if isinstance(config, ExperimentConfig)
-                                                      else config, overrides))
+    cfg = from_dict(ExperimentConfig, apply_overrides(to_dict(config) if isinstance(config, ExperimentConfig)
+                                                     else config, overrides))
+    validate_config(cfg)
+    return cfg
 
 
 def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
@@ -308,12 +316,12 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
-    table = summary(params, rules, layer_ids=layer_ids if cfg.optim.layer_decay else None,
+    table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
     batches_per_epoch = len(epoch_batches(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
-    uses_ids = bool(cfg.optim.layer_decay) or cfg.optim.unfreezing is not None
+    uses_ids = _uses_layer_decay(cfg.optim, rules) or cfg.optim.unfreezing is not None
     tx = make_optimizer(params, rules, _optimizer(cfg.optim.optimizer), _schedule(cfg.optim, total_steps),
                         layer_ids=layer_ids if uses_ids else None, layer_decay=cfg.optim.layer_decay,
                         runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp,
@@ -481,6 +489,8 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         jt.evaluate_run("runs/tweets_minilm_llrd")          # {"loss": ..., "accuracy": ...}
     """
     run_dir = os.fspath(run_dir)
+    if split not in ("train", "validation", "test"):
+        raise UserError(f"split must be one of ['test', 'train', 'validation'], got {split!r}")
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (pass the directory that "
@@ -490,8 +500,6 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
-    if split not in examples:
-        raise ValueError(f"split must be one of {sorted(examples)}, got {split!r}")
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
     scores, _, _ = evaluate(setup.task, setup.eval_step, evaluation_state(setup.config, state), batches,
                             setup.data.label_names)
@@ -505,6 +513,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     label_names = loader(seed=cfg.data.seed).label_names
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
-    layer_ids = getattr(model, "layer_ids", None) if cfg.optim.layer_decay else None
-    return summary(variables["params"], build_rules(cfg.optim, model), layer_ids=layer_ids,
+    rules = build_rules(cfg.optim, model)
+    layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
+    return summary(variables["params"], rules, layer_ids=layer_ids,
                    layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
