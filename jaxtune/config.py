@@ -287,6 +287,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_run_name(cfg.name, cfg.output_dir)
     if not cfg.model.path.strip():
         raise ConfigError("model.path is empty; give a checkpoint directory, a hub name or 'minilm'")
+    from jaxtune.tasks import task_names
+
+    check_choice("model.task", cfg.model.task, ("auto", *task_names()), error=ConfigError)
     _check_limits("model", cfg.model, ["num_labels"], low=1)
     check_choice("model.dtype", cfg.model.dtype, FLOAT_DTYPES, error=ConfigError)
     _check_limits("data", cfg.data, ["max_length", "image_size", "batch_size", "eval_batch_size",
@@ -299,8 +302,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
     stopping = cfg.early_stopping
-    if not stopping.monitor.strip():
-        raise ConfigError("early_stopping.monitor is empty; name a validation metric, e.g. val_loss or val_accuracy")
+    if not stopping.monitor.startswith("val_") or stopping.monitor == "val_":
+        raise ConfigError(f"early_stopping.monitor is {stopping.monitor!r}; it names a validation metric "
+                          "with its val_ prefix, e.g. val_loss, val_accuracy or val_entity_f1")
     check_choice("early_stopping.mode", stopping.mode, ("min", "max"), error=ConfigError)
     _check_limits("early_stopping", stopping, ["patience"], low=0)
     check_number("early_stopping.min_delta", stopping.min_delta, low=0.0, error=ConfigError)

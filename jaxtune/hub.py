@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.models.family import ModelFamily, flatten_paths, unflatten_paths
+from jaxtune.errors import UserError
+from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def family_for(model_type: str | None, source: str = "config.json") -> ModelFami
     """
     supported = ", ".join(sorted(FAMILY_MODULES))
     if model_type not in FAMILY_MODULES:
-        raise ValueError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
+        raise UserError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
                          f"supported model types: {supported}")
     module_name = FAMILY_MODULES[model_type]
     try:
@@ -210,7 +211,7 @@ def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) ->
             f"no weights in {directory}: looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} and "
             f"pickle checkpoints ({PICKLE_NAME}, *.pt) (found: {_listing(directory)})")
     if not allow_pickle:
-        raise ValueError(
+        raise UserError(
             f"{directory} holds only pickle checkpoint(s) {[p.name for p in pickles]}; unpickling can "
             "run arbitrary code, so jaxtune refuses it by default. Pass allow_pickle=True if you "
             "trust the file (needs torch), or convert it to model.safetensors first")
@@ -232,7 +233,7 @@ def _listing(directory: str | os.PathLike, limit: int = 20) -> str:
 def _shards(index: Path) -> list[Path]:
     weight_map = json.loads(index.read_text()).get("weight_map")
     if not weight_map:
-        raise ValueError(f"{index} has no 'weight_map'; it is not a sharded checkpoint index")
+        raise UserError(f"{index} has no 'weight_map'; it is not a sharded checkpoint index")
     files = [index.parent / name for name in sorted(set(weight_map.values()))]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
@@ -283,7 +284,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
                     num_labels: int | None = None, dtype=jnp.float32, *, rng: jax.Array | None = None,
                     allow_pickle: bool = False, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                    strict: bool = False, return_report: bool = False):
+                    strict: bool = False, allow_new_layers: bool = False, return_report: bool = False):
     """Builds the Flax model of a Hugging Face checkpoint and loads its weights.
 
     Args:
@@ -301,6 +302,9 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
       revision, cache_dir: Hub revision and cache directory.
       local_files_only: never download.
       strict: refuse checkpoints that lack a non-head variable instead of initialising it.
+      allow_new_layers: let the layer count of ``config.json`` differ from the weights': layers the
+        checkpoint lacks are newly initialised, layers the model lacks are ignored (both reported).
+        By default such a checkpoint is refused with the list of missing/extra layers.
       return_report: also return the :class:`LoadReport`.
 
     Returns:
@@ -317,7 +321,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     hf_config = read_config(directory)
     family = family_for(hf_config.get("model_type"), str(directory / CONFIG_NAME))
     if task not in family.tasks:
-        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+        raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     config = family.config_from_hf(hf_config)
     tensors = read_weights(directory, allow_pickle=allow_pickle)
     if family.config_for_weights is not None:
@@ -327,20 +331,23 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),
         unused=sorted(set(tensors) - used), head_paths=family.head_paths,
-        rng=jax.random.key(0) if rng is None else rng, strict=strict, source=str(directory))
+        rng=jax.random.key(0) if rng is None else rng, strict=strict, allow_new_layers=allow_new_layers,
+        source=str(directory))
     logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
     return (model, variables, report) if return_report else (model, variables)
 
 
 def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
                    unused: Sequence[str] = (), head_paths: Sequence[str] = (),
-                   rng: jax.Array | None = None, strict: bool = False,
+                   rng: jax.Array | None = None, strict: bool = False, allow_new_layers: bool = False,
                    source: str = "checkpoint") -> tuple[dict, LoadReport]:
     """Overlays loaded tensors on the variables of ``model``, initialising what is missing.
 
     ``loaded`` maps flat Flax paths (``params/bert/pooler/dense/kernel``) to arrays. Shapes must
     equal the model's, except for variables matching ``head_paths``, which are re-initialised; all
-    other mismatches are listed in one ValueError. ``model.init`` only runs when something needs
+    other mismatches are listed in one error. Whole numbered layers (``layer_7``, ``block_3``) that
+    the checkpoint lacks or the model lacks are an error listing them, unless ``allow_new_layers``.
+    ``model.init`` only runs when something needs
     initialising, and then computes only the missing variables. ``unused`` names checkpoint tensors
     that no name-map rule took (reported as ignored).
 
@@ -355,20 +362,31 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
     def is_head(path):
         return any(re.fullmatch(pattern, path) for pattern in head_paths)
 
+    missing_layers, extra_layers = layer_mismatch(shapes, loaded)
+    if (missing_layers or extra_layers) and not allow_new_layers:
+        parts = ([f"the model has {len(missing_layers)} layer(s) the checkpoint lacks: {missing_layers}"]
+                 if missing_layers else []) + (
+                [f"the checkpoint has {len(extra_layers)} layer(s) the model lacks: {extra_layers}"]
+                if extra_layers else [])
+        raise UserError(f"{source}: the layer count of config.json does not match the weights; "
+                        f"{'; '.join(parts)}.",
+                        hint="Fix config.json (e.g. num_hidden_layers / num_layers), or pass "
+                             "allow_new_layers=True to initialise missing layers and ignore extra ones.",
+                        config_hint="Fix config.json in model.path (e.g. num_hidden_layers / num_layers).")
     mismatched = [(p, tuple(np.shape(a)), tuple(shapes[p].shape)) for p, a in loaded.items()
                   if p in shapes and tuple(np.shape(a)) != tuple(shapes[p].shape)]
     refused = [f"{p}: checkpoint {a} vs model {b}" for p, a, b in mismatched if not is_head(p)]
     if refused:
-        raise ValueError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
+        raise UserError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
                          "(does config.json match the weights?):\n  " + "\n  ".join(refused))
     resized = {p: f"{p}: checkpoint {a} -> model {b}" for p, a, b in mismatched}
     usable = {p: a for p, a in loaded.items() if p in shapes and p not in resized}
     if not usable:
-        raise ValueError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
+        raise UserError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
                          "of this model family?")
     missing = [p for p in shapes if p not in usable]
     if strict and any(not is_head(p) for p in missing):
-        raise ValueError(f"strict loading: {source} lacks "
+        raise UserError(f"strict loading: {source} lacks "
                          f"{[p for p in missing if not is_head(p)]}")
     flat = {p: jnp.asarray(a, dtype=shapes[p].dtype) for p, a in usable.items()}
     if missing:
@@ -408,7 +426,7 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
     if isinstance(config, Mapping):
         config = family.config_from_hf(config)
     if task not in family.tasks:
-        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+        raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     if "params" not in variables:
         variables = {"params": variables}
     tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}
