@@ -46,6 +46,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from jaxtune.errors import UserError
+
 __all__ = [
     "CheckpointFormatError",
     "UnsafeCheckpointError",
@@ -60,11 +62,11 @@ _LEGACY_PROTOCOL = 1001
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(pickle.UnpicklingError, UserError):
     """The checkpoint's pickle asks for a global that a plain state dict never needs."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError):
     """The file is not a PyTorch checkpoint this reader understands, or it is corrupt."""
 
 
