@@ -7,9 +7,10 @@
     jaxtune demo [--quick]                          the offline fine-tuning demo
 
 Bad input (a config value, a rule, a missing file: :class:`jaxtune.errors.UserError`,
-``FileNotFoundError``, ``NotADirectoryError``) prints one message with its hint to stderr and exits
-with status 2; ``--debug`` also prints the traceback. Any other exception is a bug in jaxtune and
-keeps its traceback (status 1).
+``FileNotFoundError``, ``NotADirectoryError``) and a run stopped on non-finite values
+(``jaxtune.NonFiniteError``) print one message with its hint to stderr and exit with status 2;
+``--debug`` also prints the traceback. Any other exception is a bug in jaxtune and keeps its
+traceback (status 1).
 """
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from jaxtune.errors import UserError
 # What the user can fix: shown as one line (status 2). Everything else keeps its traceback.
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 USER_ERROR_STATUS = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, plus ``jaxtune.NonFiniteError`` (a run stopped on NaN/inf) where it exists."""
+    import jaxtune
+
+    non_finite = getattr(jaxtune, "NonFiniteError", None)
+    return USER_ERRORS + ((non_finite,) if isinstance(non_finite, type) else ())
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         if args.debug:
             traceback.print_exc()
         print(f"jaxtune {args.command}: error: {error_message(e)}", file=sys.stderr)

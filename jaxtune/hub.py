@@ -322,7 +322,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     family = family_for(hf_config.get("model_type"), str(directory / CONFIG_NAME))
     if task not in family.tasks:
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
-    config = family.config_from_hf(hf_config)
+    config = _config_of(family, hf_config, directory / CONFIG_NAME)
     tensors = read_weights(directory, allow_pickle=allow_pickle)
     if family.config_for_weights is not None:
         config = family.config_for_weights(config, tensors)
@@ -335,6 +335,16 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
         source=str(directory))
     logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
     return (model, variables, report) if return_report else (model, variables)
+
+
+def _config_of(family: ModelFamily, hf_config: dict, source: Path) -> Any:
+    """The family config of a ``config.json`` dict; a value the family refuses is an error naming the file."""
+    try:
+        return family.config_from_hf(hf_config)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source} does not describe a {family.name} model jaxtune can build: {e}") from e
 
 
 def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,

@@ -299,6 +299,11 @@ WEIGHT_CASES = [
     ("path_is_a_file", lambda d: d / "config.json", {}, NotADirectoryError, r"config\.json is a file; from_pretrained takes the directory"),
     ("not_a_dir_nor_repo_id", lambda d: d / "a" / "b" / "c", {}, FileNotFoundError, r"is not a directory, nor a valid Hugging Face"),
     ("index_without_weight_map", lambda d: _shard(d, {}), {}, UserError, r"model\.safetensors\.index\.json has no 'weight_map'"),
+    ("heads_do_not_divide_hidden_size", lambda d: _edit_config(d, num_attention_heads=3), {}, UserError,
+     r"config\.json does not describe a bert model jaxtune can build: .*hidden_size=8 is not a multiple of "
+     r"num_attention_heads=3"),
+    ("unsupported_position_embeddings", lambda d: _edit_config(d, position_embedding_type="relative_key"), {},
+     UserError, r"config\.json does not describe a bert model .*position_embedding_type='relative_key'"),
     ("index_lists_missing_shard", lambda d: _shard(d, {"bert.pooler.dense.bias": "part-2.safetensors"}), {},
      FileNotFoundError, r"lists shards missing from .*\['part-2\.safetensors'\]"),
 ]
@@ -435,6 +440,23 @@ def test_cli_debug_shows_the_traceback(tmp_path, capsys, argv):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ConfigError" in err
     assert err.strip().splitlines()[-1].startswith("jaxtune rules: error: ")
+
+
+def test_cli_run_stopped_on_non_finite_values_exits_2(tmp_path, capsys, monkeypatch):
+    """jaxtune.NonFiniteError (a run stopped on NaN/inf) is reported like a user error."""
+    from jaxtune import experiment
+
+    class NonFiniteError(ValueError):
+        pass
+
+    def diverges(*args):
+        raise NonFiniteError("loss is nan at step 3; lower optim.learning_rate")
+
+    monkeypatch.setattr(jt, "NonFiniteError", NonFiniteError, raising=False)
+    monkeypatch.setattr(experiment, "finetune", diverges)
+    assert cli.main(["finetune", str(_write(tmp_path, "c.yaml", "name: ok\n"))]) == 2
+    err = capsys.readouterr().err
+    assert err == "jaxtune finetune: error: loss is nan at step 3; lower optim.learning_rate\n"
 
 
 def test_cli_bug_keeps_its_traceback(tmp_path, monkeypatch):
