@@ -104,7 +104,7 @@ def family_for(model_type: str | None, source: str = "config.json") -> ModelFami
     supported = ", ".join(sorted(FAMILY_MODULES))
     if model_type not in FAMILY_MODULES:
         raise UserError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
-                         f"supported model types: {supported}")
+                        f"supported model types: {supported}")
     module_name = FAMILY_MODULES[model_type]
     try:
         module = importlib.import_module(module_name)
@@ -388,16 +388,16 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
     refused = [f"{p}: checkpoint {a} vs model {b}" for p, a, b in mismatched if not is_head(p)]
     if refused:
         raise UserError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
-                         "(does config.json match the weights?):\n  " + "\n  ".join(refused))
+                        "(does config.json match the weights?):\n  " + "\n  ".join(refused))
     resized = {p: f"{p}: checkpoint {a} -> model {b}" for p, a, b in mismatched}
     usable = {p: a for p, a in loaded.items() if p in shapes and p not in resized}
     if not usable:
         raise UserError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
-                         "of this model family?")
+                        "of this model family?")
     missing = [p for p in shapes if p not in usable]
     if strict and any(not is_head(p) for p in missing):
         raise UserError(f"strict loading: {source} lacks "
-                         f"{[p for p in missing if not is_head(p)]}")
+                        f"{[p for p in missing if not is_head(p)]}")
     flat = {p: jnp.asarray(a, dtype=shapes[p].dtype) for p, a in usable.items()}
     if missing:
         flat.update(_init_only(model, example_inputs, rng, missing))

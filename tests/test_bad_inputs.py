@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import shutil
 
 import jax
@@ -19,7 +20,7 @@ import optax
 import pytest
 
 import jaxtune as jt
-from jaxtune import cli
+from jaxtune import cli, experiment
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError
 from jaxtune.data import image as I
@@ -161,8 +162,6 @@ def test_config_file(tmp_path, make, error, match):
 
 
 def test_api_config_dict_is_validated_before_any_work(monkeypatch):
-    from jaxtune import experiment
-
     monkeypatch.setattr(experiment, "prepare_data", lambda *a: pytest.fail("data were prepared"))
     with pytest.raises(ConfigError, match=r"train\.eval_every must be >= 1"):
         jt.finetune({"train": {"eval_every": 0}})
@@ -363,7 +362,7 @@ FAULT_CASES = [
     ("evaluate_run_unknown_split", lambda d: jt.evaluate_run(d, split="dev"), UserError, r"split must be one of .*got 'dev'"),
     ("torch_checkpoint_garbage", lambda d: jt.load_torch_state_dict(_garbage(d, "m.pt")), UserError, r"m\.pt"),
     ("word_vectors_bad_row", lambda d: jt.load_glove(_garbage(d, "v.txt", b"the 0.1 0.2\ncat 0.3\n")), UserError, r"v\.txt"),
-    ("unknown_dataset", lambda d: __import__("jaxtune.experiment").experiment._dataset("imagenet"), UserError,
+    ("unknown_dataset", lambda d: experiment._dataset("imagenet"), UserError,
      r"unknown dataset 'imagenet'; available offline"),
     ("loader_batch_size_zero", lambda d: L.Loader(list(range(4)), batch_size=0), ValueError,
      r"batch_size must be a positive integer, got 0"),
@@ -423,7 +422,7 @@ def test_cli_user_error_is_one_line_with_status_2(tmp_path, capsys, command, tex
     assert out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"jaxtune {command}: error: ")
-    assert __import__("re").search(match, err), err
+    assert re.search(match, err), err
 
 
 def test_cli_missing_files_are_user_errors(tmp_path, capsys):
@@ -444,8 +443,6 @@ def test_cli_debug_shows_the_traceback(tmp_path, capsys, argv):
 
 def test_cli_run_stopped_on_non_finite_values_exits_2(tmp_path, capsys, monkeypatch):
     """jaxtune.NonFiniteError (a run stopped on NaN/inf) is reported like a user error."""
-    from jaxtune import experiment
-
     class NonFiniteError(ValueError):
         pass
 
@@ -461,8 +458,6 @@ def test_cli_run_stopped_on_non_finite_values_exits_2(tmp_path, capsys, monkeypa
 
 def test_cli_bug_keeps_its_traceback(tmp_path, monkeypatch):
     """An exception that is not a user error (a bug in jaxtune) is not swallowed."""
-    from jaxtune import experiment
-
     def broken(*args):
         raise RuntimeError("internal bug")
 
