@@ -28,7 +28,7 @@ import optax
 
 from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.config import ExperimentConfig, OptimConfig, load_config, save_config, to_dict
+from jaxtune.config import ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
@@ -228,6 +228,27 @@ def _optimizer(name: str):
     return getattr(optax, name)
 
 
+def check_monitor(monitor: str, task: Task, data: PreparedData) -> None:
+    """Raises ConfigError unless ``monitor`` is a validation metric that ``task`` reports on ``data``.
+
+    The metric names come from scoring two validation examples against themselves on the host (no
+    model), so a misspelt ``early_stopping.monitor`` fails before the model is loaded, not at the
+    first evaluation.
+
+    Example::
+
+        check_monitor("val_f1", get_task("sequence_classification"), data)
+        # ConfigError: early_stopping.monitor is 'val_f1'; sequence_classification gives val_accuracy, ...
+    """
+    if not data.validation:
+        return
+    references = task.references(epoch_batches(data, data.validation[:2], 2, seed=None)[0])
+    metrics = ["val_loss", *(f"val_{k}" for k in task.score(np.zeros_like(references), references, data.label_names))]
+    if monitor not in metrics:
+        raise ConfigError(f"early_stopping.monitor is {monitor!r}; {task.name} validation gives {', '.join(metrics)} "
+                          "(the checkpoints keep the best by it too)")
+
+
 def _stack_rows(rows: list[np.ndarray], pad: int) -> np.ndarray:
     if rows[0].ndim == 0:
         return np.stack(rows)
@@ -309,6 +330,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     cfg = _as_config(config, overrides)
     data = data if data is not None else prepare_data(cfg.data, cfg.model.path)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
+    check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(data.label_names),
                                   cfg.model.dtype)

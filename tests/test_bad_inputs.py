@@ -393,6 +393,31 @@ def test_fault(tmp_path, call, error, match):
         call(tmp_path)
 
 
+def _image_data(n=4):
+    examples = [{"images": np.zeros((4, 4, 3), np.float32), "labels": np.int32(i % 3)} for i in range(n)]
+    return experiment.PreparedData("image_classification", examples, examples, examples, ("a", "b", "c"), None, 0,
+                                   "four blank images")
+
+
+def _token_data():
+    examples = [{"input_ids": np.arange(1, n + 1, dtype=np.int32), "attention_mask": np.ones(n, np.int32),
+                 "token_type_ids": np.zeros(n, np.int32), "labels": np.full(n, 1, np.int32)} for n in (5, 9)]
+    return experiment.PreparedData("token_classification", examples, examples, examples, ("O", "B-x", "I-x"),
+                                   (8, 16), 0, "two sentences")
+
+
+@pytest.mark.parametrize("data, monitor, match", [
+    pytest.param(_image_data, "val_f1", r"early_stopping\.monitor is 'val_f1'; image_classification validation gives "
+                 r"val_loss, val_accuracy, val_macro_f1, val_mcc", id="monitor_not_an_image_metric"),
+    pytest.param(_token_data, "val_accuracy", r"early_stopping\.monitor is 'val_accuracy'; token_classification "
+                 r"validation gives .*val_token_accuracy, val_entity_f1", id="monitor_not_a_token_metric"),
+])
+def test_monitor_is_checked_before_the_model_loads(monkeypatch, data, monitor, match):
+    monkeypatch.setattr(experiment, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=match):
+        experiment.build({"early_stopping": {"monitor": monitor}}, data=data())
+
+
 def test_library_errors_for_user_input_are_user_errors():
     assert issubclass(ConfigError, UserError) and issubclass(RuleError, UserError)
     assert issubclass(jt.VectorFileError, UserError) and issubclass(jt.CheckpointFormatError, UserError)
