@@ -314,7 +314,8 @@ def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Seque
     distinct = sorted({int(i) for a in ids for i in np.ravel(a)}, reverse=True)
     n = len(distinct) if num_stages is None else num_stages
     if not 1 <= n <= len(distinct):
-        raise ValueError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids")
+        raise UserError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids",
+                        config_hint=f"(optim.unfreeze_stages: at most {len(distinct)} for this model)")
     groups = np.array_split(np.asarray(distinct), n)
     allowed = [True] * len(paths)
     if rules is not None:

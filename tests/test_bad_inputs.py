@@ -346,6 +346,12 @@ def _train_step(**kwargs):
     return jt.make_train_step(loss_fn, optax.sgd(0.1), **kwargs)
 
 
+class _Tokenizer:
+    """Stands in for a fast tokenizer: the checks run before any tokenisation."""
+
+    model_max_length = 512
+
+
 def _stopper(**kwargs):
     return jt.EarlyStopping(**{"monitor": "val_loss", "mode": "min", "patience": 1, **kwargs})
 
@@ -369,6 +375,12 @@ FAULT_CASES = [
     ("loader_seed_negative", lambda d: L.check_seed(-1), ValueError, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
     ("bucket_batches_batch_size_zero", lambda d: list(T.bucket_batches([{"input_ids": np.zeros(3, np.int32)}], 0, (8,),
                                                                        pad_token_id=0)), ValueError, r"batch_size must be positive, got 0"),
+    ("max_length_over_the_tokenizer_maximum", lambda d: T.tokenize_texts(_Tokenizer(), ["a cat"], max_length=1000),
+     UserError, r"max_length=1000 exceeds the model maximum 512 \(tokenizer\.model_max_length\)"),
+    ("labels_do_not_match_texts", lambda d: T.tokenize_texts(_Tokenizer(), ["a", "b"], labels=[0]), ValueError,
+     r"2 texts but 1 labels"),
+    ("texts_given_as_one_string", lambda d: T.tokenize_texts(_Tokenizer(), "a cat"), TypeError,
+     r"texts must be a sequence of strings, not a single string"),
     ("resize_method_unknown", lambda d: I.resize(np.zeros((4, 4, 3), np.uint8), 2, method="cubicx"), ValueError,
      r"unknown resize method 'cubicx'"),
     ("normalize_std_zero", lambda d: I.normalize(np.zeros((2, 2, 3), np.uint8), std=(0.0, 1.0, 1.0)), ValueError,
@@ -489,6 +501,12 @@ def test_cli_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "strategy_table", broken)
     with pytest.raises(RuntimeError, match="internal bug"):
         cli.main(["rules", str(_write(tmp_path, "c.yaml", "name: ok\n"))])
+
+
+def test_unfreeze_stages_error_gives_the_config_key():
+    with pytest.raises(UserError, match=r"num_stages=9 but the model has 3 distinct layer ids") as err:
+        unfreezing_stages(PARAMS, _layer_ids, num_stages=9)
+    assert cli.error_message(err.value).endswith("(optim.unfreeze_stages: at most 3 for this model)")
 
 
 def test_cli_shows_config_advice_instead_of_python_advice():
