@@ -188,7 +188,11 @@ def read_config(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; a checkpoint directory holds "
                                 f"{CONFIG_NAME} and {SAFETENSORS_NAME} (found: {_listing(directory)})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); a checkpoint's {CONFIG_NAME} is the dict that "
+                        "transformers writes") from None
 
 
 def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -251,9 +255,14 @@ def _pickle_files(directory: Path) -> list[Path]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
+    try:
+        opened = safe_open(str(path), framework="np")
+    except SafetensorError as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); it may be truncated or not "
+                        "safetensors at all: download or save it again") from None
+    with opened as f:
         names = list(f.keys())
         exotic = {name for name in names if f.get_slice(name).get_dtype() in _NON_NUMPY_DTYPES}
         tensors = {name: f.get_tensor(name) for name in names if name not in exotic}
