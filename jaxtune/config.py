@@ -231,9 +231,9 @@ def _check_limits(section: str, cfg: Any, fields: Sequence[str], low: int) -> No
 
 
 def _check_optim(optim: OptimConfig) -> None:
-    from jaxtune.rules import RuleError, validate_settings
-
     import optax
+
+    from jaxtune.rules import RuleError, validate_settings
 
     if not optim.optimizer.isidentifier() or not callable(getattr(optax, optim.optimizer, None)):
         raise ConfigError(f"optim.optimizer {optim.optimizer!r} is not an optax optimizer "
