@@ -206,18 +206,9 @@ def _schedule(optim: OptimConfig, total_steps: int):
 
 
 def _weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.GradientTransformation | None:
+    """The weight-averaging transform of the config (its values were checked by validate_config)."""
     if optim.weight_average is None:
         return None
-    if optim.unfreezing == "structural":
-        raise ValueError("optim.weight_average needs optim.unfreezing 'runtime' (or none): a structural stage "
-                         "drops the updates of the leaves it keeps frozen, which the average cannot see")
-    if optim.weight_average not in ("ema", "uniform"):
-        raise ValueError(f"optim.weight_average {optim.weight_average!r} is not 'ema' or 'uniform' (or null: off)")
-    if not 0.0 <= optim.weight_average_start < 1.0:
-        raise ValueError(f"optim.weight_average_start must be a fraction of the steps in [0, 1), "
-                         f"got {optim.weight_average_start}")
-    if optim.weight_average == "ema" and not 0.0 <= optim.weight_average_decay < 1.0:
-        raise ValueError(f"optim.weight_average_decay must be in [0, 1), got {optim.weight_average_decay}")
     decay = optim.weight_average_decay if optim.weight_average == "ema" else None
     return average_weights(decay, start_step=int(optim.weight_average_start * total_steps), mask=mask)
 
@@ -354,8 +345,6 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         tx = optax.chain(tx, averaging)
     stages = None
     if cfg.optim.unfreezing is not None:
-        if cfg.optim.unfreezing not in ("runtime", "structural") or cfg.optim.unfreeze_every < 1:
-            raise ValueError("optim.unfreezing must be 'runtime' or 'structural' with optim.unfreeze_every >= 1")
         stages = unfreezing_stages(params, layer_ids, rules, cfg.optim.unfreeze_stages)
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
     loss_fn = task.loss_fn(model)
