@@ -240,7 +240,7 @@ def tfds_source(
 
     A data set not prepared in a local ``data_dir`` fails at once -- instead of after minutes of
     download retries -- when ``download`` is off, when the name is not in the TFDS catalogue, or
-    when the TFDS download host (``storage.googleapis.com``) cannot be reached within a few seconds.
+    when none of the hosts of its recorded download URLs can be reached within a few seconds.
 
     Raises:
       FileNotFoundError: the data set is not in ``data_dir`` and could not be prepared.
