@@ -51,6 +51,8 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
+from jaxtune.errors import UserError
+
 __all__ = [
     "CheckpointFormatError",
     "UnsafeCheckpointError",
@@ -70,11 +72,11 @@ _MIN_TENSOR_BYTES_BUDGET = 16 * 2 ** 20
 _READ_CHUNK = 2 ** 20
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(pickle.UnpicklingError, UserError):
     """The checkpoint's pickle asks for a global that a plain state dict never needs."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError):
     """The file is not a PyTorch checkpoint this reader understands, or it is corrupt."""
 
 
