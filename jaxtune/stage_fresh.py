@@ -86,7 +86,7 @@ def per_leaf(inner: optax.GradientTransformation, stacked: Any) -> optax.Gradien
         >>> state = tx.init(params)
         >>> grads = {"a": jnp.ones(2), "b": jnp.full(2, jnp.nan)}
         >>> updates, state = tx.update(grads, state, params, trainable={"a": jnp.array(True), "b": jnp.array(False)})
-        >>> updates["a"].tolist(), updates["b"].tolist(), int(state.leaves["b"][0].count)
+        >>> np.round(updates["a"], 4).tolist(), updates["b"].tolist(), int(state.leaves["b"][0].count)
         ([-1.0, -1.0], [0.0, 0.0], 0)
     """
     structure = jax.tree.structure(stacked)

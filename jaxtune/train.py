@@ -14,6 +14,8 @@ A loss function has this signature::
         return loss, ({"accuracy": (logits.argmax(-1) == batch["y"]).mean()}, updates)
 
 (``model_state`` holds non-trained collections such as ``batch_stats``; ``{}`` when there are none.)
+A loss that is a weighted mean (padding rows weigh 0, as in :mod:`jaxtune.tasks`) reports its total
+weight as the scalar ``metrics["weight"]``; gradient accumulation then weighs micro-batches by it.
 
 Example::
 

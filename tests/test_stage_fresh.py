@@ -188,3 +188,11 @@ def test_per_layer_flags_for_an_unstacked_leaf_are_a_clear_error():
     tx = jt.make_optimizer(params, [(r".*", jt.settings())], optax.adam, 0.1)
     with pytest.raises(ValueError, match="w: per-layer trainable flags"):
         tx.update({"w": jnp.ones((3, 2))}, tx.init(params), params, trainable={"w": np.array([True, False, True])})
+
+
+def test_docstring_examples():
+    import doctest
+
+    import jaxtune.stage_fresh
+
+    assert doctest.testmod(jaxtune.stage_fresh).failed == 0
