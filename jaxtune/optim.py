@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 from jaxtune import forgetting
-from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
 from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
+from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
 
 _FROZEN = "frozen"
 
