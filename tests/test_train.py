@@ -131,6 +131,22 @@ def test_gradient_accumulation_equals_big_batch():
         four(state, make_batch(6))
 
 
+def test_train_step_fn_is_the_pure_step_and_vmaps_over_members():
+    tx = jt.make_optimizer(init_params(), [(r".*", jt.settings())], optax.adamw, 1e-2, weight_decay=0.1, runtime=True)
+    members = [jt.TrainState.create(init_params(seed), tx, rng=seed) for seed in (0, 1)]
+    pure = jt.train_step_fn(loss_fn, tx, compute_dtype=F32)
+    assert not hasattr(pure, "lower")  # not jitted: the caller transforms it
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+    batch = make_batch()
+    vmapped, metrics = jax.jit(jax.vmap(pure, in_axes=(0, None)))(stacked, batch)
+    single = jt.make_train_step(loss_fn, tx, compute_dtype=F32, donate=False)
+    for i, member in enumerate(members):
+        expected, expected_metrics = single(member, batch)
+        for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(expected.params)):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-6, atol=1e-7)  # fp32
+        np.testing.assert_allclose(float(metrics["loss"][i]), float(expected_metrics["loss"]), rtol=1e-6)
+
+
 class BNNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
