@@ -190,8 +190,8 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     if runtime:
         runtime_trainable = jax.tree_util.tree_unflatten(
             treedef, [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)])
-    return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, jax.tree_util.tree_unflatten(treedef, factors),
-                                                  stacked, runtime_trainable)
+    factor_tree = jax.tree_util.tree_unflatten(treedef, factors)
+    return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable)
 
 
 def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:
