@@ -7,7 +7,15 @@ The public API is flat, like optax::
     tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
 """
 from jaxtune.checkpoint import BrokenCheckpointError, CheckpointWriteError, Checkpointer
-from jaxtune.config import RESUMABLE_KEYS, ConfigError, ExperimentConfig, load_config, resumable_keys, save_config
+from jaxtune.config import (
+    RESUMABLE_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    resumable_keys,
+    save_config,
+    validate_config,
+)
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.embeddings import (
     CoverageReport,
@@ -20,6 +28,7 @@ from jaxtune.embeddings import (
     load_vectors,
     load_word2vec,
 )
+from jaxtune.errors import UserError
 from jaxtune.forgetting import (
     AnchorDecayState,
     L2SPState,
@@ -57,6 +66,7 @@ from jaxtune.rules import (
     settings,
     summary,
     trainable_mask,
+    validate_settings,
     weight_decay_mask,
 )
 from jaxtune.rundir import RunDirError, RunResult, read_result, run_fingerprint
@@ -70,6 +80,7 @@ from jaxtune.sharding import (
     shard_train_state,
     tree_shardings,
 )
+from jaxtune.stage_fresh import RuleOptimizerState, StageFreshState
 from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,
@@ -79,6 +90,7 @@ from jaxtune.train import (
     make_eval_step,
     make_train_step,
     mask_key,
+    train_step_fn,
 )
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtune.errors import UserError
 from jaxtune.train import TrainState
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class CheckpointWriteError(OSError):
                 "Free disk space or fix the permissions (or set output_dir elsewhere), then run again to resume.")
 
 
-class BrokenCheckpointError(RuntimeError):
+class BrokenCheckpointError(UserError):
     """No checkpoint of a run directory reads back whole; the message names each broken file."""
 
 
@@ -245,8 +246,9 @@ class Checkpointer:
             broken.append((step, problem))
         if broken:
             raise BrokenCheckpointError(f"no intact checkpoint in {self.directory}: "
-                                        + "; ".join(f"step {s}: {why}" for s, why in broken)
-                                        + ". Restore the files, or start the run over (overwrite=True, --overwrite).")
+                                        + "; ".join(f"step {s}: {why}" for s, why in broken) + ".",
+                                        hint="Restore the files, or start the run over (overwrite=True).",
+                                        config_hint="Restore the files, or start the run over (--overwrite).")
         return None
 
     def _set_aside(self, step: int) -> str:

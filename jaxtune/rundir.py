@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from jaxtune.config import RESUMABLE_KEYS, ExperimentConfig, resumable_keys, to_dict
+from jaxtune.errors import UserError
 
 FINGERPRINT_FILE, RESULT_FILE = "fingerprint.json", "result.json"
 _RUN_MARKERS = (FINGERPRINT_FILE, "config.yaml", "checkpoints", "metrics.jsonl")  # what makes a dir a run dir
 _TMP = ".tmp-"  # infix of the temporary files of atomic writes (a run killed mid-write may leave one)
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A run directory cannot take this run: it holds another run, or is not a run directory."""
 
 
@@ -237,9 +238,11 @@ def check_run_dir(run_dir: str | os.PathLike, config: ExperimentConfig, *, resum
         if resume:
             return _continued(run_dir, None, digest, keys, {})
         raise RunDirError(f"{run_dir} already holds files ({', '.join(sorted(os.listdir(run_dir))[:5])}) but no "
-                          f"{FINGERPRINT_FILE}, so it cannot tell whether they belong to this run. Choose another name "
-                          "(--set name=NEW), pass overwrite=True (--overwrite) to delete it and start over, or "
-                          "resume=True (--resume) to continue it as this config.")
+                          f"{FINGERPRINT_FILE}, so it cannot tell whether they belong to this run.",
+                          hint="Choose another name, pass overwrite=True to delete it and start over, or "
+                               "resume=True to continue it as this config.",
+                          config_hint="Choose another name (--set name=NEW), pass --overwrite to delete it and "
+                                      "start over, or --resume to continue it as this config.")
     changes = config_changes(old.get("keys", {}), keys)
     if not changes:
         return RunDirPlan(run_dir, "resume", old["fingerprint"], keys, {}, list(old.get("continued", [])))
@@ -247,10 +250,12 @@ def check_run_dir(run_dir: str | os.PathLike, config: ExperimentConfig, *, resum
         return _continued(run_dir, old, digest, keys, changes)
     lines = "\n".join(f"  {k}: {_show(o)} -> {_show(n)}" for k, (o, n) in changes.items())
     raise RunDirError(f"{run_dir} holds another run (fingerprint {old['fingerprint'][:12]}, this config "
-                      f"{digest[:12]}); {len(changes)} key(s) differ (old -> new):\n{lines}\n"
-                      "Start a new run under another name (--set name=NEW), pass overwrite=True (--overwrite) to "
-                      "delete this run and start over, or resume=True (--resume) to continue it with the new "
-                      f"values anyway. {_resumable_note()}")
+                      f"{digest[:12]}); {len(changes)} key(s) differ (old -> new):\n{lines}\n",
+                      hint="Start a new run under another name, pass overwrite=True to delete this run and start "
+                           f"over, or resume=True to continue it with the new values anyway. {_resumable_note()}",
+                      config_hint="Start a new run under another name (--set name=NEW), pass --overwrite to delete "
+                                  "this run and start over, or --resume to continue it with the new values anyway. "
+                                  f"{_resumable_note()}")
 
 
 def finished_result(plan: RunDirPlan, total_steps: int) -> RunResult | None:

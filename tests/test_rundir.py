@@ -66,7 +66,8 @@ def test_other_config_is_an_error_listing_keys_and_writes_nothing(tmp_path):
         check_run_dir(run_dir, _cfg("optim.learning_rate=1e-4", "train.seed=3"))
     message = str(error.value)
     assert "optim.learning_rate: 5e-05 -> 0.0001" in message and "train.seed: 0 -> 3" in message
-    assert "2 key(s) differ" in message and "--overwrite" in message and "--resume" in message
+    assert "2 key(s) differ" in message and "overwrite=True" in message and "resume=True" in message
+    assert "--overwrite" in error.value.for_config() and "--resume" in error.value.for_config()  # the CLI's words
     assert "train.max_steps" in message and "checkpoint.keep_best" in message  # the keys allowed to change
     assert _snapshot(tmp_path) == before
     assert check_run_dir(run_dir, _cfg("train.log_every=1")).action == "resume"  # a resumable key only
@@ -104,7 +105,7 @@ def test_directories_that_are_not_runs(tmp_path):
     assert check_run_dir(str(tmp_path / "a"), _cfg()).action == "new"
     os.remove(tmp_path / "a" / "fingerprint.json.tmp-99")
     (tmp_path / "a" / "notes.txt").write_text("mine")
-    with pytest.raises(jt.RunDirError, match="no fingerprint.json.*--overwrite"):
+    with pytest.raises(jt.RunDirError, match="no fingerprint.json.*overwrite=True"):
         check_run_dir(str(tmp_path / "a"), _cfg())
     with pytest.raises(jt.RunDirError, match="not a jaxtune run directory"):
         check_run_dir(str(tmp_path / "a"), _cfg(), overwrite=True)
