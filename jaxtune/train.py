@@ -117,11 +117,33 @@ def _split_micro_batches(batch: Any, k: int) -> Any:
     return jax.tree_util.tree_map_with_path(split, batch)
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
-                    accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
-                    fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
-                    donate: bool = True) -> Callable:
-    """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, members: int | None = None,
+                    per_member_batch: bool = False, donate: bool = True, **step_kwargs) -> Callable:
+    """Builds the jitted ``train_step(state, batch) -> (state, metrics)``: ``jax.jit`` of
+    :func:`train_step_fn` (same keyword arguments), the state donated unless ``donate=False``.
+
+    ``members=N``: the step trains N members stacked on a leading axis (:func:`jaxtune.stack_members`)
+    in one ``jax.vmap``-ped call, on one shared batch or, with ``per_member_batch=True``, on a batch
+    with a leading axis of N (see :func:`jaxtune.make_member_step`).
+
+    Example::
+
+        step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
+        state, metrics = step(state, batch)
+    """
+    if members is not None:
+        from jaxtune.members import make_member_step  # members builds on this module
+        return make_member_step(loss_fn, optimizer, members=members, per_member_batch=per_member_batch,
+                                donate=donate, **step_kwargs)
+    if per_member_batch:
+        raise ValueError("per_member_batch=True needs members=N (the number of stacked members)")
+    return jax.jit(train_step_fn(loss_fn, optimizer, **step_kwargs), donate_argnums=(0,) if donate else ())
+
+
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
+                  accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
+                  fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS) -> Callable:
+    """The pure, unjitted ``train_step(state, batch) -> (state, metrics)`` (jit it, vmap it, scan it).
 
     Args:
       loss_fn: ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))``.
@@ -136,13 +158,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       mesh: a ``jax.sharding.Mesh``: the batch is split along ``axis_name``; parameters and
         optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of at least
         ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
-      donate: donate the state's buffers to the step (update in place).
 
     Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays.
 
     Example::
 
-        step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
+        step = jax.jit(jt.train_step_fn(loss_fn, tx), donate_argnums=0)
         state, metrics = step(state, batch)
     """
     dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else default_compute_dtype()
@@ -202,7 +223,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
             new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return step
 
 
 class StagedTrainStep:
