@@ -8,9 +8,12 @@ The optimizer is ``chain(partition(...), multipliers)``:
   (``lr_mult * layer_decay ** (top - layer_id)``). Scaling an Adam(W) update equals scaling its
   learning rate, decoupled weight decay included, so one optimizer instance serves every layer.
 
-In *runtime* mode the multipliers (and a 0/1 "trainable" factor per leaf) are arrays in the
-optimizer state, frozen leaves keep state too, and :func:`set_trainable` / :func:`set_lr_multipliers`
-change the strategy between steps without recompiling the jitted step.
+In *runtime* mode one optimizer instance serves every leaf (frozen ones keep state too) and the
+strategy is arrays in the optimizer state: multipliers and a 0/1 "trainable" factor per leaf, the
+weight decay per leaf (applied after the optimizer, decoupled, as ``optax.adamw`` does) and the
+L2-SP strengths. :func:`set_trainable`, :func:`set_lr_multipliers`, :func:`set_weight_decay` and
+:func:`set_l2_sp` change them between steps without recompiling the jitted step, and states with
+different values stack into members of one step (:func:`jaxtune.stack_members`).
 
 Example::
 
@@ -111,6 +114,37 @@ def _scale_by_state(lr_mult: Any, trainable: Any) -> optax.GradientTransformatio
     return optax.GradientTransformation(init, update)
 
 
+class WeightDecayState(NamedTuple):
+    """Runtime-mode weight decay: updates seen (for the schedule) and a float32 decay per leaf."""
+
+    count: jax.Array
+    weight_decay: Any
+
+
+def _decay_by_state(weight_decay: Any, learning_rate: Any, decoupled: bool) -> optax.GradientTransformation:
+    """Weight decay read from the state: decoupled ``u - lr(t) * wd * w`` after the optimizer (what
+    ``optax.adamw`` does: ``-lr(t) * (adam + wd * w)``), or coupled ``g + wd * w`` before it."""
+
+    def init(params):
+        del params
+        return WeightDecayState(jnp.zeros((), jnp.int32),
+                                jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), weight_decay))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("runtime weight decay needs the parameters: call tx.update(grads, opt_state, params)")
+        if decoupled:
+            lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+            decayed = jax.tree_util.tree_map(lambda u, p, wd: u - (lr * wd * p).astype(u.dtype), updates, params,
+                                             state.weight_decay)
+        else:
+            decayed = jax.tree_util.tree_map(lambda g, p, wd: g + (wd * p).astype(g.dtype), updates, params,
+                                             state.weight_decay)
+        return decayed, state._replace(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def _default_weight_decay(optimizer: Callable, kwargs: dict) -> tuple[bool, float]:
     try:
         params = inspect.signature(optimizer).parameters
@@ -147,6 +181,35 @@ def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool,
     return optax.chain(forgetting.l2_sp(anchor_strength), tx)
 
 
+def _per_leaf(values: list[float], factors: list[np.ndarray]) -> list[np.ndarray]:
+    """One float32 value per leaf, shaped like its multiplier (per layer for a stacked leaf)."""
+    return [np.broadcast_to(np.float32(v), f.shape).copy() for v, f in zip(values, factors)]
+
+
+def _runtime_optimizer(found: list[Settings], factors: list[np.ndarray], treedef: Any, optimizer: Callable,
+                       learning_rate: Any, accepts_wd: bool, default_wd: float, kwargs: dict, l2_sp: float,
+                       decoupled: bool) -> optax.GradientTransformation:
+    """One ``optimizer`` instance for every leaf (frozen ones keep state); weight decay, L2-SP
+    strengths, multipliers and trainable flags are per-leaf arrays in the state."""
+    unflatten = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
+    # Frozen leaves take the values they would have unfrozen (the trainable factor zeroes them).
+    wd = _per_leaf([_weight_decay_of(s, default_wd) for s in found], factors)
+    strengths = _per_leaf([l2_sp_strength(s, l2_sp) for s in found], factors)
+    base = optimizer(learning_rate=learning_rate, weight_decay=0.0, **kwargs) if accepts_wd else \
+        optimizer(learning_rate=learning_rate, **kwargs)
+    decay = _decay_by_state(unflatten(wd), learning_rate, decoupled=accepts_wd)
+    chain = [base, decay] if accepts_wd else [decay, base]
+    anchored = [bool(np.any(x > 0)) for x in strengths]
+    if any(anchored):  # an anchor (one copy) only for the leaves with a strength
+        strength_tree = unflatten([x if a else optax.MaskedNode() for x, a in zip(strengths, anchored)])
+        if decoupled:
+            chain.append(forgetting.anchor_decay(strength_tree, learning_rate, unflatten(anchored), runtime=True))
+        else:
+            chain.insert(0, forgetting.l2_sp(strength_tree, unflatten(anchored), runtime=True))
+    trainable = [np.broadcast_to(np.float32(0.0 if s.frozen else 1.0), f.shape).copy() for s, f in zip(found, factors)]
+    return optax.chain(*chain, _scale_by_state(unflatten(factors), unflatten(trainable)))
+
+
 def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., optax.GradientTransformation] = optax.adamw,
                    learning_rate: float | optax.Schedule = 1e-3, *, layer_ids: Callable[[str], Any] | None = None,
                    layer_decay: float | None = None, runtime: bool = False, allow_unused: bool = False,
@@ -164,9 +227,12 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
       layer_ids: path -> layer index (embeddings 0, block i -> i+1, head L+1), or a sequence of
         indices for a stacked leaf. Needed for ``layer_decay``.
       layer_decay: LLRD factor: a leaf of layer ``l`` gets ``lr * layer_decay ** (L + 1 - l)``.
-      runtime: keep multipliers and trainable flags as arrays in the state (frozen leaves keep
-        optimizer state), so :func:`set_trainable` / :func:`set_lr_multipliers` change the strategy
-        without recompiling. Default (static): frozen leaves carry no state.
+      runtime: keep multipliers, trainable flags, weight decay and L2-SP strengths as per-leaf arrays
+        in the state (frozen leaves keep optimizer state; one ``optimizer`` instance built with
+        ``weight_decay=0``, the decay applied after it as ``-lr(t) * wd * w``), so
+        :func:`set_trainable`, :func:`set_lr_multipliers`, :func:`set_weight_decay` and
+        :func:`set_l2_sp` change the strategy without recompiling. Only leaves built with a
+        non-zero L2-SP strength keep an anchor. Default (static): frozen leaves carry no state.
       allow_unused: do not raise for rules that match no parameter.
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
@@ -188,13 +254,14 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     accepts_wd, default_wd = _default_weight_decay(optimizer, optimizer_kwargs)
     if l2_sp < 0:
         raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
-    labels, trainable, groups = [], [], {}
+    if runtime:
+        return _runtime_optimizer(found, factors, treedef, optimizer, learning_rate, accepts_wd, default_wd,
+                                  optimizer_kwargs, l2_sp, l2_sp_decoupled)
+    labels, groups = [], {}
     for s in found:
-        trainable.append(np.asarray(0.0 if s.frozen else 1.0, np.float32))
-        if s.frozen and not runtime:
+        if s.frozen:
             labels.append(_FROZEN)
             continue
-        # Runtime mode keeps frozen leaves' state; they take the strength they would have unfrozen.
         wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(s, l2_sp)
         label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
         groups[label] = (wd, strength)
@@ -204,20 +271,16 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     if _FROZEN in labels:
         transforms[_FROZEN] = optax.set_to_zero()
     label_tree = jax.tree_util.tree_unflatten(treedef, labels)
-    if runtime:
-        trainable = [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)]
-        scale = _scale_by_state(jax.tree_util.tree_unflatten(treedef, factors),
-                                jax.tree_util.tree_unflatten(treedef, trainable))
-    else:
-        scale = _scale_by_constants(jax.tree_util.tree_unflatten(treedef, factors))
+    scale = _scale_by_constants(jax.tree_util.tree_unflatten(treedef, factors))
     return optax.chain(optax.partition(transforms, label_tree), scale)
 
 
-def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:
+def _replace_state(opt_state: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any], missing: str) -> Any:
+    """``opt_state`` with every sub-state of type ``kind`` replaced by ``fn(sub_state)``."""
     hits = []
 
     def walk(node):
-        if isinstance(node, MultiplierState):
+        if isinstance(node, kind):
             hits.append(True)
             return fn(node)
         if isinstance(node, tuple) and hasattr(node, "_fields"):
@@ -230,28 +293,49 @@ def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], Mu
 
     new = walk(opt_state)
     if not hits:
-        raise ValueError("this optimizer state has no runtime multipliers; build the optimizer with "
-                         "jt.make_optimizer(..., runtime=True) to change the strategy during training")
+        raise ValueError(missing)
     return new
 
 
+_NOT_RUNTIME = ("this optimizer state has no runtime {what}; build the optimizer with "
+                "jt.make_optimizer(..., runtime=True) to change {what} during training")
+
+
+def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:
+    return _replace_state(opt_state, MultiplierState, fn, _NOT_RUNTIME.format(what="multipliers"))
+
+
+def _refill_leaf(old: Any, new: Any, what: str, path: str) -> jax.Array:
+    new = np.asarray(new, np.float32)
+    if new.size == old.size:
+        new = new.reshape(old.shape)
+    elif new.size != 1:
+        raise ValueError(f"{what} has a leaf of shape {new.shape} at {path} where the optimizer keeps one of shape "
+                         f"{old.shape}; per-layer values need a stacked leaf: build the optimizer with "
+                         "layer_ids returning one id per layer for it")
+    # Same shape and dtype as before: the jitted step sees identical avals and is not retraced.
+    return jnp.asarray(np.broadcast_to(new, old.shape), jnp.float32)
+
+
 def _refill(old_tree: Any, new_tree: Any, what: str) -> Any:
-    old_leaves, treedef = jax.tree_util.tree_flatten(old_tree)
+    """``new_tree``'s values in ``old_tree``'s arrays; a leaf the state keeps no value for
+    (``optax.MaskedNode``) must get 0."""
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)
+    old_leaves, treedef = jax.tree_util.tree_flatten(old_tree, is_leaf=is_masked)
     new_leaves = jax.tree_util.tree_leaves(new_tree)
     if len(new_leaves) != len(old_leaves):
         raise ValueError(f"{what} has {len(new_leaves)} leaves but the parameters have {len(old_leaves)}; "
                          "pass a pytree with the parameters' structure")
     out = []
-    for old, new in zip(old_leaves, new_leaves):
-        new = np.asarray(new, np.float32)
-        if new.size == old.size:
-            new = new.reshape(old.shape)
-        elif new.size != 1:
-            raise ValueError(f"{what} has a leaf of shape {new.shape} where the optimizer keeps one of shape "
-                             f"{old.shape}; per-layer values need a stacked leaf: build the optimizer with "
-                             "layer_ids returning one id per layer for it")
-        # Same shape and dtype as before: the jitted step sees identical avals and is not retraced.
-        out.append(jnp.asarray(np.broadcast_to(new, old.shape), jnp.float32))
+    for path, old, new in zip(leaf_paths(new_tree), old_leaves, new_leaves):
+        if is_masked(old):
+            if np.any(np.asarray(new) != 0):
+                raise ValueError(f"{what}: {path} has no anchor in the optimizer state, so its strength must stay 0; "
+                                 "build the optimizer with a non-zero l2_sp for its group (rule or make_optimizer's "
+                                 "l2_sp=) to keep one, then set any strength, 0 included")
+            out.append(old)
+            continue
+        out.append(_refill_leaf(old, new, what, path))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -276,6 +360,38 @@ def set_lr_multipliers(opt_state: Any, multipliers: Any) -> Any:
         opt_state = jt.set_lr_multipliers(opt_state, jt.lr_multipliers(params, new_rules, model.layer_ids, 0.8))
     """
     return _replace_multiplier_state(opt_state, lambda s: s._replace(lr_mult=_refill(s.lr_mult, multipliers, "multipliers")))
+
+
+def set_weight_decay(opt_state: Any, weight_decay: Any) -> Any:
+    """Runtime mode: replaces the per-leaf weight decay (a pytree with the parameters' structure, a
+    number per leaf; per layer for a stacked leaf), without recompiling.
+
+    Runtime mode applies it as AdamW does, decoupled: ``w -= lr(t) * wd * w`` after an optimizer
+    that takes ``weight_decay`` (built with 0), scaled by the leaf's multiplier; before one
+    without, as ``g += wd * w``.
+
+    Example::
+
+        opt_state = jt.set_weight_decay(opt_state, jax.tree.map(lambda _: 0.05, params))
+    """
+    return _replace_state(opt_state, WeightDecayState,
+                          lambda s: s._replace(weight_decay=_refill(s.weight_decay, weight_decay, "weight decay")),
+                          _NOT_RUNTIME.format(what="weight decay"))
+
+
+def set_l2_sp(opt_state: Any, strengths: Any) -> Any:
+    """Runtime mode: replaces the per-leaf L2-SP strengths (a pytree with the parameters' structure),
+    without recompiling. Only leaves built with a non-zero strength keep an anchor; the others
+    must get 0.
+
+    Example::
+
+        opt_state = jt.set_l2_sp(opt_state, jax.tree.map(lambda _: 0.1, params))
+    """
+    kinds = (forgetting.RuntimeL2SPState, forgetting.RuntimeAnchorDecayState)
+    return _replace_state(opt_state, kinds, lambda s: s._replace(strength=_refill(s.strength, strengths, "l2_sp")),
+                          "this optimizer state has no runtime L2-SP strengths; build the optimizer with "
+                          "jt.make_optimizer(..., runtime=True) and a non-zero l2_sp (rule or default)")
 
 
 def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Sequence[Rule] | None = None,
