@@ -1,4 +1,10 @@
 """Members: N variants stacked on a leading axis, trained by one vmapped step; runtime strategy arrays."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +14,7 @@ import pytest
 import jaxtune as jt
 from tests._tiny import TinyNet, init_params, layer_ids, make_batch
 
+REPO = Path(__file__).resolve().parents[1]
 F32 = jnp.float32
 TOL = 1e-5          # fp32 on CPU: a member against its separate run, max abs difference
 STEPS = 4
@@ -204,3 +211,31 @@ def test_member_errors_name_the_problem():
         jt.make_member_step(dropout_loss, tx, members=3, compute_dtype=F32)(state, make_batch(8))
     with pytest.raises(ValueError, match="per_member_batch=True needs members=N"):
         jt.make_train_step(dropout_loss, tx, per_member_batch=True)
+
+
+def test_member_benchmark_modes_produce_their_fields(tmp_path):
+    """--smoke size: the harness's members-vs-sequential contestants on the tiny BERT, in a fresh
+    process with the smoke suite's fast-compile XLA flag (timings mean nothing)."""
+    from jaxtune import bench
+
+    argv = [sys.executable, "-m", "jaxtune.bench", "--smoke", "--cases", "bert-tiny-s16-bs4", "--modes",
+            "members,sequential", "--no-peers", "--no-plot", "--results-md", "none", "--out", str(tmp_path),
+            "--warmup", "1", "--rounds", "1", "--steps-per-round", "1"]
+    proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()][1:]
+    by_mode = {r["mode"]: r for r in records}
+    assert set(by_mode) == {"members", "sequential"}
+    for r in records:
+        assert r["members"] == 2 and r["examples_per_step"] == 2 * r["batch_size"]
+        assert r["examples_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["extra_compilations"] == 0 and r["compilations"] == 1 and r["recompilations"] == 0
+    seq = by_mode["sequential"]
+    assert seq["compile_s"] == pytest.approx(2 * seq["compile_s_per_run"])
+    # The stacked optimizer state holds both members' state: twice one run's.
+    assert by_mode["members"]["optimizer_state_bytes"] == 2 * seq["optimizer_state_bytes"]
+    targets = {t["target"] for t in bench.check_targets(records, "cpu")}
+    assert {"members x2: throughput / 2 sequential runs (x)", "members x2: compile s / 2 sequential runs' compiles",
+            "members x2: peak memory / one run's (x)"} <= targets
+    assert "| members |" in (tmp_path / "smoke.md").read_text()
