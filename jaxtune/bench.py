@@ -732,7 +732,9 @@ def _profile_full_mode(contestants: Sequence[JaxContestant], steps: int, log: Ca
     return table
 
 
-def _jax_contestant(case: Case, model: Model, mode: str, batch: dict, compute_dtype: Any):
+def jax_contestant(case: Case, model: Model, mode: str, batch: dict, compute_dtype: Any):
+    """The jaxtune contestant of a mode: :class:`JaxContestant`, or for :data:`MEMBER_MODES`
+    :class:`jaxtune.bench_members.MemberContestant`."""
     if mode in MEMBER_MODES:
         from jaxtune.bench_members import MemberContestant  # it builds on this module
         return MemberContestant(case, model, mode, batch, compute_dtype)
@@ -752,7 +754,7 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
     vocab = getattr(model.config, "vocab_size", 0)
     batch = make_batch(case, vocab)
     modes = [m for m in options.modes if m in case.modes]
-    jax_contestants = [_jax_contestant(case, model, mode, batch, compute_dtype) for mode in modes]
+    jax_contestants = [jax_contestant(case, model, mode, batch, compute_dtype) for mode in modes]
     peers = []
     if peers_module is not None and peer_device is not None:
         peers = [peers_module.TorchPeer(case, model.config, batch, variant, peer_device) for variant in case.peers]

@@ -24,7 +24,7 @@ Example::
 
     tx = jt.make_optimizer(params, rules, optax.adamw, 1e-4, weight_decay=0.01, runtime=True)
     states = [jt.TrainState.create(init_params(seed), tx, rng=seed) for seed in range(4)]
-    states = [s.replace(opt_state=jt.set_weight_decay(s.opt_state, tree_of(wd)))
+    states = [s.replace(opt_state=jt.set_weight_decay(s.opt_state, jax.tree.map(lambda _: wd, params)))
               for s, wd in zip(states, (0.0, 0.01, 0.03, 0.1))]
     state = jt.stack_members(states)
     step = jt.make_train_step(loss_fn, tx, members=4)
