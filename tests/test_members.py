@@ -202,6 +202,10 @@ def test_member_errors_name_the_problem():
         jt.stack_members([a, jt.TrainState.create(_params(1), tx)], share=jax.tree.map(lambda _: True, _params(0)))
     state = jt.stack_members([a, jt.TrainState.create(_params(1), tx)])
     assert jt.num_members(state) == 2
+    # A setter on the stacked state takes one value per member (or one for all).
+    per_member = jt.set_weight_decay(state.opt_state, jax.tree.map(lambda _: np.array([0.0, 0.1]), _params(0)))
+    decay = optax.tree.get_all_with_path(per_member, "weight_decay")[0][1]
+    np.testing.assert_array_equal(decay["head"]["kernel"], np.float32([0.0, 0.1]))
     with pytest.raises(IndexError, match="member 2 of a state with 2 members"):
         jt.unstack_members(state, 2)
     step = jt.make_member_step(dropout_loss, tx, members=2, per_member_batch=True, compute_dtype=F32)
