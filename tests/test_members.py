@@ -1,4 +1,5 @@
 """Members: N variants stacked on a leading axis, trained by one vmapped step; runtime strategy arrays."""
+import functools
 import json
 import os
 import subprocess
@@ -48,15 +49,20 @@ def _batches(seed):
 DEFAULTS = dict(seed=0, layer_decay=None, frozen_backbone=False, l2_sp=0.0, weight_decay=0.01, decoupled=False)
 
 
+@functools.cache
+def _separate_step(frozen_backbone, layer_decay, weight_decay, l2_sp, decoupled):
+    """A static-mode optimizer built with these settings and its own jitted step (seeds share it)."""
+    tx = jt.make_optimizer(_params(0), _rules(frozen_backbone), optax.adamw, SCHED, layer_ids=layer_ids,
+                           layer_decay=layer_decay, weight_decay=weight_decay, l2_sp=l2_sp, l2_sp_decoupled=decoupled)
+    return tx, jt.make_train_step(dropout_loss, tx, compute_dtype=F32)
+
+
 def _separate_run(member):
-    """A member's own run: a static-mode optimizer built with its settings, its own jitted step."""
+    """A member's own run with its settings."""
     m = {**DEFAULTS, **member}
     params = _params(m["seed"])
-    tx = jt.make_optimizer(params, _rules(m["frozen_backbone"]), optax.adamw, SCHED, layer_ids=layer_ids,
-                           layer_decay=m["layer_decay"], weight_decay=m["weight_decay"], l2_sp=m["l2_sp"],
-                           l2_sp_decoupled=m["decoupled"])
+    tx, step = _separate_step(m["frozen_backbone"], m["layer_decay"], m["weight_decay"], m["l2_sp"], m["decoupled"])
     state = jt.TrainState.create(params, tx, rng=m["seed"])
-    step = jt.make_train_step(dropout_loss, tx, compute_dtype=F32)
     for batch in _batches(m["seed"]):
         state, _ = step(state, batch)
     return state
