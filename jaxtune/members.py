@@ -18,7 +18,8 @@ Memory: each member keeps its own optimizer state, trained parameters, model sta
 stacked once (the input states can be dropped). Parameters listed in ``share=`` are stored once for
 all members, without the member axis (a leading axis of 1): this is for a backbone that the
 step's *structural* trainable mask leaves frozen and that every member holds identical (the
-pretrained weights). Everything else, anchors of L2-SP included, is per member.
+pretrained weights). Everything else, anchors of L2-SP included, is per member; a leaf frozen in
+runtime mode (:func:`jaxtune.set_trainable`) is per member too, since the step still writes it.
 
 Example::
 

@@ -232,7 +232,10 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         ``weight_decay=0``, the decay applied after it as ``-lr(t) * wd * w``), so
         :func:`set_trainable`, :func:`set_lr_multipliers`, :func:`set_weight_decay` and
         :func:`set_l2_sp` change the strategy without recompiling. Only leaves built with a
-        non-zero L2-SP strength keep an anchor. Default (static): frozen leaves carry no state.
+        non-zero L2-SP strength keep an anchor. The decay equals the optimizer's own for those that
+        decay as AdamW does (``adamw``, ``nadamw``, ``adamaxw``, ``lion``), not for one that
+        transforms it further (``optax.lamb``'s trust ratio). Default (static): frozen leaves
+        carry no state.
       allow_unused: do not raise for rules that match no parameter.
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
