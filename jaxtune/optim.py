@@ -1,19 +1,27 @@
 """Rule table -> one optax optimizer: frozen groups without state, per-group weight decay, LLRD.
 
-The optimizer is ``chain(partition(...), multipliers)``:
+The optimizer is ``optax.partition(...)`` followed by the learning rate and the multipliers:
 
 * ``optax.partition`` gives every frozen leaf ``optax.set_to_zero()`` (no state at all) and every
-  trainable leaf the user's optimizer, one instance per distinct weight-decay value;
-* a multiplier transform then scales each leaf's update by its learning-rate multiplier
-  (``lr_mult * layer_decay ** (top - layer_id)``). Scaling an Adam(W) update equals scaling its
-  learning rate, decoupled weight decay included, so one optimizer instance serves every layer.
+  trainable leaf the user's optimizer at learning rate 1, one group per distinct weight-decay
+  value; inside a group every leaf has its own optimizer state and step count, which stand still
+  while the leaf is frozen (:mod:`jaxtune.stage_fresh`), so a group unfrozen at step k moves as a
+  fresh optimizer started at k would;
+* then each leaf's update is scaled by the learning rate of the global step and by its multiplier
+  (``lr_mult * layer_decay ** (top - layer_id)``), and zeroed where the leaf is frozen now. Scaling
+  an Adam(W) update equals scaling its learning rate, decoupled weight decay included, so one
+  optimizer per group serves every layer. (The optimizer's learning rate must be a final scale of
+  its update, as in optax's adam(w), sgd, lamb, lion, ...)
 
-In *runtime* mode one optimizer instance serves every leaf (frozen ones keep state too) and the
-strategy is arrays in the optimizer state: multipliers and a 0/1 "trainable" factor per leaf, the
-weight decay per leaf (applied after the optimizer, decoupled, as ``optax.adamw`` does) and the
-L2-SP strengths. :func:`set_trainable`, :func:`set_lr_multipliers`, :func:`set_weight_decay` and
-:func:`set_l2_sp` change them between steps without recompiling the jitted step, and states with
-different values stack into members of one step (:func:`jaxtune.stack_members`).
+In *runtime* mode one group holds every leaf (frozen ones keep state too, standing still while
+frozen) and the strategy is arrays in the optimizer state: multipliers and a 0/1 "trainable" flag
+per leaf, the weight decay per leaf (the optimizer is built with ``weight_decay=0`` and the decay
+applied after it, decoupled, as ``optax.adamw`` does) and the L2-SP strengths. :func:`set_trainable`,
+:func:`set_lr_multipliers`, :func:`set_weight_decay` and :func:`set_l2_sp` change them between steps
+without recompiling the jitted step, and states with different values stack into members of one
+step (:func:`jaxtune.stack_members`). In both modes
+``tx.update(grads, state, params, trainable=mask)`` (what a structural step passes) trains only
+the leaves of ``mask``.
 
 Example::
 
@@ -32,9 +40,32 @@ import numpy as np
 import optax
 
 from jaxtune import forgetting
+from jaxtune.errors import UserError, check_number
 from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
+from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
 
 _FROZEN = "frozen"
+_RUNTIME = "runtime"
+
+
+def _check_schedule_args(peak_value: Any, warmup_steps: Any, total_steps: Any, end_value: Any) -> None:
+    check_number("peak_value", peak_value, low=0.0, low_open=True)
+    check_number("total_steps", total_steps, low=1, integer=True)
+    check_number("warmup_steps", warmup_steps, low=0, integer=True)
+    check_number("end_value", end_value, low=0.0)
+    if warmup_steps > total_steps:
+        raise UserError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+
+
+def _check_optimizer_args(learning_rate: Any, layer_decay: Any, l2_sp: Any, optimizer_kwargs: dict) -> None:
+    """The values ``make_optimizer`` takes from its caller, checked before any work."""
+    if not callable(learning_rate):
+        check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    if layer_decay is not None:
+        check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True)
+    check_number("l2_sp", l2_sp, low=0.0)
+    if "weight_decay" in optimizer_kwargs:
+        check_number("weight_decay", optimizer_kwargs["weight_decay"], low=0.0)
 
 
 def warmup_cosine(peak_value: float, warmup_steps: int, total_steps: int, end_value: float = 0.0) -> optax.Schedule:
@@ -46,8 +77,7 @@ def warmup_cosine(peak_value: float, warmup_steps: int, total_steps: int, end_va
         >>> float(sched(10))
         0.001
     """
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+    _check_schedule_args(peak_value, warmup_steps, total_steps, end_value)
     return optax.warmup_cosine_decay_schedule(0.0, peak_value, warmup_steps, total_steps, end_value)
 
 
@@ -60,8 +90,7 @@ def warmup_linear(peak_value: float, warmup_steps: int, total_steps: int, end_va
         >>> float(sched(60))
         0.0005
     """
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+    _check_schedule_args(peak_value, warmup_steps, total_steps, end_value)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak_value, warmup_steps),
          optax.linear_schedule(peak_value, end_value, total_steps - warmup_steps)], [warmup_steps])
@@ -79,70 +108,6 @@ def lr_multipliers(params: Any, rules: Sequence[Rule], layer_ids: Callable[[str]
     """
     factors = layer_factors(params, rules, layer_ids, layer_decay, **match_kwargs)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), factors)
-
-
-def _scale_by_constants(factors: Any) -> optax.GradientTransformation:
-    """Multiplies each update by a compile-time constant (no state); factors of 1 cost nothing."""
-
-    def update(updates, state, params=None):
-        del params
-        scaled = jax.tree_util.tree_map(
-            lambda u, f: u if np.all(f == 1.0) else u * jnp.asarray(f, u.dtype), updates, factors)
-        return scaled, state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-class MultiplierState(NamedTuple):
-    """Runtime-mode strategy in the optimizer state: update = update * lr_mult * trainable."""
-
-    lr_mult: Any
-    trainable: Any
-
-
-def _scale_by_state(lr_mult: Any, trainable: Any) -> optax.GradientTransformation:
-    def init(params):
-        del params
-        as_array = lambda x: jnp.asarray(x, jnp.float32)
-        return MultiplierState(jax.tree_util.tree_map(as_array, lr_mult), jax.tree_util.tree_map(as_array, trainable))
-
-    def update(updates, state, params=None):
-        del params
-        scaled = jax.tree_util.tree_map(lambda u, m, t: u * (m * t).astype(u.dtype), updates, state.lr_mult, state.trainable)
-        return scaled, state
-
-    return optax.GradientTransformation(init, update)
-
-
-class WeightDecayState(NamedTuple):
-    """Runtime-mode weight decay: updates seen (for the schedule) and a float32 decay per leaf."""
-
-    count: jax.Array
-    weight_decay: Any
-
-
-def _decay_by_state(weight_decay: Any, learning_rate: Any, decoupled: bool) -> optax.GradientTransformation:
-    """Weight decay read from the state: decoupled ``u - lr(t) * wd * w`` after the optimizer (what
-    ``optax.adamw`` does: ``-lr(t) * (adam + wd * w)``), or coupled ``g + wd * w`` before it."""
-
-    def init(params):
-        del params
-        return WeightDecayState(jnp.zeros((), jnp.int32),
-                                jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), weight_decay))
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("runtime weight decay needs the parameters: call tx.update(grads, opt_state, params)")
-        if decoupled:
-            lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-            decayed = jax.tree_util.tree_map(lambda u, p, wd: u - (lr * wd * p).astype(u.dtype), updates, params,
-                                             state.weight_decay)
-        else:
-            decayed = jax.tree_util.tree_map(lambda g, p, wd: g + (wd * p).astype(g.dtype), updates, params,
-                                             state.weight_decay)
-        return decayed, state._replace(count=optax.safe_int32_increment(state.count))
-
-    return optax.GradientTransformation(init, update)
 
 
 def _default_weight_decay(optimizer: Callable, kwargs: dict) -> tuple[bool, float]:
@@ -165,49 +130,86 @@ def _weight_decay_of(s: Settings, default: float) -> float:
     return float(s.weight_decay)
 
 
-def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool, kwargs: dict,
-           anchor_strength: float, decoupled: bool) -> optax.GradientTransformation:
+def _build(optimizer: Callable, wd: float, accepts_wd: bool, kwargs: dict, anchor_strength: float, decoupled: bool,
+           stacked: Any) -> optax.GradientTransformation:
+    """One group's optimizer at learning rate 1 (the rate is applied after it, from the global step),
+    with per-leaf, stage-fresh statistics (:func:`jaxtune.stage_fresh.per_leaf`)."""
     if accepts_wd:
-        tx = optimizer(learning_rate=learning_rate, weight_decay=wd, **kwargs)
+        tx = optimizer(learning_rate=1.0, weight_decay=wd, **kwargs)
     else:
-        tx = optimizer(learning_rate=learning_rate, **kwargs)
+        tx = optimizer(learning_rate=1.0, **kwargs)
         # Coupled (L2) decay for optimizers without their own: equal to decoupled decay for SGD.
         tx = optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+    tx = per_leaf(tx, stacked)
     if not anchor_strength:
         return tx
     if decoupled:  # pulled towards the anchor after the optimizer, as AdamW decays weights
-        return optax.chain(tx, forgetting.anchor_decay(anchor_strength, learning_rate))
+        return optax.chain(tx, forgetting.anchor_decay(anchor_strength, 1.0))
     # L2-SP as a loss term: its gradient goes in before the optimizer, like the data gradient.
     return optax.chain(forgetting.l2_sp(anchor_strength), tx)
 
 
-def _per_leaf(values: list[float], factors: list[np.ndarray]) -> list[np.ndarray]:
+class WeightDecayState(NamedTuple):
+    """Runtime-mode weight decay: a float32 decay per leaf (per layer for a stacked leaf)."""
+
+    weight_decay: Any
+
+
+def _decay_by_state(weight_decay: Any, decoupled: bool) -> optax.GradientTransformation:
+    """Weight decay read from the state, at learning rate 1 (the rate and the multipliers come after):
+    decoupled ``u - wd * w`` after the optimizer (what ``optax.adamw`` adds to Adam's update), or
+    coupled ``g + wd * w`` before it.
+
+    Example::
+
+        >>> tx = _decay_by_state({"w": np.float32(0.5)}, decoupled=True)
+        >>> params = {"w": jnp.full(2, 2.0)}
+        >>> tx.update({"w": jnp.zeros(2)}, tx.init(params), params)[0]["w"].tolist()
+        [-1.0, -1.0]
+    """
+    sign = -1.0 if decoupled else 1.0
+
+    def init(params):
+        del params
+        return WeightDecayState(jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), weight_decay))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("runtime weight decay needs the parameters: call tx.update(grads, opt_state, params)")
+        decayed = jax.tree_util.tree_map(lambda u, p, wd: u + (sign * wd * p).astype(u.dtype), updates, params,
+                                         state.weight_decay)
+        return decayed, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _per_leaf_values(values: list[float], factors: list[np.ndarray]) -> list[np.ndarray]:
     """One float32 value per leaf, shaped like its multiplier (per layer for a stacked leaf)."""
     return [np.broadcast_to(np.float32(v), f.shape).copy() for v, f in zip(values, factors)]
 
 
-def _runtime_optimizer(found: list[Settings], factors: list[np.ndarray], treedef: Any, optimizer: Callable,
-                       learning_rate: Any, accepts_wd: bool, default_wd: float, kwargs: dict, l2_sp: float,
-                       decoupled: bool) -> optax.GradientTransformation:
-    """One ``optimizer`` instance for every leaf (frozen ones keep state); weight decay, L2-SP
-    strengths, multipliers and trainable flags are per-leaf arrays in the state."""
+def _runtime_group(found: list[Settings], factors: list[np.ndarray], treedef: Any, optimizer: Callable,
+                   accepts_wd: bool, default_wd: float, kwargs: dict, l2_sp: float, decoupled: bool,
+                   stacked: Any) -> optax.GradientTransformation:
+    """Runtime mode's one group: one ``optimizer`` (learning rate 1, ``weight_decay=0``) per leaf,
+    stage-fresh (:func:`jaxtune.stage_fresh.per_leaf`), with the weight decay and the L2-SP
+    strengths as per-leaf arrays in the state. Frozen leaves take the values they would have
+    unfrozen; only leaves with a non-zero strength keep an anchor."""
     unflatten = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
-    # Frozen leaves take the values they would have unfrozen (the trainable factor zeroes them).
-    wd = _per_leaf([_weight_decay_of(s, default_wd) for s in found], factors)
-    strengths = _per_leaf([l2_sp_strength(s, l2_sp) for s in found], factors)
-    base = optimizer(learning_rate=learning_rate, weight_decay=0.0, **kwargs) if accepts_wd else \
-        optimizer(learning_rate=learning_rate, **kwargs)
-    decay = _decay_by_state(unflatten(wd), learning_rate, decoupled=accepts_wd)
-    chain = [base, decay] if accepts_wd else [decay, base]
+    wd = _per_leaf_values([_weight_decay_of(s, default_wd) for s in found], factors)
+    strengths = _per_leaf_values([l2_sp_strength(s, l2_sp) for s in found], factors)
+    base = optimizer(learning_rate=1.0, weight_decay=0.0, **kwargs) if accepts_wd else \
+        optimizer(learning_rate=1.0, **kwargs)
+    decay = _decay_by_state(unflatten(wd), decoupled=accepts_wd)
+    chain = [per_leaf(base, stacked), decay] if accepts_wd else [decay, per_leaf(base, stacked)]
     anchored = [bool(np.any(x > 0)) for x in strengths]
-    if any(anchored):  # an anchor (one copy) only for the leaves with a strength
+    if any(anchored):
         strength_tree = unflatten([x if a else optax.MaskedNode() for x, a in zip(strengths, anchored)])
         if decoupled:
-            chain.append(forgetting.anchor_decay(strength_tree, learning_rate, unflatten(anchored), runtime=True))
+            chain.append(forgetting.anchor_decay(strength_tree, 1.0, unflatten(anchored), runtime=True))
         else:
             chain.insert(0, forgetting.l2_sp(strength_tree, unflatten(anchored), runtime=True))
-    trainable = [np.broadcast_to(np.float32(0.0 if s.frozen else 1.0), f.shape).copy() for s, f in zip(found, factors)]
-    return optax.chain(*chain, _scale_by_state(unflatten(factors), unflatten(trainable)))
+    return optax.chain(*chain)
 
 
 def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., optax.GradientTransformation] = optax.adamw,
@@ -227,15 +229,15 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
       layer_ids: path -> layer index (embeddings 0, block i -> i+1, head L+1), or a sequence of
         indices for a stacked leaf. Needed for ``layer_decay``.
       layer_decay: LLRD factor: a leaf of layer ``l`` gets ``lr * layer_decay ** (L + 1 - l)``.
-      runtime: keep multipliers, trainable flags, weight decay and L2-SP strengths as per-leaf arrays
-        in the state (frozen leaves keep optimizer state; one ``optimizer`` instance built with
-        ``weight_decay=0``, the decay applied after it as ``-lr(t) * wd * w``), so
-        :func:`set_trainable`, :func:`set_lr_multipliers`, :func:`set_weight_decay` and
-        :func:`set_l2_sp` change the strategy without recompiling. Only leaves built with a
-        non-zero L2-SP strength keep an anchor. The decay equals the optimizer's own for those that
-        decay as AdamW does (``adamw``, ``nadamw``, ``adamaxw``, ``lion``), not for one that
-        transforms it further (``optax.lamb``'s trust ratio). Default (static): frozen leaves
-        carry no state.
+      runtime: keep multipliers, trainable flags, weight decay and L2-SP strengths as per-leaf
+        arrays in the state (frozen leaves keep optimizer state, which stays as it is while they
+        are frozen; one group, its ``optimizer`` built with ``weight_decay=0`` and the decay applied
+        after it as ``-lr(t) * wd * w``), so :func:`set_trainable`, :func:`set_lr_multipliers`,
+        :func:`set_weight_decay` and :func:`set_l2_sp` change the strategy without recompiling.
+        Only leaves built with a non-zero L2-SP strength keep an anchor. The decay equals the
+        optimizer's own for those that decay as AdamW does (``adamw``, ``nadamw``, ``adamaxw``,
+        ``lion``), not for one that transforms it further (``optax.lamb``'s trust ratio).
+        Default (static): frozen leaves carry no state.
       allow_unused: do not raise for rules that match no parameter.
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
@@ -252,14 +254,34 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         tx = jt.make_optimizer(params, rules, optax.adamw, 1e-4, weight_decay=0.01,
                                layer_ids=model.layer_ids, layer_decay=0.8)
     """
+    _check_optimizer_args(learning_rate, layer_decay, l2_sp, optimizer_kwargs)
     paths, found, treedef = _resolve(params, rules, allow_unused=allow_unused)
     factors = layer_factors(params, rules, layer_ids, layer_decay, allow_unused=allow_unused)
     accepts_wd, default_wd = _default_weight_decay(optimizer, optimizer_kwargs)
-    if l2_sp < 0:
-        raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
+    stacked = [np.ndim(f) > 0 for f in factors]
+    stacked_tree = jax.tree_util.tree_unflatten(treedef, stacked)
+    trainable = [np.asarray(0.0 if s.frozen else 1.0, np.float32) for s in found]
     if runtime:
-        return _runtime_optimizer(found, factors, treedef, optimizer, learning_rate, accepts_wd, default_wd,
-                                  optimizer_kwargs, l2_sp, l2_sp_decoupled)
+        labels = [_RUNTIME] * len(found)
+        transforms = {_RUNTIME: _runtime_group(found, factors, treedef, optimizer, accepts_wd, default_wd,
+                                               optimizer_kwargs, l2_sp, l2_sp_decoupled, stacked_tree)}
+    else:
+        labels, transforms = _static_groups(found, optimizer, accepts_wd, default_wd, optimizer_kwargs, l2_sp,
+                                            l2_sp_decoupled, stacked_tree)
+    partitioned = optax.partition(transforms, jax.tree_util.tree_unflatten(treedef, labels),
+                                  mask_compatible_extra_args=True)
+    runtime_trainable = None
+    if runtime:
+        runtime_trainable = jax.tree_util.tree_unflatten(
+            treedef, [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)])
+    factor_tree = jax.tree_util.tree_unflatten(treedef, factors)
+    return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable)
+
+
+def _static_groups(found: list[Settings], optimizer: Callable, accepts_wd: bool, default_wd: float, kwargs: dict,
+                   l2_sp: float, decoupled: bool, stacked: Any) -> tuple[list[str], dict]:
+    """Static mode: frozen leaves get ``optax.set_to_zero()``, the others one group per distinct
+    (weight decay, L2-SP strength). Returns each leaf's label and each label's transform."""
     labels, groups = [], {}
     for s in found:
         if s.frozen:
@@ -269,13 +291,11 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
         groups[label] = (wd, strength)
         labels.append(label)
-    transforms = {label: _build(optimizer, learning_rate, wd, accepts_wd, optimizer_kwargs, strength, l2_sp_decoupled)
+    transforms = {label: _build(optimizer, wd, accepts_wd, kwargs, strength, decoupled, stacked)
                   for label, (wd, strength) in sorted(groups.items())}
     if _FROZEN in labels:
         transforms[_FROZEN] = optax.set_to_zero()
-    label_tree = jax.tree_util.tree_unflatten(treedef, labels)
-    scale = _scale_by_constants(jax.tree_util.tree_unflatten(treedef, factors))
-    return optax.chain(optax.partition(transforms, label_tree), scale)
+    return labels, transforms
 
 
 def _replace_state(opt_state: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any], missing: str) -> Any:
@@ -369,9 +389,9 @@ def set_weight_decay(opt_state: Any, weight_decay: Any) -> Any:
     """Runtime mode: replaces the per-leaf weight decay (a pytree with the parameters' structure, a
     number per leaf; per layer for a stacked leaf), without recompiling.
 
-    Runtime mode applies it as AdamW does, decoupled: ``w -= lr(t) * wd * w`` after an optimizer
-    that takes ``weight_decay`` (built with 0), scaled by the leaf's multiplier; before one
-    without, as ``g += wd * w``.
+    Runtime mode applies it as AdamW does, decoupled: ``w -= lr(t) * mult * wd * w`` after an
+    optimizer that takes ``weight_decay`` (built with 0); before one without, as ``g += wd * w``.
+    A frozen leaf is not decayed.
 
     Example::
 
@@ -415,7 +435,8 @@ def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Seque
     distinct = sorted({int(i) for a in ids for i in np.ravel(a)}, reverse=True)
     n = len(distinct) if num_stages is None else num_stages
     if not 1 <= n <= len(distinct):
-        raise ValueError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids")
+        raise UserError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids",
+                        config_hint=f"(optim.unfreeze_stages: at most {len(distinct)} for this model)")
     groups = np.array_split(np.asarray(distinct), n)
     allowed = [True] * len(paths)
     if rules is not None:
