@@ -130,6 +130,34 @@ def test_each_member_equals_its_separate_run(case):
                     assert _max_diff(mine.params[k], _params(0)[k]) == 0.0, k
 
 
+def test_a_member_unfrozen_mid_run_equals_its_staged_separate_run():
+    """Stage-fresh statistics in runtime mode: member 0 trains only its head for K steps (its backbone,
+    weight decay 0.3 and L2-SP 0.5 included, must not move), then everything, as a fresh AdamW would
+    from step K: it equals a static-mode StagedTrainStep run. Member 1 trains everything throughout."""
+    k = 2
+    members = [dict(seed=1, weight_decay=0.3, l2_sp=0.5), dict(seed=2, weight_decay=0.0)]
+    tx = _runtime_tx()
+    state = jt.stack_members([_member_state(tx, m) for m in members])
+    step = jt.make_train_step(dropout_loss, tx, members=2, per_member_batch=True, compute_dtype=F32)
+    head_only, everything = jt.trainable_mask(_params(0), _rules(True)), jt.trainable_mask(_params(0), _rules())
+    member_batches = [_batches(m["seed"]) for m in members]
+    for t in range(STEPS):
+        if t == k:
+            backbone = {n: v for n, v in jt.unstack_members(state, 0).params.items() if n != "head"}
+            assert _max_diff(backbone, {n: _params(0)[n] for n in backbone}) == 0.0
+        mask = jax.tree.map(lambda h, e: np.array([h if t < k else e, e]), head_only, everything)
+        state = state.replace(opt_state=jt.set_trainable(state.opt_state, mask))
+        state, _ = step(state, jax.tree.map(lambda *xs: np.stack(xs), *[b[t] for b in member_batches]))
+    assert step._cache_size() == 1
+    static_tx, _ = _separate_step(False, None, 0.3, 0.5, False)
+    staged = jt.StagedTrainStep(dropout_loss, static_tx, compute_dtype=F32)
+    alone = jt.TrainState.create(_params(1), static_tx, rng=1)
+    for t, batch in enumerate(member_batches[0]):
+        alone, _ = staged(alone, batch, head_only if t < k else everything)
+    assert _max_diff(jt.unstack_members(state, 0).params, alone.params) <= TOL
+    assert _max_diff(jt.unstack_members(state, 1).params, _separate_run(members[1]).params) <= TOL
+
+
 def test_runtime_weight_decay_is_adamw_decoupled_decay_with_the_schedule():
     params = init_params()
     grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 1.0)), params) for i in range(8)]
