@@ -24,6 +24,8 @@ from jaxtune.errors import UserError
 from jaxtune.forgetting import (
     AnchorDecayState,
     L2SPState,
+    RuntimeAnchorDecayState,
+    RuntimeL2SPState,
     anchor_decay,
     WeightAverageState,
     average_weights,
@@ -35,13 +37,17 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
     MultiplierState,
+    WeightDecayState,
     lr_multipliers,
     make_optimizer,
+    set_l2_sp,
     set_lr_multipliers,
     set_trainable,
+    set_weight_decay,
     unfreezing_stages,
     warmup_cosine,
     warmup_linear,
