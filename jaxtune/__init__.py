@@ -8,6 +8,7 @@ The public API is flat, like optax::
 """
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config
+from jaxtune.data.checks import DataError
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.embeddings import (
     CoverageReport,
@@ -34,6 +35,7 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
     MultiplierState,

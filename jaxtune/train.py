@@ -33,6 +33,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxtune.forgetting import averaged_leaves
+from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
 
@@ -138,7 +139,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
       donate: donate the state's buffers to the step (update in place).
 
-    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays.
+    Returns metrics ``{"loss", "grad_norm", **your metrics, "nonfinite_leaf"}`` as device arrays;
+    ``nonfinite_leaf`` is -1 when all is finite (see :func:`jaxtune.nonfinite.nonfinite_leaf`).
 
     Example::
 
@@ -200,7 +202,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                                   opt_state=opt_state, model_state=model_state, rng=rng)
         if mesh is not None:
             new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        grad_norm = optax.tree.norm(grads)
+        flag = nonfinite_leaf(loss, grad_norm, [full_grads[i] for i in train_idx], [new_leaves[i] for i in train_idx],
+                              train_idx)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics, FLAG: flag}
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
