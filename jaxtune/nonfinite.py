@@ -132,7 +132,8 @@ class NonFiniteGuard:
         Returns ``metrics`` as host floats without the flag (what a log line shows).
         """
         pending, self._pending = self._pending, []
-        fetched, values = jax.device_get(([p[1:] for p in pending], dict(metrics or {})))
+        current = {k: v for k, v in (metrics or {}).items() if k != FLAG}
+        fetched, values = jax.device_get(([p[1:] for p in pending], current))
         for (step, _, _, _), (flag, loss, grad_norm) in zip(pending, fetched):
             flags = np.asarray(flag).reshape(-1)
             bad = np.flatnonzero(flags != ALL_FINITE)
@@ -140,7 +141,7 @@ class NonFiniteGuard:
                 member = int(bad[0]) if np.ndim(flag) else None
                 raise self._error(step, int(flags[bad[0]]), _pick(loss, member), _pick(grad_norm, member), member,
                                   last_checkpoint)
-        return {k: float(np.asarray(v)) for k, v in values.items() if k != FLAG}
+        return {k: float(np.asarray(v)) for k, v in values.items()}
 
     def _error(self, step: int, code: int, loss: float, grad_norm: float, member: int | None,
                last_checkpoint: int | None) -> NonFiniteError:

@@ -160,3 +160,225 @@ def test_check_finite_metrics_names_the_metric():
     with pytest.raises(jt.NonFiniteError, match="validation metric 'val_macro_f1' is nan at step 3") as info:
         jt.nonfinite.check_finite_metrics({"val_loss": 0.1, "val_macro_f1": float("nan")}, step=3)
     assert info.value.metric == "val_macro_f1"
+
+
+# ----------------------------------------------------------------------------- the runner
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _tiny_bert(directory, **overrides):
+    """A small random BERT with the real all-MiniLM-L6-v2 tokenizer files."""
+    config = bert.BertConfig(**{**dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=37, max_position_embeddings=128), **overrides})
+    model = bert.build(config, None)
+    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
+    for name in TOKENIZER_FILES:
+        shutil.copy(jt.minilm_path() / name, directory / name)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return _tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model_dir):
+    return prepare_data(jt.load_config(None, ["data.train_limit=64", "data.eval_limit=32", "data.test_limit=32",
+                                              "data.max_length=32"]).data, tiny_model_dir)
+
+
+def _config(model_dir, out, name, **train):
+    return {
+        "name": name, "output_dir": str(out), "model": {"path": model_dir},
+        "data": {"dataset": "tweet_sentiment", "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
+                 "train_limit": 64, "eval_limit": 32, "test_limit": 32},
+        "optim": {"optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 0.0, "schedule": "constant"},
+        "train": {"max_steps": 8, "eval_every": 2, "log_every": 4, "progress": False, **train},
+        "early_stopping": {"enabled": False, "monitor": "val_loss"},
+        "checkpoint": {"keep_latest": 1, "keep_best": 1},
+    }
+
+
+def _leaf(tree, path):
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def _poison_gradient(monkeypatch, path, at_call):
+    """The runner's train step, with a NaN gradient of ``path`` (only) at its ``at_call``-th call."""
+    real = experiment.make_train_step
+
+    def make(task_loss, tx, **kwargs):
+        def poisoned(params, batch, *, rng, model_state):
+            clean = {k: v for k, v in batch.items() if k != "poison"}
+            loss, aux = task_loss(params, clean, rng=rng, model_state=model_state)
+            return loss + 0.0 * jnp.sum(jnp.sqrt(_leaf(params, path) * 0.0 + 1.0 - batch["poison"])), aux
+
+        step, calls = real(poisoned, tx, **kwargs), itertools.count(1)
+        return lambda state, batch: step(state, {**batch, "poison": np.float32(next(calls) == at_call)})
+
+    monkeypatch.setattr(experiment, "make_train_step", make)
+
+
+def _checkpoint_arrays_finite(run_dir, template, step):
+    with jt.Checkpointer(os.path.join(run_dir, "checkpoints")) as ckpt:
+        state, _ = ckpt.restore(step, template=template)
+    floats = [x for x in jax.tree.leaves((state.params, state.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return len(floats) > 0 and all(bool(np.isfinite(np.asarray(x)).all()) for x in floats)
+
+
+def _steps_on_disk(run_dir):
+    with jt.Checkpointer(os.path.join(run_dir, "checkpoints")) as ckpt:
+        return ckpt.all_steps()
+
+
+def test_nan_gradient_stops_the_run_names_step_and_path_and_keeps_the_last_finite_checkpoint(
+        tiny_model_dir, data, tmp_path, monkeypatch):
+    cfg = _config(tiny_model_dir, tmp_path, "poisoned")
+    template = build(cfg, data=data).initial_state
+    target = "bert/encoder/layer_1/attention/self/key/kernel"
+    assert target in jt.leaf_paths(template.params) and jt.leaf_paths(template.params).index(target) > 0
+    _poison_gradient(monkeypatch, target, at_call=5)
+    with pytest.raises(jt.NonFiniteError) as info:
+        finetune(cfg, data=data)
+    error, run_dir = info.value, str(tmp_path / "poisoned")
+    assert isinstance(error, ValueError)
+    assert (error.step, error.path, error.last_checkpoint) == (5, target, 4)
+    assert f"'{target}' at step 5" in str(error) and "(step 4) is the last finite one" in str(error)
+    # Checkpoints at 2 and 4 were written; 6 (after the NaN at 5) was not; what is kept is finite.
+    steps = _steps_on_disk(run_dir)
+    assert max(steps) == 4
+    assert all(_checkpoint_arrays_finite(run_dir, template, s) for s in steps)
+    logged = [r["step"] for r in jt.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "train"]
+    assert logged == [4]  # nothing from a non-finite step reached the log
+
+
+def test_runner_reads_the_flags_only_at_log_and_eval_points(tiny_model_dir, data, tmp_path, monkeypatch):
+    real, reads, clock = experiment.make_train_step, [], [0]
+
+    def make(task_loss, tx, **kwargs):
+        step = real(task_loss, tx, **kwargs)
+
+        def watched(state, batch):
+            state, metrics = step(state, batch)
+            clock[0] += 1
+            assert all(isinstance(v, jax.Array) for v in metrics.values())  # the step returns device arrays
+            return state, {k: Watched(v, reads, clock, (clock[0], k)) for k, v in metrics.items()}
+        return watched
+
+    monkeypatch.setattr(experiment, "make_train_step", make)
+    result = finetune(_config(tiny_model_dir, tmp_path, "watched", max_steps=6, log_every=3, eval_every=6), data=data)
+    assert result.steps == 6
+    # The host read metrics only after dispatching steps 3 and 6 (log points), never per step ...
+    assert {when for when, _ in reads} == {3, 6}
+    # ... and every step's flag exactly once, in those batched reads.
+    assert sorted(step for _, (step, key) in reads if key == FLAG) == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_validation_metric_is_an_error_even_when_early_stopping_watches_another(
+        tiny_model_dir, data, tmp_path, monkeypatch):
+    real, calls = experiment.evaluate, itertools.count(1)
+
+    def evaluate(*args, **kwargs):
+        scores, predictions, references = real(*args, **kwargs)
+        return ({**scores, "loss": float("nan")} if next(calls) == 2 else scores), predictions, references
+
+    monkeypatch.setattr(experiment, "evaluate", evaluate)
+    cfg = _config(tiny_model_dir, tmp_path, "nan_val", max_steps=6, log_every=2)
+    cfg["early_stopping"] = {"enabled": True, "monitor": "val_accuracy", "mode": "max", "patience": 5}
+    cfg["checkpoint"]["keep_latest"] = 3
+    with pytest.raises(jt.NonFiniteError, match="validation metric 'val_loss' is nan at step 4") as info:
+        finetune(cfg, data=data)
+    assert (info.value.metric, info.value.step, info.value.last_checkpoint) == ("val_loss", 4, 2)
+    assert _steps_on_disk(str(tmp_path / "nan_val")) == [2]  # the NaN evaluation was neither best nor saved
+
+
+def test_cli_finetune_with_an_exploding_learning_rate_fails_and_saves_only_finite_checkpoints(
+        tiny_model_dir, data, tmp_path, monkeypatch):
+    cfg = _config(tiny_model_dir, tmp_path, "explode", max_steps=12, log_every=1, eval_every=1)
+    cfg["optim"].update(learning_rate=1e30, schedule="warmup_linear", warmup_fraction=0.5)
+    cfg["checkpoint"]["keep_latest"] = 20
+    path = tmp_path / "explode.json"
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setattr(experiment, "prepare_data", lambda *args, **kwargs: data)  # reuse the tokenised data
+    try:  # the CLI may map the error to an exit status itself; uncaught, Python exits with status 1
+        status, error = cli.main(["finetune", str(path)]), None
+    except jt.NonFiniteError as raised:
+        status, error = 1, raised
+    assert status != 0
+    run_dir, template = str(tmp_path / "explode"), build(cfg, data=data).initial_state
+    steps = _steps_on_disk(run_dir)  # step 1 runs at learning rate 0 (warmup), so it is finite and saved
+    assert steps and all(_checkpoint_arrays_finite(run_dir, template, s) for s in steps)
+    assert max(steps) < 12
+    if error is not None:
+        assert max(steps) < error.step and error.last_checkpoint == max(steps)
+        assert error.path is None or error.path in jt.leaf_paths(template.params)
+        assert f"at step {error.step}" in str(error)
+
+
+# ----------------------------------------------------------------------------- data the model cannot take
+
+
+def test_num_labels_below_the_label_set_fails_before_any_work(tiny_model_dir, data, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the num_labels check")
+
+    monkeypatch.setattr(experiment, "load_model", no_work)
+    monkeypatch.setattr(jt.data.text, "load_tokenizer", no_work)
+    cfg = _config(tiny_model_dir, tmp_path, "two_labels")
+    cfg["model"]["num_labels"] = 2
+    for given in (None, data):
+        with pytest.raises(jt.ConfigError, match="model.num_labels=2 is smaller than the 3 labels of 'tweet_sentiment'"):
+            build(cfg, data=given)
+
+
+def test_token_ids_outside_the_vocabulary_name_split_example_and_limit(data, tmp_path):
+    small_vocab = _tiny_bert(tmp_path, vocab_size=1000)
+    with pytest.raises(jt.DataError, match=r"train example \d+: input_ids\[\d+\] = \d+ is outside the model's "
+                                           r"vocabulary \[0, 1000\) \(vocab_size=1000\)") as info:
+        build(_config(small_vocab, tmp_path, "small_vocab"), data=data)
+    error = info.value
+    assert (error.split, error.limit) == ("train", 1000)
+    assert data.train[error.index]["input_ids"].max() >= 1000
+    assert all(e["input_ids"].max() < 1000 for e in data.train[:error.index])  # the first such example
+
+
+def test_sequences_longer_than_the_position_table_name_split_example_and_limit(data, tmp_path):
+    short = _tiny_bert(tmp_path, max_position_embeddings=16)
+    with pytest.raises(jt.DataError, match=r"train example \d+ has \d+ tokens, more than the model's position "
+                                           r"table \(max_position_embeddings=16\)") as info:
+        build(_config(short, tmp_path, "short"), data=data)
+    error = info.value
+    assert (error.split, error.limit) == ("train", 16) and len(data.train[error.index]["input_ids"]) > 16
+    assert all(len(e["input_ids"]) <= 16 for e in data.train[:error.index])
+
+
+def test_labels_outside_the_head_name_split_example_and_limit(tiny_model_dir, data, tmp_path):
+    validation = [dict(e) for e in data.validation]
+    validation[3]["labels"] = np.int32(5)
+    bad = experiment.PreparedData(**{**data.__dict__, "validation": validation})
+    with pytest.raises(jt.DataError, match=r"validation example 3: label 5 is outside the classifier head's "
+                                           r"range \[0, 3\) \(num_labels=3\)") as info:
+        build(_config(tiny_model_dir, tmp_path, "bad_label"), data=bad)
+    assert (info.value.split, info.value.index, info.value.limit) == ("validation", 3, 3)
+
+
+def test_max_length_past_the_position_table_is_a_config_error():
+    config = bert.BertConfig(vocab_size=100, max_position_embeddings=24)
+    short = {"train": [{"input_ids": np.arange(10, dtype=np.int32), "labels": np.int32(0)}]}
+    jt.data.check_data_fits_model(short, "sequence_classification", config, num_labels=2, max_length=24)
+    with pytest.raises(jt.ConfigError, match=r"data.max_length=32 exceeds the model's position table "
+                                             r"\(max_position_embeddings=24\)"):
+        jt.data.check_data_fits_model(short, "sequence_classification", config, num_labels=2, max_length=32)
+    # Token labels may be -100 (ignored); class labels may not.
+    tokens = {"test": [{"input_ids": np.arange(3), "labels": np.array([-100, 1, -100])}]}
+    jt.data.check_data_fits_model(tokens, "token_classification", config, num_labels=2)
+    with pytest.raises(jt.DataError, match=r"test example 0: label -100 is outside"):
+        jt.data.check_data_fits_model({"test": [{"labels": np.int32(-100)}]}, "sequence_classification", None, 2)
+    # Text-to-text targets are token ids: checked against the vocabulary, -100 allowed.
+    targets = {"train": [{"input_ids": np.arange(3), "labels": np.array([5, 200, -100])}]}
+    with pytest.raises(jt.DataError, match=r"train example 0: labels\[1\] = 200 is outside the model's vocabulary"):
+        jt.data.check_data_fits_model(targets, "text_to_text", bert.BertConfig(vocab_size=100), num_labels=None)
