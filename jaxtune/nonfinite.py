@@ -104,8 +104,8 @@ def check_finite_metrics(metrics: Mapping[str, float], step: int, split: str = "
 
 def _checkpoint_note(last_checkpoint: int | None) -> str:
     if last_checkpoint is None:
-        return "; no checkpoint was written before it"
-    return f"; the latest checkpoint on disk (step {last_checkpoint}) is the last finite one"
+        return ""
+    return f"; the latest checkpoint on disk (step {last_checkpoint}) is the last finite one, nothing later was saved"
 
 
 class NonFiniteGuard:
@@ -149,7 +149,7 @@ class NonFiniteGuard:
         numbers = f"loss {loss}, grad_norm {grad_norm}"
         hint = ("Lower optim.learning_rate, add warmup or gradient clipping, or look for NaN/inf values in "
                 "that step's batch.")
-        tail = f"{_checkpoint_note(last_checkpoint)}, and nothing later was saved. {hint}"
+        tail = f"{_checkpoint_note(last_checkpoint)}. {hint}"
         if code >= 0:
             path = self.paths[code] if code < len(self.paths) else f"leaf {code}"
             part = "updated value" if math.isfinite(grad_norm) else "gradient or updated value"
