@@ -54,10 +54,13 @@ class NonFiniteError(ValueError):
         self.step, self.path, self.metric, self.last_checkpoint = step, path, metric, last_checkpoint
 
 
-def _all_finite(x: jax.Array) -> jax.Array:
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.asarray(True)
-    return jnp.isfinite(x).all()
+def _zero_sum(x: jax.Array) -> jax.Array:
+    """0 when every element of ``x`` is finite, else NaN: inf * 0 and NaN * 0 are NaN, and a sum of
+    zeros cannot overflow (a plain sum can, in float16). A float sum is cheaper than a boolean
+    all-reduction on CPU."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.zeros((), jnp.float32)
+    return jnp.sum(x * 0, dtype=jnp.float32)
 
 
 def nonfinite_leaf(loss: jax.Array, grad_norm: jax.Array, grads: Sequence[jax.Array],
@@ -78,7 +81,7 @@ def nonfinite_leaf(loss: jax.Array, grad_norm: jax.Array, grads: Sequence[jax.Ar
                             jnp.where(~jnp.isfinite(grad_norm), NONFINITE_GRAD_NORM, ALL_FINITE))
     if not leaf_indices:
         return scalar_code.astype(jnp.int32)
-    bad = jnp.stack([~(_all_finite(g) & _all_finite(v)) for g, v in zip(grads, new_values)])
+    bad = ~jnp.isfinite(jnp.stack([_zero_sum(g) + _zero_sum(v) for g, v in zip(grads, new_values)]))
     first = jnp.asarray(leaf_indices, jnp.int32)[jnp.argmax(bad)]
     return jnp.where(bad.any(), first, scalar_code).astype(jnp.int32)
 
