@@ -382,3 +382,15 @@ def test_max_length_past_the_position_table_is_a_config_error():
     targets = {"train": [{"input_ids": np.arange(3), "labels": np.array([5, 200, -100])}]}
     with pytest.raises(jt.DataError, match=r"train example 0: labels\[1\] = 200 is outside the model's vocabulary"):
         jt.data.check_data_fits_model(targets, "text_to_text", bert.BertConfig(vocab_size=100), num_labels=None)
+
+
+def test_nan_image_is_a_data_error_naming_the_example():
+    images = [{"images": np.zeros((4, 4, 3), np.float32), "labels": np.int32(1)} for _ in range(3)]
+    images[2]["images"][1, 2, 0] = np.nan
+    jt.data.check_data_fits_model({"train": images[:2]}, "image_classification", None, num_labels=2)
+    with pytest.raises(jt.DataError, match=r"test example 2: images has 1 NaN/inf values") as info:
+        jt.data.check_data_fits_model({"test": images}, "image_classification", None, num_labels=2)
+    assert (info.value.split, info.value.index) == ("test", 2)
+    images[2]["images"][1, 2, 0], images[0]["labels"] = 0.0, np.int32(2)
+    with pytest.raises(jt.DataError, match=r"train example 0: label 2 is outside the classifier head's range \[0, 2\)"):
+        jt.data.check_data_fits_model({"train": images}, "image_classification", None, num_labels=2)

@@ -13,6 +13,7 @@ import importlib
 from jaxtune.data.checks import (
     DataError,
     check_data_fits_model,
+    check_finite_inputs,
     check_labels,
     check_lengths,
     check_num_labels,
@@ -69,6 +70,7 @@ from jaxtune.data.text import (
 __all__ = [
     "DataError",
     "check_data_fits_model",
+    "check_finite_inputs",
     "check_labels",
     "check_lengths",
     "check_num_labels",

@@ -109,6 +109,24 @@ def check_lengths(examples: Examples, max_length: int, *, split: str = "train", 
                             split=split, index=index, limit=max_length)
 
 
+def check_finite_inputs(examples: Examples, *, split: str = "train") -> None:
+    """Raises :class:`DataError` for a floating-point field (e.g. ``images``) holding NaN or inf.
+
+    Example:
+        >>> check_finite_inputs([{"images": np.full((2, 2, 3), np.nan, np.float32)}], split="train")
+        Traceback (most recent call last):
+        ...
+        jaxtune.data.checks.DataError: train example 0: images has 12 NaN/inf values ...
+    """
+    for index, example in enumerate(examples):
+        for field, value in example.items():
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise DataError(f"{split} example {index}: {field} has {int((~np.isfinite(value)).sum())} NaN/inf "
+                                "values; they would make the loss NaN at the step that draws this example. Fix or "
+                                "drop the example (e.g. a corrupt image file)", split=split, index=index)
+
+
 def check_num_labels(num_labels: int | None, label_names: Sequence[str], dataset: str) -> None:
     """Raises :class:`jaxtune.ConfigError` when ``model.num_labels`` is below the data's label count.
 
@@ -137,6 +155,7 @@ def check_data_fits_model(splits: Mapping[str, Examples], task: str, model_confi
     vocabulary for text-to-text targets), sequences longer than ``max_position_embeddings``. Then
     ``max_length`` (``data.max_length``: batches are padded up to it) against that table. Limits the
     config does not have (e.g. T5's relative positions, a CNN's vocabulary) are not checked.
+    Floating-point inputs (images) must be finite.
 
     Example::
 
@@ -157,6 +176,7 @@ def check_data_fits_model(splits: Mapping[str, Examples], task: str, model_confi
             check_token_ids(examples, types, split=split, field="token_type_ids", limit_name="type_vocab_size")
         if positions is not None:
             check_lengths(examples, positions, split=split)
+        check_finite_inputs(examples, split=split)
     if positions is not None and max_length is not None and max_length > positions:
         raise ConfigError(f"data.max_length={max_length} exceeds the model's position table "
                           f"(max_position_embeddings={positions}): batches are padded up to data.max_length, and "
