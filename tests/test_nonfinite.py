@@ -341,7 +341,7 @@ def test_token_ids_outside_the_vocabulary_name_split_example_and_limit(data, tmp
                                            r"vocabulary \[0, 1000\) \(vocab_size=1000\)") as info:
         build(_config(small_vocab, tmp_path, "small_vocab"), data=data)
     error = info.value
-    assert (error.split, error.limit) == ("train", 1000)
+    assert isinstance(error, jt.UserError) and (error.split, error.limit) == ("train", 1000)
     assert data.train[error.index]["input_ids"].max() >= 1000
     assert all(e["input_ids"].max() < 1000 for e in data.train[:error.index])  # the first such example
 

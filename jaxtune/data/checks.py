@@ -20,12 +20,14 @@ import numpy as np
 
 from jaxtune.config import ConfigError
 from jaxtune.data.text import IGNORE_INDEX
+from jaxtune.errors import UserError
 
 Examples = Sequence[Mapping[str, np.ndarray]]
 
 
-class DataError(ValueError):
-    """An example the model cannot take: names the split, the example index and the limit."""
+class DataError(UserError):
+    """An example the model cannot take: names the split, the example index and the limit (the
+    ``jaxtune`` command shows it as one line, exit status 2)."""
 
     def __init__(self, message: str, *, split: str, index: int | None = None, limit: int | None = None):
         super().__init__(message)
