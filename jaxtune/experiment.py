@@ -389,6 +389,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     ``config`` is an :class:`ExperimentConfig`, a YAML/JSON path, or a dict; ``overrides`` are
     ``key=value`` strings. ``data`` may be passed to reuse prepared examples across runs. A run
     directory that already holds checkpoints is resumed from the latest one.
+
+    A NaN/inf loss, gradient, weight or validation metric raises :class:`jaxtune.NonFiniteError`
+    (step and parameter named) at the next log/evaluation point; no non-finite checkpoint is saved.
     """
     from jaxtune.hub import save_pretrained
 
