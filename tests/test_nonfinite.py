@@ -92,13 +92,13 @@ def test_structurally_frozen_leaf_is_not_differentiated_but_runtime_frozen_is_ch
     mask = jt.trainable_mask(init_params(), frozen_rules)
     # Structural mode: no gradient is taken w.r.t. the frozen leaf, so its NaN never exists.
     assert int(_step_flag(poisoned, trainable=mask)[1][FLAG]) == ALL_FINITE
-    # Runtime mode: the leaf is frozen by a 0 multiplier in the optimizer state; its NaN gradient
-    # still poisons the update (NaN * 0 = NaN), so the flag must name it.
+    # Runtime mode: the leaf is frozen inside the optimizer state, but its gradient is still taken.
+    # Whether or not the optimizer keeps the NaN out of the weight, the gradient norm is NaN and a
+    # NaN anywhere in the backward pass is a broken step: the flag names the leaf.
     tx = jt.make_optimizer(init_params(), [(r".*", jt.settings())], optax.sgd, 0.1, runtime=True)
     state, metrics = _step_flag(poisoned, tx=tx,
                                 state_fn=lambda s: s.replace(opt_state=jt.set_trainable(s.opt_state, mask)))
-    assert PATHS[int(metrics[FLAG])] == TARGET
-    assert not np.isfinite(np.asarray(state.params["layer_1"]["dense"]["kernel"])).all()
+    assert PATHS[int(metrics[FLAG])] == TARGET and not np.isfinite(float(metrics["grad_norm"]))
 
 
 class Watched:
