@@ -35,6 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.forgetting import averaged_leaves
+from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
 
@@ -219,7 +220,10 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
                                   opt_state=opt_state, model_state=model_state, rng=rng)
         if mesh is not None:
             new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        grad_norm = optax.tree.norm(grads)
+        flag = nonfinite_leaf(loss, grad_norm, [full_grads[i] for i in train_idx], [new_leaves[i] for i in train_idx],
+                              train_idx)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics, FLAG: flag}
 
     return step
 
@@ -256,8 +260,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       per_member_batch: with ``members``: every batch field has a leading axis of N (member i
         trains on ``batch[i]``); else one batch serves all members.
 
-    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays. The unjitted step is
-    :func:`train_step_fn`.
+    Returns metrics ``{"loss", "grad_norm", **your metrics, "nonfinite_leaf"}`` as device arrays
+    (``nonfinite_leaf`` is -1 when all is finite: :func:`jaxtune.nonfinite.nonfinite_leaf`). The
+    unjitted step is :func:`train_step_fn`.
 
     Example::
 
