@@ -54,7 +54,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class RuleConfig:
-    """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings."""
+    """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings
+    (``batch_stats``: see :class:`jaxtune.Settings`)."""
 
     pattern: str = ".*"
     frozen: bool = False
@@ -63,6 +64,13 @@ class RuleConfig:
     layer_decay: float | None = None
     name: str | None = None
     l2_sp: float | None = None
+    batch_stats: str | None = None
+
+    def __post_init__(self):
+        if self.batch_stats not in (None, "frozen", "train"):
+            raise ConfigError(f"rule {self.pattern!r}: batch_stats is {self.batch_stats!r}; use 'frozen' (batch norm "
+                              "keeps its running statistics), 'train' (batch statistics, updated) or null (frozen "
+                              "exactly when the rule is)")
 
 
 @dataclasses.dataclass

@@ -21,7 +21,11 @@ variance; in evaluation it uses the running statistics. Three modes::
 
 ``frozen_bn=True`` is the usual choice when fine-tuning with small batches: BatchNorm behaves as in
 evaluation (its scale and bias still train, unless a rule freezes them) and ``batch_stats`` needs no
-``mutable``.
+``mutable``. ``frozen_bn`` may also be a set of BatchNorm module paths, frozen one by one: the runner
+passes :func:`jaxtune.frozen_batch_norm` of the rule table, so a frozen group's BatchNorm keeps its
+running statistics while the trained layers' BatchNorm adapts::
+
+    model = model.clone(frozen_bn=jt.frozen_batch_norm(variables, rules))
 
 Layer ids (for layer-wise LR decay and gradual unfreezing) count *stages*: the stem is 0, stage ``s``
 (``stages_{s}``) is ``s + 1`` and the classifier is ``L + 1`` with ``L = len(config.depths)`` (4 for
@@ -39,7 +43,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -200,6 +204,26 @@ def _check_task(task: str | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------- modules
+FrozenBN = bool | Collection[str]
+"""A model's ``frozen_bn``: ``True`` (every batch-norm layer), ``False`` (none), or the module paths of
+the frozen layers, as :func:`jaxtune.frozen_batch_norm` returns them (``"resnet/embedder/embedder/normalization"``)."""
+
+
+def is_frozen_bn(frozen_bn: FrozenBN, path: Sequence[str]) -> bool:
+    """Whether the batch-norm layer at module ``path`` (a tuple of names, ``module.path``) is frozen.
+
+    Example::
+
+        is_frozen_bn({"features_0/bn"}, ("features_0", "bn"))   # True
+    """
+    if isinstance(frozen_bn, bool):
+        return frozen_bn
+    if isinstance(frozen_bn, str) or not isinstance(frozen_bn, Collection):
+        raise TypeError(f"frozen_bn={frozen_bn!r}: use True, False or a set of batch-norm module paths "
+                        "(jt.frozen_batch_norm(variables, rules))")
+    return "/".join(path) in frozen_bn
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the last (channel) axis with PyTorch ``BatchNorm2d`` semantics.
 
@@ -207,14 +231,18 @@ class BatchNorm(nn.Module):
     ``use_running_average=False`` it normalises with the batch mean and biased variance and, unless
     initialising, sets ``mean <- (1 - momentum) * mean + momentum * batch_mean`` and the same for
     ``var`` with the unbiased batch variance. Statistics are computed in float32 whatever ``dtype``.
+    A layer that ``frozen`` names (:data:`FrozenBN`, matched against its module path) always uses and
+    keeps its running statistics, as in evaluation.
     """
 
     epsilon: float = 1e-5
     momentum: float = 0.1
     dtype: Any = jnp.float32
+    frozen: FrozenBN = False
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+        use_running_average = use_running_average or is_frozen_bn(self.frozen, self.path)
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
@@ -252,14 +280,14 @@ class ResNetConvLayer(nn.Module):
     kernel: int = 3
     stride: int = 1
     activation: str | None = "relu"
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = _conv(self.features, self.kernel, self.stride, self.dtype, "convolution")(x)
-        x = BatchNorm(self.config.batch_norm_eps, self.config.batch_norm_momentum, self.dtype,
-                      name="normalization")(x, use_running_average=not train or self.frozen_bn)
+        x = BatchNorm(self.config.batch_norm_eps, self.config.batch_norm_momentum, self.dtype, self.frozen_bn,
+                      name="normalization")(x, use_running_average=not train)
         return x if self.activation is None else _ACTIVATIONS[self.activation](x)
 
 
@@ -273,7 +301,7 @@ class ResNetBlock(nn.Module):
     config: ResNetConfig
     features: int
     stride: int = 1
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -310,7 +338,7 @@ class ResNetModel(nn.Module):
     """
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -335,7 +363,7 @@ class _Embedder(nn.Module):
     """HF ``ResNetEmbeddings``: 7x7 stride-2 conv layer ``embedder``, then 3x3 stride-2 max-pool."""
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -350,7 +378,7 @@ class _Encoder(nn.Module):
     """HF ``ResNetEncoder``: stages ``stages_{s}`` of blocks ``layers_{l}``."""
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -370,7 +398,7 @@ class _Stage(nn.Module):
     features: int
     depth: int
     stride: int
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -395,7 +423,7 @@ class ResNetForImageClassification(nn.Module):
     """
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -415,7 +443,7 @@ class ResNetForImageClassification(nn.Module):
 
 
 def build(config: ResNetConfig, task: str | None = None, num_labels: int | None = None,
-          dtype: Any = jnp.float32, frozen_bn: bool = False) -> nn.Module:
+          dtype: Any = jnp.float32, frozen_bn: FrozenBN = False) -> nn.Module:
     """The Flax module for ``task`` (None: :class:`ResNetModel`, "image_classification":
     :class:`ResNetForImageClassification`). A ``num_labels`` other than ``config.num_labels`` gives
     the module a config with that many labels (generic label names), so ``model.config`` describes
