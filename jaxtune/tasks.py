@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxtune import metrics as M
+from jaxtune.models.resnet import check_frozen_bn
 
 IGNORE_INDEX = -100
 
@@ -125,25 +126,10 @@ def _call_text_to_text(model, variables, batch, train, rng, mutable):
     return out, {}
 
 
-def _check_frozen_bn(model, variables) -> None:
-    """A model's ``frozen_bn`` set must name batch-norm layers of ``variables`` (a typo freezes nothing)."""
-    frozen = getattr(model, "frozen_bn", False)
-    if isinstance(frozen, bool):
-        return
-    from jaxtune.rules import leaf_paths
-
-    layers = {p.rpartition("/")[0] for p in leaf_paths(variables.get("batch_stats", {}))}
-    unknown = sorted(set(frozen) - layers)
-    if unknown:
-        raise ValueError(f"{type(model).__name__}.frozen_bn names {len(unknown)} module(s) that are not batch-norm "
-                         f"layers of its variables, e.g. {unknown[:3]} (batch_stats layers: {sorted(layers)[:3]} ...); "
-                         "build the set with jt.frozen_batch_norm(variables, rules) from this model's variables")
-
-
 def _call_image(model, variables, batch, train, rng, mutable):
     """Image models: ``train`` selects batch statistics for the batch-norm layers the model's
     ``frozen_bn`` leaves out; a frozen layer normalises with (and returns) its running statistics."""
-    _check_frozen_bn(model, variables)
+    check_frozen_bn(getattr(model, "frozen_bn", False), variables.get("batch_stats", {}))
     kwargs = {"train": train}
     if train and rng is not None:
         kwargs["rngs"] = {"dropout": rng}

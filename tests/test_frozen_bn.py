@@ -156,11 +156,14 @@ def test_bad_batch_stats_values_are_named():
     model, _ = _resnet()
     variables = _init(model)
     typo = model.clone(frozen_bn=frozenset({"resnet/embedder/normalisation"}))
-    with pytest.raises(ValueError, match="not batch-norm layers.*resnet/embedder/normalisation"):
+    with pytest.raises(ValueError, match="frozen_bn names 1 module.*resnet/embedder/normalisation"):
         tasks.get_task("image_classification").loss_fn(typo)(
             variables["params"], _batch(), rng=None, model_state={"batch_stats": variables["batch_stats"]})
     with pytest.raises(TypeError, match="frozen_bn='all'"):
         model.clone(frozen_bn="all").apply(variables, _images(), train=True, mutable=["batch_stats"])
+    with pytest.raises(TypeError, match="frozen_bn='all'"):
+        tasks.get_task("image_classification").eval_fn(model.clone(frozen_bn="all"))(
+            variables["params"], _batch(), model_state={"batch_stats": variables["batch_stats"]})
 
 
 def test_summary_shows_which_batch_norm_layers_are_frozen():

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
-from jaxtune.rules import Settings, settings
+from jaxtune.rules import Settings, leaf_paths, settings
 
 TASKS = (None, "image_classification")
 
@@ -218,10 +218,33 @@ def is_frozen_bn(frozen_bn: FrozenBN, path: Sequence[str]) -> bool:
     """
     if isinstance(frozen_bn, bool):
         return frozen_bn
+    _check_frozen_bn_type(frozen_bn)
+    return "/".join(path) in frozen_bn
+
+
+def _check_frozen_bn_type(frozen_bn: Any) -> None:
     if isinstance(frozen_bn, str) or not isinstance(frozen_bn, Collection):
         raise TypeError(f"frozen_bn={frozen_bn!r}: use True, False or a set of batch-norm module paths "
                         "(jt.frozen_batch_norm(variables, rules))")
-    return "/".join(path) in frozen_bn
+
+
+def check_frozen_bn(frozen_bn: FrozenBN, batch_stats: Any) -> None:
+    """Raises unless ``frozen_bn`` is a bool or names only batch-norm layers of ``batch_stats`` (the
+    parents of its ``mean``/``var`` leaves): a misspelt path would silently freeze nothing.
+
+    Example::
+
+        check_frozen_bn(model.frozen_bn, variables["batch_stats"])
+    """
+    if isinstance(frozen_bn, bool):
+        return
+    _check_frozen_bn_type(frozen_bn)
+    layers = {p.rpartition("/")[0] for p in leaf_paths(batch_stats)}
+    unknown = sorted(set(frozen_bn) - layers)
+    if unknown:
+        raise ValueError(f"frozen_bn names {len(unknown)} module(s) that are not batch-norm layers of the variables, "
+                         f"e.g. {unknown[:3]} (batch_stats layers: {sorted(layers)[:3]} ...); build the set with "
+                         "jt.frozen_batch_norm(variables, rules) from this model's variables")
 
 
 class BatchNorm(nn.Module):
