@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxtune import metrics as M
-from jaxtune.models.resnet import check_frozen_bn
+from jaxtune.models.batch_norm import check_frozen_bn
 
 IGNORE_INDEX = -100
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
-from jaxtune.models.resnet import BatchNorm, FrozenBN
+from jaxtune.models.batch_norm import BatchNorm, FrozenBN
 from jaxtune.rules import Settings, settings
 from jaxtune.torch_checkpoint import load_torch_state_dict
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet mean/std

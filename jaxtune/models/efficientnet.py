@@ -43,7 +43,7 @@ import numpy as np
 
 from jaxtune.models import _cnn
 from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, InvertedResidual, normalize_images
-from jaxtune.models.resnet import FrozenBN
+from jaxtune.models.batch_norm import FrozenBN
 from jaxtune.models.family import NameMap
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite",

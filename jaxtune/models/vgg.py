@@ -46,7 +46,7 @@ from jaxtune.models._cnn import (
     normalize_images,
 )
 from jaxtune.models.family import NameMap, NameRule
-from jaxtune.models.resnet import BatchNorm, FrozenBN
+from jaxtune.models.batch_norm import BatchNorm, FrozenBN
 
 __all__ = [
     "FAMILY",
