@@ -7,7 +7,7 @@ The public API is flat, like optax::
     tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
 """
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config
+from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config, validate_config
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.embeddings import (
     CoverageReport,
@@ -20,6 +20,7 @@ from jaxtune.embeddings import (
     load_vectors,
     load_word2vec,
 )
+from jaxtune.errors import UserError
 from jaxtune.forgetting import (
     AnchorDecayState,
     L2SPState,
@@ -58,6 +59,7 @@ from jaxtune.rules import (
     settings,
     summary,
     trainable_mask,
+    validate_settings,
     weight_decay_mask,
 )
 from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl

@@ -5,22 +5,50 @@
     jaxtune eval RUN_DIR [--step N] [--split S]     evaluate a run's best (or given) checkpoint
     jaxtune bench [options]                         step-throughput benchmarks (see --help)
     jaxtune demo [--quick]                          the offline fine-tuning demo
+
+Bad input (a config value, a rule, a missing file: :class:`jaxtune.errors.UserError`,
+``FileNotFoundError``, ``NotADirectoryError``) and a run stopped on non-finite values
+(``jaxtune.NonFiniteError``) print one message with its hint to stderr and exit with status 2;
+``--debug`` also prints the traceback. Any other exception is a bug in jaxtune and keeps its
+traceback (status 1).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
+
+from jaxtune.errors import UserError
+
+# What the user can fix: shown as one line (status 2). Everything else keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+USER_ERROR_STATUS = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, plus ``jaxtune.NonFiniteError`` (a run stopped on NaN/inf) where it exists."""
+    import jaxtune
+
+    non_finite = getattr(jaxtune, "NonFiniteError", None)
+    return USER_ERRORS + ((non_finite,) if isinstance(non_finite, type) else ())
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
+    _debug_flag(parser, argparse.SUPPRESS)
     parser.add_argument("config", help="YAML or JSON experiment config (see experiments/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.learning_rate=3e-5 (repeatable)")
 
 
+def _debug_flag(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="on an input error, also print the Python traceback")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxtune", description="Fine-tune pretrained networks in JAX.")
+    _debug_flag(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("finetune", help="run (or resume) a fine-tuning experiment",
                        description="Runs an experiment config: checkpoints, early stopping, logs and a plot go "
@@ -35,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory written by `jaxtune finetune` (holds config.yaml)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    _debug_flag(p, argparse.SUPPRESS)
     p = sub.add_parser("bench", help="step-throughput benchmarks (jaxtune vs PyTorch)", add_help=False,
                        description="Runs benchmarks/step_throughput.py; `jaxtune bench --help` lists its options.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -43,11 +72,35 @@ def _parser() -> argparse.ArgumentParser:
                                    "tweet sentiment data; prints test accuracy and macro-F1.")
     p.add_argument("--quick", action="store_true", help="a few steps on a small subset (a smoke test)")
     p.add_argument("--output-dir", default="runs/demo", help="where the runs are written")
+    _debug_flag(p, argparse.SUPPRESS)
     return parser
+
+
+def error_message(error: BaseException) -> str:
+    """How the command shows a user error: config-file advice where the library gave Python advice.
+
+    Example::
+
+        error_message(ConfigError("train.eval_every must be >= 1, got 0"))
+        # 'train.eval_every must be >= 1, got 0'
+    """
+    if isinstance(error, UserError):
+        return error.for_config()
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _user_errors() as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"jaxtune {args.command}: error: {error_message(e)}", file=sys.stderr)
+        return USER_ERROR_STATUS
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "finetune":
         from jaxtune.experiment import finetune
         result = finetune(args.config, args.overrides)

@@ -18,9 +18,11 @@ from typing import Any, Sequence
 
 import yaml
 
+from jaxtune.errors import UserError, check_choice, check_number
 
-class ConfigError(ValueError):
-    """A config file or override does not fit the config schema."""
+
+class ConfigError(UserError):
+    """A config file, override or value does not fit the config schema."""
 
 
 @dataclasses.dataclass
@@ -65,12 +67,6 @@ class RuleConfig:
     name: str | None = None
     l2_sp: float | None = None
     batch_stats: str | None = None
-
-    def __post_init__(self):
-        if self.batch_stats not in (None, "frozen", "train"):
-            raise ConfigError(f"rule {self.pattern!r}: batch_stats is {self.batch_stats!r}; use 'frozen' (batch norm "
-                              "keeps its running statistics), 'train' (batch statistics, updated) or null (frozen "
-                              "exactly when the rule is)")
 
 
 @dataclasses.dataclass
@@ -209,6 +205,114 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
+UNFREEZING = (None, "runtime", "structural")
+WEIGHT_AVERAGES = (None, "ema", "uniform")
+
+
+def _check_run_name(name: str, output_dir: str) -> None:
+    """``name`` must be a relative path that stays inside ``output_dir`` (the run directory)."""
+    escape = "use a plain name such as 'tweets_llrd' (sub-folders like 'sweep/run1' are fine)"
+    if not name.strip():
+        raise ConfigError(f"name is empty; the run directory is output_dir/name: {escape}")
+    if os.path.isabs(name) or name.startswith("~"):
+        raise ConfigError(f"name {name!r} is an absolute path; the run directory is output_dir/name "
+                          f"({output_dir!r}/...): {escape}, and set output_dir for the location")
+    normal = os.path.normpath(name)
+    if normal in (".", "..") or normal.startswith(".." + os.sep):
+        raise ConfigError(f"name {name!r} leaves output_dir ({output_dir!r}): the run directory would be "
+                          f"{os.path.normpath(os.path.join(output_dir, name))!r}; {escape}")
+
+
+def _check_limits(section: str, cfg: Any, fields: Sequence[str], low: int) -> None:
+    for field in fields:
+        value = getattr(cfg, field)
+        if value is not None:
+            check_number(f"{section}.{field}", value, low=low, integer=True, error=ConfigError)
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    import optax
+
+    from jaxtune.rules import RuleError, validate_settings
+
+    if not optim.optimizer.isidentifier() or not callable(getattr(optax, optim.optimizer, None)):
+        raise ConfigError(f"optim.optimizer {optim.optimizer!r} is not an optax optimizer "
+                          "(e.g. adamw, adam, sgd, lion)")
+    check_number("optim.learning_rate", optim.learning_rate, low=0.0, low_open=True, error=ConfigError)
+    check_choice("optim.schedule", optim.schedule, SCHEDULES, error=ConfigError)
+    check_number("optim.warmup_fraction", optim.warmup_fraction, low=0.0, high=1.0, high_open=True, error=ConfigError)
+    check_number("optim.weight_decay", optim.weight_decay, low=0.0, error=ConfigError)
+    if optim.layer_decay is not None:
+        check_number("optim.layer_decay", optim.layer_decay, low=0.0, high=1.0, low_open=True, error=ConfigError)
+    if optim.rules is not None and not optim.rules:
+        raise ConfigError("optim.rules is an empty list; give at least a catch-all rule {pattern: '.*'}, "
+                          "or null for the model family's default rules")
+    for i, rule in enumerate(optim.rules or ()):
+        try:
+            validate_settings(rule, f"optim.rules[{i}]")
+        except RuleError as e:
+            raise ConfigError(str(e)) from None
+    check_choice("optim.unfreezing", optim.unfreezing, UNFREEZING, error=ConfigError)
+    if optim.unfreezing is not None:
+        check_number("optim.unfreeze_every", optim.unfreeze_every, low=1, integer=True, error=ConfigError)
+    else:
+        check_number("optim.unfreeze_every", optim.unfreeze_every, low=0, integer=True, error=ConfigError)
+    _check_limits("optim", optim, ["unfreeze_stages"], low=1)
+    check_number("optim.l2_sp", optim.l2_sp, low=0.0, error=ConfigError)
+    check_choice("optim.weight_average", optim.weight_average, WEIGHT_AVERAGES, error=ConfigError)
+    if optim.weight_average is not None and optim.unfreezing == "structural":
+        raise ConfigError("optim.weight_average needs optim.unfreezing 'runtime' (or null): a structural stage "
+                          "drops the updates of the leaves it keeps frozen, which the average cannot see")
+    check_number("optim.weight_average_decay", optim.weight_average_decay, low=0.0, high=1.0, high_open=True,
+                 error=ConfigError)
+    check_number("optim.weight_average_start", optim.weight_average_start, low=0.0, high=1.0, high_open=True,
+                 error=ConfigError)
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Checks every value of an experiment config, raising :class:`ConfigError` naming the key.
+
+    Counts, sizes and intervals are >= 1; limits and ``max_steps`` >= 1 or null; seeds and
+    ``patience`` >= 0; rates finite and > 0; ``weight_decay``, ``l2_sp``, ``min_delta`` >= 0;
+    ``layer_decay`` in (0, 1]; fractions and decays in [0, 1); rules as ``jt.settings`` checks them
+    (a frozen rule takes no settings); ``name`` stays inside ``output_dir``.
+
+    Example::
+
+        validate_config(from_dict(ExperimentConfig, {"train": {"eval_every": 0}}))
+        # ConfigError: train.eval_every must be >= 1, got 0
+    """
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty; give a directory for the runs, e.g. 'runs'")
+    _check_run_name(cfg.name, cfg.output_dir)
+    if not cfg.model.path.strip():
+        raise ConfigError("model.path is empty; give a checkpoint directory, a hub name or 'minilm'")
+    from jaxtune.tasks import task_names
+
+    check_choice("model.task", cfg.model.task, ("auto", *task_names()), error=ConfigError)
+    _check_limits("model", cfg.model, ["num_labels"], low=1)
+    check_choice("model.dtype", cfg.model.dtype, FLOAT_DTYPES, error=ConfigError)
+    _check_limits("data", cfg.data, ["max_length", "image_size", "batch_size", "eval_batch_size",
+                                     "train_limit", "eval_limit", "test_limit"], low=1)
+    _check_limits("data", cfg.data, ["seed"], low=0)
+    _check_optim(cfg.optim)
+    check_number("train.epochs", cfg.train.epochs, low=0.0, low_open=True, error=ConfigError)
+    _check_limits("train", cfg.train, ["max_steps", "eval_every", "log_every", "accumulate"], low=1)
+    _check_limits("train", cfg.train, ["seed"], low=0)
+    if cfg.train.compute_dtype is not None:
+        check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
+    stopping = cfg.early_stopping
+    if not stopping.monitor.startswith("val_") or stopping.monitor == "val_":
+        raise ConfigError(f"early_stopping.monitor is {stopping.monitor!r}; it names a validation metric "
+                          "with its val_ prefix, e.g. val_loss, val_accuracy or val_entity_f1")
+    check_choice("early_stopping.mode", stopping.mode, ("min", "max"), error=ConfigError)
+    _check_limits("early_stopping", stopping, ["patience"], low=0)
+    check_number("early_stopping.min_delta", stopping.min_delta, low=0.0, error=ConfigError)
+    _check_limits("checkpoint", cfg.checkpoint, ["keep_best", "keep_latest"], low=1)
+
+
 def to_dict(config: Any) -> dict:
     """The config as plain nested dicts (for JSON/YAML and checkpoint records)."""
     return dataclasses.asdict(config)
@@ -238,16 +342,45 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
+def _read_file(path: str | os.PathLike) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory; pass a YAML or JSON file "
+                          "(see experiments/configs/)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {e}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty; write at least `name: ...` (all other keys "
+                          "have defaults), or leave out the file to use the defaults")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of sections "
+                          "(name, model, data, optim, train, ...)")
+    return data
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                 cls: type = ExperimentConfig) -> Any:
-    """Reads a YAML or JSON config file (or the defaults when ``path`` is None), applies overrides."""
-    data: dict = {}
-    if path is not None:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"config file {path} not found")
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    return from_dict(cls, apply_overrides(data, overrides))
+    """Reads a YAML or JSON config file (or the defaults when ``path`` is None), applies overrides,
+    and checks every value (:func:`validate_config`), so that bad input fails before any work.
+
+    Example::
+
+        cfg = load_config("experiments/configs/tweets_minilm.yaml", ["train.max_steps=10"])
+    """
+    data = _read_file(path) if path is not None else {}
+    try:
+        config = from_dict(cls, apply_overrides(data, overrides))
+        if cls is ExperimentConfig:
+            validate_config(config)
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {e.message}", hint=e.hint, config_hint=e.config_hint) from None
+    return config
 
 
 def save_config(config: Any, path: str | os.PathLike) -> None:

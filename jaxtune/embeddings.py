@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtune.errors import UserError
+
 __all__ = [
     "CoverageReport",
     "VectorFileError",
@@ -56,7 +58,7 @@ INIT_RULES = ("normal", "uniform", "zeros")
 _CHUNK = 1 << 20  # bytes read at a time from a binary file
 
 
-class VectorFileError(ValueError):
+class VectorFileError(UserError):
     """A word-vector file is malformed (bad header, wrong number of values, truncated record)."""
 
 

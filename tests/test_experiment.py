@@ -139,7 +139,7 @@ def test_l2_sp_and_weight_averaging_from_config(tiny_model_dir, data, tmp_path, 
     assert averaged.test_metrics["loss"] != raw.test_metrics["loss"]  # evaluated on other (averaged) weights
     # evaluate_run reads the same averaged weights from the checkpoint.
     np.testing.assert_allclose(evaluate_run(averaged.paths["run_dir"])["loss"], averaged.test_metrics["loss"], rtol=1e-6)
-    with pytest.raises(ValueError, match="'swa' is not 'ema' or 'uniform'"):
+    with pytest.raises(ValueError, match="optim.weight_average is 'swa'"):
         finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="swa"), data=data)
     with pytest.raises(ValueError, match="needs optim.unfreezing 'runtime'"):
         finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="ema", unfreezing="structural",
@@ -152,8 +152,8 @@ def test_cli_rules_eval_and_errors(tiny_model_dir, data, tmp_path, capsys):
     assert cli.main(["rules", str(path), "--set", "optim.layer_decay=0.5"]) == 0
     out = capsys.readouterr().out
     assert "group" in out and "lr mult" in out and "0.125..1" in out  # 2 layers: 0.5**3 for embeddings
-    with pytest.raises(jt.ConfigError, match="learnin_rate"):
-        cli.main(["rules", str(path), "--set", "optim.learnin_rate=1"])
+    assert cli.main(["rules", str(path), "--set", "optim.learnin_rate=1"]) == 2
+    assert "learnin_rate" in capsys.readouterr().err
     finetune(path, ["train.max_steps=2"], data=data)
     capsys.readouterr()
     assert cli.main(["eval", str(tmp_path / "cli"), "--split", "validation"]) == 0

@@ -142,3 +142,29 @@ def test_summary_table():
 def test_failing_layer_ids_names_the_path():
     with pytest.raises(jt.RuleError, match=r"layer_ids\('embeddings/embedding'\) failed: KeyError"):
         jt.summary(init_params(), RULES, layer_ids=lambda p: {"head": 1}[p.split("/")[0]], layer_decay=0.9)
+
+
+def test_config_rules_and_settings_share_one_check():
+    """jt.settings, Settings(...) and a config rule go through validate_settings: same checks, same words."""
+    from jaxtune.config import ConfigError, RuleConfig
+
+    with pytest.raises(jt.RuleError, match=r"^lr_mult must be >= 0, got -2"):
+        jt.settings(lr_mult=-2)
+    with pytest.raises(ConfigError, match=r"^optim\.rules\[0\]\.lr_mult must be >= 0, got -2"):
+        jt.load_config(None, ["optim.rules=[{pattern: '.*', lr_mult: -2}]"])
+    with pytest.raises(jt.RuleError, match=r"^optim\.rules\[3\]\.lr_mult must be >= 0, got -2"):
+        jt.validate_settings(RuleConfig(lr_mult=-2.0), "optim.rules[3]")
+    with pytest.raises(jt.RuleError, match="frozen but also sets lr_mult, l2_sp"):
+        jt.Settings(frozen=True, lr_mult=2.0, l2_sp=0.1)
+
+
+def test_layer_decay_zero_is_an_error_not_off():
+    params = {"a": np.zeros(2), "b": np.zeros(2)}
+    ids = {"a": 0, "b": 1}.__getitem__
+    for call in (lambda: jt.settings(layer_decay=0.0),
+                 lambda: jt.layer_factors(params, [(".*", jt.settings())], ids, layer_decay=0.0),
+                 lambda: jt.make_optimizer(params, [(".*", jt.settings())], layer_ids=ids, layer_decay=0.0)):
+        with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\], got 0\.0"):
+            call()
+    factors = jt.layer_factors(params, [(".*", jt.settings())], ids, layer_decay=None)
+    assert [float(f) for f in factors] == [1.0, 1.0]

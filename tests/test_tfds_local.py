@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -203,6 +204,42 @@ def test_tfds_by_name_absent_offline_is_a_clear_error(tmp_path):
         tfds_source("glue/sst2", "train", data_dir=tmp_path, download=False)
     with pytest.raises(FileNotFoundError, match="build it first"):
         load_dataset("nothing_here", tmp_path)
+
+
+@pytest.mark.parametrize("name, download, reason", [
+    ("made_up_data_set", True, r", and 'made_up_data_set' is not in the TFDS catalogue available here"),
+    ("mnist", False, r" and download=False"),              # a catalogue name: TFDS used to fail on file formats
+    ("mnist:3.0.1", True, r", and none of its download hosts \(\S+\) can be reached \(no network\?\)"),
+])
+def test_unprepared_tfds_name_fails_at_once_with_the_hint(tmp_path, monkeypatch, name, download, reason):
+    # Offline, TFDS would retry its downloads for minutes; the data_dir is checked before it is asked.
+    # The network probe is replaced so that the test never downloads, online or not.
+    import time
+
+    from jaxtune.data import tfds_offline
+
+    monkeypatch.setattr(tfds_offline, "reachable", lambda host: False)
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError) as error:
+        tfds_source(name, "train", data_dir=tmp_path, download=download)
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert re.search(re.escape(f"TFDS data set {name!r} (split 'train') is not prepared in {tmp_path}") + reason,
+                     message), message
+    assert f"Prepare it once where there is internet: `tfds build {name} --file_format=array_record`" in message
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_prepared_tfds_name_is_found_under_its_version(tmp_path):
+    from jaxtune.data.tfds_offline import prepared_in
+
+    build_dataset("toy", {"train": _examples(2)}, FEATURES, tmp_path)
+    assert prepared_in("toy", [str(tmp_path)]) and prepared_in("toy:1.0.0", [str(tmp_path)])
+    assert not prepared_in("toy:2.0.0", [str(tmp_path)]) and not prepared_in("other", [str(tmp_path)])
+    info = tmp_path / "ds" / "config" / "1.2.3"               # <dataset>/<config>/<version>
+    info.mkdir(parents=True)
+    (info / "dataset_info.json").write_text("{}")
+    assert prepared_in("ds/config", [str(tmp_path)]) and prepared_in("ds", [str(tmp_path)])
 
 
 def test_real_wnut_tweets_written_to_tfds(tmp_path):

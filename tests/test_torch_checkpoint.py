@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tarfile
+import tracemalloc
 import zipfile
 
 import ml_dtypes
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from _crafted_torch import FakeStorage, FakeTensor, crafted_zip
 
 from jaxtune.torch_checkpoint import (
     CheckpointFormatError,
@@ -195,8 +198,127 @@ def test_truncated_storage_is_reported(tmp_path):
         for name in src.namelist():
             data = src.read(name)
             dst.writestr(name, data[:5] if name.endswith("data/0") else data)
-    with pytest.raises(CheckpointFormatError, match="expected 32 bytes"):
+    with pytest.raises(CheckpointFormatError, match=r"'w/data/0' holds 5 bytes, .* = 32 bytes"):
         load_torch_state_dict(broken)
+
+
+def testcrafted_zip_with_a_legit_view_reads_like_torch(tmp_path):
+    storage = FakeStorage("0", 6)
+    path = crafted_zip(tmp_path / "ok.pth", {"w": FakeTensor(storage, (2, 2), (1, 3), offset=1)},
+                        {"0": np.arange(6, dtype=np.float32).tobytes()})
+    np.testing.assert_array_equal(load_torch_state_dict(path)["w"], [[1, 4], [2, 5]])   # exact, float32
+
+
+def test_stride_zero_expansion_is_refused_before_allocating(tmp_path):
+    # One float in the file, a (1000, 1000) tensor over it: a 4 MB array from 4 bytes (the same trick
+    # with (10**6, 10**6) asks for 4 TB).
+    storage = FakeStorage("0", 1)
+    path = crafted_zip(tmp_path / "expand.pth", {"w": FakeTensor(storage, (1000, 1000), (0, 0))},
+                        {"0": np.ones(1, np.float32).tobytes()})
+    with pytest.raises(CheckpointFormatError, match=r"tensor \['w'\] .* 1000000 elements, more than the 1 "
+                                                    r"its storage '0' holds; refused before allocating") as err:
+        load_torch_state_dict(path)
+    assert str(path) in str(err.value)
+
+
+def test_tensor_beyond_its_storage_is_refused(tmp_path):
+    storage = FakeStorage("0", 4)
+    path = crafted_zip(tmp_path / "beyond.pth", {"w": FakeTensor(storage, (3,), (2,))},
+                        {"0": np.ones(4, np.float32).tobytes()})
+    with pytest.raises(CheckpointFormatError, match=r"beyond.pth: tensor \['w'\] .* reaches element 4 of "
+                                                    r"storage '0', which declares only 4"):
+        load_torch_state_dict(path)
+
+
+def test_storage_entry_larger_than_declared_is_refused(tmp_path):
+    storage = FakeStorage("0", 4)
+    path = crafted_zip(tmp_path / "big_entry.pth", {"w": FakeTensor(storage, (4,), (1,))},
+                        {"0": bytes(1 << 20)})
+    with pytest.raises(CheckpointFormatError, match=r"big_entry.pth: storage entry 'archive/data/0' holds "
+                                                    r"1048576 bytes, but its storage declares 4 x float32 = 16"):
+        load_torch_state_dict(path)
+
+
+def test_declared_count_beyond_the_entry_is_refused_before_reading(tmp_path):
+    storage = FakeStorage("0", 10 ** 12)      # 4 TB declared, 16 bytes in the file
+    path = crafted_zip(tmp_path / "short_entry.pth", {"w": FakeTensor(storage, (10 ** 12,), (1,))},
+                        {"0": np.ones(4, np.float32).tobytes()})
+    with pytest.raises(CheckpointFormatError, match=r"'archive/data/0' holds 16 bytes, but its storage declares "
+                                                    r"1000000000000 x float32"):
+        load_torch_state_dict(path)
+
+
+def test_compressed_storage_entry_is_refused(tmp_path):
+    # Deflated zeros: 64 KB on disk could declare gigabytes; torch.save never compresses storages.
+    storage = FakeStorage("0", 1 << 20)
+    path = crafted_zip(tmp_path / "deflated.pth", {"w": FakeTensor(storage, (4,), (1,))},
+                        {"0": bytes(4 << 20)}, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointFormatError, match=r"deflated.pth: storage entry 'archive/data/0' is compressed"):
+        load_torch_state_dict(path)
+
+
+def test_many_views_of_one_storage_are_refused_before_allocating(tmp_path):
+    # One 1 MB storage, viewed whole 64 times through a memoised tensor: 64 MB of arrays from 1 MB.
+    storage = FakeStorage("0", 1 << 18)
+    whole = FakeTensor(storage, (1 << 18,), (1,))
+    path = crafted_zip(tmp_path / "views.pth", {"w": [whole] * 64}, {"0": bytes(1 << 20)})
+    with pytest.raises(CheckpointFormatError, match=r"views.pth: its tensors would take 67108864 bytes, more "
+                                                    r"than 16x the 1048576 bytes"):
+        read_torch_file(path)
+
+
+def test_self_containing_pickle_is_a_format_error(tmp_path):
+    loop = []
+    loop.append(loop)
+    path = crafted_zip(tmp_path / "loop.pth", {"w": loop}, {})
+    with pytest.raises(CheckpointFormatError, match=r"loop.pth: objects nested too deeply or containing themselves"):
+        read_torch_file(path)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_only_the_bytes_a_tensor_needs_are_read(tmp_path, zip_format):
+    # A 16 MB storage of which the file's only tensor is a 3-element slice (torch.save keeps the whole
+    # storage): loading must not hold the storage in memory.
+    big = torch.arange(1 << 22, dtype=torch.float32)
+    path = tmp_path / "slice.pt"
+    torch.save({"w": big[1000:1003]}, path, _use_new_zipfile_serialization=zip_format)
+    tracemalloc.start()
+    try:
+        state = load_torch_state_dict(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(state["w"], np.float32([1000, 1001, 1002]))
+    assert peak < 1 << 20, f"peak {peak} bytes while reading 12 bytes of a 16 MB storage"
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_tensor_alone_on_its_storage_is_read_without_a_second_copy(tmp_path, zip_format):
+    path = tmp_path / "whole.pt"
+    torch.save({"w": torch.arange(1 << 22, dtype=torch.float32).reshape(1024, 4096)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    tracemalloc.start()
+    try:
+        state = load_torch_state_dict(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert state["w"].flags["C_CONTIGUOUS"] and state["w"].flags["WRITEABLE"]
+    assert state["w"][1, 2] == 4098.0
+    assert peak < 1.25 * (16 << 20), f"peak {peak} bytes for a 16 MB tensor"
+
+
+def test_legacy_storage_whose_size_disagrees_with_the_pickle_is_refused(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(4)}, path, _use_new_zipfile_serialization=False)
+    raw = bytearray(path.read_bytes())
+    header = (4).to_bytes(8, "little") + np.ones(4, np.float32).tobytes()
+    at = raw.rindex(header)
+    raw[at:at + 8] = (10 ** 9).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointFormatError, match=r"legacy.pt: storage '.*' holds 1000000000 elements, but the "
+                                                    r"pickle declared 4"):
+        load_torch_state_dict(path)
 
 
 def test_shipped_torchvision_weights_match_torch_load():

@@ -43,6 +43,8 @@ from typing import Generic, Sequence, TypeVar
 
 import numpy as np
 
+from jaxtune.data.text_files import open_text
+
 __all__ = [
     "ImageClassificationSplit",
     "Splits",
@@ -326,14 +328,15 @@ def read_text_classification_csv(
 
     Raises:
       ValueError: empty file, missing column, empty text, label outside ``label_names``,
-        or a non-numeric confidence; the message names the file and line.
+        a non-numeric confidence, or bytes invalid in ``encoding``; the message names the file
+        and line.
 
     Example:
         >>> split = read_text_classification_csv(  # doctest: +SKIP
         ...     "reviews.csv", ["neg", "pos"], label_column="sentiment")
     """
     label_names = list(label_names)
-    with open(path, encoding=encoding, newline="") as handle:
+    with open_text(path, encoding, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames
         if not columns:
@@ -381,7 +384,8 @@ def read_token_tag_file(
 
     Raises:
       ValueError: a line without exactly one tab, an empty token, a tag outside
-        ``label_names`` or a file without sentences; the message names the file and line.
+        ``label_names``, bytes invalid in ``encoding`` or a file without sentences; the message
+        names the file and line.
 
     Example:
         >>> split = read_token_tag_file("ner.txt", WNUT16_LABELS)  # doctest: +SKIP
@@ -399,7 +403,7 @@ def read_token_tag_file(
             words.clear()
             ids.clear()
 
-    with open(path, encoding=encoding) as handle:
+    with open_text(path, encoding) as handle:
         for line_number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

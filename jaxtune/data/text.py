@@ -31,6 +31,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from jaxtune.errors import UserError
+
 __all__ = [
     "DEFAULT_PAD_VALUES",
     "IGNORE_INDEX",
@@ -115,15 +117,15 @@ def _max_length(tokenizer, max_length: int | None) -> int:
     model_max = int(getattr(tokenizer, "model_max_length", _UNBOUNDED_MODEL_LENGTH))
     if max_length is None:
         if model_max >= _UNBOUNDED_MODEL_LENGTH:
-            raise ValueError(
+            raise UserError(
                 f"{type(tokenizer).__name__} has no model_max_length; pass max_length= "
                 f"(e.g. 512 for T5)."
             )
         return model_max
     if max_length < 1:
-        raise ValueError(f"max_length must be positive, got {max_length}.")
+        raise UserError(f"max_length must be positive, got {max_length}.")
     if max_length > model_max:
-        raise ValueError(
+        raise UserError(
             f"max_length={max_length} exceeds the model maximum {model_max} "
             f"(tokenizer.model_max_length); longer inputs have no position embeddings."
         )

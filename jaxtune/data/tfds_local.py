@@ -56,6 +56,8 @@ from jaxtune.data.sources import (
     read_token_tag_file,
     split_indices,
 )
+from jaxtune.data.text_files import open_text
+from jaxtune.data.tfds_offline import check_obtainable, not_prepared_message
 
 __all__ = [
     "DecodedSource",
@@ -236,6 +238,10 @@ def tfds_source(
     back does not. Prepare once on a machine that has both (``tfds build glue/sst2
     --file_format=array_record``) and copy ``data_dir`` over if needed.
 
+    A data set not prepared in a local ``data_dir`` fails at once -- instead of after minutes of
+    download retries -- when ``download`` is off, when the name is not in the TFDS catalogue, or
+    when none of the hosts of its recorded download URLs can be reached within a few seconds.
+
     Raises:
       FileNotFoundError: the data set is not in ``data_dir`` and could not be prepared.
 
@@ -243,17 +249,12 @@ def tfds_source(
         >>> train = tfds_source("glue/sst2", "train")  # doctest: +SKIP
         >>> train[0]["sentence"]  # doctest: +SKIP
     """
+    check_obtainable(name, split, data_dir, download)
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     except tfds.core.registered.DatasetNotFoundError as error:
-        where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-        raise FileNotFoundError(
-            f"TFDS data set {name!r} (split {split!r}) is not prepared in {where}"
-            + ("" if download else " and download=False")
-            + f". Prepare it once where there is internet: `tfds build {name} "
-            f"--file_format=array_record` (or tfds_source(..., download=True)), then point "
-            f"data_dir at it. TFDS said: {str(error).splitlines()[0]}"
-        ) from None
+        raise FileNotFoundError(not_prepared_message(
+            name, split, data_dir, f"; TFDS said: {str(error).splitlines()[0]}")) from None
     return DecodedSource(source) if decode else source
 
 
@@ -512,7 +513,7 @@ def read_labelled_records(
 
     Raises:
       ValueError/KeyError: empty file, missing column/key, empty text, label outside
-        ``label_names``, malformed JSON -- naming the file and line.
+        ``label_names``, malformed JSON, bytes invalid in ``encoding`` -- naming the file and line.
 
     Example:
         >>> rows = read_labelled_records("pairs.jsonl", ["premise", "hypothesis"], "label",
@@ -550,7 +551,7 @@ def read_labelled_records(
 
 
 def _read_csv(path: str, encoding: str, delimiter: str) -> list[tuple[dict, str]]:
-    with open(path, encoding=encoding, newline="") as handle:
+    with open_text(path, encoding, newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         if not reader.fieldnames:
             raise ValueError(f"{path}: the file is empty (no header row).")
@@ -562,7 +563,7 @@ def _read_csv(path: str, encoding: str, delimiter: str) -> list[tuple[dict, str]
 
 def _read_jsonl(path: str, encoding: str) -> list[tuple[dict, str]]:
     rows = []
-    with open(path, encoding=encoding) as handle:
+    with open_text(path, encoding) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

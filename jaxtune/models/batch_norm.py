@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtune.errors import UserError
 from jaxtune.rules import leaf_paths
 
 
@@ -43,7 +44,7 @@ def is_frozen_bn(frozen_bn: FrozenBN, path: Sequence[str]) -> bool:
 
 def _check_frozen_bn_type(frozen_bn: Any) -> None:
     if isinstance(frozen_bn, str) or not isinstance(frozen_bn, Collection):
-        raise TypeError(f"frozen_bn={frozen_bn!r}: use True, False or a set of batch-norm module paths "
+        raise UserError(f"frozen_bn={frozen_bn!r}: use True, False or a set of batch-norm module paths "
                         "(jt.frozen_batch_norm(variables, rules))")
 
 
@@ -61,7 +62,7 @@ def check_frozen_bn(frozen_bn: FrozenBN, batch_stats: Any) -> None:
     layers = {p.rpartition("/")[0] for p in leaf_paths(batch_stats)}
     unknown = sorted(set(frozen_bn) - layers)
     if unknown:
-        raise ValueError(f"frozen_bn names {len(unknown)} module(s) that are not batch-norm layers of the variables, "
+        raise UserError(f"frozen_bn names {len(unknown)} module(s) that are not batch-norm layers of the variables, "
                          f"e.g. {unknown[:3]} (batch_stats layers: {sorted(layers)[:3]} ...); build the set with "
                          "jt.frozen_batch_norm(variables, rules) from this model's variables")
 

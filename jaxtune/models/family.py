@@ -121,6 +121,39 @@ def flatten_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_NUMBERED = re.compile(r"(?:^|_)\d+$")
+
+
+def _numbered_prefixes(path: str) -> list[str]:
+    """'a/layer_3/b/sub_0/w' -> ['a/layer_3', 'a/layer_3/b/sub_0']: the prefixes ending in a numbered part."""
+    parts = path.split("/")
+    return ["/".join(parts[:i + 1]) for i, part in enumerate(parts[:-1]) if _NUMBERED.search(part)]
+
+
+def _absent_layers(paths: Any, present: Any) -> list[str]:
+    """The outermost numbered prefixes of ``paths`` with none of ``present`` under them."""
+    covered = {prefix for path in present for prefix in _numbered_prefixes(path)}
+    absent = set()
+    for path in paths:
+        prefix = next((q for q in _numbered_prefixes(path) if q not in covered), None)
+        if prefix is not None:
+            absent.add(prefix)
+    return sorted(absent, key=lambda q: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", q)])
+
+
+def layer_mismatch(model_paths: Any, checkpoint_paths: Any) -> tuple[list[str], list[str]]:
+    """Numbered layers (``.../layer_7``, ``.../block_3``) that only one side has: whole layers the
+    checkpoint lacks, and whole layers the model lacks (a layer count that differs).
+
+    Example::
+
+        >>> layer_mismatch(["enc/layer_0/w", "enc/layer_1/w"], ["enc/layer_0/w", "enc/layer_2/w"])
+        (['enc/layer_1'], ['enc/layer_2'])
+    """
+    model_paths, checkpoint_paths = list(model_paths), list(checkpoint_paths)
+    return _absent_layers(model_paths, checkpoint_paths), _absent_layers(checkpoint_paths, model_paths)
+
+
 def unflatten_paths(flat: Mapping[str, Any]) -> dict:
     """{'a/b': x} -> {'a': {'b': x}} (inverse of :func:`flatten_paths`)."""
     tree: dict = {}
