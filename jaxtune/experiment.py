@@ -197,8 +197,8 @@ def with_frozen_bn(model, frozen: frozenset[str]):
         return model
     if not hasattr(model, "frozen_bn"):
         raise UserError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
-                         f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
-                         "statistics; give those rules batch_stats: train to train them as before")
+                        f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
+                        "statistics; give those rules batch_stats: train to train them as before")
     return model.clone(frozen_bn=frozen)
 
 

@@ -63,8 +63,8 @@ def check_frozen_bn(frozen_bn: FrozenBN, batch_stats: Any) -> None:
     unknown = sorted(set(frozen_bn) - layers)
     if unknown:
         raise UserError(f"frozen_bn names {len(unknown)} module(s) that are not batch-norm layers of the variables, "
-                         f"e.g. {unknown[:3]} (batch_stats layers: {sorted(layers)[:3]} ...); build the set with "
-                         "jt.frozen_batch_norm(variables, rules) from this model's variables")
+                        f"e.g. {unknown[:3]} (batch_stats layers: {sorted(layers)[:3]} ...); build the set with "
+                        "jt.frozen_batch_norm(variables, rules) from this model's variables")
 
 
 class BatchNorm(nn.Module):
