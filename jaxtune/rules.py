@@ -362,10 +362,13 @@ def _batch_norm_modes(variables: Any, rules: Sequence[Rule], trainable: Any = No
         raise RuleError(f"no batch-norm layer of batch_stats (e.g. {layers[0]!r}) has parameters at the same path in "
                         f"params (e.g. {paths[:2]}); pass the whole variables dict of one model "
                         "({'params': ..., 'batch_stats': ...})")
-    return {layer: (bool(votes.get(layer)) and all(_leaf_freezes_stats(None if i is None else rules[i][1], t)
-                                                   for i, t in votes[layer]),
-                    {i for i, _ in votes.get(layer, ()) if i is not None})
-            for layer in layers}
+    modes = {}
+    for layer in layers:
+        layer_votes = votes.get(layer, [])
+        frozen = bool(layer_votes) and all(_leaf_freezes_stats(None if i is None else rules[i][1], t)
+                                           for i, t in layer_votes)
+        modes[layer] = (frozen, {i for i, _ in layer_votes if i is not None})
+    return modes
 
 
 def frozen_batch_norm(variables: Any, rules: Sequence[Rule], *, trainable: Any = None,
