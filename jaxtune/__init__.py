@@ -72,6 +72,7 @@ from jaxtune.sharding import (
     shard_train_state,
     tree_shardings,
 )
+from jaxtune.stage_fresh import RuleOptimizerState, StageFreshState
 from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,
@@ -81,6 +82,7 @@ from jaxtune.train import (
     make_eval_step,
     make_train_step,
     mask_key,
+    train_step_fn,
 )
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss

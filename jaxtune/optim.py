@@ -1,16 +1,23 @@
 """Rule table -> one optax optimizer: frozen groups without state, per-group weight decay, LLRD.
 
-The optimizer is ``chain(partition(...), multipliers)``:
+The optimizer is ``optax.partition(...)`` followed by the learning rate and the multipliers:
 
 * ``optax.partition`` gives every frozen leaf ``optax.set_to_zero()`` (no state at all) and every
-  trainable leaf the user's optimizer, one instance per distinct weight-decay value;
-* a multiplier transform then scales each leaf's update by its learning-rate multiplier
-  (``lr_mult * layer_decay ** (top - layer_id)``). Scaling an Adam(W) update equals scaling its
-  learning rate, decoupled weight decay included, so one optimizer instance serves every layer.
+  trainable leaf the user's optimizer at learning rate 1, one group per distinct weight-decay
+  value; inside a group every leaf has its own optimizer state and step count, which stand still
+  while the leaf is frozen (:mod:`jaxtune.stage_fresh`), so a group unfrozen at step k moves as a
+  fresh optimizer started at k would;
+* then each leaf's update is scaled by the learning rate of the global step and by its multiplier
+  (``lr_mult * layer_decay ** (top - layer_id)``), and zeroed where the leaf is frozen now. Scaling
+  an Adam(W) update equals scaling its learning rate, decoupled weight decay included, so one
+  optimizer per group serves every layer. (The optimizer's learning rate must be a final scale of
+  its update, as in optax's adam(w), sgd, lamb, lion, ...)
 
-In *runtime* mode the multipliers (and a 0/1 "trainable" factor per leaf) are arrays in the
+In *runtime* mode the multipliers (and a 0/1 "trainable" flag per leaf) are arrays in the
 optimizer state, frozen leaves keep state too, and :func:`set_trainable` / :func:`set_lr_multipliers`
-change the strategy between steps without recompiling the jitted step.
+change the strategy between steps without recompiling the jitted step. In both modes
+``tx.update(grads, state, params, trainable=mask)`` (what a structural step passes) trains only
+the leaves of ``mask``.
 
 Example::
 
@@ -21,7 +28,7 @@ Example::
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +38,7 @@ import optax
 from jaxtune import forgetting
 from jaxtune.errors import UserError, check_number
 from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
+from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
 
 _FROZEN = "frozen"
 
@@ -97,39 +105,6 @@ def lr_multipliers(params: Any, rules: Sequence[Rule], layer_ids: Callable[[str]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), factors)
 
 
-def _scale_by_constants(factors: Any) -> optax.GradientTransformation:
-    """Multiplies each update by a compile-time constant (no state); factors of 1 cost nothing."""
-
-    def update(updates, state, params=None):
-        del params
-        scaled = jax.tree_util.tree_map(
-            lambda u, f: u if np.all(f == 1.0) else u * jnp.asarray(f, u.dtype), updates, factors)
-        return scaled, state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-class MultiplierState(NamedTuple):
-    """Runtime-mode strategy in the optimizer state: update = update * lr_mult * trainable."""
-
-    lr_mult: Any
-    trainable: Any
-
-
-def _scale_by_state(lr_mult: Any, trainable: Any) -> optax.GradientTransformation:
-    def init(params):
-        del params
-        as_array = lambda x: jnp.asarray(x, jnp.float32)
-        return MultiplierState(jax.tree_util.tree_map(as_array, lr_mult), jax.tree_util.tree_map(as_array, trainable))
-
-    def update(updates, state, params=None):
-        del params
-        scaled = jax.tree_util.tree_map(lambda u, m, t: u * (m * t).astype(u.dtype), updates, state.lr_mult, state.trainable)
-        return scaled, state
-
-    return optax.GradientTransformation(init, update)
-
-
 def _default_weight_decay(optimizer: Callable, kwargs: dict) -> tuple[bool, float]:
     try:
         params = inspect.signature(optimizer).parameters
@@ -150,18 +125,21 @@ def _weight_decay_of(s: Settings, default: float) -> float:
     return float(s.weight_decay)
 
 
-def _build(optimizer: Callable, learning_rate: Any, wd: float, accepts_wd: bool, kwargs: dict,
-           anchor_strength: float, decoupled: bool) -> optax.GradientTransformation:
+def _build(optimizer: Callable, wd: float, accepts_wd: bool, kwargs: dict, anchor_strength: float, decoupled: bool,
+           stacked: Any) -> optax.GradientTransformation:
+    """One group's optimizer at learning rate 1 (the rate is applied after it, from the global step),
+    with per-leaf, stage-fresh statistics (:func:`jaxtune.stage_fresh.per_leaf`)."""
     if accepts_wd:
-        tx = optimizer(learning_rate=learning_rate, weight_decay=wd, **kwargs)
+        tx = optimizer(learning_rate=1.0, weight_decay=wd, **kwargs)
     else:
-        tx = optimizer(learning_rate=learning_rate, **kwargs)
+        tx = optimizer(learning_rate=1.0, **kwargs)
         # Coupled (L2) decay for optimizers without their own: equal to decoupled decay for SGD.
         tx = optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+    tx = per_leaf(tx, stacked)
     if not anchor_strength:
         return tx
     if decoupled:  # pulled towards the anchor after the optimizer, as AdamW decays weights
-        return optax.chain(tx, forgetting.anchor_decay(anchor_strength, learning_rate))
+        return optax.chain(tx, forgetting.anchor_decay(anchor_strength, 1.0))
     # L2-SP as a loss term: its gradient goes in before the optimizer, like the data gradient.
     return optax.chain(forgetting.l2_sp(anchor_strength), tx)
 
@@ -184,8 +162,9 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         indices for a stacked leaf. Needed for ``layer_decay``.
       layer_decay: LLRD factor: a leaf of layer ``l`` gets ``lr * layer_decay ** (L + 1 - l)``.
       runtime: keep multipliers and trainable flags as arrays in the state (frozen leaves keep
-        optimizer state), so :func:`set_trainable` / :func:`set_lr_multipliers` change the strategy
-        without recompiling. Default (static): frozen leaves carry no state.
+        optimizer state, which stays as it is while they are frozen), so :func:`set_trainable` /
+        :func:`set_lr_multipliers` change the strategy without recompiling. Default (static):
+        frozen leaves carry no state.
       allow_unused: do not raise for rules that match no parameter.
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
@@ -217,18 +196,20 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
         groups[label] = (wd, strength)
         labels.append(label)
-    transforms = {label: _build(optimizer, learning_rate, wd, accepts_wd, optimizer_kwargs, strength, l2_sp_decoupled)
+    stacked = [np.ndim(f) > 0 for f in factors]
+    stacked_tree = jax.tree_util.tree_unflatten(treedef, stacked)
+    transforms = {label: _build(optimizer, wd, accepts_wd, optimizer_kwargs, strength, l2_sp_decoupled, stacked_tree)
                   for label, (wd, strength) in sorted(groups.items())}
     if _FROZEN in labels:
         transforms[_FROZEN] = optax.set_to_zero()
-    label_tree = jax.tree_util.tree_unflatten(treedef, labels)
+    partitioned = optax.partition(transforms, jax.tree_util.tree_unflatten(treedef, labels),
+                                  mask_compatible_extra_args=True)
+    runtime_trainable = None
     if runtime:
-        trainable = [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)]
-        scale = _scale_by_state(jax.tree_util.tree_unflatten(treedef, factors),
-                                jax.tree_util.tree_unflatten(treedef, trainable))
-    else:
-        scale = _scale_by_constants(jax.tree_util.tree_unflatten(treedef, factors))
-    return optax.chain(optax.partition(transforms, label_tree), scale)
+        runtime_trainable = jax.tree_util.tree_unflatten(
+            treedef, [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)])
+    factor_tree = jax.tree_util.tree_unflatten(treedef, factors)
+    return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable)
 
 
 def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:

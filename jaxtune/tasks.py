@@ -77,7 +77,10 @@ class Task:
             raise KeyError(f"task {self.name!r} needs batch field(s) {required}; the batch has {sorted(batch)}")
 
     def loss_fn(self, model) -> Callable:
-        """``loss_fn(params, batch, *, rng, model_state)`` for :func:`jaxtune.make_train_step`."""
+        """``loss_fn(params, batch, *, rng, model_state)`` for :func:`jaxtune.make_train_step`: the mean
+        loss over the rows that count (not padding, with a label), its weight (the sum of the
+        example weights) reported as ``metrics["weight"]`` so that gradient accumulation weighs
+        micro-batches by it."""
 
         def loss_fn(params, batch, *, rng, model_state):
             self.check_batch(batch)
@@ -85,7 +88,7 @@ class Task:
                                            list(model_state))
             per_example, weights = self.example_loss(outputs, batch)
             loss = _weighted_mean(per_example, weights)
-            return loss, ({}, {**model_state, **new_state})
+            return loss, ({"weight": jnp.sum(weights)}, {**model_state, **new_state})
 
         return loss_fn
 

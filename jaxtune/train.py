@@ -14,6 +14,8 @@ A loss function has this signature::
         return loss, ({"accuracy": (logits.argmax(-1) == batch["y"]).mean()}, updates)
 
 (``model_state`` holds non-trained collections such as ``batch_stats``; ``{}`` when there are none.)
+A loss that is a weighted mean (padding rows weigh 0, as in :mod:`jaxtune.tasks`) reports its total
+weight as the scalar ``metrics["weight"]``; gradient accumulation then weighs micro-batches by it.
 
 Example::
 
@@ -30,13 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.forgetting import averaged_leaves
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
+WEIGHT_KEY = "weight"  # metrics[WEIGHT_KEY]: the total weight of a weighted-mean loss
 
 
 @flax.struct.dataclass
@@ -109,45 +112,47 @@ def _check_average_covers_only_trained(opt_state: Any, flags: list[Any], params:
 
 
 def _split_micro_batches(batch: Any, k: int) -> Any:
+    """``(k, n/k, ...)`` micro-batches taken by stride: micro-batch j holds rows j, j+k, j+2k, ... so
+    that, with the batch split over devices in contiguous blocks, every micro-batch is spread over
+    all of them."""
     def split(path, x):
         if np.shape(x)[0] % k:
             raise ValueError(f"batch field {jax.tree_util.keystr(path)} has leading size {np.shape(x)[0]}, "
                              f"not divisible by accumulate={k}")
-        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
     return jax.tree_util.tree_map_with_path(split, batch)
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
-                    accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
-                    fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
-                    donate: bool = True) -> Callable:
-    """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
+def _pop_weight(metrics: dict) -> tuple[jax.Array, dict]:
+    """The loss weight a loss_fn reports as ``metrics["weight"]`` (1 when it reports none)."""
+    metrics = dict(metrics)
+    weight = metrics.pop(WEIGHT_KEY, 1.0)
+    if jnp.ndim(weight):
+        raise ValueError(f"loss_fn reported metrics[{WEIGHT_KEY!r}] of shape {jnp.shape(weight)}; it must be a "
+                         "scalar: the sum of the example weights of the loss (a weighted mean)")
+    return jax.lax.stop_gradient(jnp.asarray(weight, jnp.float32)), metrics
 
-    Args:
-      loss_fn: ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))``.
-      optimizer: e.g. from :func:`jaxtune.make_optimizer`.
-      trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
-        are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
-        only they are updated. A stacked leaf may take a per-layer bool array.
-      accumulate: gradient accumulation over this many micro-batches of the batch (a ``lax.scan``);
-        the result equals one step on the whole batch for a mean loss.
-      compute_dtype: dtype the parameters are cast to for the forward/backward pass (default
-        :func:`default_compute_dtype`); master parameters and optimizer state stay as they are.
-      mesh: a ``jax.sharding.Mesh``: the batch is split along ``axis_name``; parameters and
-        optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of at least
-        ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
-      donate: donate the state's buffers to the step (update in place).
 
-    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays.
+def _static_trainable(flags: list[Any], treedef: Any) -> Any:
+    """The structural mask as the ``trainable`` argument of ``tx.update`` (bool arrays per leaf)."""
+    return jax.tree_util.tree_unflatten(treedef, [np.asarray(f, bool) for f in flags])
+
+
+def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
+                  accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
+                  fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS) -> Callable:
+    """The pure, unjitted ``step(state, batch) -> (state, metrics)`` of :func:`make_train_step` (same
+    arguments, without ``donate``), to be transformed further (``jax.vmap``, ``jax.jit``).
 
     Example::
 
-        step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
-        state, metrics = step(state, batch)
+        step = jax.jit(jax.vmap(jt.train_step_fn(loss_fn, tx), in_axes=(0, None)))   # a stack of members
     """
     dtype = jnp.dtype(compute_dtype) if compute_dtype is not None else default_compute_dtype()
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+    with_trainable = optax.with_extra_args_support(optimizer)
+
     def step(state: TrainState, batch: Any):
         if mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
@@ -163,32 +168,46 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                 full[i] = x
             params = cast_floating(jax.tree_util.tree_unflatten(treedef, full), dtype)
             loss, (metrics, new_model_state) = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
-            return loss.astype(jnp.float32), (metrics, new_model_state)
+            weight, metrics = _pop_weight(metrics)
+            return loss.astype(jnp.float32), (weight, metrics, new_model_state)
 
         grad_fn = jax.value_and_grad(loss_of, has_aux=True)
         rng, step_rng = jax.random.split(state.rng)
         train_leaves = [leaves[i] for i in train_idx]
         if accumulate == 1:
-            (loss, (metrics, model_state)), grads = grad_fn(train_leaves, batch, step_rng, state.model_state)
+            (loss, (_, metrics, model_state)), grads = grad_fn(train_leaves, batch, step_rng, state.model_state)
         else:
+            # Weighted means over micro-batches: sum(w_i * x_i) / sum(w_i), x = loss, gradients, metrics.
             def micro(carry, xs):
-                grad_sum, model_state = carry
+                sums, model_state = carry
                 micro_batch, micro_rng = xs
-                (loss, (metrics, model_state)), grads = grad_fn(train_leaves, micro_batch, micro_rng, model_state)
-                return (jax.tree_util.tree_map(jnp.add, grad_sum, grads), model_state), (loss, metrics)
+                (loss, (weight, metrics, model_state)), grads = grad_fn(train_leaves, micro_batch, micro_rng,
+                                                                        model_state)
+                weighted = jax.tree_util.tree_map(lambda x: weight * x.astype(jnp.float32), (loss, grads, metrics))
+                return (jax.tree_util.tree_map(jnp.add, sums, (weight, weighted)), model_state), None
 
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, train_leaves)
-            xs = (_split_micro_batches(batch, accumulate), jax.random.split(step_rng, accumulate))
-            (grad_sum, model_state), (losses, metrics) = jax.lax.scan(micro, (zeros, state.model_state), xs)
-            grads = jax.tree_util.tree_map(lambda g: g / accumulate, grad_sum)
-            loss = losses.mean()
-            metrics = jax.tree_util.tree_map(lambda m: m.mean(0), metrics)
+            micro_batches = _split_micro_batches(batch, accumulate)
+            if mesh is not None:
+                micro_batches = jax.lax.with_sharding_constraint(
+                    micro_batches, NamedSharding(mesh, PartitionSpec(None, axis_name)))
+            xs = (micro_batches, jax.random.split(step_rng, accumulate))
+            first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+            (_, (_, metric_shapes, _)), _ = jax.eval_shape(grad_fn, train_leaves, first, step_rng, state.model_state)
+            zeros_like = lambda x: jnp.zeros(jnp.shape(x), jnp.float32)
+            zeros = (zeros_like(0.0), jax.tree_util.tree_map(zeros_like, (0.0, train_leaves, metric_shapes)))
+            ((total, (loss, grads, metrics)), model_state), _ = jax.lax.scan(micro, (zeros, state.model_state), xs)
+            mean = lambda x: jnp.where(total > 0, x / jnp.where(total > 0, total, 1.0), jnp.zeros_like(x))
+            loss, grads, metrics = jax.tree_util.tree_map(mean, (loss, grads, metrics))
 
         full_grads = [jnp.zeros_like(x) for x in leaves]
         for i, g in zip(train_idx, grads):
             full_grads[i] = g.astype(leaves[i].dtype)
-        updates, opt_state = optimizer.update(jax.tree_util.tree_unflatten(treedef, full_grads), state.opt_state,
-                                              state.params)
+        grad_tree = jax.tree_util.tree_unflatten(treedef, full_grads)
+        if trainable is None:
+            updates, opt_state = optimizer.update(grad_tree, state.opt_state, state.params)
+        else:  # optimizers from jt.make_optimizer keep the statistics of the leaves it does not train
+            updates, opt_state = with_trainable.update(grad_tree, state.opt_state, state.params,
+                                                       trainable=_static_trainable(flags, treedef))
         update_leaves = jax.tree_util.tree_leaves(updates)
         new_leaves = list(leaves)
         for i in train_idx:
@@ -202,6 +221,46 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
             new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
         return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
+    return step
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
+                    accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
+                    fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
+                    donate: bool = True) -> Callable:
+    """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))``.
+        ``loss`` is a mean; a weighted mean (e.g. over real rows, padding rows weighing 0) reports its
+        total weight as the scalar ``metrics["weight"]`` (not returned among the step's metrics).
+      optimizer: e.g. from :func:`jaxtune.make_optimizer`.
+      trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
+        are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
+        only they are updated. A stacked leaf may take a per-layer bool array. The mask is passed
+        to the optimizer as ``tx.update(..., trainable=mask)``: one from :func:`jaxtune.make_optimizer`
+        keeps the other leaves' statistics (moments, step counts) as they are.
+      accumulate: gradient accumulation over this many micro-batches of the batch (a ``lax.scan``;
+        micro-batch j holds rows j, j+k, ...). Losses, gradients and metrics are averaged with the
+        micro-batches' weights (``metrics["weight"]``, else 1 each), so the result equals one step
+        on the whole batch for a weighted-mean loss, whatever rows are padding.
+      compute_dtype: dtype the parameters are cast to for the forward/backward pass (default
+        :func:`default_compute_dtype`); master parameters and optimizer state stay as they are.
+      mesh: a ``jax.sharding.Mesh``: the batch (and every micro-batch) is split along ``axis_name``;
+        parameters and optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of
+        at least ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
+      donate: donate the state's buffers to the step (update in place).
+
+    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays. The unjitted step is
+    :func:`train_step_fn`.
+
+    Example::
+
+        step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
+        state, metrics = step(state, batch)
+    """
+    step = train_step_fn(loss_fn, optimizer, trainable=trainable, accumulate=accumulate, compute_dtype=compute_dtype,
+                         mesh=mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size, axis_name=axis_name)
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 

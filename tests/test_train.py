@@ -131,6 +131,22 @@ def test_gradient_accumulation_equals_big_batch():
         four(state, make_batch(6))
 
 
+def test_train_step_fn_is_the_pure_step_and_vmaps_over_members():
+    tx = jt.make_optimizer(init_params(), [(r".*", jt.settings())], optax.adamw, 1e-2, weight_decay=0.1, runtime=True)
+    members = [jt.TrainState.create(init_params(seed), tx, rng=seed) for seed in (0, 1)]
+    pure = jt.train_step_fn(loss_fn, tx, compute_dtype=F32)
+    assert not hasattr(pure, "lower")  # not jitted: the caller transforms it
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+    batch = make_batch()
+    vmapped, metrics = jax.jit(jax.vmap(pure, in_axes=(0, None)))(stacked, batch)
+    single = jt.make_train_step(loss_fn, tx, compute_dtype=F32, donate=False)
+    for i, member in enumerate(members):
+        expected, expected_metrics = single(member, batch)
+        for a, b in zip(jax.tree.leaves(vmapped.params), jax.tree.leaves(expected.params)):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-6, atol=1e-7)  # fp32
+        np.testing.assert_allclose(float(metrics["loss"][i]), float(expected_metrics["loss"]), rtol=1e-6)
+
+
 class BNNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
@@ -210,10 +226,54 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_data_parallel_and_fsdp_on_8_cpu_devices_equal_single_device():
+    out = _run_on_8_cpu_devices(MESH_SCRIPT)
+    assert out.returncode == 0 and "MESH-OK" in out.stdout, out.stderr[-4000:]
+
+
+ACCUMULATE_MESH_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    import jaxtune as jt
+    from tests._tiny import TinyNet, init_params, make_batch
+    assert len(jax.devices()) == 8, jax.devices()
+    seen = []
+
+    def masked_loss(params, batch, *, rng, model_state):
+        jax.debug.inspect_array_sharding(batch["ids"], callback=seen.append)
+        logits = TinyNet().apply({"params": params}, batch["ids"])
+        w = batch["example_mask"].astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), ({"weight": jnp.sum(w)}, model_state)
+
+    params = init_params()
+    fresh = lambda: jax.tree.map(jnp.array, params)
+    tx = optax.sgd(1.0)
+    padding = [1, 5, 9, 13, 17, 21, 25, 26, 27, 28, 29, 30, 31]  # micro-batch 1 (rows 1, 5, ..., 29) and the tail
+    batch = dict(make_batch(32), example_mask=~np.isin(np.arange(32), padding))
+    single = jt.make_train_step(masked_loss, tx, compute_dtype=jnp.float32)
+    ref, ref_metrics = single(jt.TrainState.create(fresh(), tx), batch)
+    mesh = jt.make_mesh()
+    seen.clear()
+    step = jt.make_train_step(masked_loss, tx, compute_dtype=jnp.float32, mesh=mesh, accumulate=4)
+    state, metrics = step(jt.shard_train_state(jt.TrainState.create(fresh(), tx), mesh), jt.shard_batch(batch, mesh))
+    # Every micro-batch (8 rows, micro-batch 1 all padding) is split over all 8 devices, one row each.
+    assert seen and all(len(s.device_set) == 8 and s.spec == jax.sharding.PartitionSpec("data") for s in seen), seen
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-6)
+    print("ACCUMULATE-MESH-OK")
+""")
+
+
+def _run_on_8_cpu_devices(script: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "MESH-OK" in out.stdout, out.stderr[-4000:]
+    return subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_accumulation_on_8_cpu_devices_splits_every_micro_batch_over_all_devices():
+    out = _run_on_8_cpu_devices(ACCUMULATE_MESH_SCRIPT)
+    assert out.returncode == 0 and "ACCUMULATE-MESH-OK" in out.stdout, out.stderr[-4000:]
 
 
 def test_fsdp_spec_and_batch_errors():
