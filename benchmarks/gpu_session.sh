@@ -13,6 +13,12 @@
 #
 # BENCH_TIME_BUDGET_S (default 480) bounds the cases started; it leaves the call's remaining ~80 s for
 # start-up, the final outputs and an estimate that falls short.
+#
+# The suite ends with the members cases (8 variants in one vmapped step against 8 sequential runs,
+# MiniLM and BERT-base, bs 32, seq 128); the budget usually skips them after the five others. A
+# session for them alone (use its own --name so the main section is not overwritten):
+#
+#   bash benchmarks/gpu_session.sh --cases minilm-l6-s128-bs32-n8,bert-base-s128-bs32-n8 --name gpu-members
 set -uo pipefail
 : "${OUT:?OUT must name the folder whose files the device call returns}"
 budget=${BENCH_TIME_BUDGET_S:-480}

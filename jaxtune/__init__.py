@@ -8,6 +8,7 @@ The public API is flat, like optax::
 """
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config, validate_config
+from jaxtune.data.checks import DataError
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.embeddings import (
     CoverageReport,
@@ -24,6 +25,8 @@ from jaxtune.errors import UserError
 from jaxtune.forgetting import (
     AnchorDecayState,
     L2SPState,
+    RuntimeAnchorDecayState,
+    RuntimeL2SPState,
     anchor_decay,
     WeightAverageState,
     average_weights,
@@ -35,13 +38,18 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
+from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
     MultiplierState,
+    WeightDecayState,
     lr_multipliers,
     make_optimizer,
+    set_l2_sp,
     set_lr_multipliers,
     set_trainable,
+    set_weight_decay,
     unfreezing_stages,
     warmup_cosine,
     warmup_linear,

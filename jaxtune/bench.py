@@ -70,6 +70,9 @@ from jaxtune.tasks import get_task
 from jaxtune.train import default_compute_dtype
 
 MODES = ("full", "frozen_backbone", "llrd_masks", "runtime_unfreeze")
+# N members in one vmapped step against N sequential runs (jaxtune.bench_members); cases with members=N.
+MEMBER_MODES = ("members", "sequential")
+ALL_MODES = MODES + MEMBER_MODES
 SUITES = ("gpu", "cpu", "smoke")
 LEARNING_RATE = 2e-5
 WEIGHT_DECAY = 0.01
@@ -118,7 +121,8 @@ class Case:
       num_labels: classifier size (BERT/ResNet).
       pretrained: checkpoint directory to load instead of random weights.
       peers: PyTorch variants to run beside it (``"eager"``, ``"compile"``).
-      modes: the jaxtune modes to run (a subset of :data:`MODES`).
+      modes: the jaxtune modes to run (a subset of :data:`ALL_MODES`).
+      members: N of the member modes (:data:`MEMBER_MODES`; 0 for a case without them).
       est_compile_s: conservative seconds of one jaxtune compilation on the suite's device (the unit
         of :func:`estimate_case_s`).
       est_step_s: conservative seconds of one step of the case's slowest contestant.
@@ -135,6 +139,7 @@ class Case:
     modes: tuple[str, ...] = MODES
     est_compile_s: float = 5.0
     est_step_s: float = 0.05
+    members: int = 0
 
     @property
     def shape_str(self) -> str:
@@ -145,6 +150,12 @@ def _bert_config(**overrides):
     return BertConfig(**overrides)
 
 
+def _minilm_config(**overrides):
+    """all-MiniLM-L6-v2's shapes: 6 layers, hidden 384, 12 heads, intermediate 1536."""
+    return BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                      **overrides)
+
+
 def _t5_config(**overrides):
     return T5Config(**overrides)
 
@@ -153,7 +164,7 @@ def _resnet_config(depth: int | None = None, **fields):
     return resnet_config(depth, num_labels=1000) if depth else ResNetConfig(**fields)
 
 
-# The smoke suite runs every mode on BERT only: it checks the harness, in well under a minute.
+# The smoke suite runs every mode (members: 2) on BERT only: it checks the harness, in about a minute.
 SMOKE_MODES = ("full", "frozen_backbone")
 
 
@@ -185,10 +196,15 @@ def suite_cases(suite: str) -> list[Case]:
                  est_compile_s=30, est_step_s=0.05),
             Case("bert-base-s512-bs32", "bert", bert_base, 32, {"seq": 512}, 2, peers=bert_peers,
                  est_compile_s=30, est_step_s=0.15),
+            # Members: 8 variants in one vmapped step against 8 sequential runs (random weights).
+            Case("minilm-l6-s128-bs32-n8", "bert", _minilm_config(attention_probs_dropout_prob=0.0), 32,
+                 {"seq": 128}, 2, peers=(), modes=MEMBER_MODES, members=8, est_compile_s=15, est_step_s=0.15),
+            Case("bert-base-s128-bs32-n8", "bert", bert_base, 32, {"seq": 128}, 2, peers=(), modes=MEMBER_MODES,
+                 members=8, est_compile_s=40, est_step_s=0.4),
         ]
     if suite == "cpu":
         return [Case("minilm-l6-s64-bs16", "bert", None, 16, {"seq": 64}, 2, pretrained=str(minilm_path()),
-                     est_compile_s=20, est_step_s=0.5)]
+                     modes=ALL_MODES, members=4, est_compile_s=20, est_step_s=2.0)]
     if suite == "smoke":
         tiny_bert = _bert_config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=37, max_position_embeddings=64)
@@ -196,7 +212,7 @@ def suite_cases(suite: str) -> list[Case]:
                              num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16)
         tiny_resnet = _resnet_config(embedding_size=8, hidden_sizes=(16, 32), depths=(1, 1), num_labels=10)
         return [
-            Case("bert-tiny-s16-bs4", "bert", tiny_bert, 4, {"seq": 16}, 2),
+            Case("bert-tiny-s16-bs4", "bert", tiny_bert, 4, {"seq": 16}, 2, modes=ALL_MODES, members=2),
             Case("t5-tiny-s16-t8-bs4", "t5", tiny_t5, 4, {"src": 16, "tgt": 8}, peers=(), modes=SMOKE_MODES),
             Case("resnet-tiny-i32-bs4", "resnet", tiny_resnet, 4, {"image": 32}, 10, peers=(), modes=SMOKE_MODES),
         ]
@@ -716,6 +732,15 @@ def _profile_full_mode(contestants: Sequence[JaxContestant], steps: int, log: Ca
     return table
 
 
+def jax_contestant(case: Case, model: Model, mode: str, batch: dict, compute_dtype: Any):
+    """The jaxtune contestant of a mode: :class:`JaxContestant`, or for :data:`MEMBER_MODES`
+    :class:`jaxtune.bench_members.MemberContestant`."""
+    if mode in MEMBER_MODES:
+        from jaxtune.bench_members import MemberContestant  # it builds on this module
+        return MemberContestant(case, model, mode, batch, compute_dtype)
+    return JaxContestant(case, model, mode, batch, compute_dtype)
+
+
 def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: Any = None,
              peer_device: str | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Builds every contestant of ``case``, times them in interleaved rounds, returns one record each.
@@ -729,7 +754,7 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
     vocab = getattr(model.config, "vocab_size", 0)
     batch = make_batch(case, vocab)
     modes = [m for m in options.modes if m in case.modes]
-    jax_contestants = [JaxContestant(case, model, mode, batch, compute_dtype) for mode in modes]
+    jax_contestants = [jax_contestant(case, model, mode, batch, compute_dtype) for mode in modes]
     peers = []
     if peers_module is not None and peer_device is not None:
         peers = [peers_module.TorchPeer(case, model.config, batch, variant, peer_device) for variant in case.peers]
@@ -762,7 +787,7 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
             "kind": "case", "case": case.name, "family": case.family, "framework": c.framework,
             "mode": c.mode, "variant": c.variant, "batch_size": case.batch_size, "shape": case.shape_str,
             "compute_dtype": jnp.dtype(compute_dtype).name if jaxtune else c.dtype_name,
-            "examples_per_s": case.batch_size / step_s, "step_time_s": step_s,
+            "examples_per_s": getattr(c, "examples_per_step", case.batch_size) / step_s, "step_time_s": step_s,
             "step_time_min_s": min(t) / options.steps_per_round,
             "tflops_per_s": flops / step_s / 1e12 if flops else None,
             "mfu": flops / step_s / peak_flops if flops else None,
@@ -862,6 +887,7 @@ def check_targets(records: Sequence[dict], suite: str) -> list[dict]:
         for t in check_targets(records, "cpu"):
             print(t["target"], t["value"], "ok" if t["ok"] else "MISSED")
     """
+    from jaxtune.bench_members import member_targets  # it builds on this module
     out = []
 
     def add(target, case, value, threshold, higher_is_better=True):
@@ -893,6 +919,7 @@ def check_targets(records: Sequence[dict], suite: str) -> list[dict]:
             # On a shared machine the fastest round is the closest to an idle one.
             add("jaxtune / PyTorch eager, best rounds (x)", case,
                 eager["step_time_min_s"] / full["step_time_min_s"], 1.0)
+        member_targets(records, case, _find, add)
         if full and suite == "gpu":
             if case == "bert-base-s128-bs128" and compiled:
                 add("jaxtune / torch.compile (x)", case, full["examples_per_s"] / compiled["examples_per_s"], 1.25)
@@ -1127,7 +1154,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="RESULTS.md whose suite section is replaced (default: benchmarks/RESULTS.md for "
                         "the gpu/cpu suites, none for smoke); 'none' to skip")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all of the suite)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {','.join(ALL_MODES)}")
     p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per contestant")
@@ -1287,9 +1314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "or pass --allow-cpu", file=sys.stderr)
         return 2
     modes = tuple(m for m in args.modes.split(",") if m)
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
-        print(f"unknown mode(s) {unknown}; choose from {MODES}", file=sys.stderr)
+        print(f"unknown mode(s) {unknown}; choose from {ALL_MODES}", file=sys.stderr)
         return 2
     options = _options(args, modes)
     cases = suite_cases(args.suite)

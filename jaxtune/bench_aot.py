@@ -101,7 +101,7 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
     batch = bench.make_batch(case, getattr(model.config, "vocab_size", 1000))
     records = []
     for mode in modes:
-        contestant = bench.JaxContestant(case, model, mode, batch, compute_dtype)
+        contestant = bench.jax_contestant(case, model, mode, batch, compute_dtype)
         record = {"case": case.name, "mode": mode, "error": None}
         try:
             contestant.prepare()
@@ -167,7 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", choices=TARGETS, default="h100")
     p.add_argument("--suite", choices=("gpu", "smoke"), default="gpu")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: the suite's)")
-    p.add_argument("--modes", default=",".join(bench.MODES), help="comma-separated modes")
+    p.add_argument("--modes", default=",".join(bench.ALL_MODES), help="comma-separated modes")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                    help="the BERT/T5 cases' attention_implementation; auto on a GPU target is the one "
                         "the models pick on that GPU")

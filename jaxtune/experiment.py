@@ -29,11 +29,13 @@ import optax
 from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict
+from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
+from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
-from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, summary, trainable_mask
+from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar, read_jsonl
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
@@ -101,18 +103,20 @@ def _image_examples(split, image_size: int) -> list[dict]:
             for img, label in zip(split.images, split.labels)]
 
 
-def prepare_data(data_cfg, model_path: str) -> PreparedData:
+def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> PreparedData:
     """Loads a named offline data set and makes per-example arrays for the model.
 
     ``data_cfg.dataset``: ``"tweet_sentiment"`` (3-class tweets, tokenised with the model's
     tokenizer), ``"wnut_ner"`` (BIO tags), or ``"mnist_digits"`` (grey digits resized to
     ``image_size``, 3 channels, ImageNet-normalised). ``train_limit`` / ``eval_limit`` /
     ``test_limit`` take a seeded random subset of the train / validation / test split.
+    ``num_labels`` (``model.num_labels``) is checked against the label set before any preprocessing.
     """
     from jaxtune.data import text
 
     loader, _ = _dataset(data_cfg.dataset)
     splits = loader(seed=data_cfg.seed)
+    check_num_labels(num_labels, splits.label_names, data_cfg.dataset)
     parts = {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
              "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
              "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
@@ -332,12 +336,15 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
           data: PreparedData | None = None) -> Setup:
     """Data, model (pretrained weights), rule table, optimizer, jitted steps and initial state."""
     cfg = _as_config(config, overrides)
-    data = data if data is not None else prepare_data(cfg.data, cfg.model.path)
+    data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
+    check_num_labels(cfg.model.num_labels, data.label_names, cfg.data.dataset)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
     check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
-    model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(data.label_names),
-                                  cfg.model.dtype)
+    num_labels = cfg.model.num_labels or len(data.label_names)
+    model, variables = load_model(cfg.model.path, task.head, num_labels, cfg.model.dtype)
+    check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
+                          getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
@@ -416,6 +423,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     ``config`` is an :class:`ExperimentConfig`, a YAML/JSON path, or a dict; ``overrides`` are
     ``key=value`` strings. ``data`` may be passed to reuse prepared examples across runs. A run
     directory that already holds checkpoints is resumed from the latest one.
+
+    A NaN/inf loss, gradient, weight or validation metric raises :class:`jaxtune.NonFiniteError`
+    (step and parameter named) at the next log/evaluation point; no non-finite checkpoint is saved.
     """
     from jaxtune.hub import save_pretrained
 
@@ -446,6 +456,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         _truncate_log(os.path.join(run_dir, "metrics.jsonl"), int(state.step))
 
     log = RunLogger(run_dir)
+    guard = NonFiniteGuard(leaf_paths(state.params))
     val_batches = epoch_batches(data, data.validation, cfg.data.eval_batch_size, seed=None)
     step = int(state.step)
     stopped_early = False
@@ -466,18 +477,21 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                     state, train_metrics = setup.train_step(state, batch, max(stage, 0))
                     step += 1
                     batch_index += 1
+                    guard.record(step, train_metrics)
                     examples_seen += int(np.sum(batch.get("example_mask", 1)))
                     if step % cfg.train.log_every == 0 or step == total_steps:
-                        values = {k: float(v) for k, v in train_metrics.items()}
+                        values = guard.check(train_metrics, last_checkpoint=ckpt.latest_step())
                         now = time.time()
                         values["examples_per_s"] = examples_seen / max(now - t_last, 1e-9)
                         examples_seen, t_last = 0, now
                         log.log(step, values, "train")
                         bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
                     if step % cfg.train.eval_every == 0 or step == total_steps:
+                        guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
                         evaluated = evaluation_state(cfg, state)
                         scores, _, _ = evaluate(task, eval_step, evaluated, val_batches, data.label_names)
                         last_val = {f"val_{k}": v for k, v in scores.items()}
+                        check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
                         log.log(step, scores, "validation")
                         log.log(step, param_drift(evaluated.params, pretrained, groups), "drift")
                         next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
@@ -489,6 +503,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                             break
                 if batch_index >= len(batches):
                     epoch, batch_index = epoch + 1, 0
+        guard.check(last_checkpoint=ckpt.latest_step())
         ckpt.wait()
         best_step = ckpt.best_step()
         if best_step is not None and best_step != step:
@@ -556,6 +571,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     cfg = _as_config(config, overrides)
     loader, data_task = _dataset(cfg.data.dataset)
     label_names = loader(seed=cfg.data.seed).label_names
+    check_num_labels(cfg.model.num_labels, label_names, cfg.data.dataset)
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)

@@ -41,6 +41,14 @@ class L2SPState(NamedTuple):
     anchor: Any
 
 
+class RuntimeL2SPState(NamedTuple):
+    """:func:`l2_sp` with ``runtime=True``: the anchor and a float32 strength array per anchored leaf
+    (set with :func:`jaxtune.set_l2_sp` between steps, no recompilation)."""
+
+    anchor: Any
+    strength: Any
+
+
 def _masked(inner: optax.GradientTransformation, mask: Mask | None) -> optax.GradientTransformation:
     return inner if mask is None else optax.masked(inner, mask)
 
@@ -55,7 +63,20 @@ def _require_params(params: Any, transform: str) -> None:
         raise ValueError(f"{transform} needs the parameters: call tx.update(grads, opt_state, params)")
 
 
-def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransformation:
+def _check_strength(strength: Any, transform: str) -> None:
+    if any(np.any(np.asarray(s) < 0) for s in jax.tree.leaves(strength)):
+        raise ValueError(f"{transform} strength must be >= 0, got {strength}")
+
+
+def _strength_arrays(strength: Any, params: Any) -> Any:
+    """Per-leaf float32 strengths: a number for every leaf, or a tree of values (one per leaf of
+    ``params``, broadcastable to it)."""
+    if isinstance(strength, (int, float)):
+        return jax.tree.map(lambda _: jnp.asarray(strength, jnp.float32), params)
+    return jax.tree.map(lambda _, s: jnp.asarray(s, jnp.float32), params, strength)
+
+
+def l2_sp(strength: Any, mask: Mask | None = None, *, runtime: bool = False) -> optax.GradientTransformation:
     """Adds ``strength * (params - anchor)`` to the gradient: the L2-SP penalty
     ``strength/2 * ||params - anchor||²`` taken as part of the loss.
 
@@ -63,7 +84,9 @@ def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransforma
     pretrained weights), stored in the optimizer state. Put it *before* the optimizer, like a loss
     term: ``optax.chain(jt.l2_sp(0.01), optax.adam(1e-4))``. ``mask`` (a bool tree or a callable)
     limits it to some parameters, typically the pretrained backbone and not a new head. The anchor
-    costs one copy of the parameters it covers.
+    costs one copy of the parameters it covers. ``runtime=True`` keeps the strength as a float32
+    array per leaf in the state (``strength``: a number, or a tree of per-leaf values), so
+    :func:`jaxtune.set_l2_sp` changes it without recompiling.
 
     Example::
 
@@ -74,16 +97,18 @@ def l2_sp(strength: float, mask: Mask | None = None) -> optax.GradientTransforma
         >>> updates["w"].tolist()   # -(0.5 * (3 - 1))
         [-1.0, -1.0]
     """
-    if strength < 0:
-        raise ValueError(f"l2_sp strength must be >= 0, got {strength}")
+    _check_strength(strength, "l2_sp")
 
     def init(params):
+        if runtime:
+            return RuntimeL2SPState(anchor=_copy(params), strength=_strength_arrays(strength, params))
         return L2SPState(anchor=_copy(params))
 
     def update(updates, state, params=None):
         _require_params(params, "l2_sp")
+        strengths = state.strength if runtime else jax.tree.map(lambda _: strength, updates)
         penalised = jax.tree.map(
-            lambda g, p, a: g + (strength * (p - a)).astype(g.dtype), updates, params, state.anchor)
+            lambda g, p, a, s: g + (s * (p - a)).astype(g.dtype), updates, params, state.anchor, strengths)
         return penalised, state
 
     return _masked(optax.GradientTransformation(init, update), mask)
@@ -96,8 +121,17 @@ class AnchorDecayState(NamedTuple):
     anchor: Any
 
 
-def anchor_decay(strength: float, learning_rate: float | optax.Schedule,
-                 mask: Mask | None = None) -> optax.GradientTransformation:
+class RuntimeAnchorDecayState(NamedTuple):
+    """:func:`anchor_decay` with ``runtime=True``: updates seen, the anchor, and a float32 strength
+    array per anchored leaf (set with :func:`jaxtune.set_l2_sp`)."""
+
+    count: jax.Array
+    anchor: Any
+    strength: Any
+
+
+def anchor_decay(strength: Any, learning_rate: float | optax.Schedule,
+                 mask: Mask | None = None, *, runtime: bool = False) -> optax.GradientTransformation:
     """Decoupled L2-SP: adds ``-lr(t) * strength * (params - anchor)`` to the final update, as AdamW
     does for weight decay with the anchor in place of 0.
 
@@ -105,7 +139,8 @@ def anchor_decay(strength: float, learning_rate: float | optax.Schedule,
     schedule): ``optax.chain(optax.adam(sched), jt.anchor_decay(1.0, sched))``. Unlike :func:`l2_sp`
     the pull does not pass through Adam's normalisation, so its size is ``lr * strength`` of the
     distance per step whatever the gradients are. With SGD the two are the same. The anchor is the
-    parameters given to ``init``, kept in the optimizer state.
+    parameters given to ``init``, kept in the optimizer state. ``runtime=True`` keeps the strength
+    as a float32 array per leaf in the state (see :func:`l2_sp`).
 
     Example::
 
@@ -115,18 +150,21 @@ def anchor_decay(strength: float, learning_rate: float | optax.Schedule,
         >>> updates["w"].tolist()   # -(0.5 * 0.5 * (3 - 1))
         [-0.5, -0.5]
     """
-    if strength < 0:
-        raise ValueError(f"anchor_decay strength must be >= 0, got {strength}")
+    _check_strength(strength, "anchor_decay")
 
     def init(params):
-        return AnchorDecayState(jnp.zeros((), jnp.int32), _copy(params))
+        count = jnp.zeros((), jnp.int32)
+        if runtime:
+            return RuntimeAnchorDecayState(count, _copy(params), _strength_arrays(strength, params))
+        return AnchorDecayState(count, _copy(params))
 
     def update(updates, state, params=None):
         _require_params(params, "anchor_decay")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        pulled = jax.tree.map(lambda u, p, a: u - (lr * strength * (p - a)).astype(u.dtype), updates, params,
-                              state.anchor)
-        return pulled, AnchorDecayState(optax.safe_int32_increment(state.count), state.anchor)
+        strengths = state.strength if runtime else jax.tree.map(lambda _: strength, updates)
+        pulled = jax.tree.map(lambda u, p, a, s: u - (lr * s * (p - a)).astype(u.dtype), updates, params,
+                              state.anchor, strengths)
+        return pulled, state._replace(count=optax.safe_int32_increment(state.count))
 
     return _masked(optax.GradientTransformation(init, update), mask)
 

@@ -13,9 +13,13 @@ The optimizer is ``optax.partition(...)`` followed by the learning rate and the 
   optimizer per group serves every layer. (The optimizer's learning rate must be a final scale of
   its update, as in optax's adam(w), sgd, lamb, lion, ...)
 
-In *runtime* mode the multipliers (and a 0/1 "trainable" flag per leaf) are arrays in the
-optimizer state, frozen leaves keep state too, and :func:`set_trainable` / :func:`set_lr_multipliers`
-change the strategy between steps without recompiling the jitted step. In both modes
+In *runtime* mode one group holds every leaf (frozen ones keep state too, standing still while
+frozen) and the strategy is arrays in the optimizer state: multipliers and a 0/1 "trainable" flag
+per leaf, the weight decay per leaf (the optimizer is built with ``weight_decay=0`` and the decay
+applied after it, decoupled, as ``optax.adamw`` does) and the L2-SP strengths. :func:`set_trainable`,
+:func:`set_lr_multipliers`, :func:`set_weight_decay` and :func:`set_l2_sp` change them between steps
+without recompiling the jitted step, and states with different values stack into members of one
+step (:func:`jaxtune.stack_members`). In both modes
 ``tx.update(grads, state, params, trainable=mask)`` (what a structural step passes) trains only
 the leaves of ``mask``.
 
@@ -28,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +45,7 @@ from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, l
 from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
 
 _FROZEN = "frozen"
+_RUNTIME = "runtime"
 
 
 def _check_schedule_args(peak_value: Any, warmup_steps: Any, total_steps: Any, end_value: Any) -> None:
@@ -144,6 +149,69 @@ def _build(optimizer: Callable, wd: float, accepts_wd: bool, kwargs: dict, ancho
     return optax.chain(forgetting.l2_sp(anchor_strength), tx)
 
 
+class WeightDecayState(NamedTuple):
+    """Runtime-mode weight decay: a float32 decay per leaf (per layer for a stacked leaf)."""
+
+    weight_decay: Any
+
+
+def _decay_by_state(weight_decay: Any, decoupled: bool) -> optax.GradientTransformation:
+    """Weight decay read from the state, at learning rate 1 (the rate and the multipliers come after):
+    decoupled ``u - wd * w`` after the optimizer (what ``optax.adamw`` adds to Adam's update), or
+    coupled ``g + wd * w`` before it.
+
+    Example::
+
+        >>> tx = _decay_by_state({"w": np.float32(0.5)}, decoupled=True)
+        >>> params = {"w": jnp.full(2, 2.0)}
+        >>> tx.update({"w": jnp.zeros(2)}, tx.init(params), params)[0]["w"].tolist()
+        [-1.0, -1.0]
+    """
+    sign = -1.0 if decoupled else 1.0
+
+    def init(params):
+        del params
+        return WeightDecayState(jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), weight_decay))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("runtime weight decay needs the parameters: call tx.update(grads, opt_state, params)")
+        decayed = jax.tree_util.tree_map(lambda u, p, wd: u + (sign * wd * p).astype(u.dtype), updates, params,
+                                         state.weight_decay)
+        return decayed, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _per_leaf_values(values: list[float], factors: list[np.ndarray]) -> list[np.ndarray]:
+    """One float32 value per leaf, shaped like its multiplier (per layer for a stacked leaf)."""
+    return [np.broadcast_to(np.float32(v), f.shape).copy() for v, f in zip(values, factors)]
+
+
+def _runtime_group(found: list[Settings], factors: list[np.ndarray], treedef: Any, optimizer: Callable,
+                   accepts_wd: bool, default_wd: float, kwargs: dict, l2_sp: float, decoupled: bool,
+                   stacked: Any) -> optax.GradientTransformation:
+    """Runtime mode's one group: one ``optimizer`` (learning rate 1, ``weight_decay=0``) per leaf,
+    stage-fresh (:func:`jaxtune.stage_fresh.per_leaf`), with the weight decay and the L2-SP
+    strengths as per-leaf arrays in the state. Frozen leaves take the values they would have
+    unfrozen; only leaves with a non-zero strength keep an anchor."""
+    unflatten = lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
+    wd = _per_leaf_values([_weight_decay_of(s, default_wd) for s in found], factors)
+    strengths = _per_leaf_values([l2_sp_strength(s, l2_sp) for s in found], factors)
+    base = optimizer(learning_rate=1.0, weight_decay=0.0, **kwargs) if accepts_wd else \
+        optimizer(learning_rate=1.0, **kwargs)
+    decay = _decay_by_state(unflatten(wd), decoupled=accepts_wd)
+    chain = [per_leaf(base, stacked), decay] if accepts_wd else [decay, per_leaf(base, stacked)]
+    anchored = [bool(np.any(x > 0)) for x in strengths]
+    if any(anchored):
+        strength_tree = unflatten([x if a else optax.MaskedNode() for x, a in zip(strengths, anchored)])
+        if decoupled:
+            chain.append(forgetting.anchor_decay(strength_tree, 1.0, unflatten(anchored), runtime=True))
+        else:
+            chain.insert(0, forgetting.l2_sp(strength_tree, unflatten(anchored), runtime=True))
+    return optax.chain(*chain)
+
+
 def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., optax.GradientTransformation] = optax.adamw,
                    learning_rate: float | optax.Schedule = 1e-3, *, layer_ids: Callable[[str], Any] | None = None,
                    layer_decay: float | None = None, runtime: bool = False, allow_unused: bool = False,
@@ -161,10 +229,15 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
       layer_ids: path -> layer index (embeddings 0, block i -> i+1, head L+1), or a sequence of
         indices for a stacked leaf. Needed for ``layer_decay``.
       layer_decay: LLRD factor: a leaf of layer ``l`` gets ``lr * layer_decay ** (L + 1 - l)``.
-      runtime: keep multipliers and trainable flags as arrays in the state (frozen leaves keep
-        optimizer state, which stays as it is while they are frozen), so :func:`set_trainable` /
-        :func:`set_lr_multipliers` change the strategy without recompiling. Default (static):
-        frozen leaves carry no state.
+      runtime: keep multipliers, trainable flags, weight decay and L2-SP strengths as per-leaf
+        arrays in the state (frozen leaves keep optimizer state, which stays as it is while they
+        are frozen; one group, its ``optimizer`` built with ``weight_decay=0`` and the decay applied
+        after it as ``-lr(t) * wd * w``), so :func:`set_trainable`, :func:`set_lr_multipliers`,
+        :func:`set_weight_decay` and :func:`set_l2_sp` change the strategy without recompiling.
+        Only leaves built with a non-zero L2-SP strength keep an anchor. The decay equals the
+        optimizer's own for those that decay as AdamW does (``adamw``, ``nadamw``, ``adamaxw``,
+        ``lion``), not for one that transforms it further (``optax.lamb``'s trust ratio).
+        Default (static): frozen leaves carry no state.
       allow_unused: do not raise for rules that match no parameter.
       l2_sp: L2-SP strength of the groups whose rule leaves ``l2_sp`` unset (default 0: off). A
         group with a strength keeps its starting weights (those given to ``init``) in the state
@@ -185,23 +258,16 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     paths, found, treedef = _resolve(params, rules, allow_unused=allow_unused)
     factors = layer_factors(params, rules, layer_ids, layer_decay, allow_unused=allow_unused)
     accepts_wd, default_wd = _default_weight_decay(optimizer, optimizer_kwargs)
-    labels, trainable, groups = [], [], {}
-    for s in found:
-        trainable.append(np.asarray(0.0 if s.frozen else 1.0, np.float32))
-        if s.frozen and not runtime:
-            labels.append(_FROZEN)
-            continue
-        # Runtime mode keeps frozen leaves' state; they take the strength they would have unfrozen.
-        wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(s, l2_sp)
-        label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
-        groups[label] = (wd, strength)
-        labels.append(label)
     stacked = [np.ndim(f) > 0 for f in factors]
     stacked_tree = jax.tree_util.tree_unflatten(treedef, stacked)
-    transforms = {label: _build(optimizer, wd, accepts_wd, optimizer_kwargs, strength, l2_sp_decoupled, stacked_tree)
-                  for label, (wd, strength) in sorted(groups.items())}
-    if _FROZEN in labels:
-        transforms[_FROZEN] = optax.set_to_zero()
+    trainable = [np.asarray(0.0 if s.frozen else 1.0, np.float32) for s in found]
+    if runtime:
+        labels = [_RUNTIME] * len(found)
+        transforms = {_RUNTIME: _runtime_group(found, factors, treedef, optimizer, accepts_wd, default_wd,
+                                               optimizer_kwargs, l2_sp, l2_sp_decoupled, stacked_tree)}
+    else:
+        labels, transforms = _static_groups(found, optimizer, accepts_wd, default_wd, optimizer_kwargs, l2_sp,
+                                            l2_sp_decoupled, stacked_tree)
     partitioned = optax.partition(transforms, jax.tree_util.tree_unflatten(treedef, labels),
                                   mask_compatible_extra_args=True)
     runtime_trainable = None
@@ -212,11 +278,32 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
     return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable)
 
 
-def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:
+def _static_groups(found: list[Settings], optimizer: Callable, accepts_wd: bool, default_wd: float, kwargs: dict,
+                   l2_sp: float, decoupled: bool, stacked: Any) -> tuple[list[str], dict]:
+    """Static mode: frozen leaves get ``optax.set_to_zero()``, the others one group per distinct
+    (weight decay, L2-SP strength). Returns each leaf's label and each label's transform."""
+    labels, groups = [], {}
+    for s in found:
+        if s.frozen:
+            labels.append(_FROZEN)
+            continue
+        wd, strength = _weight_decay_of(s, default_wd), l2_sp_strength(s, l2_sp)
+        label = f"wd={wd:g}" + (f",l2_sp={strength:g}" if strength else "")
+        groups[label] = (wd, strength)
+        labels.append(label)
+    transforms = {label: _build(optimizer, wd, accepts_wd, kwargs, strength, decoupled, stacked)
+                  for label, (wd, strength) in sorted(groups.items())}
+    if _FROZEN in labels:
+        transforms[_FROZEN] = optax.set_to_zero()
+    return labels, transforms
+
+
+def _replace_state(opt_state: Any, kind: type | tuple[type, ...], fn: Callable[[Any], Any], missing: str) -> Any:
+    """``opt_state`` with every sub-state of type ``kind`` replaced by ``fn(sub_state)``."""
     hits = []
 
     def walk(node):
-        if isinstance(node, MultiplierState):
+        if isinstance(node, kind):
             hits.append(True)
             return fn(node)
         if isinstance(node, tuple) and hasattr(node, "_fields"):
@@ -229,28 +316,49 @@ def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], Mu
 
     new = walk(opt_state)
     if not hits:
-        raise ValueError("this optimizer state has no runtime multipliers; build the optimizer with "
-                         "jt.make_optimizer(..., runtime=True) to change the strategy during training")
+        raise ValueError(missing)
     return new
 
 
+_NOT_RUNTIME = ("this optimizer state has no runtime {what}; build the optimizer with "
+                "jt.make_optimizer(..., runtime=True) to change {what} during training")
+
+
+def _replace_multiplier_state(opt_state: Any, fn: Callable[[MultiplierState], MultiplierState]) -> Any:
+    return _replace_state(opt_state, MultiplierState, fn, _NOT_RUNTIME.format(what="multipliers"))
+
+
+def _refill_leaf(old: Any, new: Any, what: str, path: str) -> jax.Array:
+    new = np.asarray(new, np.float32)
+    if new.size == old.size:
+        new = new.reshape(old.shape)
+    elif new.size != 1:
+        raise ValueError(f"{what} has a leaf of shape {new.shape} at {path} where the optimizer keeps one of shape "
+                         f"{old.shape}; per-layer values need a stacked leaf: build the optimizer with "
+                         "layer_ids returning one id per layer for it")
+    # Same shape and dtype as before: the jitted step sees identical avals and is not retraced.
+    return jnp.asarray(np.broadcast_to(new, old.shape), jnp.float32)
+
+
 def _refill(old_tree: Any, new_tree: Any, what: str) -> Any:
-    old_leaves, treedef = jax.tree_util.tree_flatten(old_tree)
+    """``new_tree``'s values in ``old_tree``'s arrays; a leaf the state keeps no value for
+    (``optax.MaskedNode``) must get 0."""
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)
+    old_leaves, treedef = jax.tree_util.tree_flatten(old_tree, is_leaf=is_masked)
     new_leaves = jax.tree_util.tree_leaves(new_tree)
     if len(new_leaves) != len(old_leaves):
         raise ValueError(f"{what} has {len(new_leaves)} leaves but the parameters have {len(old_leaves)}; "
                          "pass a pytree with the parameters' structure")
     out = []
-    for old, new in zip(old_leaves, new_leaves):
-        new = np.asarray(new, np.float32)
-        if new.size == old.size:
-            new = new.reshape(old.shape)
-        elif new.size != 1:
-            raise ValueError(f"{what} has a leaf of shape {new.shape} where the optimizer keeps one of shape "
-                             f"{old.shape}; per-layer values need a stacked leaf: build the optimizer with "
-                             "layer_ids returning one id per layer for it")
-        # Same shape and dtype as before: the jitted step sees identical avals and is not retraced.
-        out.append(jnp.asarray(np.broadcast_to(new, old.shape), jnp.float32))
+    for path, old, new in zip(leaf_paths(new_tree), old_leaves, new_leaves):
+        if is_masked(old):
+            if np.any(np.asarray(new) != 0):
+                raise ValueError(f"{what}: {path} has no anchor in the optimizer state, so its strength must stay 0; "
+                                 "build the optimizer with a non-zero l2_sp for its group (rule or make_optimizer's "
+                                 "l2_sp=) to keep one, then set any strength, 0 included")
+            out.append(old)
+            continue
+        out.append(_refill_leaf(old, new, what, path))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -275,6 +383,38 @@ def set_lr_multipliers(opt_state: Any, multipliers: Any) -> Any:
         opt_state = jt.set_lr_multipliers(opt_state, jt.lr_multipliers(params, new_rules, model.layer_ids, 0.8))
     """
     return _replace_multiplier_state(opt_state, lambda s: s._replace(lr_mult=_refill(s.lr_mult, multipliers, "multipliers")))
+
+
+def set_weight_decay(opt_state: Any, weight_decay: Any) -> Any:
+    """Runtime mode: replaces the per-leaf weight decay (a pytree with the parameters' structure, a
+    number per leaf; per layer for a stacked leaf), without recompiling.
+
+    Runtime mode applies it as AdamW does, decoupled: ``w -= lr(t) * mult * wd * w`` after an
+    optimizer that takes ``weight_decay`` (built with 0); before one without, as ``g += wd * w``.
+    A frozen leaf is not decayed.
+
+    Example::
+
+        opt_state = jt.set_weight_decay(opt_state, jax.tree.map(lambda _: 0.05, params))
+    """
+    return _replace_state(opt_state, WeightDecayState,
+                          lambda s: s._replace(weight_decay=_refill(s.weight_decay, weight_decay, "weight decay")),
+                          _NOT_RUNTIME.format(what="weight decay"))
+
+
+def set_l2_sp(opt_state: Any, strengths: Any) -> Any:
+    """Runtime mode: replaces the per-leaf L2-SP strengths (a pytree with the parameters' structure),
+    without recompiling. Only leaves built with a non-zero strength keep an anchor; the others
+    must get 0.
+
+    Example::
+
+        opt_state = jt.set_l2_sp(opt_state, jax.tree.map(lambda _: 0.1, params))
+    """
+    kinds = (forgetting.RuntimeL2SPState, forgetting.RuntimeAnchorDecayState)
+    return _replace_state(opt_state, kinds, lambda s: s._replace(strength=_refill(s.strength, strengths, "l2_sp")),
+                          "this optimizer state has no runtime L2-SP strengths; build the optimizer with "
+                          "jt.make_optimizer(..., runtime=True) and a non-zero l2_sp (rule or default)")
 
 
 def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Sequence[Rule] | None = None,

@@ -35,6 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.forgetting import averaged_leaves
+from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
 
@@ -219,7 +220,10 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
                                   opt_state=opt_state, model_state=model_state, rng=rng)
         if mesh is not None:
             new_state = jax.lax.with_sharding_constraint(new_state, tree_shardings(new_state, mesh, fsdp, axis_name, fsdp_min_size))
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        grad_norm = optax.tree.norm(grads)
+        flag = nonfinite_leaf(loss, grad_norm, [full_grads[i] for i in train_idx], [new_leaves[i] for i in train_idx],
+                              train_idx)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, **metrics, FLAG: flag}
 
     return step
 
@@ -227,7 +231,7 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
                     accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
                     fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, members: int | None = None, per_member_batch: bool = False) -> Callable:
     """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
     Args:
@@ -250,18 +254,30 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         parameters and optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of
         at least ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
       donate: donate the state's buffers to the step (update in place).
+      members: N: the step trains N members stacked on a leading axis (:func:`jaxtune.stack_members`)
+        in one ``jax.vmap``-ped call (see :func:`jaxtune.make_member_step`); metrics get a leading
+        axis of N.
+      per_member_batch: with ``members``: every batch field has a leading axis of N (member i
+        trains on ``batch[i]``); else one batch serves all members.
 
-    Returns metrics ``{"loss", "grad_norm", **your metrics}`` as device arrays. The unjitted step is
-    :func:`train_step_fn`.
+    Returns metrics ``{"loss", "grad_norm", **your metrics, "nonfinite_leaf"}`` as device arrays
+    (``nonfinite_leaf`` is -1 when all is finite: :func:`jaxtune.nonfinite.nonfinite_leaf`). The
+    unjitted step is :func:`train_step_fn`.
 
     Example::
 
         step = jt.make_train_step(loss_fn, tx, trainable=jt.trainable_mask(params, rules))
         state, metrics = step(state, batch)
     """
-    step = train_step_fn(loss_fn, optimizer, trainable=trainable, accumulate=accumulate, compute_dtype=compute_dtype,
-                         mesh=mesh, fsdp=fsdp, fsdp_min_size=fsdp_min_size, axis_name=axis_name)
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    step_kwargs = dict(trainable=trainable, accumulate=accumulate, compute_dtype=compute_dtype, mesh=mesh, fsdp=fsdp,
+                       fsdp_min_size=fsdp_min_size, axis_name=axis_name)
+    if members is not None:
+        from jaxtune.members import make_member_step  # members builds on this module
+        return make_member_step(loss_fn, optimizer, members=members, per_member_batch=per_member_batch, donate=donate,
+                                **step_kwargs)
+    if per_member_batch:
+        raise ValueError("per_member_batch=True needs members=N (the number of stacked members)")
+    return jax.jit(train_step_fn(loss_fn, optimizer, **step_kwargs), donate_argnums=(0,) if donate else ())
 
 
 class StagedTrainStep:

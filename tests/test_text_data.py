@@ -105,6 +105,32 @@ def test_bad_text_input(bert_tok, t5_tok):
         tokenize_texts(bert_tok, ["a", "b"], ["c"])
 
 
+def test_data_checks_name_split_example_and_limit(bert_tok):
+    from jaxtune.data import DataError, check_labels, check_lengths, check_token_ids
+
+    out = tokenize_texts(bert_tok, ["a cat", "unaffable dogs bark", "a"], labels=[0, 2, 1], max_length=32)
+    check_token_ids(out.examples, bert_tok.vocab_size, split="train")
+    check_lengths(out.examples, 32, split="train")
+    check_labels(out.examples, 3, split="train")
+    # A tokenizer with a larger vocabulary than the model: the first id past vocab_size is named.
+    limit = int(out.examples[1]["input_ids"].max())
+    with pytest.raises(DataError, match=rf"validation example 1: input_ids\[\d+\] = {limit} is outside the "
+                                        rf"model's vocabulary \[0, {limit}\)") as info:
+        check_token_ids(out.examples, limit, split="validation")
+    assert (info.value.split, info.value.index, info.value.limit) == ("validation", 1, limit)
+    lengths = out.lengths().tolist()
+    with pytest.raises(DataError, match=rf"test example 1 has {lengths[1]} tokens, more than the model's position "
+                                        rf"table \(max_position_embeddings={lengths[1] - 1}\)"):
+        check_lengths(out.examples, lengths[1] - 1, split="test")
+    with pytest.raises(DataError, match=r"train example 1: label 2 is outside the classifier head's range \[0, 2\)"):
+        check_labels(out.examples, 2, split="train", ignore_index=None)
+    # Token labels: -100 marks ignored sub-words and is allowed; the position of a bad tag is named.
+    words = tokenize_words(bert_tok, [["Paris", "is", "big"]], [[1, 0, 4]], max_length=16)
+    check_labels(words.examples, 5, split="train")
+    with pytest.raises(DataError, match=r"train example 0: label 4 at token 3 is outside .* \[0, 4\)"):
+        check_labels(words.examples, 4, split="train")
+
+
 # ----------------------------------------------------------------------------- token labels
 
 

@@ -31,7 +31,7 @@ def test_step_returns_device_metrics_and_keeps_fp32_master_params():
     loss32, _ = loss_fn(params, make_batch(), rng=None, model_state={})
     step = jt.make_train_step(loss_fn, tx, compute_dtype=jnp.bfloat16)
     state, metrics = step(jt.TrainState.create(params, tx), make_batch())
-    assert set(metrics) == {"loss", "grad_norm", "accuracy"}
+    assert set(metrics) == {"loss", "grad_norm", "accuracy", "nonfinite_leaf"}
     assert all(isinstance(v, jax.Array) for v in metrics.values())
     assert all(x.dtype == F32 for x in jax.tree.leaves(state.params))
     # bf16 compute: the loss agrees with the fp32 loss within bf16 tolerance (rel 2e-2).

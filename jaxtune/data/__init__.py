@@ -10,6 +10,15 @@ where grain is not installed (an accelerator image that only benchmarks or evalu
 """
 import importlib
 
+from jaxtune.data.checks import (
+    DataError,
+    check_data_fits_model,
+    check_finite_inputs,
+    check_labels,
+    check_lengths,
+    check_num_labels,
+    check_token_ids,
+)
 from jaxtune.data.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,6 +68,13 @@ from jaxtune.data.text import (
 )
 
 __all__ = [
+    "DataError",
+    "check_data_fits_model",
+    "check_finite_inputs",
+    "check_labels",
+    "check_lengths",
+    "check_num_labels",
+    "check_token_ids",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImagePreprocessing",
