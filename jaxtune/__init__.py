@@ -66,6 +66,7 @@ from jaxtune.rules import (
     RuleError,
     Settings,
     freeze,
+    frozen_batch_norm,
     label_params,
     layer_factors,
     leaf_paths,

@@ -56,7 +56,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class RuleConfig:
-    """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings."""
+    """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings
+    (``batch_stats``: see :class:`jaxtune.Settings`)."""
 
     pattern: str = ".*"
     frozen: bool = False
@@ -65,6 +66,7 @@ class RuleConfig:
     layer_decay: float | None = None
     name: str | None = None
     l2_sp: float | None = None
+    batch_stats: str | None = None
 
 
 @dataclasses.dataclass

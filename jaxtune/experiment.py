@@ -34,7 +34,7 @@ from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
-from jaxtune.rules import Rule, Settings, label_params, leaf_paths, summary, trainable_mask
+from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar
@@ -177,7 +177,20 @@ def build_rules(optim: OptimConfig, model) -> list[Rule]:
     if optim.rules is None:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp)) for r in optim.rules]
+                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats))
+            for r in optim.rules]
+
+
+def with_frozen_bn(model, frozen: frozenset[str]):
+    """``model`` whose batch-norm layers in ``frozen`` (:func:`jaxtune.frozen_batch_norm`) keep their
+    running statistics in training; ``model`` itself when the set is empty."""
+    if not frozen:
+        return model
+    if not hasattr(model, "frozen_bn"):
+        raise UserError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
+                        f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
+                        "statistics; give those rules batch_stats: train to train them as before")
+    return model.clone(frozen_bn=frozen)
 
 
 def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
@@ -317,7 +330,8 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
     table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
-                    layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
+                    layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
+                    batch_stats=variables.get("batch_stats"))
     batches_per_epoch = len(epoch_batches(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
@@ -334,18 +348,38 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     if cfg.optim.unfreezing is not None:
         stages = unfreezing_stages(params, layer_ids, rules, cfg.optim.unfreeze_stages)
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
-    loss_fn = task.loss_fn(model)
-    if stages is not None and not runtime:
-        staged = StagedTrainStep(loss_fn, tx, **step_kwargs)
-        train_step = lambda state, batch, stage: staged(state, batch, stages[stage])
-    else:
-        plain = make_train_step(loss_fn, tx, trainable=trainable_mask(params, rules), **step_kwargs)
-        train_step = lambda state, batch, stage: plain(state, batch)
+    train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)
     state = TrainState.create(params, tx, model_state=model_state, rng=cfg.train.seed)
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
                  state, os.path.join(cfg.output_dir, cfg.name), n_trainable)
+
+
+def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax.GradientTransformation,
+                stages: list | None, runtime: bool, step_kwargs: dict):
+    """``train_step(state, batch, stage)``. Batch-norm layers of frozen groups keep their statistics
+    (:func:`jaxtune.frozen_batch_norm`), following the unfreezing stage: one step is built per
+    distinct set of frozen batch-norm layers (so a runtime-mode run of a CNN compiles once per stage
+    that unfreezes batch norm; a model without batch norm compiles once)."""
+    masks = [None] if stages is None else stages
+    stage_bn = [frozen_batch_norm(variables, rules, trainable=mask) for mask in masks]
+    rule_mask = trainable_mask(variables["params"], rules)
+    steps: dict[frozenset[str], Any] = {}
+
+    def step_of(stage: int):
+        frozen = stage_bn[stage]
+        if frozen not in steps:
+            loss_fn = task.loss_fn(with_frozen_bn(model, frozen))
+            if stages is not None and not runtime:
+                steps[frozen] = StagedTrainStep(loss_fn, tx, **step_kwargs)
+            else:
+                steps[frozen] = make_train_step(loss_fn, tx, trainable=rule_mask, **step_kwargs)
+        return steps[frozen]
+
+    if stages is not None and not runtime:
+        return lambda state, batch, stage: step_of(stage)(state, batch, stages[stage])
+    return lambda state, batch, stage: step_of(stage)(state, batch)
 
 
 def evaluation_state(cfg: ExperimentConfig, state: TrainState) -> TrainState:
@@ -565,5 +599,5 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
-    return summary(variables["params"], rules, layer_ids=layer_ids,
-                   layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
+    return summary(variables["params"], rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
+                   l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))

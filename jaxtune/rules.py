@@ -27,6 +27,10 @@ import numpy as np
 from jaxtune.errors import UserError, check_number
 
 
+BATCH_STATS_MODES = (None, "frozen", "train")
+"""Values of :attr:`Settings.batch_stats`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What one rule says about the parameters it matches.
@@ -41,6 +45,11 @@ class Settings:
       name: group name shown in summaries and used to address the group later; defaults to the regex.
       l2_sp: strength of the L2-SP penalty towards the pretrained weights (:func:`jaxtune.l2_sp`);
         ``None`` = the optimizer's ``l2_sp`` (default 0: off), ``0.0`` = off for this group.
+      batch_stats: what the batch-norm layers whose ``scale``/``bias`` the rule matches do in a
+        training step (:func:`frozen_batch_norm`): ``"frozen"`` = normalise with the running
+        statistics and never update them (as in evaluation), ``"train"`` = batch statistics and
+        running-average updates (PyTorch's ``model.train()``), ``None`` = follow the group: frozen
+        for a frozen group (or one a gradual-unfreezing stage keeps frozen), train otherwise.
     """
 
     frozen: bool = False
@@ -49,6 +58,7 @@ class Settings:
     layer_decay: float | None = None
     name: str | None = None
     l2_sp: float | None = None
+    batch_stats: str | None = None
 
     def __post_init__(self):
         validate_settings(self)
@@ -63,7 +73,7 @@ def validate_settings(s: Any, where: str = "") -> None:
 
     The one check behind ``jt.settings``/``jt.freeze`` and the config's ``optim.rules``: ``lr_mult``
     >= 0, ``weight_decay`` a bool or >= 0, ``layer_decay`` in (0, 1], ``l2_sp`` >= 0, all finite;
-    a frozen rule takes no settings (they would be dropped silently). ``where`` prefixes the field
+    ``batch_stats`` one of :data:`BATCH_STATS_MODES`; a frozen rule takes no settings but ``batch_stats`` (they would be dropped silently). ``where`` prefixes the field
     names in messages (``optim.rules[2]``).
 
     Example::
@@ -89,30 +99,39 @@ def validate_settings(s: Any, where: str = "") -> None:
         check_number(field("l2_sp"), s.l2_sp, low=0.0, error=RuleError)
     if s.name is not None and (not isinstance(s.name, str) or not s.name):
         raise RuleError(f"{field('name')} must be a non-empty string or None, got {s.name!r}")
+    if s.batch_stats not in BATCH_STATS_MODES:
+        raise RuleError(f"{field('batch_stats')} is {s.batch_stats!r}; choose 'frozen' (batch norm keeps its running "
+                        "statistics, as in evaluation), 'train' (batch statistics, running averages updated) or "
+                        "None/null (frozen exactly when the group is)")
 
 
 def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
-             layer_decay: float | None = None, name: str | None = None, l2_sp: float | None = None) -> Settings:
-    """Settings of a trainable group.
+             layer_decay: float | None = None, name: str | None = None, l2_sp: float | None = None,
+             batch_stats: str | None = None) -> Settings:
+    """Settings of a trainable group (``batch_stats``: see :class:`Settings`).
 
     Example::
 
         (r".*bias", jt.settings(weight_decay=False))
         (r"classifier/.*", jt.settings(lr_mult=10.0, name="head"))
         (r"encoder/.*", jt.settings(l2_sp=0.01))      # keep the backbone near its pretrained weights
+        (r".*", jt.settings(batch_stats="frozen"))    # train BN scale/bias, keep the running statistics
     """
     return Settings(frozen=False, lr_mult=lr_mult, weight_decay=weight_decay,
-                    layer_decay=layer_decay, name=name, l2_sp=l2_sp)
+                    layer_decay=layer_decay, name=name, l2_sp=l2_sp, batch_stats=batch_stats)
 
 
-def freeze(name: str | None = None) -> Settings:
-    """Settings of a frozen group: no update, no optimizer state.
+def freeze(name: str | None = None, *, batch_stats: str | None = None) -> Settings:
+    """Settings of a frozen group: no update, no optimizer state. Its batch-norm layers normalise
+    with their running statistics and keep them (``batch_stats="train"``: batch statistics and
+    running-average updates, as before frozen batch norm existed; see :class:`Settings`).
 
     Example::
 
         rules = [(r"embeddings/.*", jt.freeze()), (r".*", jt.settings())]
+        rules = [(r"classifier/.*", jt.settings()), (r".*", jt.freeze(batch_stats="train"))]
     """
-    return Settings(frozen=True, name=name)
+    return Settings(frozen=True, name=name, batch_stats=batch_stats)
 
 
 Rule = tuple[str, Settings]
@@ -312,21 +331,107 @@ def layer_factors(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], A
     return factors
 
 
+def _leaf_freezes_stats(s: Settings | None, trains: bool) -> bool:
+    if s is None:
+        return False
+    if s.batch_stats is not None:
+        return s.batch_stats == "frozen"
+    return not trains
+
+
+def _batch_norm_modes(variables: Any, rules: Sequence[Rule], trainable: Any = None,
+                      **match_kwargs) -> dict[str, tuple[bool, set[int]]]:
+    """``{batch-norm module path: (statistics frozen, indices of the rules matching its params)}``."""
+    if "batch_stats" not in variables:
+        return {}
+    params = variables["params"]
+    paths, found = leaf_paths(params), match_rules(params, rules, **match_kwargs)
+    if trainable is None:
+        trains = [i is not None and not rules[i][1].frozen for i in found]
+    else:
+        flags = jax.tree_util.tree_leaves(trainable)
+        if len(flags) != len(paths):
+            raise RuleError(f"trainable mask has {len(flags)} leaves but the parameters have {len(paths)}; build "
+                            "it from the same params (jt.trainable_mask / jt.unfreezing_stages)")
+        trains = [bool(np.any(f)) for f in flags]
+    votes: dict[str, list[tuple[int | None, bool]]] = {}
+    for path, i, t in zip(paths, found, trains):
+        votes.setdefault(path.rpartition("/")[0], []).append((i, t))
+    layers = list(dict.fromkeys(p.rpartition("/")[0] for p in leaf_paths(variables["batch_stats"])))
+    if layers and not any(layer in votes for layer in layers):
+        raise RuleError(f"no batch-norm layer of batch_stats (e.g. {layers[0]!r}) has parameters at the same path in "
+                        f"params (e.g. {paths[:2]}); pass the whole variables dict of one model "
+                        "({'params': ..., 'batch_stats': ...})")
+    modes = {}
+    for layer in layers:
+        layer_votes = votes.get(layer, [])
+        frozen = bool(layer_votes) and all(_leaf_freezes_stats(None if i is None else rules[i][1], t)
+                                           for i, t in layer_votes)
+        modes[layer] = (frozen, {i for i, _ in layer_votes if i is not None})
+    return modes
+
+
+def frozen_batch_norm(variables: Any, rules: Sequence[Rule], *, trainable: Any = None,
+                      **match_kwargs) -> frozenset[str]:
+    """Module paths of the batch-norm layers whose statistics stay frozen in training.
+
+    A batch-norm layer is the parent path of leaves of ``variables["batch_stats"]`` (``.../bn/mean``,
+    ``.../bn/var``); its parameters (``.../bn/scale``, ``.../bn/bias``) are matched against
+    ``rules``. Its statistics are frozen when every one of its parameters says so: a rule with
+    ``batch_stats="frozen"``, or a frozen group without ``batch_stats`` (``batch_stats="train"``
+    keeps batch statistics). ``trainable`` (a bool tree over the params, e.g. a stage of
+    :func:`jaxtune.unfreezing_stages`) replaces the rules' ``frozen`` for that decision. Variables
+    without ``batch_stats`` give the empty set.
+
+    The CNNs (ResNet, MobileNetV2, EfficientNet-Lite, VGG-BN) take the set as ``frozen_bn``: those
+    layers normalise with the running statistics even with ``train=True`` and never update them,
+    which is what :func:`jaxtune.finetune` does. In code of your own::
+
+        model, variables = jt.from_pretrained(path, task="image_classification", num_labels=10)
+        rules = [(r"classifier/.*", jt.settings()), (r".*", jt.freeze())]
+        model = model.clone(frozen_bn=jt.frozen_batch_norm(variables, rules))
+        loss_fn = jaxtune.tasks.get_task("image_classification").loss_fn(model)   # for jt.make_train_step
+    """
+    return frozenset(layer for layer, (frozen, _) in _batch_norm_modes(variables, rules, trainable,
+                                                                        **match_kwargs).items() if frozen)
+
+
 def l2_sp_strength(s: Settings, default: float = 0.0) -> float:
     """The L2-SP strength of a group while it trains: its rule's ``l2_sp``, else ``default``."""
     return float(default if s.l2_sp is None else s.l2_sp)
 
 
+def _batch_norm_cells(tree: Any, batch_stats: Any, rules: Sequence[Rule], **match_kwargs) -> tuple[dict, str]:
+    """Per group, how many of its batch-norm layers keep frozen / train statistics; and a total line."""
+    modes = _batch_norm_modes({"params": tree, "batch_stats": batch_stats}, rules, **match_kwargs)
+    if not modes:
+        return {}, ""
+    counts: dict[str, list[int]] = {}
+    for frozen, indices in modes.values():
+        for key in {group_name(rules[i]) for i in indices}:
+            counts.setdefault(key, [0, 0])[0 if frozen else 1] += 1
+    cells = {key: ", ".join(f"{n} {word}" for n, word in zip(c, ("frozen", "train")) if n) for key, c in counts.items()}
+    n_frozen = sum(frozen for frozen, _ in modes.values())
+    total = (f"batch norm: {len(modes)} layers, {n_frozen} frozen (running statistics, no update), "
+             f"{len(modes) - n_frozen} train (batch statistics)")
+    return cells, total
+
+
 def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | None = None,
-            layer_decay: float | None = None, *, l2_sp: float = 0.0, **match_kwargs) -> str:
+            layer_decay: float | None = None, *, l2_sp: float = 0.0, batch_stats: Any = None,
+            **match_kwargs) -> str:
     """A text table of the strategy: group, #tensors, #params, lr multiplier(s), weight decay, frozen
     (and the L2-SP strength, when a group has one; ``l2_sp`` is the optimizer's default).
 
     With ``layer_ids``/``layer_decay`` the lr column shows the range of layer-wise multipliers.
+    With ``batch_stats`` (the model's ``variables["batch_stats"]``) a "batch norm" column counts the
+    group's batch-norm layers with frozen / training statistics (:func:`frozen_batch_norm`), and a
+    last line totals them.
 
     Example::
 
         print(jt.summary(params, rules, layer_ids=model.layer_ids, layer_decay=0.9))
+        print(jt.summary(variables["params"], rules, batch_stats=variables["batch_stats"]))
     """
     found = match_rules(tree, rules, **match_kwargs)
     factors = layer_factors(tree, rules, layer_ids, layer_decay, **match_kwargs)
@@ -344,6 +449,9 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     with_l2_sp = any(strengths.values())
     if with_l2_sp:
         header += ("l2-sp",)
+    bn_cells, bn_total = _batch_norm_cells(tree, batch_stats, rules, **match_kwargs) if batch_stats is not None else ({}, "")
+    if bn_total:
+        header += ("batch norm",)
     lines = []
     for key, row in rows.items():
         s: Settings | None = row["settings"]
@@ -358,6 +466,8 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
         line = (key, str(row["tensors"]), f"{row['params']:,}", lr, wd, frozen)
         if with_l2_sp:
             line += (f"{strengths[key]:g}" if strengths[key] else "-",)
+        if bn_total:
+            line += (bn_cells.get(key, "-"),)
         lines.append(line)
     total = sum(r["params"] for r in rows.values())
     trainable = sum(r["params"] for r in rows.values() if r["settings"] is not None and not r["settings"].frozen)
@@ -365,4 +475,4 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     fmt = lambda cells: "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
     out = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(l) for l in lines),
            f"trainable {trainable:,} of {total:,} parameters ({100.0 * trainable / max(total, 1):.1f}%)"]
-    return "\n".join(out)
+    return "\n".join(out + [bn_total] if bn_total else out)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxtune import metrics as M
+from jaxtune.models.batch_norm import check_frozen_bn
 
 IGNORE_INDEX = -100
 
@@ -129,6 +130,9 @@ def _call_text_to_text(model, variables, batch, train, rng, mutable):
 
 
 def _call_image(model, variables, batch, train, rng, mutable):
+    """Image models: ``train`` selects batch statistics for the batch-norm layers the model's
+    ``frozen_bn`` leaves out; a frozen layer normalises with (and returns) its running statistics."""
+    check_frozen_bn(getattr(model, "frozen_bn", False), variables.get("batch_stats", {}))
     kwargs = {"train": train}
     if train and rng is not None:
         kwargs["rngs"] = {"dropout": rng}

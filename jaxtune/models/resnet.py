@@ -21,7 +21,11 @@ variance; in evaluation it uses the running statistics. Three modes::
 
 ``frozen_bn=True`` is the usual choice when fine-tuning with small batches: BatchNorm behaves as in
 evaluation (its scale and bias still train, unless a rule freezes them) and ``batch_stats`` needs no
-``mutable``.
+``mutable``. ``frozen_bn`` may also be a set of BatchNorm module paths, frozen one by one: the runner
+passes :func:`jaxtune.frozen_batch_norm` of the rule table, so a frozen group's BatchNorm keeps its
+running statistics while the trained layers' BatchNorm adapts::
+
+    model = model.clone(frozen_bn=jt.frozen_batch_norm(variables, rules))
 
 Layer ids (for layer-wise LR decay and gradual unfreezing) count *stages*: the stem is 0, stage ``s``
 (``stages_{s}``) is ``s + 1`` and the classifier is ``L + 1`` with ``L = len(config.depths)`` (4 for
@@ -47,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtune.models.batch_norm import BatchNorm, FrozenBN
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
 from jaxtune.rules import Settings, settings
 
@@ -200,42 +205,6 @@ def _check_task(task: str | None) -> None:
 
 
 # --------------------------------------------------------------------------------------------- modules
-class BatchNorm(nn.Module):
-    """BatchNorm over the last (channel) axis with PyTorch ``BatchNorm2d`` semantics.
-
-    Parameters ``scale``/``bias``; running statistics ``mean``/``var`` in ``batch_stats``. With
-    ``use_running_average=False`` it normalises with the batch mean and biased variance and, unless
-    initialising, sets ``mean <- (1 - momentum) * mean + momentum * batch_mean`` and the same for
-    ``var`` with the unbiased batch variance. Statistics are computed in float32 whatever ``dtype``.
-    """
-
-    epsilon: float = 1e-5
-    momentum: float = 0.1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
-        channels = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-            if not self.is_initializing():
-                n = x.size // channels
-                unbiased = var * (n / max(n - 1, 1))
-                ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
-                ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
-        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-        return y.astype(self.dtype)
-
-
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
     """Bias-free conv with PyTorch's symmetric ``kernel // 2`` padding and HF's Kaiming init."""
     pad = kernel // 2
@@ -252,14 +221,14 @@ class ResNetConvLayer(nn.Module):
     kernel: int = 3
     stride: int = 1
     activation: str | None = "relu"
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = _conv(self.features, self.kernel, self.stride, self.dtype, "convolution")(x)
-        x = BatchNorm(self.config.batch_norm_eps, self.config.batch_norm_momentum, self.dtype,
-                      name="normalization")(x, use_running_average=not train or self.frozen_bn)
+        x = BatchNorm(self.config.batch_norm_eps, self.config.batch_norm_momentum, self.dtype, self.frozen_bn,
+                      name="normalization")(x, use_running_average=not train)
         return x if self.activation is None else _ACTIVATIONS[self.activation](x)
 
 
@@ -273,7 +242,7 @@ class ResNetBlock(nn.Module):
     config: ResNetConfig
     features: int
     stride: int = 1
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -310,7 +279,7 @@ class ResNetModel(nn.Module):
     """
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -335,7 +304,7 @@ class _Embedder(nn.Module):
     """HF ``ResNetEmbeddings``: 7x7 stride-2 conv layer ``embedder``, then 3x3 stride-2 max-pool."""
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -350,7 +319,7 @@ class _Encoder(nn.Module):
     """HF ``ResNetEncoder``: stages ``stages_{s}`` of blocks ``layers_{l}``."""
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -370,7 +339,7 @@ class _Stage(nn.Module):
     features: int
     depth: int
     stride: int
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -395,7 +364,7 @@ class ResNetForImageClassification(nn.Module):
     """
 
     config: ResNetConfig
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -415,7 +384,7 @@ class ResNetForImageClassification(nn.Module):
 
 
 def build(config: ResNetConfig, task: str | None = None, num_labels: int | None = None,
-          dtype: Any = jnp.float32, frozen_bn: bool = False) -> nn.Module:
+          dtype: Any = jnp.float32, frozen_bn: FrozenBN = False) -> nn.Module:
     """The Flax module for ``task`` (None: :class:`ResNetModel`, "image_classification":
     :class:`ResNetForImageClassification`). A ``num_labels`` other than ``config.num_labels`` gives
     the module a config with that many labels (generic label names), so ``model.config`` describes

@@ -46,7 +46,7 @@ from jaxtune.models._cnn import (
     normalize_images,
 )
 from jaxtune.models.family import NameMap, NameRule
-from jaxtune.models.resnet import BatchNorm
+from jaxtune.models.batch_norm import BatchNorm, FrozenBN
 
 __all__ = [
     "FAMILY",
@@ -133,13 +133,15 @@ class VGG(nn.Module):
     Attributes:
       config: the architecture (VGG16 without batch norm by default).
       num_labels: head size; ``None`` returns the ``hidden_size`` features after the second hidden layer.
-      frozen_bn: batch norm (``*_bn`` models) uses its running statistics even with ``train=True``.
+      frozen_bn: batch norm (``*_bn`` models) uses its running statistics even with ``train=True``:
+        ``True`` for every layer, or a set of module paths (``"bn_1"``) from
+        :func:`jaxtune.frozen_batch_norm` for the layers of a frozen group.
       dtype: compute dtype (parameters stay float32). Outputs are float32.
     """
 
     config: VGGConfig = VGGConfig()
     num_labels: int | None = 1000
-    frozen_bn: bool = False
+    frozen_bn: FrozenBN = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -156,8 +158,8 @@ class VGG(nn.Module):
             x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_cnn.TORCH_CONV_INIT, name=f"conv_{j}",
                         **common)(x)
             if cfg.batch_norm:
-                x = BatchNorm(cfg.bn_epsilon, cfg.bn_momentum, self.dtype, name=f"bn_{j}")(
-                    x, use_running_average=not train or self.frozen_bn)
+                x = BatchNorm(cfg.bn_epsilon, cfg.bn_momentum, self.dtype, self.frozen_bn, name=f"bn_{j}")(
+                    x, use_running_average=not train)
             x = nn.relu(x)
             j += 1
         x = adaptive_avg_pool2d(x, (cfg.pool_size, cfg.pool_size))
@@ -234,7 +236,7 @@ def config_from_state_dict(state: Mapping[str, np.ndarray]) -> VGGConfig:
 
 
 def vgg(config: VGGConfig | None = None, num_labels: int | None = None, *, include_head: bool = True,
-        dtype: Any = jnp.float32, frozen_bn: bool = False) -> VGG:
+        dtype: Any = jnp.float32, frozen_bn: FrozenBN = False) -> VGG:
     """Builds the (uninitialised) model: ``num_labels`` defaults to ``config.num_labels``;
     ``include_head=False`` leaves out ``classifier_6``.
 
@@ -248,7 +250,7 @@ def vgg(config: VGGConfig | None = None, num_labels: int | None = None, *, inclu
 
 
 def vgg16(batch_norm: bool = False, num_labels: int = 1000, *, dtype: Any = jnp.float32,
-          frozen_bn: bool = False) -> VGG:
+          frozen_bn: FrozenBN = False) -> VGG:
     """torchvision's ``vgg16`` / ``vgg16_bn`` architecture (uninitialised).
 
     Example::
@@ -261,7 +263,7 @@ def vgg16(batch_norm: bool = False, num_labels: int = 1000, *, dtype: Any = jnp.
 
 def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray], num_labels: int | None = None,
                config: VGGConfig | None = None, *, include_head: bool = True, dtype: Any = jnp.float32,
-               frozen_bn: bool = False, rng: int | jax.Array = 0) -> tuple[VGG, dict]:
+               frozen_bn: FrozenBN = False, rng: int | jax.Array = 0) -> tuple[VGG, dict]:
     """Loads a torchvision VGG state dict (a ``.pth`` file, read without torch, or a dict).
 
     ``config=None`` recognises the layout (see :func:`config_from_state_dict`). ``num_labels=None``
