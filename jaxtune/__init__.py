@@ -6,8 +6,16 @@ The public API is flat, like optax::
     rules = [(r"embeddings/.*", jt.freeze()), (r".*bias", jt.settings(weight_decay=False)), (r".*", jt.settings())]
     tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
 """
-from jaxtune.checkpoint import Checkpointer
-from jaxtune.config import ConfigError, ExperimentConfig, load_config, save_config, validate_config
+from jaxtune.checkpoint import BrokenCheckpointError, CheckpointWriteError, Checkpointer
+from jaxtune.config import (
+    RESUMABLE_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    resumable_keys,
+    save_config,
+    validate_config,
+)
 from jaxtune.data.checks import DataError
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.embeddings import (
@@ -70,6 +78,7 @@ from jaxtune.rules import (
     validate_settings,
     weight_decay_mask,
 )
+from jaxtune.rundir import RunDirError, RunResult, read_result, run_fingerprint
 from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
 from jaxtune.sharding import (
     batch_sharding,

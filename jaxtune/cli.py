@@ -1,6 +1,6 @@
 """The ``jaxtune`` command.
 
-    jaxtune finetune CONFIG [--set key=value ...]   run (or resume) an experiment
+    jaxtune finetune CONFIG [--set key=value ...] [--resume | --overwrite]   run (or resume) an experiment
     jaxtune rules CONFIG [--set key=value ...]      print the strategy table, no training
     jaxtune eval RUN_DIR [--step N] [--split S]     evaluate a run's best (or given) checkpoint
     jaxtune bench [options]                         step-throughput benchmarks (see --help)
@@ -52,8 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("finetune", help="run (or resume) a fine-tuning experiment",
                        description="Runs an experiment config: checkpoints, early stopping, logs and a plot go "
-                                   "to OUTPUT_DIR/NAME; a run directory with checkpoints is resumed.")
+                                   "to OUTPUT_DIR/NAME. The same run (same fingerprint) there is resumed, or its "
+                                   "result returned when it finished; a directory holding another run is an error "
+                                   "listing the differing keys, unless --resume or --overwrite.")
     _add_config(p)
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in OUTPUT_DIR/NAME even though its config differs (recorded in "
+                               "its fingerprint.json)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="delete the run in OUTPUT_DIR/NAME and start over")
     p = sub.add_parser("rules", help="print the strategy summary table of a config without training",
                        description="Loads the config's model and prints its rule table as groups, parameter "
                                    "counts, LR multipliers, weight decay and frozen flags.")
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "finetune":
         from jaxtune.experiment import finetune
-        result = finetune(args.config, args.overrides)
+        result = finetune(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
         print(json.dumps({"test": result.test_metrics, "best_step": result.best_step, "paths": result.paths}, indent=2))
     elif args.command == "rules":
         from jaxtune.experiment import strategy_table

@@ -137,6 +137,42 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
 
+RESUMABLE_KEYS: dict[str, str] = {
+    "name": "names the run directory, not the run",
+    "output_dir": "where the run directory lives, not what it holds",
+    "train.max_steps": "where training stops (only with optim.schedule 'constant'; see LENGTH_KEYS)",
+    "train.epochs": "where training stops (only with optim.schedule 'constant'; see LENGTH_KEYS)",
+    "train.log_every": "how often train metrics are logged",
+    "train.progress": "whether a progress bar is drawn",
+    "data.eval_batch_size": "how evaluation is batched (the same examples are scored)",
+    "checkpoint.keep_best": "how many best checkpoints are kept",
+    "checkpoint.keep_latest": "how many latest checkpoints are kept",
+    "checkpoint.export_best_hf": "whether the best model is exported in HF format",
+}
+"""The config keys that may change when a run resumes: they do not change what the steps compute, so
+they are left out of the run's fingerprint (:func:`jaxtune.run_fingerprint`). Every other key defines
+the run: model, data, rules, optimizer, schedule, seeds, evaluation and early stopping."""
+
+LENGTH_KEYS = ("train.max_steps", "train.epochs")
+"""Keys of :data:`RESUMABLE_KEYS` that set the run's length. They may change on resume only when
+nothing depends on the length: ``optim.schedule`` is ``"constant"`` and no weight average starts at
+a fraction of the steps. A warmup schedule is stretched over the run's length, so there they belong
+to the fingerprint (a run trained to step 100 of 200 is not the first half of a 400-step run)."""
+
+
+def resumable_keys(config: ExperimentConfig) -> tuple[str, ...]:
+    """The dotted keys of ``config`` that may change when its run resumes (see :data:`RESUMABLE_KEYS`).
+
+    Example::
+
+        >>> "train.max_steps" in resumable_keys(ExperimentConfig())   # warmup_linear: length matters
+        False
+    """
+    optim = config.optim
+    length_free = optim.schedule == "constant" and (optim.weight_average is None or optim.weight_average_start == 0)
+    return tuple(k for k in RESUMABLE_KEYS if length_free or k not in LENGTH_KEYS)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
 import math
 import os
@@ -36,7 +35,9 @@ from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
-from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar, read_jsonl
+from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
+                            read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
+from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -55,20 +56,6 @@ class PreparedData:
     buckets: tuple[int, ...] | None
     pad_token_id: int
     description: str
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What a run produced: test metrics of the restored best model, and where things are."""
-
-    test_metrics: dict[str, float]
-    validation_metrics: dict[str, float]
-    best_step: int | None
-    steps: int
-    trainable_params: int
-    stopped_early: bool
-    paths: dict[str, str]
-    seconds: float
 
 
 def _model_dir(path: str) -> str:
@@ -293,13 +280,6 @@ def _runner_state_record(cfg: ExperimentConfig, rules: list[Rule], epoch: int, b
             "early_stopping": None if stopper is None else dataclasses.asdict(stopper), "stage": stage}
 
 
-def _truncate_log(path: str, last_step: int) -> None:
-    if os.path.exists(path):
-        kept = [r for r in read_jsonl(path) if r["step"] <= last_step]
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-
-
 @dataclasses.dataclass
 class Setup:
     """Everything a run builds before training: usable alone (e.g. to evaluate a checkpoint)."""
@@ -416,46 +396,87 @@ def _checkpointer(cfg: ExperimentConfig, run_dir: str) -> Checkpointer:
                         keep_latest=cfg.checkpoint.keep_latest)
 
 
+def _resume_state(ckpt: Checkpointer, template: TrainState, run_dir: str,
+                  total_steps: int) -> tuple[TrainState, dict | None]:
+    """The state to train from: the newest intact checkpoint (printing ``resuming <dir> at step N``)
+    and its record, or ``template`` and ``None`` when there is no checkpoint."""
+    restored = ckpt.restore_latest_intact(template=template)
+    if restored is None:
+        return template, None
+    state, record = restored
+    if int(state.step) > total_steps:
+        raise RunDirError(f"{run_dir} is at step {int(state.step)}, past this config's {total_steps} steps "
+                          "(train.max_steps / train.epochs): raise them, or pass overwrite=True (--overwrite) "
+                          "to start the run over")
+    print(f"resuming {run_dir} at step {int(state.step)}")
+    return state, record
+
+
+def _finish(plan: RunDirPlan, result: RunResult) -> RunResult:
+    """Writes ``result.json`` (atomically, last of all files): from now on the run counts as finished."""
+    result.paths["result"] = os.path.join(plan.run_dir, "result.json")
+    write_result(plan.run_dir, plan.fingerprint, result)
+    return result
+
+
 def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
-             data: PreparedData | None = None) -> RunResult:
+             data: PreparedData | None = None, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Runs (or resumes) one fine-tuning experiment; see the module docstring.
 
     ``config`` is an :class:`ExperimentConfig`, a YAML/JSON path, or a dict; ``overrides`` are
-    ``key=value`` strings. ``data`` may be passed to reuse prepared examples across runs. A run
-    directory that already holds checkpoints is resumed from the latest one.
+    ``key=value`` strings. ``data`` may be passed to reuse prepared examples across runs.
+
+    The run directory ``output_dir/name`` is checked before anything is written to it. A new run
+    starts there (``fingerprint.json`` first). The same run (same :func:`run_fingerprint`) resumes
+    from its newest intact checkpoint, printing ``resuming <dir> at step N``, or, when it finished,
+    returns its result without training. A directory holding another run is a
+    :class:`~jaxtune.rundir.RunDirError` listing the differing keys (old -> new), unless
+    ``resume=True`` (continue it with the new values anyway) or ``overwrite=True`` (delete it and
+    start over). The keys that may change on resume are :data:`jaxtune.config.RESUMABLE_KEYS`.
 
     A NaN/inf loss, gradient, weight or validation metric raises :class:`jaxtune.NonFiniteError`
     (step and parameter named) at the next log/evaluation point; no non-finite checkpoint is saved.
+
+    Example::
+
+        result = jt.finetune("experiments/configs/tweets_minilm.yaml", ["train.max_steps=200"])
+        result = jt.finetune(cfg, overwrite=True)     # start runs/NAME over
     """
     from jaxtune.hub import save_pretrained
 
     start = time.time()
-    setup = build(config, overrides, data)
+    cfg = _as_config(config, overrides)
+    plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
+    setup = build(cfg, data=data)
+    done = finished_result(plan, setup.total_steps)
+    if done is not None:
+        return done
+    open_run_dir(plan)
     cfg, data, task, model, rules, stages = setup.config, setup.data, setup.task, setup.model, setup.rules, setup.stages
     run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_step
-    os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
     runtime = cfg.optim.unfreezing == "runtime"
-    state = setup.initial_state
     # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
-    pretrained = jax.device_get(state.params)
+    pretrained = jax.device_get(setup.initial_state.params)
     groups = label_params(pretrained, rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
     ckpt = _checkpointer(cfg, run_dir)
     ckpt_dir = ckpt.directory
+    try:
+        state, record = _resume_state(ckpt, setup.initial_state, run_dir, total_steps)
+    except BaseException:
+        ckpt.close()
+        raise
     epoch, batch_index, stage = 0, 0, -1
-    if ckpt.latest_step() is not None:
-        state, record = ckpt.restore(template=state)
+    if record is not None:
         epoch, batch_index = record["data_position"]["epoch"], record["data_position"]["batch"]
         stage = record.get("stage", -1)
         if stopper is not None and record.get("early_stopping"):
             stopper = EarlyStopping(**record["early_stopping"])
-        logger.info("resumed %s at step %d", run_dir, int(state.step))
-        _truncate_log(os.path.join(run_dir, "metrics.jsonl"), int(state.step))
 
-    log = RunLogger(run_dir)
+    log = RunLogger(run_dir, resume_step=int(state.step))
     guard = NonFiniteGuard(leaf_paths(state.params))
     val_batches = epoch_batches(data, data.validation, cfg.data.eval_batch_size, seed=None)
     step = int(state.step)
@@ -499,6 +520,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                             stopped_early = stopper.update(step, last_val)
                         ckpt.save(step, state, metrics=last_val,
                                   record=_runner_state_record(cfg, rules, *next_position, stopper, stage))
+                        log.flush()
                         if stopped_early:
                             break
                 if batch_index >= len(batches):
@@ -536,8 +558,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
     print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
-    return RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
-                     trainable_params=setup.trainable_params, stopped_early=stopped_early, paths=paths, seconds=time.time() - start)
+    return _finish(plan, RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step,
+                                   steps=step, trainable_params=setup.trainable_params, stopped_early=stopped_early,
+                                   paths=paths, seconds=time.time() - start))
 
 
 

@@ -23,17 +23,29 @@ import numpy as np
 
 
 class RunLogger:
-    """Writes metrics to ``metrics.jsonl`` and TensorBoard under ``run_dir``."""
+    """Writes metrics to ``metrics.jsonl`` and TensorBoard under ``run_dir``.
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+    ``resume_step``: the step a resumed run restarts from (0 when it had no checkpoint yet). Rows
+    logged after it are dropped from ``metrics.jsonl``, and TensorBoard is told to purge its events
+    after it, so a resumed run never shows the steps it is about to redo twice.
+
+    Example::
+
+        log = RunLogger("runs/exp1", resume_step=200)    # metrics.jsonl keeps steps <= 200
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, resume_step: int | None = None):
         self.run_dir = os.fspath(run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(self.run_dir, "metrics.jsonl")
+        if resume_step is not None:
+            truncate_jsonl(self.jsonl_path, resume_step)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, metrics: dict, split: str = "train") -> None:
         """Appends ``metrics`` (numbers; device arrays are fetched) for ``step`` and ``split``."""
@@ -43,6 +55,13 @@ class RunLogger:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def flush(self) -> None:
+        """Makes everything logged so far durable: ``metrics.jsonl`` and the TensorBoard event file."""
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         self._jsonl.close()
@@ -60,6 +79,32 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a ``metrics.jsonl`` file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_jsonl(path: str | os.PathLike, last_step: int) -> None:
+    """Drops the rows of a ``metrics.jsonl`` logged after ``last_step`` (atomically: a run killed
+    meanwhile leaves the old file or the new one). A half-written last line is dropped too.
+
+    Example::
+
+        truncate_jsonl("runs/exp1/metrics.jsonl", 200)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the torn last line of a run killed while logging
+            if row["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def pyplot():

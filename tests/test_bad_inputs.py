@@ -487,7 +487,7 @@ def test_cli_run_stopped_on_non_finite_values_exits_2(tmp_path, capsys, monkeypa
     class NonFiniteError(ValueError):
         pass
 
-    def diverges(*args):
+    def diverges(*args, **kwargs):
         raise NonFiniteError("loss is nan at step 3; lower optim.learning_rate")
 
     monkeypatch.setattr(jt, "NonFiniteError", NonFiniteError, raising=False)

@@ -137,3 +137,101 @@ def test_early_stopping_on_plateau():
     assert [up.update(i, {"acc": v}) for i, v in enumerate([0.1, 0.2, 0.2])] == [False, False, True]
     with pytest.raises(KeyError, match="val_loss"):
         jt.EarlyStopping().update(0, {"loss": 1.0})
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(max(1, os.path.getsize(path) // 2))
+
+
+def _break_data(step_dir):
+    """Truncates every array data file of the step (what a full disk or a killed copy leaves)."""
+    for name in os.listdir(step_dir / "state" / "d"):
+        _truncate(step_dir / "state" / "d" / name)
+    return "state/d/"
+
+
+def _break_metadata(step_dir):
+    _truncate(step_dir / "state" / "_METADATA")
+    return "state/_METADATA"
+
+
+def _lose_record(step_dir):
+    os.remove(step_dir / "record" / "metadata")
+    return "record/metadata"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
+@pytest.mark.parametrize("damage", [_break_data, _break_metadata, _lose_record])
+def test_broken_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage):
+    params, tx, step = _setup()
+    template = _fresh_state(params, tx)
+    first, _ = _run(_fresh_state(params, tx), step, 0, 1)
+    first_params = jax.device_get(first.params)
+    with Checkpointer(tmp_path / "ckpt", keep_latest=2) as ckpt:
+        ckpt.save(1, first, record={"data_position": 1})
+        second, _ = _run(first, step, 1, 1)  # donates first
+        ckpt.save(2, second, record={"data_position": 2})
+    broken = damage(tmp_path / "ckpt" / "2")
+    with Checkpointer(tmp_path / "ckpt", keep_latest=2) as ckpt:
+        assert broken in ckpt.problem(2) if damage is not _break_data else ckpt.problem(2) is None
+        with pytest.warns(UserWarning, match=f"checkpoint step 2 in .* is broken .*{broken}.*resumed from step 1"):
+            restored, record = ckpt.restore_latest_intact(template=template)
+        assert record["data_position"] == 1 and int(restored.step) == 1
+        assert ckpt.all_steps() == [1]  # the broken one is set aside, so step 2 can be written again
+        assert os.path.isdir(tmp_path / "ckpt.broken" / "2")
+        ckpt.save(2, second, record={"data_position": 2})
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(first_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
+def test_no_intact_checkpoint_names_each_broken_file(tmp_path):
+    params, tx, _ = _setup()
+    state = _fresh_state(params, tx)
+    with Checkpointer(tmp_path, keep_latest=2) as ckpt:
+        assert ckpt.restore_latest_intact(template=state) is None  # no checkpoint: nothing to resume
+        ckpt.save(1, state)
+        ckpt.save(2, state)
+    _break_metadata(tmp_path / "2")
+    _lose_record(tmp_path / "1")
+    with Checkpointer(tmp_path, keep_latest=2) as ckpt:
+        with pytest.raises(jt.BrokenCheckpointError, match=r"step 2: bad metadata in .*2/state/_METADATA.*"
+                                                           r"step 1: missing file .*1/record/metadata.*overwrite"):
+            ckpt.restore_latest_intact(template=state)
+        assert ckpt.all_steps() == [1, 2]  # nothing moved
+
+
+def _failing_record_write(error):
+    async def write(self, item, directory):
+        raise error(directory / self._filename)
+    return write
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
+@pytest.mark.parametrize("error, errno_, text", [
+    (lambda path: PermissionError(13, "Permission denied", str(path)), 13, "Permission denied"),
+    # tensorstore's form (the arrays): a ValueError whose message carries the file and the OS error code.
+    (lambda path: ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{path}": Failed to write: '
+                             "No space left on device [os_error_code='28'] [tensorstore_spec='{}']"),
+     28, "No space left on device"),
+])
+def test_write_failure_is_the_os_error_naming_the_file(tmp_path, monkeypatch, error, errno_, text):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    params, tx, _ = _setup()
+    state = _fresh_state(params, tx)
+    ckpt = Checkpointer(tmp_path, keep_latest=2)
+    ckpt.save(1, state)
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", _failing_record_write(error))
+    with pytest.raises(jt.CheckpointWriteError) as failure:
+        ckpt.save(2, state)
+    ckpt.close()  # cleaning up after the failed write raises nothing of its own
+    path = failure.value.filename  # orbax writes into 2.orbax-checkpoint-tmp/record.orbax-checkpoint-tmp/
+    assert failure.value.errno == errno_ and "/2.orbax-checkpoint-tmp/record" in path and path.endswith("/metadata")
+    message = str(failure.value)
+    assert text in message and path in message and "checkpoint step 2" in message
+    assert "steps [1]) are intact" in message and "asyncio" not in message and "event loop" not in message.lower()
+    monkeypatch.undo()
+    with Checkpointer(tmp_path) as again:
+        assert again.latest_step() == 1 and again.restore(template=state)[1]["step"] == 1

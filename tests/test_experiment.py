@@ -186,3 +186,136 @@ def test_mnist_mobilenet_configs_smoke(config, tmp_path):
     assert result.steps == 2 and 0.0 <= result.test_metrics["accuracy"] <= 1.0
     expected = 12_810 if config.endswith("frozen") else 2_236_682  # head only vs the whole network
     assert result.trainable_params == expected
+
+
+def _snapshot(root):
+    """Every file under ``root`` with its bytes and mtime (ns)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            out[path] = (open(path, "rb").read(), os.stat(path).st_mtime_ns)
+    return out
+
+
+def test_rerun_checks_the_fingerprint_then_resume_or_overwrite(tiny_model_dir, data, tmp_path, capsys):
+    cfg = _config(tiny_model_dir, tmp_path, "fp")
+    cfg["train"]["max_steps"] = 2
+    first = finetune(cfg, data=data)
+    run_dir = first.paths["run_dir"]
+    digest = jt.run_fingerprint(jt.config.from_dict(jt.ExperimentConfig, cfg))[0]
+    assert json.load(open(os.path.join(run_dir, "fingerprint.json")))["fingerprint"] == digest
+    assert json.load(open(first.paths["result"]))["fingerprint"] == digest and jt.read_result(run_dir) == first
+    before = _snapshot(tmp_path / "fp")
+    changed = _config(tiny_model_dir, tmp_path, "fp", learning_rate=2e-3)
+    changed["train"]["max_steps"] = 2
+    with pytest.raises(jt.RunDirError, match=r"optim.learning_rate: 0.001 -> 0.002\n.*overwrite=True"):
+        finetune(changed, data=data)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(changed))
+    capsys.readouterr()
+    assert cli.main(["finetune", str(path)]) == 2  # the command: a user error, in its own words
+    assert "optim.learning_rate: 0.001 -> 0.002" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "fp") == before  # every file's bytes and mtime
+    capsys.readouterr()
+    assert finetune(cfg, data=data) == first  # finished: its result, no training, nothing rewritten
+    assert f"{run_dir} already finished at step 2" in capsys.readouterr().out
+    assert _snapshot(tmp_path / "fp") == before
+    # --overwrite (the CLI flag): the old run goes, the changed config runs from scratch.
+    assert cli.main(["finetune", str(path), "--overwrite"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    changed_digest = jt.run_fingerprint(jt.config.from_dict(jt.ExperimentConfig, changed))[0]
+    assert jt.read_result(run_dir).steps == 2 and json.load(open(first.paths["result"]))["fingerprint"] == changed_digest
+    # resume=True: continue the 2e-3 run with 1e-3 for two more steps; the run records the change.
+    cfg["train"]["max_steps"] = 4
+    continued = finetune(cfg, data=data, resume=True)
+    out = capsys.readouterr().out
+    assert "continuing" in out and f"resuming {run_dir} at step 2" in out and continued.steps == 4
+    record = json.load(open(os.path.join(run_dir, "fingerprint.json")))
+    assert record["continued"][0]["changed"] == {"optim.learning_rate": [0.002, 0.001]}
+    assert json.load(open(continued.paths["result"]))["fingerprint"] == record["fingerprint"]
+    assert record["fingerprint"] not in (digest, changed_digest)  # neither config's clean run
+
+
+@pytest.fixture(scope="module")
+def straight6(tiny_model_dir, data, tmp_path_factory):
+    """An uninterrupted 6-step run (checkpoints at 2, 4, 6) and a template state to restore its kind into."""
+    cfg = _config(tiny_model_dir, tmp_path_factory.mktemp("straight6"), "straight6")
+    cfg["train"]["max_steps"] = 6
+    from jaxtune.experiment import build
+    return finetune(cfg, data=data), build(cfg, data=data).initial_state
+
+
+def _assert_same_run(run_dir, straight6):
+    straight, template = straight6
+    assert _train_losses(run_dir) == _train_losses(straight.paths["run_dir"])  # no row twice, none missing
+    for a, b in zip(jax.tree.leaves(_latest_params(run_dir, template)),
+                    jax.tree.leaves(_latest_params(straight.paths["run_dir"], template))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit-exact (float32, CPU)
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+from jaxtune import experiment
+cfg, where, at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if where == "train":  # right after step `at` is logged
+    log = experiment.RunLogger.log
+    def log_then_die(self, step, metrics, split="train"):
+        log(self, step, metrics, split)
+        if split == "train" and step == at:
+            die()
+    experiment.RunLogger.log = log_then_die
+else:  # while checkpoint `at` is being written: its arrays are on the way, its record not yet
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+    write = handler.JsonCheckpointHandler._save_fn
+    async def die_while_saving(self, item, directory):
+        if item.get("step") == at:
+            die()
+        return await write(self, item, directory)
+    handler.JsonCheckpointHandler._save_fn = die_while_saving
+experiment.finetune(cfg)
+"""
+
+
+@pytest.mark.parametrize("where, at, resumed_at", [("train", 1, None), ("train", 3, 2), ("save", 4, 2)])
+def test_kill_9_then_rerun_resumes_bit_exactly(tiny_model_dir, data, tmp_path, straight6, capsys, where, at,
+                                                resumed_at):
+    import signal
+    import subprocess
+    import sys
+
+    cfg = _config(tiny_model_dir, tmp_path, "killed")
+    cfg["train"]["max_steps"] = 6
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(cfg), where, str(at)], cwd=root,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    run_dir = str(tmp_path / "killed")
+    assert max(s for s, _ in _train_losses(run_dir)) == at and not os.path.exists(os.path.join(run_dir, "result.json"))
+    if where == "save":
+        assert any(".orbax-checkpoint-tmp" in n for n in os.listdir(os.path.join(run_dir, "checkpoints")))
+    capsys.readouterr()
+    finetune(cfg, data=data)  # the same command again
+    printed = capsys.readouterr().out
+    assert (f"resuming {run_dir} at step {resumed_at}" in printed) if resumed_at else "resuming" not in printed
+    _assert_same_run(run_dir, straight6)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax threads of a failed read/write
+def test_broken_latest_checkpoint_resumes_from_the_one_before(tiny_model_dir, data, tmp_path, straight6, capsys):
+    cfg = _config(tiny_model_dir, tmp_path, "broken")
+    cfg["train"]["max_steps"] = 4
+    cfg["checkpoint"]["keep_latest"] = 2
+    finetune(cfg, data=data)
+    step4 = tmp_path / "broken" / "checkpoints" / "4" / "state" / "d"
+    for name in os.listdir(step4):  # truncated data files, as a full disk or a killed copy leaves them
+        with open(step4 / name, "r+b") as f:
+            f.truncate(7)
+    cfg["train"]["max_steps"] = 6
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"checkpoint step 4 in .* is broken \(.*state/d/.*\).*resumed from step 2"):
+        finetune(cfg, data=data)
+    assert f"resuming {tmp_path / 'broken'} at step 2" in capsys.readouterr().out
+    assert os.path.isdir(tmp_path / "broken" / "checkpoints.broken" / "4")
+    _assert_same_run(str(tmp_path / "broken"), straight6)
