@@ -60,6 +60,7 @@ from jaxtune.rules import (
     weight_decay_mask,
 )
 from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
+from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
     batch_sharding,
     fsdp_spec,

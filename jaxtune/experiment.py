@@ -13,6 +13,7 @@ Each part stays usable alone: :func:`prepare_data`, :func:`jaxtune.from_pretrain
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -34,6 +35,7 @@ from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, label_params, summary, trainable_mask
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar, read_jsonl
+from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -159,18 +161,44 @@ def epoch_batches(data: PreparedData, examples: list[dict], batch_size: int, see
     return batches
 
 
-def load_model(path: str, task: str, num_labels: int, dtype: str):
-    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
-    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``."""
-    from jaxtune.hub import from_pretrained
+# Shipped CNN aliases: (module, pretrained loader, architecture builder, config class).
+_CNN_ALIASES = {
+    "mobilenet_v2_imagenet": ("jaxtune.models.mobilenet", "mobilenet_v2_imagenet", "mobilenet_v2", "MobileNetV2Config"),
+    "efficientnet_lite0_imagenet": ("jaxtune.models.efficientnet", "efficientnet_lite0_imagenet", "efficientnet_lite",
+                                    "EfficientNetLiteConfig"),
+}
 
-    if path == "mobilenet_v2_imagenet":
-        from jaxtune.models.mobilenet import mobilenet_v2_imagenet
-        return mobilenet_v2_imagenet(num_labels=num_labels, dtype=jnp.dtype(dtype))
-    if path == "efficientnet_lite0_imagenet":
-        from jaxtune.models.efficientnet import efficientnet_lite0_imagenet
-        return efficientnet_lite0_imagenet(num_labels=num_labels, dtype=jnp.dtype(dtype))
-    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype))
+
+def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str = "pretrained",
+               rng: jax.Array | None = None):
+    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
+    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``.
+
+    ``init="random"`` builds the same architecture with every weight freshly initialised from
+    ``rng`` (a from-scratch baseline); with ``"pretrained"``, ``rng`` initialises a new head only.
+
+    Example::
+
+        model, variables = load_model("mobilenet_v2_imagenet", "image_classification", 10, "float32",
+                                      init="random", rng=jt.seed_stream(0, "init"))
+    """
+    from jaxtune.hub import from_pretrained, random_variables
+
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
+    rng = jax.random.key(0) if rng is None else rng
+    if path in _CNN_ALIASES:
+        module_name, loader, builder, config_cls = _CNN_ALIASES[path]
+        module = importlib.import_module(module_name)
+        if init == "pretrained":
+            return getattr(module, loader)(num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng)
+        from jaxtune.models._cnn import example_images
+
+        config = dataclasses.replace(getattr(module, config_cls)(), num_labels=int(num_labels))
+        model = getattr(module, builder)(config, dtype=jnp.dtype(dtype))
+        return model, random_variables(model, example_images(), rng, path)[0]
+    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
+                           init=init)
 
 
 def _family_module(model):
@@ -297,13 +325,15 @@ def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: S
 
 def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
           data: PreparedData | None = None) -> Setup:
-    """Data, model (pretrained weights), rule table, optimizer, jitted steps and initial state."""
+    """Data, model (pretrained or ``model.init: random`` weights), rule table, optimizer, jitted steps
+    and initial state. ``train.seed`` drives the new head's (or the random model's) init and the
+    dropout key (:func:`jaxtune.seed_stream`); ``data.seed`` only the split and subsets."""
     cfg = _as_config(config, overrides)
     data = data if data is not None else prepare_data(cfg.data, cfg.model.path)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
     logger.info("data: %s", data.description)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(data.label_names),
-                                  cfg.model.dtype)
+                                  cfg.model.dtype, init=cfg.model.init, rng=seed_stream(cfg.train.seed, "init"))
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
@@ -336,7 +366,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         plain = make_train_step(loss_fn, tx, trainable=trainable_mask(params, rules), **step_kwargs)
         train_step = lambda state, batch, stage: plain(state, batch)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)
-    state = TrainState.create(params, tx, model_state=model_state, rng=cfg.train.seed)
+    state = TrainState.create(params, tx, model_state=model_state, rng=seed_stream(cfg.train.seed, "dropout"))
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
                  state, os.path.join(cfg.output_dir, cfg.name), n_trainable)
@@ -402,7 +432,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         with progress_bar(total_steps, cfg.name, disable=not cfg.train.progress) as bar:
             bar.update(bar.tasks[0].id, completed=step)
             while step < total_steps and not stopped_early:
-                batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=cfg.data.seed * 100_003 + epoch)
+                batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
                 while batch_index < len(batches) and step < total_steps:
                     if stages is not None:
                         new_stage = min(step // cfg.optim.unfreeze_every, len(stages) - 1)
@@ -468,8 +498,11 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
     print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
-    return RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
-                     trainable_params=setup.trainable_params, stopped_early=stopped_early, paths=paths, seconds=time.time() - start)
+    result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
+                       trainable_params=setup.trainable_params, stopped_early=stopped_early, paths=paths,
+                       seconds=time.time() - start)
+    write_result(run_dir, cfg, result)
+    return result
 
 
 
@@ -508,3 +541,49 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     layer_ids = getattr(model, "layer_ids", None) if cfg.optim.layer_decay else None
     return summary(variables["params"], build_rules(cfg.optim, model), layer_ids=layer_ids,
                    layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run fingerprint and result file: minimal stand-ins for the "runid" branch's versions.
+
+# Config keys that may differ between two runs that are "the same run" (where it lives, how it logs).
+RESUMABLE_KEYS = ("name", "output_dir", "train.progress", "train.log_every")
+RESULT_NAME = "result.json"
+
+
+def _flatten_config(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        flat.update(_flatten_config(value, path) if isinstance(value, dict) else {path: value})
+    return flat
+
+
+def run_fingerprint(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
+    """``(sha256 hex, flat dotted config)`` of everything that defines a run (not ``RESUMABLE_KEYS``).
+
+    Example::
+
+        hex_digest, flat = run_fingerprint(jt.load_config(None))
+        flat["optim.learning_rate"]   # 5e-05
+    """
+    flat = {k: v for k, v in _flatten_config(to_dict(cfg)).items() if k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest(), flat
+
+
+def write_result(run_dir: str, cfg: ExperimentConfig, result: RunResult) -> str:
+    """Writes ``run_dir/result.json`` = ``{"fingerprint": hex, **asdict(result)}``; returns its path."""
+    path = os.path.join(run_dir, RESULT_NAME)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": run_fingerprint(cfg)[0], **dataclasses.asdict(result)}, f, indent=2, default=float)
+    return path
+
+
+def read_result(run_dir: str | os.PathLike) -> RunResult | None:
+    """The :class:`RunResult` of a finished run (its ``result.json``), or None if it has none."""
+    path = os.path.join(os.fspath(run_dir), RESULT_NAME)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        stored = json.load(f)
+    return RunResult(**{field.name: stored[field.name] for field in dataclasses.fields(RunResult)})
