@@ -70,6 +70,7 @@ from jaxtune.sharding import (
     shard_train_state,
     tree_shardings,
 )
+from jaxtune.sweep import SweepResult, sweep
 from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,
