@@ -251,7 +251,8 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
       strategies / strategy_key: what counts as a strategy (see :func:`sweep_points`).
       metric, mode: the selection metric (``accuracy`` or ``val_accuracy``) and ``"max"``/``"min"``;
         default the config's ``early_stopping.monitor`` / ``mode``.
-      data: prepared data to use for every point (else prepared once per distinct data config).
+      data: prepared data to use for every point (else prepared once per distinct data config and
+        model path); an error when the sweep varies ``data.*`` or ``model.path``.
       command: the command line for the report header (default: this process's ``sys.argv``).
     """
     from jaxtune.experiment import _as_config, finetune, prepare_data
@@ -260,6 +261,10 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
     metric, mode = _resolve_metric(base, metric, mode)
     points = sweep_points(grid or {}, seeds, strategies=strategies, strategy_key=strategy_key)
     configs = [point_config(base, p) for p in points]  # every config error before any training
+    varied = sorted({k for p in points for k in p.overrides if k.startswith("data.") or k == "model.path"})
+    if data is not None and varied:
+        raise ValueError(f"data= is used for every point, but the sweep varies {varied}; leave data=None "
+                         "(the sweep prepares the data once per distinct data config)")
     sweep_dir = os.path.join(base.output_dir, base.name)
     os.makedirs(sweep_dir, exist_ok=True)
     prepared: dict[str, Any] = {}
@@ -281,7 +286,7 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
     header = {"name": base.name, "command": command or shlex.join([os.path.basename(sys.executable), *sys.argv]),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": _machine(), "seeds": ", ".join(str(s) for s in seeds),
-              "grid": json.dumps(dict(grid or {})), "strategies": ", ".join(selected),
+              "grid": json.dumps(dict(grid or {}), default=str), "strategies": ", ".join(selected),
               "runs": f"{len(rows)} ({trained} trained, {len(rows) - trained} finished before)"}
     paths = {"dir": sweep_dir, "report": os.path.join(sweep_dir, "sweep.md"),
              "rows": os.path.join(sweep_dir, "sweep.jsonl"), "plot": os.path.join(sweep_dir, "sweep.png")}

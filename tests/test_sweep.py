@@ -61,6 +61,14 @@ def test_bad_sweep_specs_are_refused(kwargs, message):
         sweep_points(kwargs.pop("grid"), kwargs.pop("seeds"), **kwargs)
 
 
+def test_sweep_refuses_bad_keys_and_shared_data_that_varies_before_training(tmp_path):
+    with pytest.raises(jt.ConfigError, match="sweep point optim.learnig_rate=0.1,seed=0: unknown key.*learnig_rate"):
+        jt.sweep({"output_dir": str(tmp_path)}, {"optim.learnig_rate": [0.1]})
+    with pytest.raises(ValueError, match="varies \\['data.train_limit'\\]"):
+        jt.sweep({"output_dir": str(tmp_path)}, {"data.train_limit": [8, 16]}, data=object())
+    assert not os.path.exists(tmp_path / "experiment")
+
+
 # --------------------------------------------------------------------------------------------- statistics
 def _rows(table):
     """Rows from {(strategy, lr): [(seed, val, test), ...]}."""
