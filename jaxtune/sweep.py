@@ -217,7 +217,8 @@ def _machine() -> str:
     import jax
 
     devices = jax.devices()
-    return f"{platform.node()} ({platform.platform()}), jax {jax.__version__}, {len(devices)} x {devices[0].device_kind}"
+    return (f"{platform.node()} ({platform.platform()}), jax {jax.__version__}, "
+            f"{len(devices)} x {devices[0].device_kind}")
 
 
 def _resolve_metric(cfg: ExperimentConfig, metric: str | None, mode: str | None) -> tuple[str, str]:

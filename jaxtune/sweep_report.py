@@ -136,11 +136,13 @@ def select_best(points: Sequence[PointSummary], mode: str) -> dict[str, PointSum
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     sign = 1.0 if mode == "max" else -1.0
+
+    def score(point: PointSummary) -> float:  # higher is better; a NaN mean never wins
+        return -math.inf if math.isnan(point.val_mean) else sign * point.val_mean
+
     best: dict[str, PointSummary] = {}
     for point in points:
-        current = best.get(point.strategy)
-        score = -math.inf if math.isnan(point.val_mean) else sign * point.val_mean
-        if current is None or score > (-math.inf if math.isnan(current.val_mean) else sign * current.val_mean):
+        if point.strategy not in best or score(point) > score(best[point.strategy]):
             best[point.strategy] = point
     return best
 
@@ -203,14 +205,16 @@ def markdown(header: Mapping[str, Any], points: Sequence[PointSummary], selected
     return "\n".join(lines) + "\n"
 
 
-def _x_axis(points: Sequence[PointSummary]) -> tuple[list[Any], str, bool]:
-    """x positions per point, the axis label, and whether a log scale fits."""
+def _x_axis(points: Sequence[PointSummary]) -> tuple[list[float], list[str] | None, str, bool]:
+    """x position per point, tick labels (None on a numeric axis), the axis label, and whether a log
+    scale fits. One numeric hyperparameter is a numeric axis; anything else is one tick per combination."""
     keys = sorted({k for p in points for k in p.hparams})
     if len(keys) == 1 and all(isinstance(p.hparams.get(keys[0]), (int, float)) for p in points):
         xs = [float(p.hparams[keys[0]]) for p in points]
-        return xs, keys[0], min(xs) > 0 and max(xs) / min(xs) >= 10
-    labels = sorted({_hparams_text(p.hparams) for p in points}, key=[_hparams_text(p.hparams) for p in points].index)
-    return [labels.index(_hparams_text(p.hparams)) for p in points], ", ".join(keys) or "point", False
+        return xs, None, keys[0], min(xs) > 0 and max(xs) / min(xs) >= 10
+    texts = [_hparams_text(p.hparams) for p in points]
+    ticks = list(dict.fromkeys(texts))
+    return [float(ticks.index(t)) for t in texts], ticks, ", ".join(keys) or "point", False
 
 
 def plot(points: Sequence[PointSummary], selected: Mapping[str, PointSummary], metric: str, path: str,
@@ -220,7 +224,7 @@ def plot(points: Sequence[PointSummary], selected: Mapping[str, PointSummary], m
     from jaxtune.runlog import pyplot, save_figure
 
     plt = pyplot()
-    xs, label, log = _x_axis(points)
+    xs, ticks, label, log = _x_axis(points)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     for ax, (split, key) in zip(axes[0], (("validation", metric_keys(metric)[0]), ("test", metric_keys(metric)[1]))):
         for strategy in dict.fromkeys(p.strategy for p in points):
@@ -234,9 +238,8 @@ def plot(points: Sequence[PointSummary], selected: Mapping[str, PointSummary], m
                 ax.plot(*zip(*chosen), marker="*", markersize=14, linestyle="none", color=line[0].get_color())
         if log:
             ax.set_xscale("log")
-        if not isinstance(xs[0], float):
-            names = sorted({_hparams_text(p.hparams) for p in points}, key=[_hparams_text(p.hparams) for p in points].index)
-            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right", fontsize=7)
         ax.set_xlabel(label)
         ax.set_title(f"{split}: {key} (mean ± std over seeds; * selected on validation)", fontsize=9)
         ax.grid(alpha=0.3)
