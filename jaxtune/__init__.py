@@ -80,6 +80,7 @@ from jaxtune.rules import (
 )
 from jaxtune.rundir import RunDirError, RunResult, read_result, run_fingerprint
 from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
+from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
     batch_sharding,
     fsdp_spec,
@@ -90,6 +91,7 @@ from jaxtune.sharding import (
     tree_shardings,
 )
 from jaxtune.stage_fresh import RuleOptimizerState, StageFreshState
+from jaxtune.sweep import SweepResult, sweep
 from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,

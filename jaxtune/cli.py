@@ -3,6 +3,8 @@
     jaxtune finetune CONFIG [--set key=value ...] [--resume | --overwrite]   run (or resume) an experiment
     jaxtune rules CONFIG [--set key=value ...]      print the strategy table, no training
     jaxtune eval RUN_DIR [--step N] [--split S]     evaluate a run's best (or given) checkpoint
+    jaxtune sweep CONFIG --grid key=v1,v2 ... --seeds 0,1,2 [--strategy-key KEY | --strategy NAME k=v ...]
+                                                    a grid of runs, selected on validation, with a report
     jaxtune bench [options]                         step-throughput benchmarks (see --help)
     jaxtune demo [--quick]                          the offline fine-tuning demo
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import traceback
 
@@ -32,6 +35,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     non_finite = getattr(jaxtune, "NonFiniteError", None)
     return USER_ERRORS + ((non_finite,) if isinstance(non_finite, type) else ())
+
+import yaml
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +77,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     _debug_flag(p, argparse.SUPPRESS)
+    p = sub.add_parser("sweep", help="run a grid of configs x seeds; select on validation; report",
+                       description="Runs every grid point once per seed under OUTPUT_DIR/NAME/<point> (finished "
+                                   "points are skipped), picks the best hyperparameters per strategy on the mean "
+                                   "validation metric and writes sweep.md, sweep.jsonl and sweep.png there.")
+    _add_config(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", type=_grid_item,
+                   help="a config key and its comma-separated values (YAML scalars), e.g. "
+                        "--grid optim.learning_rate=1e-5,3e-5 (repeatable)")
+    p.add_argument("--seeds", default=[0], type=_seeds, help="comma-separated train.seed values (default 0)")
+    p.add_argument("--strategy-key", default=None, help="the grid key whose values are the strategies compared")
+    p.add_argument("--strategy", action="append", nargs="+", default=[], metavar="NAME [KEY=VALUE ...]",
+                   help="a named strategy and its overrides, e.g. --strategy llrd optim.layer_decay=0.8 (repeatable)")
+    p.add_argument("--metric", default=None, help="selection metric (default: early_stopping.monitor)")
+    p.add_argument("--mode", choices=["min", "max"], default=None, help="better is min or max (default: "
+                   "early_stopping.mode for the monitor, min for losses, else max)")
     p = sub.add_parser("bench", help="step-throughput benchmarks (jaxtune vs PyTorch)", add_help=False,
                        description="Runs benchmarks/step_throughput.py; `jaxtune bench --help` lists its options.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -97,10 +117,36 @@ def error_message(error: BaseException) -> str:
     return str(error)
 
 
+def _grid_item(item: str) -> tuple[str, list]:
+    """``"optim.learning_rate=1e-5,3e-5"`` -> ``("optim.learning_rate", [1e-05, 3e-05])``."""
+    key, sep, values = item.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"{item!r} is not KEY=V1,V2 (e.g. --grid optim.learning_rate=1e-5,3e-5)")
+    return key.strip(), [_scalar(v) for v in values.split(",")]
+
+
+def _scalar(raw: str):
+    """A YAML scalar, with YAML 1.1's strings like ``1e-5`` read as the numbers they are."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers (e.g. --seeds 0,1,2)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, sys.argv[1:] if argv is None else argv)
     except _user_errors() as e:
         if args.debug:
             traceback.print_exc()
@@ -108,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_STATUS
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "finetune":
         from jaxtune.experiment import finetune
         result = finetune(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
@@ -119,6 +165,13 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         from jaxtune.experiment import evaluate_run
         print(json.dumps(evaluate_run(args.run_dir, args.step, args.split), indent=2))
+    elif args.command == "sweep":
+        from jaxtune.sweep import sweep
+        result = sweep(args.config, dict(args.grid), args.seeds, overrides=args.overrides,
+                       strategies={s[0]: s[1:] for s in args.strategy} or None, strategy_key=args.strategy_key,
+                       metric=args.metric, mode=args.mode, command=shlex.join(["jaxtune", *argv]))
+        print(json.dumps({"selected": {k: p.hparams for k, p in result.selected.items()}, "paths": result.paths},
+                         indent=2, default=str))
     elif args.command == "bench":
         from jaxtune.bench import main as bench_main
         return bench_main(args.bench_args)

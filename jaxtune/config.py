@@ -25,15 +25,25 @@ class ConfigError(UserError):
     """A config file, override or value does not fit the config schema."""
 
 
+MODEL_INITS = ("pretrained", "random")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """path: a checkpoint directory, a hub name, or "minilm" (the shipped all-MiniLM-L6-v2).
-    task: a task name (jaxtune.tasks), or "auto" for the data set's own task."""
+    task: a task name (jaxtune.tasks), or "auto" for the data set's own task.
+    init: "pretrained" (the checkpoint's weights, a new head from ``train.seed``) or "random" (the
+    same architecture, every weight freshly initialised from ``train.seed``: a from-scratch baseline)."""
 
     path: str = "minilm"
     task: str = "auto"
     num_labels: int | None = None
     dtype: str = "float32"
+    init: str = "pretrained"
+
+    def __post_init__(self):
+        if self.init not in MODEL_INITS:
+            raise ConfigError(f"model.init: expected one of {', '.join(MODEL_INITS)}, got {self.init!r}")
 
 
 @dataclasses.dataclass

