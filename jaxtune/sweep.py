@@ -195,7 +195,11 @@ def point_config(base: ExperimentConfig, point: SweepPoint) -> ExperimentConfig:
 
 
 def _finished(run_dir: str, cfg: ExperimentConfig):
-    """The stored result of a finished run with this config's fingerprint; None when unfinished."""
+    """The stored result of a finished run with this config's fingerprint; None when unfinished.
+
+    A sweep point is one length of training: a run trained to another ``train.max_steps`` /
+    ``train.epochs`` (keys a plain resume may change) counts as another config here too."""
+    from jaxtune.config import LENGTH_KEYS
     from jaxtune.rundir import RESULT_FILE, read_result, run_fingerprint
 
     result = read_result(run_dir)
@@ -204,14 +208,21 @@ def _finished(run_dir: str, cfg: ExperimentConfig):
     with open(os.path.join(run_dir, RESULT_FILE), encoding="utf-8") as f:
         stored = json.load(f).get("fingerprint")
     expected, flat = run_fingerprint(cfg)
-    if stored != expected:
-        changed = ""
-        if os.path.exists(os.path.join(run_dir, "config.yaml")):
-            _, old = run_fingerprint(load_config(os.path.join(run_dir, "config.yaml")))
-            changed = f" (changed: {sorted(k for k in flat.keys() | old.keys() if flat.get(k) != old.get(k))})"
-        raise UserError(f"{run_dir} holds a finished run of another config{changed}; delete that directory "
-                         "or give the sweep another name (config name=...)")
+    old = {}
+    if os.path.exists(os.path.join(run_dir, "config.yaml")):
+        old_cfg = load_config(os.path.join(run_dir, "config.yaml"))
+        old = _with_length(run_fingerprint(old_cfg)[1], old_cfg)
+    flat = _with_length(flat, cfg)
+    changed = sorted(k for k in flat.keys() | old.keys() if flat.get(k) != old.get(k)) if old else []
+    if stored != expected or any(k in LENGTH_KEYS for k in changed):
+        listed = f" (changed: {changed})" if changed else ""
+        raise UserError(f"{run_dir} holds a finished run of another config{listed}; delete that directory "
+                        "or give the sweep another name (config name=...)")
     return result
+
+
+def _with_length(flat: dict, cfg: ExperimentConfig) -> dict:
+    return {**flat, "train.max_steps": cfg.train.max_steps, "train.epochs": cfg.train.epochs}
 
 
 def _machine() -> str:
