@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--l2-sp-decoupled", type=float, nargs="*", default=[],
                         help="strengths of decoupled L2-SP (jt.anchor_decay; one B run each)")
     parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the ema variant (0: no ema run)")
-    parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, dropout)")
+    parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, batch order, dropout)")
     parser.add_argument("--b-learning-rate", type=float, default=5e-4)
     parser.add_argument("--b-epochs", type=float, default=4)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -35,6 +35,8 @@ from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
+from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
+                              prepare_data)
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
 from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar
@@ -43,113 +45,6 @@ from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class PreparedData:
-    """Examples ready for batching: per-example dicts of numpy arrays for each split."""
-
-    task: str
-    train: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    label_names: tuple[str, ...]
-    buckets: tuple[int, ...] | None
-    pad_token_id: int
-    description: str
-
-
-def _model_dir(path: str) -> str:
-    if path == "minilm":
-        from jaxtune.hub import minilm_path
-        return str(minilm_path())
-    return path
-
-
-def _take(split, limit: int | None, seed: int):
-    if limit is None or limit >= len(split):
-        return split
-    return split.take(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
-
-
-def _dataset(name: str):
-    """(loader, task) of an offline data set name."""
-    from jaxtune.data import sources
-
-    table = {"tweet_sentiment": (sources.load_tweet_sentiment, "sequence_classification"),
-             "wnut_ner": (sources.load_wnut_ner, "token_classification"),
-             "mnist_digits": (sources.load_mnist_digits, "image_classification")}
-    if name not in table:
-        raise UserError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
-    return table[name]
-
-
-def _image_examples(split, image_size: int) -> list[dict]:
-    from jaxtune.data import image as I
-
-    return [{"images": I.normalize(I.resize(I.to_rgb(img), image_size)), "labels": np.int32(label)}
-            for img, label in zip(split.images, split.labels)]
-
-
-def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> PreparedData:
-    """Loads a named offline data set and makes per-example arrays for the model.
-
-    ``data_cfg.dataset``: ``"tweet_sentiment"`` (3-class tweets, tokenised with the model's
-    tokenizer), ``"wnut_ner"`` (BIO tags), or ``"mnist_digits"`` (grey digits resized to
-    ``image_size``, 3 channels, ImageNet-normalised). ``train_limit`` / ``eval_limit`` /
-    ``test_limit`` take a seeded random subset of the train / validation / test split.
-    ``num_labels`` (``model.num_labels``) is checked against the label set before any preprocessing.
-    """
-    from jaxtune.data import text
-
-    loader, _ = _dataset(data_cfg.dataset)
-    splits = loader(seed=data_cfg.seed)
-    check_num_labels(num_labels, splits.label_names, data_cfg.dataset)
-    parts = {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
-             "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
-             "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
-    source = f"{splits.origin}; licence: {splits.license}"
-    if data_cfg.dataset == "mnist_digits":
-        examples = {k: _image_examples(v, data_cfg.image_size) for k, v in parts.items()}
-        return PreparedData("image_classification", examples["train"], examples["validation"], examples["test"],
-                            tuple(splits.label_names), None, 0,
-                            f"{splits.name} ({sizes}; resized to {data_cfg.image_size}px RGB; {source})")
-    tokenizer = text.load_tokenizer(_model_dir(model_path))
-    tokenized = {}
-    for name, part in parts.items():
-        if data_cfg.dataset == "tweet_sentiment":
-            tokenized[name] = text.tokenize_texts(tokenizer, part.texts, labels=part.labels, max_length=data_cfg.max_length)
-        else:
-            tokenized[name] = text.tokenize_words(tokenizer, part.tokens, part.tags, max_length=data_cfg.max_length)
-    task = _dataset(data_cfg.dataset)[1]
-    truncated = sum(t.num_truncated for t in tokenized.values())
-    return PreparedData(task=task, train=tokenized["train"].examples, validation=tokenized["validation"].examples,
-                        test=tokenized["test"].examples, label_names=tuple(splits.label_names),
-                        buckets=text.length_buckets(data_cfg.max_length), pad_token_id=int(tokenizer.pad_token_id),
-                        description=f"{splits.name} ({sizes}; {truncated} truncated to {data_cfg.max_length} "
-                                    f"tokens; {source})")
-
-
-def epoch_batches(data: PreparedData, examples: list[dict], batch_size: int, seed: int | None) -> list[dict]:
-    """The batches of one epoch, deterministic for a given seed (``None``: data order).
-
-    Text goes into length buckets (a bounded number of shapes); every batch has ``batch_size``
-    rows, the last one filled with padding rows marked by ``example_mask``.
-    """
-    from jaxtune.data.text import bucket_batches
-
-    if data.buckets is not None:
-        return list(bucket_batches(examples, batch_size, data.buckets, pad_token_id=data.pad_token_id, seed=seed))
-    order = np.arange(len(examples)) if seed is None else np.random.default_rng(seed).permutation(len(examples))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        batch = {k: np.stack([r[k] for r in rows]) for k in chunk[0]}
-        batch["example_mask"] = np.arange(batch_size) < len(chunk)
-        batches.append(batch)
-    return batches
 
 
 # Shipped CNN aliases: (module, pretrained loader, architecture builder, config class).
