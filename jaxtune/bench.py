@@ -463,6 +463,17 @@ def _init_inputs(case: Case) -> tuple:
     return (jnp.zeros((1, case.shape["image"], case.shape["image"], 3), jnp.float32),)
 
 
+def run_steps(step: Callable, state: Any, batch: Any, steps: int) -> tuple[Any, int]:
+    """Runs ``step`` ``steps`` times, blocks on the final state only, and returns it with the number
+    of XLA compilations the calls triggered (0 while they reuse an ahead-of-time executable)."""
+    compiles_before = xla_compile_count()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    compilations = xla_compile_count() - compiles_before
+    jax.block_until_ready((state, metrics))
+    return state, compilations
+
+
 class JaxContestant:
     """One jaxtune mode of a case: builds the optimizer and step, compiles, runs timed rounds.
 
@@ -558,12 +569,8 @@ class JaxContestant:
         if self.stages:
             self.stage = (self.stage + 1) % len(self.stages)
             state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[self.stage]))
-        compiles_before = xla_compile_count()
-        for _ in range(steps):
-            state, metrics = self.step(state, self.batch)
-        self.recompilations += xla_compile_count() - compiles_before
-        jax.block_until_ready((state, metrics))
-        self.state = state
+        self.state, compilations = run_steps(self.step, state, self.batch, steps)
+        self.recompilations += compilations
         return time.perf_counter() - start
 
     def compilations(self) -> int:

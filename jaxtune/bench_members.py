@@ -132,13 +132,9 @@ class MemberContestant:
     def run(self, steps: int) -> float:
         """``steps`` N-member steps (``sequential``: N single steps each), blocks, returns seconds."""
         start = time.perf_counter()
-        state = self.state
-        compiles_before = bench.xla_compile_count()
-        for _ in range(steps * (1 if self.mode == "members" else self.n)):
-            state, metrics = self.step(state, self.batch)
-        self.recompilations += bench.xla_compile_count() - compiles_before
-        jax.block_until_ready((state, metrics))
-        self.state = state
+        calls = steps * (1 if self.mode == "members" else self.n)
+        self.state, compilations = bench.run_steps(self.step, self.state, self.batch, calls)
+        self.recompilations += compilations
         return time.perf_counter() - start
 
     def compilations(self) -> int:
