@@ -3,8 +3,7 @@
 ``from_pretrained`` reads a local directory, the local Hugging Face cache, or the Hub (when
 reachable), picks the model family from ``config.json``'s ``model_type``, builds the Flax model for
 a task, and fills its variables from the checkpoint. ``save_pretrained`` writes files that the
-family's ecosystem loads: ``transformers.AutoModelFor...from_pretrained(directory)`` for BERT, T5 and
-ResNet, a ``model.pth`` state dict for the torchvision-style CNNs (which transformers refuses).
+family's ecosystem loads (transformers for BERT/T5/ResNet, torch state dicts for the CNNs).
 
 Loading never unpickles (``pytorch_model.bin``, ``*.pt``) unless the caller passes
 ``allow_pickle=True``. What was loaded, newly initialised and ignored is returned as a
@@ -49,11 +48,10 @@ FAMILY_MODULES: dict[str, str] = {
     "torchvision_mobilenet_v2": "jaxtune.models.mobilenet",
     "efficientnet_lite_pytorch": "jaxtune.models.efficientnet",
     "torchvision_vgg": "jaxtune.models.vgg",
-    # Written by jaxtune before its CNN exports stopped claiming names transformers uses.
-    "mobilenet_v2": "jaxtune.models.mobilenet",
-    "efficientnet_lite": "jaxtune.models.efficientnet",
-    "vgg": "jaxtune.models.vgg",
 }
+# model_type of older jaxtune CNN exports -> today's (the old names claimed transformers' mobilenet_v2).
+RENAMED_MODEL_TYPES = {"mobilenet_v2": "torchvision_mobilenet_v2", "efficientnet_lite": "efficientnet_lite_pytorch",
+                       "vgg": "torchvision_vgg"}
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -113,6 +111,7 @@ def family_for(model_type: str | None, source: str = "config.json") -> ModelFami
         family_for("bert").name   # "bert"
     """
     supported = ", ".join(sorted(FAMILY_MODULES))
+    model_type = RENAMED_MODEL_TYPES.get(model_type, model_type)
     if model_type not in FAMILY_MODULES:
         raise UserError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
                         f"supported model types: {supported}")
@@ -552,18 +551,15 @@ def _init_only(model, example_inputs: tuple, rng: jax.Array, paths: Sequence[str
 def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | os.PathLike,
                     task: str | None = None, num_labels: int | None = None,
                     labels: Sequence[str] | None = None) -> Path:
-    """Writes ``config.json`` + ``model.safetensors`` that the family's own ecosystem loads for ``task``.
+    """Writes ``config.json`` + ``model.safetensors`` (+ ``model.pth`` for the PyTorch-ecosystem CNNs).
 
-    BERT, T5 and ResNet load in transformers (``AutoModelFor...from_pretrained(directory)``). The
-    PyTorch-ecosystem CNNs (MobileNetV2, EfficientNet-Lite, VGG) also get ``model.pth``, a state dict
-    with the torchvision (efficientnet_lite_pytorch) names that ``torch.load(path, weights_only=True)``
-    reads, and a ``model_type`` transformers does not know, so that transformers refuses them. Every
-    export loads back with :func:`from_pretrained`.
-
-    ``variables`` is the variables dict (``{"params": ..., "batch_stats": ...}``) or just the params
-    tree; ``config`` the family config (``model.config``). bfloat16 arrays are written as float32.
-    ``labels`` names the outputs of a classification head in order (``id2label``/``label2id`` in
-    ``config.json``; e.g. the data's label names), instead of ``LABEL_0``, ``LABEL_1``, ...
+    BERT, T5 and ResNet load in transformers (``AutoModelFor...from_pretrained(directory)``).
+    MobileNetV2, EfficientNet-Lite and VGG add a state dict with the torchvision
+    (efficientnet_lite_pytorch) names that ``torch.load(path, weights_only=True)`` reads, under a
+    ``model_type`` transformers refuses. All load back with :func:`from_pretrained`. ``variables``:
+    the variables dict or just the params tree; ``config``: ``model.config``; bfloat16 is written as
+    float32. ``labels`` names the head's outputs in order (``id2label``/``label2id``), e.g. the
+    data's label names, instead of ``LABEL_0``, ...
 
     Example::
 

@@ -35,15 +35,21 @@ TINY_MOBILENET = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1
 TINY_VGG = vgg.VGGConfig(layers=(8, "M", 16, "M"), batch_norm=True, hidden_size=16, num_labels=3)
 
 
-def _randomized(variables, seed):
-    """Random biases, norm scales and batch-norm statistics (fresh ones would hide layout errors)."""
+def _random_variables(model, inputs, seed):
+    """Random values for every variable of ``model`` (no ``init`` to compile): kernels scaled by
+    1/sqrt(fan-in), random biases, norm scales and batch-norm statistics (fresh ones would hide
+    layout errors)."""
     rng = np.random.default_rng(seed)
-    out = {}
-    for path, value in flatten_paths(variables).items():
-        leaf = path.rsplit("/", 1)[-1]
-        low, high = {"bias": (-0.5, 0.5), "scale": (0.5, 1.5), "mean": (-0.5, 0.5), "var": (0.5, 2.0)}.get(leaf, (0, 0))
-        out[path] = jnp.asarray(rng.uniform(low, high, np.shape(value)), value.dtype) if high else value
-    return unflatten_paths(out)
+    shapes = flatten_paths(jax.eval_shape(model.init, jax.random.key(0), *inputs))
+    ranges = {"bias": (-0.5, 0.5), "scale": (0.5, 1.5), "mean": (-0.5, 0.5), "var": (0.5, 2.0)}
+
+    def value(path, shape):
+        low_high = ranges.get(path.rsplit("/", 1)[-1])
+        if low_high is not None:
+            return rng.uniform(*low_high, shape)
+        return rng.normal(size=shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+
+    return unflatten_paths({p: jnp.asarray(value(p, s.shape), s.dtype) for p, s in shapes.items()})
 
 
 def _images(seed, size=32):
@@ -56,8 +62,7 @@ def _nchw(x):
 
 def _tiny_cnn(family_module, config):
     model = family_module.FAMILY.build(config, TASK)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    return model, _randomized(variables, seed=1)
+    return model, _random_variables(model, (jnp.zeros((1, 32, 32, 3)),), seed=1)
 
 
 def _mobilenet():
@@ -126,33 +131,27 @@ def test_cnn_export_is_refused_by_transformers_and_names_its_labels(cnn_export):
         transformers.AutoModelForImageClassification.from_pretrained(directory)
 
 
-def test_exports_of_older_jaxtune_versions_still_load(tmp_path):
-    model, variables = _tiny_cnn(mobilenet, TINY_MOBILENET)
-    hub.save_pretrained(variables, model.config, tmp_path, task=TASK)
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mobilenet_v2"}))
-    (tmp_path / "model.pth").unlink()
-    _, loaded = hub.from_pretrained(tmp_path, task=TASK)
-    assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
-
-
-def test_a_new_head_size_is_what_the_config_says(tmp_path):
+def test_new_head_size_exports_and_older_exports_still_load(tmp_path):
     # mobilenet_v2(num_labels=5) on a 1000-label config: model.config must say 5, or the export
     # would reload with a re-initialised head.
     model = mobilenet.mobilenet_v2(dataclasses.replace(TINY_MOBILENET, num_labels=1000), num_labels=5)
     assert model.config.num_labels == 5
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = _random_variables(model, (jnp.zeros((1, 32, 32, 3)),), seed=3)
     hub.save_pretrained(variables, model.config, tmp_path, task=TASK)
+    # ... written as jaxtune did before (model_type "mobilenet_v2", no model.pth): still loads.
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mobilenet_v2"}))
+    (tmp_path / "model.pth").unlink()
     _, loaded, report = hub.from_pretrained(tmp_path, task=TASK, return_report=True)
     assert not report.initialized and not report.resized
+    assert jax.tree.all(jax.tree.map(np.array_equal, loaded, variables))
 
 
 def _tiny_bert():
     config = bert.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=24, max_position_embeddings=16)
     model = bert.build(config, "sequence_classification", num_labels=3)
-    variables = model.init(jax.random.key(0), *bert.example_inputs(config, "sequence_classification"))
-    return model, _randomized(variables, seed=2)
+    return model, _random_variables(model, bert.example_inputs(config, "sequence_classification"), seed=2)
 
 
 def test_bert_export_carries_label_names_into_transformers(tmp_path):
@@ -165,7 +164,7 @@ def test_bert_export_carries_label_names_into_transformers(tmp_path):
     mask = np.ones_like(ids)
     with torch.no_grad():
         ref = reloaded(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask)).logits.numpy()
-    logits = np.asarray(model.apply(variables, jnp.asarray(ids), jnp.asarray(mask)))
+    logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(mask)))
     assert np.abs(logits - ref).max() <= TOL
     again, _ = hub.from_pretrained(tmp_path, task="sequence_classification")
     assert again.config.labels == ("negative", "neutral", "positive")
@@ -174,7 +173,7 @@ def test_bert_export_carries_label_names_into_transformers(tmp_path):
 def test_resnet_export_loads_in_transformers_with_equal_logits_and_labels(tmp_path):
     config = resnet.ResNetConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic")
     model = resnet.build(config, TASK, num_labels=3)
-    variables = _randomized(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), seed=4)
+    variables = _random_variables(model, (jnp.zeros((1, 32, 32, 3)),), seed=4)
     hub.save_pretrained(variables, model.config, tmp_path, task=TASK, labels=LABELS)
     reloaded, info = transformers.AutoModelForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -187,7 +186,9 @@ def test_resnet_export_loads_in_transformers_with_equal_logits_and_labels(tmp_pa
 
 
 def test_bad_labels_are_refused_before_anything_is_written(tmp_path):
-    model, variables = _tiny_bert()
+    model = bert.build(bert.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=24), "sequence_classification", num_labels=3)
+    variables = {"params": {}}  # labels are checked before any tensor is converted
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"2 label names \['a', 'b'\] for a head of 3 outputs"):
         hub.save_pretrained(variables, model.config, out, task="sequence_classification", labels=["a", "b"])

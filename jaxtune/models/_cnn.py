@@ -363,8 +363,7 @@ def config_to_dict(config: Any, model_type: str, num_labels: int | None = None) 
 
 
 def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
-               name_map: Callable[[Any], NameMap], head_paths: tuple[str, ...],
-               legacy_model_types: tuple[str, ...] = ()) -> ModelFamily:
+               name_map: Callable[[Any], NameMap], head_paths: tuple[str, ...]) -> ModelFamily:
     """The hub description of a PyTorch-ecosystem CNN family (torchvision, efficientnet_lite_pytorch).
 
     ``save_pretrained`` writes the PyTorch tensor names (``features.0.0.weight`` ...), including a
@@ -373,7 +372,7 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
     strictly, and ``model.safetensors``, which jaxtune loads. ``config.json`` holds ``model_type``
     (one transformers does not know, e.g. ``torchvision_mobilenet_v2``, so that
     ``transformers.AutoModel`` refuses the directory instead of building a random model from it)
-    and the config dataclass's fields. ``legacy_model_types`` are older names jaxtune still reads.
+    and the config dataclass's fields.
     Task ``None`` builds the bare backbone (pooled features), task ``"image_classification"`` a
     classifier with ``num_labels`` outputs (default ``config.num_labels``).
     """
@@ -392,7 +391,7 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
 
     return ModelFamily(
         name=name,
-        model_types=(model_type, *legacy_model_types),
+        model_types=(model_type,),
         tasks=(None, IMAGE_CLASSIFICATION),
         config_from_hf=lambda data: config_from_dict(config_cls, data),
         config_to_hf=lambda config, task=None, num_labels=None: config_to_dict(config, model_type, num_labels),

@@ -260,4 +260,4 @@ def efficientnet_lite0_imagenet(num_labels: int | None = None, dtype: Any = jnp.
 
 FAMILY = _cnn.cnn_family(name="efficientnet_lite", model_type="efficientnet_lite_pytorch",
                          config_cls=EfficientNetLiteConfig, model_cls=EfficientNetLite, name_map=name_map,
-                         head_paths=HEAD_PATHS, legacy_model_types=("efficientnet_lite",))
+                         head_paths=HEAD_PATHS)

@@ -241,5 +241,4 @@ def mobilenet_v2_imagenet(num_labels: int | None = None, dtype: Any = jnp.float3
 
 
 FAMILY = _cnn.cnn_family(name="mobilenet_v2", model_type="torchvision_mobilenet_v2", config_cls=MobileNetV2Config,
-                         model_cls=MobileNetV2, name_map=name_map, head_paths=HEAD_PATHS,
-                         legacy_model_types=("mobilenet_v2",))
+                         model_cls=MobileNetV2, name_map=name_map, head_paths=HEAD_PATHS)

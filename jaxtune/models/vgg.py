@@ -286,4 +286,4 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
 
 
 FAMILY = _cnn.cnn_family(name="vgg", model_type="torchvision_vgg", config_cls=VGGConfig, model_cls=VGG, name_map=name_map,
-                         head_paths=HEAD_PATHS, legacy_model_types=("vgg",))
+                         head_paths=HEAD_PATHS)
