@@ -373,8 +373,10 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
     (one transformers does not know, e.g. ``torchvision_mobilenet_v2``, so that
     ``transformers.AutoModel`` refuses the directory instead of building a random model from it)
     and the config dataclass's fields.
-    Task ``None`` builds the bare backbone (pooled features), task ``"image_classification"`` a
-    classifier with ``num_labels`` outputs (default ``config.num_labels``).
+
+    Task ``None`` builds the bare backbone (pooled features; its state dict has no classifier, so a
+    torch module loads it with ``strict=False``), task ``"image_classification"`` a classifier with
+    ``num_labels`` outputs (default ``config.num_labels``).
     """
 
     def build(config, task=None, num_labels=None, dtype=jnp.float32, frozen_bn: FrozenBN = False):
