@@ -285,5 +285,5 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
         name_map=name_map, head_paths=HEAD_PATHS, num_labels=num_labels, rng=rng, source=source)
 
 
-FAMILY = _cnn.cnn_family(name="vgg", model_type="torchvision_vgg", config_cls=VGGConfig, model_cls=VGG, name_map=name_map,
-                         head_paths=HEAD_PATHS)
+FAMILY = _cnn.cnn_family(name="vgg", model_type="torchvision_vgg", config_cls=VGGConfig, model_cls=VGG,
+                         name_map=name_map, head_paths=HEAD_PATHS)
