@@ -93,6 +93,7 @@ from jaxtune.sharding import (
 from jaxtune.stage_fresh import RuleOptimizerState, StageFreshState
 from jaxtune.sweep import SweepResult, sweep
 from jaxtune.torch_checkpoint import CheckpointFormatError, UnsafeCheckpointError, load_torch_state_dict
+from jaxtune.torch_writer import save_torch_state_dict
 from jaxtune.train import (
     StagedTrainStep,
     TrainState,

@@ -368,6 +368,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         result = jt.finetune(cfg, overwrite=True)     # start runs/NAME over
     """
     from jaxtune.hub import save_pretrained
+    from jaxtune.models.family import export_labels
 
     start = time.time()
     cfg = _as_config(config, overrides)
@@ -478,7 +479,8 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         f.write("\n".join(report_lines) + "\n")
     if cfg.checkpoint.export_best_hf:
         paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained({"params": state.params, **state.model_state}, model.config, paths["export"], task=task.head)
+        save_pretrained({"params": state.params, **state.model_state}, model.config, paths["export"], task=task.head,
+                        labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
         if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])

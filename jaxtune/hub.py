@@ -2,8 +2,8 @@
 
 ``from_pretrained`` reads a local directory, the local Hugging Face cache, or the Hub (when
 reachable), picks the model family from ``config.json``'s ``model_type``, builds the Flax model for
-a task, and fills its variables from the checkpoint. ``save_pretrained`` writes files that
-``transformers.AutoModelFor...from_pretrained(directory)`` loads.
+a task, and fills its variables from the checkpoint. ``save_pretrained`` writes files that the
+family's ecosystem loads (transformers for BERT/T5/ResNet, torch state dicts for the CNNs).
 
 Loading never unpickles (``pytorch_model.bin``, ``*.pt``) unless the caller passes
 ``allow_pickle=True``. What was loaded, newly initialised and ignored is returned as a
@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.errors import UserError
-from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths
+from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths, with_label_names
+from jaxtune.torch_writer import save_torch_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,13 @@ FAMILY_MODULES: dict[str, str] = {
     "bert": "jaxtune.models.bert",
     "t5": "jaxtune.models.t5",
     "resnet": "jaxtune.models.resnet",
-    "mobilenet_v2": "jaxtune.models.mobilenet",
-    "efficientnet_lite": "jaxtune.models.efficientnet",
-    "vgg": "jaxtune.models.vgg",
+    "torchvision_mobilenet_v2": "jaxtune.models.mobilenet",
+    "efficientnet_lite_pytorch": "jaxtune.models.efficientnet",
+    "torchvision_vgg": "jaxtune.models.vgg",
 }
+# model_type of older jaxtune CNN exports -> today's (the old names claimed transformers' mobilenet_v2).
+RENAMED_MODEL_TYPES = {"mobilenet_v2": "torchvision_mobilenet_v2", "efficientnet_lite": "efficientnet_lite_pytorch",
+                       "vgg": "torchvision_vgg"}
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -107,6 +111,7 @@ def family_for(model_type: str | None, source: str = "config.json") -> ModelFami
         family_for("bert").name   # "bert"
     """
     supported = ", ".join(sorted(FAMILY_MODULES))
+    model_type = RENAMED_MODEL_TYPES.get(model_type, model_type)
     if model_type not in FAMILY_MODULES:
         raise UserError(f"{source} has model_type {model_type!r}, which jaxtune cannot load; "
                         f"supported model types: {supported}")
@@ -544,15 +549,22 @@ def _init_only(model, example_inputs: tuple, rng: jax.Array, paths: Sequence[str
 # Saving.
 
 def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | os.PathLike,
-                    task: str | None = None, num_labels: int | None = None) -> Path:
-    """Writes ``config.json`` + ``model.safetensors`` that transformers loads for ``task``.
+                    task: str | None = None, num_labels: int | None = None,
+                    labels: Sequence[str] | None = None) -> Path:
+    """Writes ``config.json`` + ``model.safetensors`` (+ ``model.pth`` for the PyTorch-ecosystem CNNs).
 
-    ``variables`` is the variables dict (``{"params": ..., "batch_stats": ...}``) or just the params
-    tree; ``config`` the family config (``model.config``). bfloat16 arrays are written as float32.
+    BERT, T5 and ResNet load in transformers (``AutoModelFor...from_pretrained(directory)``).
+    MobileNetV2, EfficientNet-Lite and VGG add a state dict with the torchvision
+    (efficientnet_lite_pytorch) names that ``torch.load(path, weights_only=True)`` reads, under a
+    ``model_type`` transformers refuses. All load back with :func:`from_pretrained`. ``variables``:
+    the variables dict or just the params tree; ``config``: ``model.config``; bfloat16 is written as
+    float32. ``labels`` names the head's outputs in order (``id2label``/``label2id``), e.g. the
+    data's label names, instead of ``LABEL_0``, ...
 
     Example::
 
-        save_pretrained(variables, model.config, "out/", task="sequence_classification")
+        save_pretrained(variables, model.config, "out/", task="sequence_classification",
+                        labels=["negative", "neutral", "positive"])
         # transformers.AutoModelForSequenceClassification.from_pretrained("out/")
     """
     family = _family_of_config(config)
@@ -562,14 +574,18 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
     if "params" not in variables:
         variables = {"params": variables}
+    hf_config = family.config_to_hf(config, task, num_labels)
+    if labels is not None:
+        hf_config = with_label_names(hf_config, labels, task)
     tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hf_config = family.config_to_hf(config, task, num_labels)
     (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     from safetensors.numpy import save_file
 
     save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    if family.torch_state_dict is not None:
+        save_torch_state_dict(tensors, directory / family.torch_state_dict)
     return directory
 
 

@@ -93,6 +93,7 @@ def test_early_stopping_stops_and_restores_best(tiny_model_dir, data, tmp_path):
     # The best model is exported in HF format and loads back.
     model, variables = jt.from_pretrained(result.paths["export"], task="sequence_classification")
     assert variables["params"]["classifier"]["kernel"].shape == (32, 3)
+    assert model.config.labels == data.label_names  # the data's label names, not LABEL_0...
     # With its tokenizer: the export is a model directory a further fine-tuning can start from.
     small = jt.load_config(None, ["data.train_limit=8", "data.eval_limit=8", "data.test_limit=8"]).data
     exported, original = (prepare_data(small, d).test for d in (result.paths["export"], tiny_model_dir))
@@ -183,8 +184,14 @@ def test_mnist_mobilenet_configs_smoke(config, tmp_path):
     result = finetune(os.path.join(root, "experiments", "configs", f"{config}.yaml"),
                       [f"output_dir={tmp_path}", "data.train_limit=32", "data.eval_limit=16", "data.test_limit=16",
                        "data.image_size=32", "data.batch_size=16", "train.max_steps=2", "train.eval_every=2",
-                       "train.progress=false"])
+                       "train.progress=false", "checkpoint.export_best_hf=true"])
     assert result.steps == 2 and 0.0 <= result.test_metrics["accuracy"] <= 1.0
+    # The export is a torchvision state dict for a 10-way head named by the digits (and no transformers model).
+    exported = json.load(open(os.path.join(result.paths["export"], "config.json")))
+    assert exported["model_type"] == "torchvision_mobilenet_v2" and exported["num_labels"] == 10
+    assert exported["id2label"] == {str(d): str(d) for d in range(10)}
+    assert jt.load_torch_state_dict(os.path.join(result.paths["export"], "model.pth"))["classifier.1.weight"].shape \
+        == (10, 1280)
     expected = 12_810 if config.endswith("frozen") else 2_236_682  # head only vs the whole network
     assert result.trainable_params == expected
 

@@ -171,7 +171,8 @@ def test_unknown_model_type(classifier_dir, tmp_path):
     directory = _copy(classifier_dir[0], tmp_path)
     (directory / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"model_type 'gpt2', which jaxtune cannot load; supported model "
-                                         r"types: bert, efficientnet_lite, mobilenet_v2, resnet, t5, vgg"):
+                                         r"types: bert, efficientnet_lite_pytorch, resnet, t5, "
+                                         r"torchvision_mobilenet_v2, torchvision_vgg"):
         hub.from_pretrained(directory)
 
 

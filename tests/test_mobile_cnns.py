@@ -21,6 +21,7 @@ import safetensors.numpy
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from _torch_reference import VGG, randomize_batch_norm
 from jaxtune import hub
 from jaxtune.models import _cnn, efficientnet, mobilenet, vgg
 from jaxtune.models.family import flatten_paths
@@ -101,39 +102,10 @@ def test_efficientnet_lite0_imagenet_matches_torch_and_sees_a_cat(photos01):
     assert int(logits[0].argmax()) in CATS
 
 
-def torch_vgg(layers, batch_norm, hidden, num_labels=1000):
-    """torchvision's VGG module structure (so state-dict names are torchvision's)."""
-    features, channels = [], 3
-    for v in layers:
-        if v == "M":
-            features.append(torch.nn.MaxPool2d(2, 2))
-            continue
-        features.append(torch.nn.Conv2d(channels, v, 3, padding=1))
-        features += [torch.nn.BatchNorm2d(v)] if batch_norm else []
-        features.append(torch.nn.ReLU())
-        channels = v
-    net = torch.nn.Module()
-    net.features = torch.nn.Sequential(*features)
-    net.classifier = torch.nn.Sequential(
-        torch.nn.Linear(channels * 49, hidden), torch.nn.ReLU(), torch.nn.Dropout(),
-        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(), torch.nn.Linear(hidden, num_labels))
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            for t in (m.weight, m.bias, m.running_mean):
-                t.data.uniform_(-0.5, 0.5)
-            m.weight.data += 1.0
-            m.running_var.data.uniform_(0.5, 2.0)
-    return net.eval()
-
-
-def torch_vgg_forward(net, x):
-    return net.classifier(torch.flatten(F.adaptive_avg_pool2d(net.features(x), 7), 1))
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["vgg16", "vgg16_bn"])
 def vgg_pair(request):
     torch.manual_seed(0)
-    net = torch_vgg(vgg.VGG_LAYOUTS["vgg16"], request.param, hidden=64)
+    net = randomize_batch_norm(VGG(vgg.VGG_LAYOUTS["vgg16"], request.param, hidden=64)).eval()
     state = {k: v.numpy() for k, v in net.state_dict().items()}
     return net, state
 
@@ -146,7 +118,7 @@ def test_vgg16_matches_torch_on_random_weights(vgg_pair):
     x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     logits = np.asarray(jax.jit(model.apply)(variables, x))
     with torch.no_grad():
-        ref = torch_vgg_forward(net, _nchw(x)).numpy()
+        ref = net(_nchw(x)).numpy()
     assert logits.shape == (2, 1000)
     assert np.abs(logits - ref).max() <= 1e-5 * np.abs(ref).max()
 
@@ -162,7 +134,8 @@ def test_adaptive_avg_pool_matches_torch(size):
 @pytest.fixture(scope="module")
 def families():
     torch.manual_seed(0)
-    vgg_state = {k: v.numpy() for k, v in torch_vgg(vgg.VGG_LAYOUTS["vgg16"], True, hidden=32).state_dict().items()}
+    vgg_net = randomize_batch_norm(VGG(vgg.VGG_LAYOUTS["vgg16"], True, hidden=32))
+    vgg_state = {k: v.numpy() for k, v in vgg_net.state_dict().items()}
     return {
         "mobilenet": (mobilenet, load_torch_state_dict(_weights(mobilenet)), "stem: features_0", 18),
         "efficientnet": (efficientnet, load_torch_state_dict(_weights(efficientnet)), "stem: conv_stem", 17),

@@ -35,6 +35,8 @@ _IGNORED_TORCH_NAMES = re.compile(r".*\.num_batches_tracked")
 # Parameter shapes of these families do not depend on the image size, so the hub and the loader
 # initialise (or trace) them on a small image.
 _INIT_IMAGE_SIZE = 32
+# The PyTorch state dict that ``save_pretrained`` writes beside config.json for these families.
+TORCH_STATE_DICT = "model.pth"
 
 
 def normalize_images(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
@@ -335,6 +337,12 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
                                        head_kernel_init=head_kernel_init, rng=rng, source=source)
 
 
+def with_head_size(config: Any, num_labels: int | None) -> Any:
+    """``config`` with ``num_labels`` set to the head's size (unchanged for a bare backbone), so that
+    ``model.config`` describes the head it has and ``save_pretrained(..., model.config)`` writes it."""
+    return config if num_labels is None else dataclasses.replace(config, num_labels=int(num_labels))
+
+
 def config_from_dict(config_cls: type, data: Mapping[str, Any]):
     """Dataclass config from a ``config.json`` dict: unknown keys are ignored, lists become tuples."""
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -346,8 +354,9 @@ def config_from_dict(config_cls: type, data: Mapping[str, Any]):
 
 
 def config_to_dict(config: Any, model_type: str, num_labels: int | None = None) -> dict:
-    """``config.json`` dict: ``model_type`` and the config fields (``num_labels`` overridden when given)."""
-    out = {"model_type": model_type, **dataclasses.asdict(config)}
+    """``config.json`` dict: ``model_type``, the config fields (``num_labels`` overridden when given)
+    and ``torch_state_dict``, the name of the ``.pth`` file written beside it."""
+    out = {"model_type": model_type, **dataclasses.asdict(config), "torch_state_dict": TORCH_STATE_DICT}
     if num_labels is not None:
         out["num_labels"] = int(num_labels)
     return out
@@ -355,20 +364,26 @@ def config_to_dict(config: Any, model_type: str, num_labels: int | None = None) 
 
 def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
                name_map: Callable[[Any], NameMap], head_paths: tuple[str, ...]) -> ModelFamily:
-    """The hub description of a torchvision-style CNN family.
+    """The hub description of a PyTorch-ecosystem CNN family (torchvision, efficientnet_lite_pytorch).
 
-    Tensor names on disk (safetensors) are the PyTorch ones (``features.0.0.weight`` ...), including a
-    zero ``num_batches_tracked`` per batch norm, so a torchvision model loads them strictly. Task
-    ``None`` builds the bare backbone (pooled features), task ``"image_classification"`` a classifier
-    with ``num_labels`` outputs (default ``config.num_labels``). ``config.json`` holds ``model_type``
+    ``save_pretrained`` writes the PyTorch tensor names (``features.0.0.weight`` ...), including a
+    zero ``num_batches_tracked`` per batch norm, twice: ``model.pth`` (:data:`TORCH_STATE_DICT`), a
+    state dict that ``torch.load(path, weights_only=True)`` reads and the reference module loads
+    strictly, and ``model.safetensors``, which jaxtune loads. ``config.json`` holds ``model_type``
+    (one transformers does not know, e.g. ``torchvision_mobilenet_v2``, so that
+    ``transformers.AutoModel`` refuses the directory instead of building a random model from it)
     and the config dataclass's fields.
+
+    Task ``None`` builds the bare backbone (pooled features; its state dict has no classifier, so a
+    torch module loads it with ``strict=False``), task ``"image_classification"`` a classifier with
+    ``num_labels`` outputs (default ``config.num_labels``).
     """
 
     def build(config, task=None, num_labels=None, dtype=jnp.float32, frozen_bn: FrozenBN = False):
         if task not in (None, IMAGE_CLASSIFICATION):
             raise ValueError(f"{name} supports tasks None and {IMAGE_CLASSIFICATION!r}, not {task!r}")
         labels = None if task is None else (config.num_labels if num_labels is None else num_labels)
-        return model_cls(config, num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
+        return model_cls(with_head_size(config, labels), num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
 
     def to_flax(config, tensors, task=None):
         return torch_tensors_to_flax(name_map(config), tensors, head_paths=head_paths, with_head=task is not None)
@@ -387,6 +402,7 @@ def cnn_family(*, name: str, model_type: str, config_cls: type, model_cls: type,
         to_hf=to_hf,
         head_paths=head_paths,
         example_inputs=example_images,
+        torch_state_dict=TORCH_STATE_DICT,
     )
 
 

@@ -18,7 +18,10 @@ Lite0: 16 blocks + the head conv) and ``fc`` -> ``num_layers + 1``.
 Inputs are NHWC images normalised with :data:`LITE_MEAN` / :data:`LITE_STD` (TensorFlow's lite
 preprocessing, ``(x - 127) / 128`` on 0..255 pixels); :data:`IMAGENET_MEAN`/``STD`` also work.
 ``frozen_bn=True`` keeps batch norm in eval mode while training. ``FAMILY`` lets ``jaxtune.hub`` save
-and load the model (``model_type: "efficientnet_lite"``) with the PyTorch tensor names.
+and load the model with the PyTorch tensor names: ``save_pretrained`` writes ``model.pth``, a state
+dict that ``efficientnet_lite_pytorch.EfficientNet.from_name("efficientnet-lite0", num_classes=N)``
+loads, plus ``model.safetensors`` and a ``config.json`` with ``model_type: "efficientnet_lite_pytorch"``
+(jaxtune also reads the older ``"efficientnet_lite"``).
 
 Example::
 
@@ -215,7 +218,7 @@ def efficientnet_lite(config: EfficientNetLiteConfig | None = None, num_labels: 
     """
     config = config or EfficientNetLiteConfig()
     labels = (config.num_labels if num_labels is None else num_labels) if include_head else None
-    return EfficientNetLite(config, num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
+    return EfficientNetLite(_cnn.with_head_size(config, labels), num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
 
 
 def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray], num_labels: int | None = None,
@@ -255,6 +258,6 @@ def efficientnet_lite0_imagenet(num_labels: int | None = None, dtype: Any = jnp.
                       rng=rng)
 
 
-FAMILY = _cnn.cnn_family(name="efficientnet_lite", model_type="efficientnet_lite",
+FAMILY = _cnn.cnn_family(name="efficientnet_lite", model_type="efficientnet_lite_pytorch",
                          config_cls=EfficientNetLiteConfig, model_cls=EfficientNetLite, name_map=name_map,
                          head_paths=HEAD_PATHS)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from jaxtune.errors import UserError
 
 # How one tensor changes layout between PyTorch / HF and Flax.
 #   copy:   same array
@@ -169,6 +171,52 @@ def _set_path(tree: dict, path: str, value: Any) -> None:
     tree[leaf] = value
 
 
+LABELLED_TASKS = ("sequence_classification", "token_classification", "image_classification")
+"""Tasks whose head has one output per label: ``config.json`` names them in ``id2label``/``label2id``."""
+
+
+def with_label_names(hf_config: Mapping[str, Any], labels: Sequence[Any], task: str | None) -> dict:
+    """``hf_config`` with ``id2label``/``label2id`` naming the head's outputs ``labels`` (in order).
+
+    The head size is ``len(hf_config["id2label"])``, else ``hf_config["num_labels"]``; ``labels`` must
+    name each output once.
+
+    Example::
+
+        with_label_names({"num_labels": 2}, ["neg", "pos"], "image_classification")
+        # {"num_labels": 2, "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1}}
+    """
+    if task not in LABELLED_TASKS:
+        raise UserError(f"labels= names the outputs of a classification head, and task {task!r} has none.",
+                        hint=f"Pass labels only for the tasks {list(LABELLED_TASKS)}.")
+    names = [str(label) for label in labels]
+    size = len(hf_config["id2label"]) if "id2label" in hf_config else hf_config.get("num_labels")
+    if size is not None and len(names) != size:
+        raise UserError(f"{len(names)} label names {names[:5]}{' ...' if len(names) > 5 else ''} for a head of "
+                        f"{size} outputs.", hint="Pass one name per output, in output order (e.g. the data's "
+                        "label names, padded to num_labels).")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UserError(f"label names must be distinct (label2id maps each to one output); repeated: {duplicates}")
+    return {**hf_config, "id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def export_labels(label_names: Sequence[Any], num_labels: int | None, task: str | None) -> tuple[str, ...] | None:
+    """The names a run's export gives its head outputs: the data's label names, padded with
+    ``LABEL_<i>`` up to ``num_labels`` (a head wider than the data); None when ``task`` has no label
+    head or the data names no labels.
+
+    Example::
+
+        export_labels(("neg", "pos"), 3, "sequence_classification")   # ("neg", "pos", "LABEL_2")
+    """
+    if task not in LABELLED_TASKS or not label_names:
+        return None
+    size = len(label_names) if num_labels is None else int(num_labels)
+    return tuple(str(name) for name in label_names) + tuple(f"LABEL_{i}" for i in range(len(label_names), size))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
     """Everything the hub needs to load, build and save one family of checkpoints.
@@ -189,6 +237,10 @@ class ModelFamily:
       config_for_weights: optional (config, tensors) -> config, for what ``config.json`` gets
         wrong and the weights show (T5: an untied ``lm_head`` saved with
         ``tie_word_embeddings: true``); runs before the model is built.
+      torch_state_dict: for families whose ecosystem is PyTorch, not transformers (the torchvision
+        CNNs): the file name under which ``save_pretrained`` also writes the tensors as a ``.pth``
+        state dict that ``torch.load(path, weights_only=True)`` reads; ``config_to_hf`` must then
+        write a ``model_type`` that transformers does not know, so that it refuses the directory.
     """
 
     name: str
@@ -202,3 +254,4 @@ class ModelFamily:
     head_paths: tuple[str, ...]
     example_inputs: Callable[[Any, str | None], tuple]
     config_for_weights: Callable[[Any, Mapping[str, np.ndarray]], Any] | None = None
+    torch_state_dict: str | None = None

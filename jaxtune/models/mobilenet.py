@@ -11,8 +11,11 @@ block ``i`` is ``i``, the final 1x1 conv is ``num_layers`` = 18) and the classif
 
 Inputs are NHWC images normalised with :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`
 (:func:`normalize_images`). ``frozen_bn=True`` keeps batch norm in eval mode while training (the
-usual choice for small fine-tuning batches). ``FAMILY`` lets ``jaxtune.hub`` save and load the model
-as ``config.json`` (``model_type: "mobilenet_v2"``) + safetensors with torchvision's tensor names.
+usual choice for small fine-tuning batches). ``FAMILY`` lets ``jaxtune.hub`` save and load the model:
+``save_pretrained`` writes ``model.pth``, a torchvision state dict that
+``torchvision.models.mobilenet_v2(num_classes=N)`` loads, plus ``model.safetensors`` (same names) and a
+``config.json`` with ``model_type: "torchvision_mobilenet_v2"``, which transformers refuses (its
+``mobilenet_v2`` is another layout); jaxtune also reads the older ``model_type: "mobilenet_v2"``.
 
 Example::
 
@@ -199,7 +202,7 @@ def mobilenet_v2(config: MobileNetV2Config | None = None, num_labels: int | None
     """
     config = config or MobileNetV2Config()
     labels = (config.num_labels if num_labels is None else num_labels) if include_head else None
-    return MobileNetV2(config, num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
+    return MobileNetV2(_cnn.with_head_size(config, labels), num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
 
 
 def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray], num_labels: int | None = None,
@@ -237,5 +240,5 @@ def mobilenet_v2_imagenet(num_labels: int | None = None, dtype: Any = jnp.float3
                       rng=rng)
 
 
-FAMILY = _cnn.cnn_family(name="mobilenet_v2", model_type="mobilenet_v2", config_cls=MobileNetV2Config,
+FAMILY = _cnn.cnn_family(name="mobilenet_v2", model_type="torchvision_mobilenet_v2", config_cls=MobileNetV2Config,
                          model_cls=MobileNetV2, name_map=name_map, head_paths=HEAD_PATHS)

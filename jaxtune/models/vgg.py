@@ -16,7 +16,10 @@ Layer ids: ``conv_j``/``bn_j`` -> ``j`` (the first conv is the stem, 0), ``class
 with ``num_layers`` = convolutions + 1 (14 for VGG16).
 
 ``frozen_bn=True`` keeps batch norm in eval mode while training. ``FAMILY`` lets ``jaxtune.hub`` save
-and load the model (``model_type: "vgg"``) with torchvision's tensor names. No VGG weights ship on
+and load the model with torchvision's tensor names: ``save_pretrained`` writes ``model.pth``, a state
+dict that ``torchvision.models.vgg16(num_classes=N)`` (``vgg16_bn``, ...) loads when the classifier is
+torchvision's 4096 wide, plus ``model.safetensors`` and a ``config.json`` with ``model_type:
+"torchvision_vgg"`` (jaxtune also reads the older ``"vgg"``). No VGG weights ship on
 PyPI; ``from_torch`` reads torchvision's ``vgg16-397923af.pth`` / ``vgg16_bn-6c64b313.pth`` files.
 
 Example::
@@ -246,7 +249,7 @@ def vgg(config: VGGConfig | None = None, num_labels: int | None = None, *, inclu
     """
     config = config or VGGConfig()
     labels = (config.num_labels if num_labels is None else num_labels) if include_head else None
-    return VGG(config, num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
+    return VGG(_cnn.with_head_size(config, labels), num_labels=labels, frozen_bn=frozen_bn, dtype=dtype)
 
 
 def vgg16(batch_norm: bool = False, num_labels: int = 1000, *, dtype: Any = jnp.float32,
@@ -282,5 +285,5 @@ def from_torch(path_or_state_dict: str | os.PathLike | Mapping[str, np.ndarray],
         name_map=name_map, head_paths=HEAD_PATHS, num_labels=num_labels, rng=rng, source=source)
 
 
-FAMILY = _cnn.cnn_family(name="vgg", model_type="vgg", config_cls=VGGConfig, model_cls=VGG, name_map=name_map,
-                         head_paths=HEAD_PATHS)
+FAMILY = _cnn.cnn_family(name="vgg", model_type="torchvision_vgg", config_cls=VGGConfig, model_cls=VGG,
+                         name_map=name_map, head_paths=HEAD_PATHS)
