@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from jaxtune.bench.peers import REPO
+
 # Target descriptions of the GPU kinds we benchmark on: an H100 SXM (132 SMs, 228 KiB shared memory
 # per SM, 50 MiB L2, 3.35 TB/s HBM3, 80 GB) and an H200 (the same chip with 141 GB of HBM3e at 4.8 TB/s).
 _HOPPER = """gpu_device_info {{
@@ -80,7 +82,7 @@ def target_sharding(target: str):
     except (NotImplementedError, RuntimeError) as e:
         raise RuntimeError(f"cannot describe a CUDA device ({type(e).__name__}: {e}). Install the CUDA plugin of "
                            "this jax: pip install \"jax-cuda13-plugin[with-cuda]==<jax version>\" (see "
-                           "jaxtune/bench_aot.py)") from None
+                           "jaxtune/bench/aot.py)") from None
     return NamedSharding(topologies.make_mesh(topology, (1,), ("x",)), PartitionSpec())
 
 
@@ -171,9 +173,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                    help="the BERT/T5 cases' attention_implementation; auto on a GPU target is the one "
                         "the models pick on that GPU")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default=None, help="output stem and RESULTS.md section (default: compile-<target>)")
-    p.add_argument("--results-md", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"),
+    p.add_argument("--results-md", default=str(REPO / "benchmarks" / "RESULTS.md"),
                    help="RESULTS.md to update, or 'none'")
     return p.parse_args(argv)
 
