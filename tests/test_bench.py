@@ -361,3 +361,15 @@ def test_cudnn_attention_preflight_decides_the_gpu_suites_attention():
     assert bench.choose_attention("cudnn", "gpu", preflight("boom")) == ("cudnn", "")   # asked for: kept
     assert bench.choose_attention(None, "cpu", preflight("boom")) == (None, "")         # CPU: no cuDNN anyway
     assert ran == ["", "boom"]
+
+
+def test_jaxtune_bench_passes_every_option_to_the_harness(monkeypatch):
+    """`jaxtune bench --smoke ...` (the README's form): the options reach the harness in order."""
+    from jaxtune import cli
+
+    got = []
+    monkeypatch.setattr(bench, "main", lambda argv: got.append(argv) or 0)
+    argv = ["--smoke", "--cases", "bert-tiny-s16-bs4", "--no-peers", "--help"]
+    assert cli.main(["bench", *argv]) == 0 and got == [argv]
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "run", "--no-such-option"])
