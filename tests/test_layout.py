@@ -48,7 +48,8 @@ def test_design_names_every_module():
     text = DESIGN.read_text(encoding="utf-8")
     unnamed = sorted(p for p in _modules() if f"`{p}`" not in text
                      and not (Path(p).name in UNNAMED and p != "jaxtune/__init__.py"))
-    assert not unnamed, f"DESIGN.md does not say what {unnamed} hold(s): add one line each under 'Where each concept lives'"
+    assert not unnamed, (f"DESIGN.md does not say what {unnamed} hold(s): add one line each under "
+                         "'Where each concept lives'")
 
 
 def test_no_module_over_the_line_limit():
@@ -60,4 +61,5 @@ def test_no_module_over_the_line_limit():
 def test_allow_list_only_holds_files_still_to_split():
     modules = _modules()
     done = sorted(p for p in SPLIT_IN_SECOND_PASS if modules.get(p, 0) <= TARGET_LINES)
-    assert not done, f"{done} no longer exist or are <= {TARGET_LINES} lines: remove them from SPLIT_IN_SECOND_PASS"
+    assert not done, (f"{done} no longer exist or are <= {TARGET_LINES} lines: remove them from "
+                      "SPLIT_IN_SECOND_PASS")
