@@ -167,7 +167,6 @@ def make_batch(case: Case, vocab_size: int, seed: int = 0) -> dict[str, np.ndarr
     raise ValueError(f"case {case.name}: unknown family {case.family!r}")
 
 
-
 def with_attention(case: Case, implementation: str | None) -> Case:
     """``case`` with its transformer config's ``attention_implementation`` set (``None``: as is).
 

@@ -34,6 +34,7 @@ from jaxtune.bench.peers import REPO, load_torch_peers
 from jaxtune.bench.report import check_targets, start_outputs, targets_table, write_outputs
 from jaxtune.bench.xla_flags import apply_environment
 
+
 def _positive(kind: type) -> Callable[[str], Any]:
     def parse(text: str):
         value = kind(text)
@@ -86,7 +87,6 @@ def _options(args: argparse.Namespace, modes: tuple[str, ...]) -> Options:
     given = {k: getattr(args, k) for k in ("warmup", "rounds", "steps_per_round", "compile_workers", "profile_steps")}
     return dataclasses.replace(base, peers=not args.no_peers, modes=modes,
                                **{k: v for k, v in given.items() if v is not None})
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

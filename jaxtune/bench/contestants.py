@@ -34,6 +34,7 @@ from jaxtune.bench.measure import (
 from jaxtune.hub import from_pretrained
 from jaxtune.tasks import get_task
 
+
 @dataclasses.dataclass
 class Model:
     """A built jaxtune model with its variables, loss and default rules."""

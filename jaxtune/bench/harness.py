@@ -35,6 +35,7 @@ from jaxtune.train import default_compute_dtype
 PROFILE_TOP_OPS = 20
 FAILURE_TRACEBACK_FRAMES = 12     # innermost frames of a failed case's traceback in the log
 
+
 @dataclasses.dataclass
 class Options:
     """Timing protocol of a run; ``compile_workers``: jaxtune compilations of a case at a time;

@@ -22,6 +22,7 @@ import numpy as np
 import jaxtune as jt
 from jaxtune.bench.cases import Case
 
+
 def median_step_time(round_times: Sequence[float], steps_per_round: int) -> float:
     """Median seconds per step over timed rounds of ``steps_per_round`` steps each.
 

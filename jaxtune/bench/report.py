@@ -15,6 +15,7 @@ from typing import Any
 from jaxtune.bench.members import member_targets
 from jaxtune.runlog import pyplot, save_figure
 
+
 def _fmt(x: Any, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 

@@ -126,7 +126,6 @@ def _checked(split: str, examples: Examples, features: Any, where: Callable[[int
         raise ValueError(f"split {split!r} is empty: a data set split needs at least one example.")
 
 
-
 def _as_features(features: Any) -> Any:
     if isinstance(features, tfds.features.FeaturesDict):
         return features
