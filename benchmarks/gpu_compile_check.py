@@ -1,5 +1,5 @@
 """Compiles every gpu-suite step for an H100 (or H200) that is not there: XLA:GPU's memory plan,
-attention kernel and compile errors, without a device. See jaxtune/bench_aot.py.
+attention kernel and compile errors, without a device. See jaxtune/bench/aot.py.
 
 Usage::
 
@@ -12,7 +12,7 @@ from pathlib import Path
 # Check the checkout this script lives in, whichever jaxtune is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxtune.bench_aot import main
+from jaxtune.bench.aot import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""PyTorch peers of the jaxtune step-throughput cases (loaded by :mod:`jaxtune.bench`).
+"""PyTorch peers of the jaxtune step-throughput cases (loaded by :mod:`jaxtune.bench.peers`).
 
 A peer is the transformers PyTorch model of the same family, config and shapes as the jaxtune case
 (``BertForSequenceClassification``, ``T5ForConditionalGeneration``, ``ResNetForImageClassification``

@@ -144,7 +144,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":
+        # argparse.REMAINDER lets the harness's options before its first value through as unknown
+        args.bench_args = [*unknown, *args.bench_args]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return _run(args, sys.argv[1:] if argv is None else argv)
     except _user_errors() as e:

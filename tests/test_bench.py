@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import json
+import pkgutil
 import os
 import subprocess
 import sys
@@ -134,8 +136,8 @@ def test_outputs_are_written_case_by_case(smoke, tmp_path):
 def test_frozen_backbone_keeps_less_state_and_flops(smoke):
     _, _, records, _ = smoke
     for case in {r["case"] for r in records}:
-        full = bench._find(records, case, mode="full")
-        frozen = bench._find(records, case, mode="frozen_backbone")
+        full = bench.find_record(records, case, mode="full")
+        frozen = bench.find_record(records, case, mode="frozen_backbone")
         assert frozen["optimizer_state_bytes"] < full["optimizer_state_bytes"], case
         assert frozen["trainable_param_count"] < full["trainable_param_count"], case
         assert frozen["flops_per_step"] < full["flops_per_step"], case
@@ -220,7 +222,7 @@ def _restore_env_after_test(monkeypatch, *names):
 
 def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch):
     _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
-    monkeypatch.setattr(bench, "_probe_xla_flags", lambda flags: True)
+    monkeypatch.setattr(bench.xla_flags, "_probe_xla_flags", lambda flags: True)
     assert bench.main(["--suite", "gpu", "--results-md", "none"]) == 2
     assert "needs a GPU" in capsys.readouterr().err
 
@@ -292,7 +294,7 @@ def test_gpu_environment_drops_rejected_flags_and_records_them(monkeypatch, smok
     _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     rejected = "--xla_gpu_enable_command_buffer=" + bench.GPU_XLA_FLAGS["xla_gpu_enable_command_buffer"][0]
-    monkeypatch.setattr(bench, "_probe_xla_flags", _fake_probe([rejected], []))
+    monkeypatch.setattr(bench.xla_flags, "_probe_xla_flags", _fake_probe([rejected], []))
     assert bench.apply_environment("gpu", None) == [rejected]
     assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true"
     _, env, _, _ = smoke
@@ -301,7 +303,10 @@ def test_gpu_environment_drops_rejected_flags_and_records_them(monkeypatch, smok
 
 
 def test_docstring_examples():
-    assert doctest.testmod(bench).failed == 0
+    modules = [importlib.import_module(f"jaxtune.bench.{m.name}") for m in pkgutil.iter_modules(bench.__path__)
+               if m.name != "__main__"]
+    results = [doctest.testmod(module) for module in modules]
+    assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) >= 15
 
 
 def test_gpu_xla_flags_parse_with_this_jaxlib():
@@ -325,7 +330,7 @@ def test_a_failing_case_is_logged_and_the_others_still_run(capsys, monkeypatch, 
             raise RuntimeError("cuDNN graph build failed\nsecond line")
         return []
 
-    monkeypatch.setattr(bench, "run_case", fake_run_case)
+    monkeypatch.setattr(bench.harness, "run_case", fake_run_case)
     results = tmp_path / "RESULTS.md"
     assert bench.main(["--smoke", "--out", str(tmp_path), "--results-md", str(results), "--no-peers", "--no-plot"]) == 1
     assert ran == [c.name for c in bench.suite_cases("smoke")]                 # the cases after it ran too
@@ -356,3 +361,15 @@ def test_cudnn_attention_preflight_decides_the_gpu_suites_attention():
     assert bench.choose_attention("cudnn", "gpu", preflight("boom")) == ("cudnn", "")   # asked for: kept
     assert bench.choose_attention(None, "cpu", preflight("boom")) == (None, "")         # CPU: no cuDNN anyway
     assert ran == ["", "boom"]
+
+
+def test_jaxtune_bench_passes_every_option_to_the_harness(monkeypatch):
+    """`jaxtune bench --smoke ...` (the README's form): the options reach the harness in order."""
+    from jaxtune import cli
+
+    got = []
+    monkeypatch.setattr(bench, "main", lambda argv: got.append(argv) or 0)
+    argv = ["--smoke", "--cases", "bert-tiny-s16-bs4", "--no-peers", "--help"]
+    assert cli.main(["bench", *argv]) == 0 and got == [argv]
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "run", "--no-such-option"])

@@ -1,10 +1,11 @@
-"""The ahead-of-time compile check (jaxtune/bench_aot.py), on this machine's CPU as the target;
+"""The ahead-of-time compile check (jaxtune/bench/aot.py), on this machine's CPU as the target;
 the GPU targets need the CUDA plugin, which CI does not install."""
 import json
 
 import pytest
 
-from jaxtune import bench, bench_aot
+from jaxtune import bench
+from jaxtune.bench import aot as bench_aot
 
 
 def test_compile_check_on_cpu_writes_memory_plan_and_frozen_ratios(tmp_path):

@@ -1,6 +1,7 @@
 """``import jaxtune`` and the benchmark harness must work on an image without the data-pipeline
 packages (the GPU machines that run ``benchmarks/gpu_session.sh`` have no grain,
-tensorflow-datasets or tensorboardX and cannot install them)."""
+tensorflow-datasets or tensorboardX and cannot install them); ``import jaxtune`` does not load the
+benchmark harness (``jaxtune.bench``)."""
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ def test_import_without_data_pipeline_packages():
     code = "\n".join([
         "import sys",
         *(f"sys.modules[{name!r}] = None" for name in OPTIONAL),   # makes `import name` raise ImportError
-        "import jaxtune, jaxtune.bench, jaxtune.cli",
+        "import jaxtune",
+        "assert not [m for m in sys.modules if m.startswith('jaxtune.bench')], 'import jaxtune loaded the bench'",
+        "import jaxtune.bench, jaxtune.cli",
         "print(sorted(n for n in " + repr(OPTIONAL) + " if sys.modules.get(n) is not None))",
     ])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

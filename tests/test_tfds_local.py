@@ -254,3 +254,12 @@ def test_real_wnut_tweets_written_to_tfds(tmp_path):
     assert first["tokens"] == splits.test.tokens[0]
     np.testing.assert_array_equal(first["tags"], splits.test.tags[0])
     assert ds.builder.info.metadata["license"] == splits.license
+
+
+def test_docstring_examples_of_the_tfds_modules():
+    import doctest
+
+    from jaxtune.data import tfds_local, tfds_write
+
+    results = [doctest.testmod(module) for module in (tfds_local, tfds_write)]
+    assert [r.failed for r in results] == [0, 0] and all(r.attempted for r in results)

@@ -1,5 +1,5 @@
 """Benchmark contestants of members (:mod:`jaxtune.members`): N variants in one compiled step
-against N sequential runs, for the step-throughput harness (:mod:`jaxtune.bench`).
+against N sequential runs, for the step-throughput harness (:mod:`jaxtune.bench.harness`).
 
 Two modes of a case with ``members=N``, both AdamW in runtime mode (the members' strategy differs
 in layer decay and weight decay, which costs nothing extra):
@@ -31,14 +31,15 @@ import numpy as np
 import optax
 
 import jaxtune as jt
-from jaxtune import bench
+from jaxtune.bench.cases import LEARNING_RATE, MEMBER_MODES, WEIGHT_DECAY, Case
+from jaxtune.bench.contestants import Model, run_steps
+from jaxtune.bench.measure import attention_kernel, tree_bytes, xla_cost, xla_peak_bytes
 
-MEMBER_MODES = bench.MEMBER_MODES
 MEMBER_LAYER_DECAYS = (1.0, 0.9, 0.8, 0.7)          # member i gets decay [i % 4]
 MEMBER_WEIGHT_DECAYS = (0.0, 0.01, 0.03, 0.1)       # member i gets weight decay [i // 4 % 4]
 
 
-def member_states(model: bench.Model, tx: optax.GradientTransformation, n: int) -> list[jt.TrainState]:
+def member_states(model: Model, tx: optax.GradientTransformation, n: int) -> list[jt.TrainState]:
     """N train states of one runtime-mode optimizer, each with its own layer decay, weight decay
     and dropout seed (own copies of the parameters: the states are donated).
 
@@ -63,7 +64,7 @@ def member_states(model: bench.Model, tx: optax.GradientTransformation, n: int) 
 
 class MemberContestant:
     """The ``members`` or ``sequential`` mode of a case with ``case.members`` = N (same interface
-    as :class:`jaxtune.bench.JaxContestant`: prepare, compile, stats, run, compilations, close).
+    as :class:`jaxtune.bench.contestants.JaxContestant`: prepare, compile, stats, run, compilations, close).
 
     Example::
 
@@ -73,7 +74,7 @@ class MemberContestant:
 
     framework = "jaxtune"
 
-    def __init__(self, case: bench.Case, model: bench.Model, mode: str, batch: dict, compute_dtype: Any):
+    def __init__(self, case: Case, model: Model, mode: str, batch: dict, compute_dtype: Any):
         if mode not in MEMBER_MODES:
             raise ValueError(f"unknown member mode {mode!r}; choose from {MEMBER_MODES}")
         if case.members < 2:
@@ -88,8 +89,8 @@ class MemberContestant:
     def prepare(self) -> None:
         """Builds the runtime-mode optimizer, the member (or single) state and step, puts the batch on device."""
         m = self.model
-        tx = jt.make_optimizer(m.params, m.default_rules, optax.adamw, bench.LEARNING_RATE,
-                               weight_decay=bench.WEIGHT_DECAY, runtime=True)
+        tx = jt.make_optimizer(m.params, m.default_rules, optax.adamw, LEARNING_RATE,
+                               weight_decay=WEIGHT_DECAY, runtime=True)
         states = member_states(m, tx, self.n if self.mode == "members" else 1)
         if self.mode == "members":
             self.state = jt.stack_members(states)
@@ -116,24 +117,24 @@ class MemberContestant:
         if self.compiled is None:
             raise RuntimeError(f"{self.case.name}/{self.mode}: stats() needs compile() first")
         compiled, self.compiled = self.compiled, None
-        flops = bench.xla_cost(compiled)
+        flops = xla_cost(compiled)
         repeats = 1 if self.mode == "members" else self.n
         n_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.model.params)))
         return {"compile_s": self.compile_s, "compile_s_per_run": self.compile_s_per_run,
                 "compile_concurrency": self.compile_concurrency,
-                "attention_kernel": bench.attention_kernel(compiled, self.case.family),
+                "attention_kernel": attention_kernel(compiled, self.case.family),
                 "flops_per_step": flops * repeats if flops else None,
                 "flops_source": "xla_cost_analysis" if flops else "n/a",
-                "xla_bytes_accessed": bench.xla_cost(compiled, "bytes accessed"),
-                "peak_memory_bytes": bench.xla_peak_bytes(compiled), "memory_source": "xla_memory_analysis",
-                "optimizer_state_bytes": bench.tree_bytes(self.state.opt_state), "param_count": n_params,
+                "xla_bytes_accessed": xla_cost(compiled, "bytes accessed"),
+                "peak_memory_bytes": xla_peak_bytes(compiled), "memory_source": "xla_memory_analysis",
+                "optimizer_state_bytes": tree_bytes(self.state.opt_state), "param_count": n_params,
                 "trainable_param_count": n_params, "members": self.n, "examples_per_step": self.examples_per_step}
 
     def run(self, steps: int) -> float:
         """``steps`` N-member steps (``sequential``: N single steps each), blocks, returns seconds."""
         start = time.perf_counter()
         calls = steps * (1 if self.mode == "members" else self.n)
-        self.state, compilations = bench.run_steps(self.step, self.state, self.batch, calls)
+        self.state, compilations = run_steps(self.step, self.state, self.batch, calls)
         self.recompilations += compilations
         return time.perf_counter() - start
 

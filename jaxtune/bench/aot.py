@@ -28,6 +28,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from jaxtune.bench.cases import ALL_MODES, make_batch, suite_cases, with_attention
+from jaxtune.bench.contestants import build_model
+from jaxtune.bench.harness import jax_contestant
+from jaxtune.bench.measure import attention_kernel, tree_bytes, xla_peak_bytes
+from jaxtune.bench.peers import REPO
+from jaxtune.bench.report import mib, update_results_md
+from jaxtune.bench.xla_flags import apply_environment
+
 # Target descriptions of the GPU kinds we benchmark on: an H100 SXM (132 SMs, 228 KiB shared memory
 # per SM, 50 MiB L2, 3.35 TB/s HBM3, 80 GB) and an H200 (the same chip with 141 GB of HBM3e at 4.8 TB/s).
 _HOPPER = """gpu_device_info {{
@@ -80,7 +88,7 @@ def target_sharding(target: str):
     except (NotImplementedError, RuntimeError) as e:
         raise RuntimeError(f"cannot describe a CUDA device ({type(e).__name__}: {e}). Install the CUDA plugin of "
                            "this jax: pip install \"jax-cuda13-plugin[with-cuda]==<jax version>\" (see "
-                           "jaxtune/bench_aot.py)") from None
+                           "jaxtune/bench/aot.py)") from None
     return NamedSharding(topologies.make_mesh(topology, (1,), ("x",)), PartitionSpec())
 
 
@@ -95,13 +103,11 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
                  log: Callable[[str], None] = print) -> list[dict]:
     """Compiles each of ``modes`` of ``case`` for ``sharding``'s device; one record per mode
     (``error`` set, other fields None, where the compilation fails)."""
-    from jaxtune import bench
-
-    model = bench.build_model(case, compute_dtype)
-    batch = bench.make_batch(case, getattr(model.config, "vocab_size", 1000))
+    model = build_model(case, compute_dtype)
+    batch = make_batch(case, getattr(model.config, "vocab_size", 1000))
     records = []
     for mode in modes:
-        contestant = bench.jax_contestant(case, model, mode, batch, compute_dtype)
+        contestant = jax_contestant(case, model, mode, batch, compute_dtype)
         record = {"case": case.name, "mode": mode, "error": None}
         try:
             contestant.prepare()
@@ -109,16 +115,16 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
             compiled = contestant.step.lower(abstract_like(contestant.state, sharding),
                                              abstract_like(contestant.batch, sharding)).compile()
             memory = compiled.memory_analysis()
-            record.update(compile_s=time.perf_counter() - start, peak_memory_bytes=bench.xla_peak_bytes(compiled),
+            record.update(compile_s=time.perf_counter() - start, peak_memory_bytes=xla_peak_bytes(compiled),
                           argument_bytes=int(memory.argument_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
-                          attention_kernel=bench.attention_kernel(compiled, case.family),
-                          optimizer_state_bytes=bench.tree_bytes(contestant.state.opt_state))
+                          attention_kernel=attention_kernel(compiled, case.family),
+                          optimizer_state_bytes=tree_bytes(contestant.state.opt_state))
         except Exception as e:  # a failing compile is the finding: record it, go on
             record.update(compile_s=None, peak_memory_bytes=None, argument_bytes=None, temp_bytes=None,
                           attention_kernel=None, optimizer_state_bytes=None, error=f"{type(e).__name__}: {e}"[:500])
         finally:
             contestant.close()
-        log(f"{case.name} {mode}: " + (f"peak {bench.mib(record['peak_memory_bytes'])} MiB, compiled in "
+        log(f"{case.name} {mode}: " + (f"peak {mib(record['peak_memory_bytes'])} MiB, compiled in "
                                        f"{record['compile_s']:.1f} s" if record["error"] is None else record["error"]))
         records.append(record)
     return records
@@ -135,8 +141,6 @@ def frozen_memory_ratios(records: Sequence[dict]) -> dict[str, float]:
 def markdown(records: Sequence[dict], env: dict) -> str:
     """The RESULTS.md section of a compile check: environment, one row per case and mode, and the
     frozen-backbone memory ratios against the 40% target."""
-    from jaxtune import bench
-
     lines = [f"## Compile check `{env['target']}` (deviceless: XLA:GPU plan, nothing run)", "",
              f"{env['date']}; jax {env['jax']}; compiled on {env['host']} for {env['device']}; "
              f"compute {env['compute_dtype']}; attention `{env['attention']}`; XLA_FLAGS "
@@ -150,9 +154,9 @@ def markdown(records: Sequence[dict], env: dict) -> str:
         if r["error"] is not None:
             lines.append(f"| {r['case']} | {r['mode']} | **failed**: {r['error'].splitlines()[0]} | | | | | |")
             continue
-        lines.append(f"| {r['case']} | {r['mode']} | {bench.mib(r['peak_memory_bytes'])} | "
-                     f"{bench.mib(r['argument_bytes'])} | {bench.mib(r['temp_bytes'])} | "
-                     f"{bench.mib(r['optimizer_state_bytes'])} | {r['attention_kernel'] or '-'} | {r['compile_s']:.1f} |")
+        lines.append(f"| {r['case']} | {r['mode']} | {mib(r['peak_memory_bytes'])} | "
+                     f"{mib(r['argument_bytes'])} | {mib(r['temp_bytes'])} | "
+                     f"{mib(r['optimizer_state_bytes'])} | {r['attention_kernel'] or '-'} | {r['compile_s']:.1f} |")
     ratios = frozen_memory_ratios(records)
     if ratios:
         lines += ["", "| case | frozen-backbone / full peak memory | target ≤ 0.40 |", "|---|---|---|"]
@@ -161,19 +165,17 @@ def markdown(records: Sequence[dict], env: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from jaxtune import bench
-
     p = argparse.ArgumentParser(prog="gpu_compile_check", description=__doc__.split("\n")[0])
     p.add_argument("--target", choices=TARGETS, default="h100")
     p.add_argument("--suite", choices=("gpu", "smoke"), default="gpu")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: the suite's)")
-    p.add_argument("--modes", default=",".join(bench.ALL_MODES), help="comma-separated modes")
+    p.add_argument("--modes", default=",".join(ALL_MODES), help="comma-separated modes")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                    help="the BERT/T5 cases' attention_implementation; auto on a GPU target is the one "
                         "the models pick on that GPU")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default=None, help="output stem and RESULTS.md section (default: compile-<target>)")
-    p.add_argument("--results-md", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"),
+    p.add_argument("--results-md", default=str(REPO / "benchmarks" / "RESULTS.md"),
                    help="RESULTS.md to update, or 'none'")
     return p.parse_args(argv)
 
@@ -196,17 +198,15 @@ def _auto_attention(case: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from jaxtune import bench
-
     dropped = []
     if args.target != "cpu":
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver here: nothing to check against
-        dropped = bench.apply_environment("gpu", None)  # the gpu suite's XLA flags: the same compilation
+        dropped = apply_environment("gpu", None)  # the gpu suite's XLA flags: the same compilation
     import jax
     import jax.numpy as jnp
 
     sharding = target_sharding(args.target)
-    cases = bench.suite_cases(args.suite)
+    cases = suite_cases(args.suite)
     if args.cases:
         wanted = args.cases.split(",")
         unknown = sorted(set(wanted) - {c.name for c in cases})
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         attention = args.attention
         if attention == "auto" and args.target != "cpu" and hasattr(case.config, "attention_implementation"):
             attention = _auto_attention(case)
-        records += compile_case(bench.with_attention(case, attention), [m for m in modes if m in case.modes],
+        records += compile_case(with_attention(case, attention), [m for m in modes if m in case.modes],
                                 sharding, compute_dtype)
     device = sharding.mesh.devices.flat[0]
     env = {"target": args.target, "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
@@ -235,6 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = markdown(records, env)
     (args.out / f"{name}.md").write_text(body)
     if args.results_md != "none":
-        bench.update_results_md(Path(args.results_md), name, body)
+        update_results_md(Path(args.results_md), name, body)
     print(body)
     return 1 if any(r["error"] for r in records) else 0
