@@ -456,7 +456,9 @@ def _log_load_report(report: LoadReport, head_paths: Sequence[str]) -> None:
     their checkpoint name."""
     is_head = lambda p: any(re.fullmatch(pattern, p) for pattern in head_paths)
     unmapped = [n for n in report.ignored if "/" not in n]
-    lines = [("new task head, initialised", [p for p in report.initialized if is_head(p)], False),
+    resized = {r.partition(":")[0] for r in report.resized}
+    lines = [("new task head, initialised", [p for p in report.initialized if is_head(p) and p not in resized],
+              False),
              ("task head re-initialised, shape differs", report.resized, False),
              ("missing from the checkpoint, initialised", [p for p in report.initialized if not is_head(p)], True),
              ("in the checkpoint, not used by this task's model", [p for p in report.ignored if "/" in p], False),

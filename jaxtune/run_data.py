@@ -76,7 +76,7 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     ``test_limit`` take a seeded random subset of the train / validation / test split.
     ``num_labels`` (``model.num_labels``) is checked against the label set before any preprocessing.
 
-    Prepare once, then pass it to several runs (:func:`jaxtune.finetune`'s ``data=``)::
+    Example (prepare once, then pass it to several runs: :func:`jaxtune.finetune`'s ``data=``)::
 
         cfg = jt.load_config("experiments/configs/tweets_minilm.yaml")
         data = jt.prepare_data(cfg.data, cfg.model.path)

@@ -291,7 +291,7 @@ def _top_level_models():
         (resnet, resnet.ResNetForImageClassification(resnet.resnet_config(18, num_labels=2))),
         (mobilenet, mobilenet.MobileNetV2(mobilenet.MobileNetV2Config(), num_labels=2)),
         (efficientnet, efficientnet.EfficientNetLite(efficientnet.EfficientNetLiteConfig(), num_labels=2)),
-        (vgg, vgg.VGG(vgg.VGGConfig(), num_labels=2)), (bag, bag.BagClassifier(bag.BagConfig(vocab_size=9)))]
+        (vgg, vgg.VGG(vgg.VGGConfig(), num_labels=2)), (bag, bag.BagClassifier(bag.BagConfig(vocab_size=9, embed_dim=4, num_labels=2)))]
 
 
 def test_every_model_has_layer_ids_default_rules_and_documented_call():
@@ -345,11 +345,12 @@ def test_from_pretrained_logs_expected_changes_at_info(tiny_bert_dir, caplog):
     (record,) = _hub_records(caplog, tiny_bert_dir, "sequence_classification", 3)  # a new head: resized
     assert record.levelno == logging.INFO
     assert "task head re-initialised, shape differs (2): params/classifier/bias" in record.getMessage()
-    (record,) = _hub_records(caplog, tiny_bert_dir, "token_classification", 2)  # a new head, pooler unused
+    assert "new task head" not in record.getMessage()
+    (record,) = _hub_records(caplog, tiny_bert_dir, "question_answering", None)  # a new head, pooler unused
     message = record.getMessage()
     assert record.levelno == logging.INFO
-    assert "new task head, initialised (2): params/classifier/bias, params/classifier/kernel" in message
-    assert "not used by this task's model (2): params/bert/pooler/dense/bias" in message
+    assert "new task head, initialised (2): params/qa_outputs/bias, params/qa_outputs/kernel" in message
+    assert "not used by this task's model (4): params/bert/pooler/dense/bias" in message
 
 
 def test_from_pretrained_warns_for_missing_and_unknown_tensors(tiny_bert_dir, tmp_path, caplog):
