@@ -1,16 +1,11 @@
 """Gradual unfreezing: what each stage holds (equal splits, explicit groups), when it begins (every k
-steps, explicit step or epoch boundaries), in the API, the config and the runner."""
-import os
-
+steps, explicit step or epoch boundaries), in the API and the config (the runner: test_experiment.py)."""
 import jax
-import numpy as np
 import pytest
 
 import jaxtune as jt
 from jaxtune.config import OptimConfig, unfreeze_boundaries, unfreeze_stage_count
-from jaxtune.experiment import finetune
 from tests._tiny import init_params, layer_ids
-from tests.test_experiment import _config, data, tiny_model_dir  # noqa: F401  (module-scoped fixtures)
 
 PARAMS = init_params()  # TinyNet: embeddings 0, layer_0..2 -> 1..3, head 4
 
@@ -93,18 +88,3 @@ def test_config_boundaries_in_steps_and_epochs():
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(jt.ConfigError, match=message):
         jt.load_config(None, overrides)
-
-
-def test_runner_unfreezes_groups_at_epoch_boundaries(tiny_model_dir, data, tmp_path):  # noqa: F811
-    """Tiny BERT (2 layers: embeddings 0, layers 1-2, pooler/classifier 3), 8 batches per epoch:
-    epochs [0.25, 0.375] are steps [2, 3]. Stage 0 trains the head only, stage 1 adds the layers,
-    stage 2 the embeddings."""
-    rules = [{"pattern": "bert/embeddings/.*", "name": "embeddings"},
-             {"pattern": "(classifier|bert/pooler)/.*", "name": "head"}, {"pattern": ".*", "name": "layers"}]
-    cfg = _config(tiny_model_dir, tmp_path, "unfreeze_at", rules=rules, unfreezing="runtime",
-                  unfreeze_at_epochs=[0.25, 0.375], unfreeze_groups=[[3], [1, 2], [0]])
-    result = finetune(cfg, data=data)
-    drift = {r["step"]: r for r in jt.read_jsonl(os.path.join(result.paths["metrics"])) if r["split"] == "drift"}
-    assert drift[2]["head"] > 0 and drift[2]["layers"] == 0 and drift[2]["embeddings"] == 0  # steps 0, 1: head
-    assert drift[4]["layers"] > 0 and drift[4]["embeddings"] > 0                             # step 3: all
-    assert np.isfinite(result.test_metrics["loss"])
