@@ -283,6 +283,8 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     if cfg.optim.unfreezing is not None:
         stages = unfreezing_stages(params, layer_ids, rules, unfreeze_stage_count(cfg.optim),
                                    groups=cfg.optim.unfreeze_groups)
+        unfreezing_stage(0, len(stages), every=cfg.optim.unfreeze_every or None,  # boundaries checked before training
+                         at=unfreeze_boundaries(cfg.optim, batches_per_epoch))
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
     train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)

@@ -307,7 +307,7 @@ def tiny_bert_dir(tmp_path_factory):
     config = bert.BertConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=8, max_position_embeddings=16)
     model = bert.build(config, "sequence_classification", 2)
-    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory,
+    jt.save_pretrained(jax.jit(model.init)(jax.random.key(0), *bert.example_inputs(config, None)), config, directory,
                        task="sequence_classification")
     return directory
 

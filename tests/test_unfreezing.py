@@ -62,6 +62,10 @@ def test_config_boundaries_in_steps_and_epochs():
     assert unfreeze_boundaries(at_steps, 30) == [40, 100] and unfreeze_stage_count(at_steps) == 3
     assert unfreeze_boundaries(at_epochs, 30) == [15, 60] and unfreeze_stage_count(at_epochs) == 3
     assert unfreeze_boundaries(OptimConfig(unfreezing="runtime", unfreeze_every=5), 30) is None
+    colliding = unfreeze_boundaries(OptimConfig(unfreezing="runtime", unfreeze_at_epochs=[0.1, 0.2]), 4)  # [1, 1]
+    with pytest.raises(jt.UserError) as err:
+        jt.unfreezing_stage(0, 3, at=colliding)
+    assert "epochs that fall on the same step count as one" in err.value.for_config()
     cfg = jt.load_config(None, ["optim.unfreezing=runtime", "optim.unfreeze_at=[40, 100]",
                                 "optim.unfreeze_groups=[[7], [5, 6], [0, 1, 2, 3, 4]]"])
     assert cfg.optim.unfreeze_groups == [[7], [5, 6], [0, 1, 2, 3, 4]]
