@@ -157,8 +157,8 @@ def _path_string(keys: tuple) -> str:
 
 def _is_variable(x: Any) -> bool:
     """Whether ``x`` is a ``flax.nnx.Variable`` (without importing flax.nnx: none exists before it is imported)."""
-    module = sys.modules.get("flax.nnx.variablelib")
-    return module is not None and isinstance(x, module.Variable)
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
 
 
 def strip_variables(tree: Any) -> Any:
@@ -173,7 +173,8 @@ def strip_variables(tree: Any) -> Any:
     """
     if not any(_is_variable(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_variable)):
         return tree
-    return jax.tree_util.tree_map(lambda x: strip_variables(x.get_raw_value()) if _is_variable(x) else x, tree,
+    value = lambda v: v.get_raw_value() if hasattr(v, "get_raw_value") else v.value
+    return jax.tree_util.tree_map(lambda x: strip_variables(value(x)) if _is_variable(x) else x, tree,
                                   is_leaf=_is_variable)
 
 
