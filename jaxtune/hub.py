@@ -439,15 +439,42 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     model = family.build(config, task, num_labels, dtype)
     if init == "random":
         variables, report = random_variables(model, family.example_inputs(config, task), rng, str(directory))
-        logger.info("%s", report)
+        logger.info("random init of %s: %d variables initialised", directory, len(report.initialized))
         return (model, variables, report) if return_report else (model, variables)
     loaded, used = family.to_flax(config, tensors, task)
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),
         unused=sorted(set(tensors) - used), head_paths=family.head_paths,
         rng=rng, strict=strict, allow_new_layers=allow_new_layers, source=str(directory))
-    logger.log(logging.WARNING if report.initialized else logging.INFO, "%s", report)
+    _log_load_report(report, family.head_paths)
     return (model, variables, report) if return_report else (model, variables)
+
+
+_CHECKPOINT_BUFFERS = ("position_ids", "num_batches_tracked")  # saved by PyTorch, recomputed by the models
+
+
+def _log_load_report(report: LoadReport, head_paths: Sequence[str]) -> None:
+    """Logs what ``from_pretrained`` did on ``jaxtune.hub``: at INFO, or at WARNING when something is
+    unexpected (a non-head variable missing from the checkpoint, a checkpoint tensor no variable
+    takes); a new or resized task head, another task's layers and PyTorch buffers are expected.
+    Model variables are named by their Flax path (``params/...``), checkpoint tensors without one by
+    their checkpoint name."""
+    is_head = lambda p: any(re.fullmatch(pattern, p) for pattern in head_paths)
+    unmapped = [n for n in report.ignored if "/" not in n]
+    resized = {r.partition(":")[0] for r in report.resized}
+    lines = [("new task head, initialised", [p for p in report.initialized if is_head(p) and p not in resized],
+              False),
+             ("task head re-initialised, shape differs", report.resized, False),
+             ("missing from the checkpoint, initialised", [p for p in report.initialized if not is_head(p)], True),
+             ("in the checkpoint, not used by this task's model", [p for p in report.ignored if "/" in p], False),
+             ("checkpoint buffers skipped", [n for n in unmapped if n.rpartition(".")[2] in _CHECKPOINT_BUFFERS],
+              False),
+             ("checkpoint tensors with no model variable, ignored",
+              [n for n in unmapped if n.rpartition(".")[2] not in _CHECKPOINT_BUFFERS], True)]
+    text = [f"from_pretrained {report.source}: loaded {len(report.loaded)} variables"]
+    text += [f"{title} ({len(names)}): {', '.join(names)}" for title, names, _ in lines if names]
+    unexpected = any(names and bad for _, names, bad in lines)
+    logger.log(logging.WARNING if unexpected else logging.INFO, "%s", "\n".join(text))
 
 
 def _config_of(family: ModelFamily, hf_config: dict, source: Path) -> Any:

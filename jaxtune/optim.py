@@ -41,8 +41,10 @@ import optax
 
 from jaxtune import forgetting
 from jaxtune.errors import UserError, check_number
-from jaxtune.rules import Rule, Settings, _layer_id, _resolve, l2_sp_strength, layer_factors, leaf_paths
+from jaxtune.rules import (Rule, Settings, _resolve, l2_sp_strength, layer_factors, leaf_paths, strip_variables,
+                           tree_structure)
 from jaxtune.stage_fresh import MultiplierState, per_leaf, scale_by_learning_rate_and_multipliers
+from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages  # noqa: F401  (still importable from here)
 
 _FROZEN = "frozen"
 _RUNTIME = "runtime"
@@ -107,7 +109,85 @@ def lr_multipliers(params: Any, rules: Sequence[Rule], layer_ids: Callable[[str]
         {'emb': array(0.5, dtype=float32), 'head': array(1., dtype=float32)}
     """
     factors = layer_factors(params, rules, layer_ids, layer_decay, **match_kwargs)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), factors)
+    return jax.tree_util.tree_unflatten(tree_structure(params), factors)
+
+
+def _like(reference: Any, pure: Any) -> Any:
+    """``pure`` (a tree without ``nnx.Variable`` objects) in ``reference``'s structure: wrapped back in
+    the ``Variable`` objects ``reference`` has, if any."""
+    if strip_variables(reference) is reference:
+        return pure
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(reference), jax.tree_util.tree_leaves(pure))
+
+
+def _check_multipliers(multipliers: Any) -> None:
+    for path, m in zip(leaf_paths(multipliers), jax.tree_util.tree_leaves(multipliers)):
+        m = np.asarray(m)
+        if not np.issubdtype(m.dtype, np.number) or not np.all(np.isfinite(m)) or np.any(m < 0):
+            raise UserError(f"multiplier at {path or '(root)'} is {m.tolist()!r}; a learning-rate multiplier is a "
+                            "finite number >= 0 (an array of them, one per layer, for a stacked leaf)",
+                            hint="Build the tree with jt.lr_multipliers(params, rules, layer_ids, layer_decay).")
+
+
+def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by its learning-rate multiplier: the per-leaf rates of a rule
+    table (``lr_mult``, layer-wise decay) in an optax chain of your own.
+
+    Put it after the optimizer: scaling an Adam(W) update by ``m`` equals scaling its learning rate
+    by ``m``, decoupled weight decay included (what :func:`make_optimizer` does inside).
+    ``multipliers`` has the parameters' structure (numbers, or a ``(L, 1, ...)`` array for a stacked
+    leaf), e.g. :func:`lr_multipliers`; built from an ``nnx.State``, it fits its ``nnx.as_pure``
+    arrays too. Inside ``optax.partition``/``multi_transform``/``masked`` the leaves the group does
+    not hold pass through. No state; the multipliers are constants of the compiled step.
+
+    Example::
+
+        >>> tx = optax.chain(optax.sgd(1.0), scale_by_multipliers({"emb": 0.5, "head": 2.0}))
+        >>> params = {"emb": jnp.ones(2), "head": jnp.ones(2)}
+        >>> updates, _ = tx.update(params, tx.init(params))
+        >>> updates["emb"].tolist(), updates["head"].tolist()
+        ([-0.5, -0.5], [-2.0, -2.0])
+    """
+    multipliers = strip_variables(multipliers)
+    _check_multipliers(multipliers)
+    expected = jax.tree_util.tree_structure(multipliers)
+
+    def scale(m, u):
+        if u is None or isinstance(u, optax.MaskedNode):
+            return u
+        return u * jnp.asarray(m, u.dtype) if np.any(np.asarray(m) != 1.0) else u
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        pure = strip_variables(updates)
+        try:
+            scaled = jax.tree_util.tree_map(scale, multipliers, pure)
+        except ValueError:
+            raise ValueError(f"scale_by_multipliers: the multipliers ({expected}) do not fit the updates "
+                             f"({jax.tree_util.tree_structure(pure)}); build them from the same params as the "
+                             "optimizer, e.g. jt.lr_multipliers(params, rules, model.layer_ids, 0.8)") from None
+        return _like(updates, scaled), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _accepting_variables(tx: optax.GradientTransformationExtraArgs) -> optax.GradientTransformationExtraArgs:
+    """``tx`` for params, updates and masks as an ``nnx.State`` of ``Variable`` objects or as plain arrays
+    (what ``nnx.Optimizer`` passes: ``init`` gets the former, ``update`` the latter); updates come
+    back in the structure of the ``updates`` given."""
+    def init(params):
+        return tx.init(strip_variables(params))
+
+    def update(updates, state, params=None, **extra_args):
+        extra_args = {k: strip_variables(v) for k, v in extra_args.items()}
+        new, state = tx.update(strip_variables(updates), state, strip_variables(params), **extra_args)
+        return _like(updates, new), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _default_weight_decay(optimizer: Callable, kwargs: dict) -> tuple[bool, float]:
@@ -221,7 +301,8 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
 
     Args:
       params: the parameter pytree (dict, FrozenDict, ``nnx.State``, ...); only its structure,
-        paths and shapes are used.
+        paths and shapes are used. Built from an ``nnx.State`` (or its ``nnx.as_pure`` arrays),
+        the optimizer takes either form, so it works in ``nnx.Optimizer(model, tx, wrt=nnx.Param)``.
       rules: ordered ``(regex, jt.settings(...) | jt.freeze())`` pairs; first full match wins.
       optimizer: an optax constructor taking ``learning_rate`` (and ``weight_decay`` if it has one;
         otherwise non-zero decay is added as ``optax.add_decayed_weights`` before it).
@@ -275,7 +356,8 @@ def make_optimizer(params: Any, rules: Sequence[Rule], optimizer: Callable[..., 
         runtime_trainable = jax.tree_util.tree_unflatten(
             treedef, [np.broadcast_to(t, f.shape).copy() for t, f in zip(trainable, factors)])
     factor_tree = jax.tree_util.tree_unflatten(treedef, factors)
-    return scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable)
+    return _accepting_variables(
+        scale_by_learning_rate_and_multipliers(partitioned, learning_rate, factor_tree, stacked, runtime_trainable))
 
 
 def _static_groups(found: list[Settings], optimizer: Callable, accepts_wd: bool, default_wd: float, kwargs: dict,
@@ -415,37 +497,3 @@ def set_l2_sp(opt_state: Any, strengths: Any) -> Any:
     return _replace_state(opt_state, kinds, lambda s: s._replace(strength=_refill(s.strength, strengths, "l2_sp")),
                           "this optimizer state has no runtime L2-SP strengths; build the optimizer with "
                           "jt.make_optimizer(..., runtime=True) and a non-zero l2_sp (rule or default)")
-
-
-def unfreezing_stages(params: Any, layer_ids: Callable[[str], Any], rules: Sequence[Rule] | None = None,
-                      num_stages: int | None = None) -> list[Any]:
-    """Trainable masks of a gradual-unfreezing schedule (ULMFiT): the top layer group first, then one
-    more group below per stage, until every (not rule-frozen) leaf trains.
-
-    Layer ids are grouped into ``num_stages`` contiguous groups (default: one stage per distinct id).
-    A stacked leaf gets a per-layer bool array.
-
-    Example::
-
-        stages = jt.unfreezing_stages(params, model.layer_ids, num_stages=3)
-        opt_state = jt.set_trainable(opt_state, stages[0])   # head only
-    """
-    paths = leaf_paths(params)
-    ids = [_layer_id(layer_ids, p) for p in paths]
-    distinct = sorted({int(i) for a in ids for i in np.ravel(a)}, reverse=True)
-    n = len(distinct) if num_stages is None else num_stages
-    if not 1 <= n <= len(distinct):
-        raise UserError(f"num_stages={num_stages} but the model has {len(distinct)} distinct layer ids",
-                        config_hint=f"(optim.unfreeze_stages: at most {len(distinct)} for this model)")
-    groups = np.array_split(np.asarray(distinct), n)
-    allowed = [True] * len(paths)
-    if rules is not None:
-        allowed = [not s.frozen for s in _resolve(params, rules)[1]]
-    treedef = jax.tree_util.tree_structure(params)
-    stages = []
-    for k in range(n):
-        threshold = int(groups[k].min())
-        masks = [(a >= threshold) & ok if a.ndim else bool(a >= threshold and ok) for a, ok in zip(ids, allowed)]
-        stages.append(jax.tree_util.tree_unflatten(treedef, masks))
-    return stages
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -154,6 +155,42 @@ def _path_string(keys: tuple) -> str:
     return "/".join(_key_name(k) for k in keys)
 
 
+def _is_variable(x: Any) -> bool:
+    """Whether ``x`` is a ``flax.nnx.Variable`` (without importing flax.nnx: none exists before it is imported)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def strip_variables(tree: Any) -> Any:
+    """``tree`` with every ``flax.nnx.Variable`` replaced by its value (``nnx.as_pure``); other
+    trees unchanged. An ``nnx.State`` of ``Param`` objects becomes the arrays-only tree that
+    ``nnx.Optimizer`` hands to ``tx.update``.
+
+    Example::
+
+        >>> strip_variables({"w": 1.0})
+        {'w': 1.0}
+    """
+    if not any(_is_variable(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_variable)):
+        return tree
+    value = lambda v: v.get_raw_value() if hasattr(v, "get_raw_value") else v.value
+    return jax.tree_util.tree_map(lambda x: strip_variables(value(x)) if _is_variable(x) else x, tree,
+                                  is_leaf=_is_variable)
+
+
+def tree_structure(tree: Any) -> Any:
+    """The structure of the trees jaxtune builds over ``tree`` (masks, labels, multipliers): that of
+    ``tree`` without its ``nnx.Variable`` wrappers, so that they fit both an ``nnx.State`` and its
+    ``nnx.as_pure`` arrays (a leaf is a prefix of the ``Variable`` it stands for).
+
+    Example::
+
+        >>> tree_structure({"a": 0.0, "b": 1.0}).num_leaves
+        2
+    """
+    return jax.tree_util.tree_structure(strip_variables(tree))
+
+
 def leaf_paths(tree: Any) -> list[str]:
     """Path strings of the leaves of ``tree``, in ``jax.tree.leaves`` order.
 
@@ -166,19 +203,19 @@ def leaf_paths(tree: Any) -> list[str]:
 
 
 def param_paths(tree: Any) -> Any:
-    """A pytree of the same structure as ``tree`` whose leaves are path strings.
+    """A pytree of the structure of ``tree`` whose leaves are path strings.
 
     Works on anything JAX flattens: nested dicts, ``FrozenDict``, ``flax.nnx.State`` (the
-    ``.value`` of each variable is left out of the name), lists/tuples (indices) and NamedTuples
-    (field names).
+    ``.value`` of each variable is left out of the name; like every tree jaxtune builds over an
+    ``nnx.State``, the result has its structure without the ``Variable`` wrappers:
+    :func:`tree_structure`), lists/tuples (indices) and NamedTuples (field names).
 
     Example::
 
         >>> param_paths({"encoder": {"layer_3": {"kernel": jnp.zeros(2)}}})
         {'encoder': {'layer_3': {'kernel': 'encoder/layer_3/kernel'}}}
     """
-    treedef = jax.tree_util.tree_structure(tree)
-    return jax.tree_util.tree_unflatten(treedef, leaf_paths(tree))
+    return jax.tree_util.tree_unflatten(tree_structure(tree), leaf_paths(tree))
 
 
 def _check_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern, Settings]]:
@@ -236,7 +273,7 @@ def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = Fal
 def _resolve(tree: Any, rules: Sequence[Rule], **match_kwargs) -> tuple[list[str], list[Settings | None], Any]:
     found = match_rules(tree, rules, **match_kwargs)
     settings_list = [None if i is None else rules[i][1] for i in found]
-    return leaf_paths(tree), settings_list, jax.tree_util.tree_structure(tree)
+    return leaf_paths(tree), settings_list, tree_structure(tree)
 
 
 def group_name(rule: Rule) -> str:
@@ -256,11 +293,13 @@ def label_params(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
     """
     found = match_rules(tree, rules, **match_kwargs)
     labels = [None if i is None else group_name(rules[i]) for i in found]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), labels)
+    return jax.tree_util.tree_unflatten(tree_structure(tree), labels)
 
 
 def trainable_mask(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
-    """Bool pytree: True where the matching rule is not frozen. Works with ``optax.masked``.
+    """Bool pytree: True where the matching rule is not frozen. Works with ``optax.masked``, on
+    params that are dicts, ``FrozenDict`` objects or an ``nnx.State`` (the mask then fits both the
+    state and its ``nnx.as_pure`` arrays, as ``nnx.Optimizer`` passes them: :func:`tree_structure`).
 
     Example::
 
@@ -421,7 +460,8 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
             layer_decay: float | None = None, *, l2_sp: float = 0.0, batch_stats: Any = None,
             **match_kwargs) -> str:
     """A text table of the strategy: group, #tensors, #params, lr multiplier(s), weight decay, frozen
-    (and the L2-SP strength, when a group has one; ``l2_sp`` is the optimizer's default).
+    (and the L2-SP strength, when a group has one; ``l2_sp`` is the optimizer's default). Groups
+    come in the order of their rules (first match wins, so the table reads like the rule table).
 
     With ``layer_ids``/``layer_decay`` the lr column shows the range of layer-wise multipliers.
     With ``batch_stats`` (the model's ``variables["batch_stats"]``) a "batch norm" column counts the
@@ -437,7 +477,8 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     factors = layer_factors(tree, rules, layer_ids, layer_decay, **match_kwargs)
     leaves = jax.tree_util.tree_leaves(tree)
     rows: dict[str, dict] = {}
-    for i, leaf, factor in zip(found, leaves, factors):
+    # Groups in rule order (a name shared by several rules at its first rule), uncovered leaves last.
+    for i, leaf, factor in sorted(zip(found, leaves, factors), key=lambda t: len(rules) if t[0] is None else t[0]):
         key = "(uncovered)" if i is None else group_name(rules[i])
         row = rows.setdefault(key, {"tensors": 0, "params": 0, "mults": [], "settings": None if i is None else rules[i][1]})
         row["tensors"] += 1

@@ -17,7 +17,13 @@ from jaxtune.errors import UserError
 
 @dataclasses.dataclass
 class PreparedData:
-    """Examples ready for batching: per-example dicts of numpy arrays for each split."""
+    """Examples ready for batching: per-example dicts of numpy arrays for each split.
+
+    Example::
+
+        data = jt.prepare_data(cfg.data, cfg.model.path)
+        data.label_names, len(data.train), data.description
+    """
 
     task: str
     train: list[dict]
@@ -69,6 +75,13 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     ``image_size``, 3 channels, ImageNet-normalised). ``train_limit`` / ``eval_limit`` /
     ``test_limit`` take a seeded random subset of the train / validation / test split.
     ``num_labels`` (``model.num_labels``) is checked against the label set before any preprocessing.
+
+    Example (prepare once, then pass it to several runs: :func:`jaxtune.finetune`'s ``data=``)::
+
+        cfg = jt.load_config("experiments/configs/tweets_minilm.yaml")
+        data = jt.prepare_data(cfg.data, cfg.model.path)
+        for lr in (1e-5, 3e-5):
+            jt.finetune(cfg, [f"optim.learning_rate={lr}", f"name=lr{lr}"], data=data)
     """
     from jaxtune.data import text
 

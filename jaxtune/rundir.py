@@ -39,7 +39,17 @@ class RunDirError(UserError):
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run produced: test metrics of the restored best model, and where things are."""
+    """What a run produced: test metrics of the restored best model, and where things are.
+
+    ``paths`` maps ``run_dir``, ``checkpoints``, ``metrics`` (the JSONL log), ``config``, ``report``,
+    ``plot`` (and ``export`` with ``checkpoint.export_best_hf``) to files of the run directory.
+
+    Example::
+
+        result = jt.finetune("experiments/configs/tweets_minilm.yaml")
+        result.test_metrics["accuracy"], result.best_step, result.paths["metrics"]
+        result = jt.read_result("runs/tweets_minilm")     # a finished run's, from its result.json
+    """
 
     test_metrics: dict[str, float]
     validation_metrics: dict[str, float]

@@ -5,7 +5,13 @@ Parameters stay float32 (master weights) and are cast to the compute dtype insid
 (bfloat16 by default on GPU/TPU, float32 on CPU). Metrics come back as device arrays: the step
 never waits on the host.
 
-A loss function has this signature::
+A loss function takes one of two forms. The plain one, for models without state or dropout::
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params}, batch["x"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()   # or (loss, metrics)
+
+and the full one::
 
     def loss_fn(params, batch, *, rng, model_state):
         logits, updates = model.apply({"params": params, **model_state}, batch["x"],
@@ -25,6 +31,8 @@ Example::
 """
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import flax.struct
@@ -78,6 +86,103 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     """Casts the floating-point leaves of ``tree`` to ``dtype`` (other leaves unchanged)."""
     return jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+
+LOSS_FN_FORMS = """\
+  loss_fn(params, batch) -> loss                                       (a scalar)
+  loss_fn(params, batch) -> (loss, metrics)                            (metrics: a dict of arrays)
+  loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))"""
+
+
+def _loss_form(loss_fn: Callable) -> str:
+    """``"full"`` when ``loss_fn`` can be called as ``loss_fn(params, batch, rng=..., model_state=...)``,
+    else ``"plain"`` when it can be called as ``loss_fn(params, batch)``; anything else is an error
+    showing the accepted forms."""
+    try:
+        signature = inspect.signature(loss_fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins, C callables): the full contract
+        return "full"
+    for form, args, kwargs in (("full", (0, 0), {"rng": 0, "model_state": 0}), ("plain", (0, 0), {})):
+        try:
+            signature.bind(*args, **kwargs)
+            return form
+        except TypeError:
+            pass
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    raise TypeError(f"loss_fn {name}{signature} has none of the accepted signatures:\n{LOSS_FN_FORMS}\n"
+                    "(rng: a PRNG key for dropout; model_state: the non-trained collections, e.g. batch_stats, "
+                    "{} when there are none)")
+
+
+def _plain_result(out: Any) -> tuple[jax.Array, dict]:
+    """``(loss, metrics)`` of a plain loss function's result ``loss`` or ``(loss, metrics)``."""
+    if isinstance(out, (tuple, list)):
+        if len(out) != 2 or not isinstance(out[1], Mapping):
+            raise TypeError(f"loss_fn(params, batch) returned a {type(out).__name__} of {len(out)} item(s); it must "
+                            f"return loss or (loss, metrics) with metrics a dict. Accepted forms:\n{LOSS_FN_FORMS}")
+        return out[0], out[1]
+    return out, {}
+
+
+def full_loss_fn(loss_fn: Callable) -> LossFn:
+    """``loss_fn`` in the full form ``(params, batch, *, rng, model_state) -> (loss, (metrics,
+    new_model_state))``: a plain ``loss_fn(params, batch) -> loss | (loss, metrics)`` is wrapped (its
+    model state passes through unchanged); a full one is returned as it is.
+
+    Example::
+
+        >>> full = full_loss_fn(lambda params, batch: (params["w"] * batch).sum())
+        >>> loss, (metrics, state) = full({"w": 2.0}, jnp.ones(3), rng=None, model_state={})
+        >>> float(loss), metrics, state
+        (6.0, {}, {})
+    """
+    if _loss_form(loss_fn) == "full":
+        return loss_fn
+
+    def full(params, batch, *, rng, model_state):
+        del rng
+        loss, metrics = _plain_result(loss_fn(params, batch))
+        return loss, (metrics, model_state)
+
+    return full
+
+
+def _checked_full_result(out: Any) -> tuple[jax.Array, tuple[dict, Any]]:
+    """A full-form loss function's ``(loss, (metrics, new_model_state))``, or an error showing the forms."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (tuple, list))
+            and len(out[1]) == 2 and isinstance(out[1][0], Mapping)):
+        raise TypeError("loss_fn(params, batch, *, rng, model_state) must return (loss, (metrics, new_model_state)) "
+                        f"with metrics a dict; it returned {type(out).__name__} {jax.tree.structure(out)}. "
+                        f"Accepted forms:\n{LOSS_FN_FORMS}")
+    return out[0], (out[1][0], out[1][1])
+
+
+def compile_count(step: Any) -> int:
+    """How many compilations a jitted function holds: one per distinct signature of its arguments
+    (shapes, dtypes, shardings, static values) it was called with. Use it to check that a loop does
+    not recompile, e.g. through runtime unfreezing (:func:`jaxtune.set_trainable` changes arrays in
+    the state, not the compiled step).
+
+    Works on the steps :func:`make_train_step`, :func:`make_eval_step` and
+    :func:`jaxtune.make_member_step` return, on a :class:`StagedTrainStep` (the sum over its stages'
+    steps) and on any ``jax.jit`` function. Feed a step device arrays of fixed shapes: a host
+    (numpy) array where a device array was before counts as a new signature.
+
+    Example::
+
+        >>> f = jax.jit(lambda x: 2 * x)
+        >>> _ = f(jnp.ones(3)); _ = f(jnp.zeros(3)); compile_count(f)
+        1
+        >>> _ = f(jnp.ones(4)); compile_count(f)
+        2
+    """
+    if isinstance(step, StagedTrainStep):
+        return step.compile_count
+    cache_size = getattr(step, "_cache_size", None)
+    if not callable(cache_size):
+        raise TypeError(f"compile_count takes a jax.jit-ed function (e.g. from jt.make_train_step) or a "
+                        f"jt.StagedTrainStep; got {type(step).__name__} {getattr(step, '__name__', '')!s}".rstrip())
+    return int(cache_size())
 
 
 def _mask_flags(trainable: Any, n_leaves: int) -> list[Any]:
@@ -153,6 +258,7 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
     with_trainable = optax.with_extra_args_support(optimizer)
+    loss_fn = full_loss_fn(loss_fn)
 
     def step(state: TrainState, batch: Any):
         if mesh is not None:
@@ -168,7 +274,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
             for i, x in zip(train_idx, train_leaves):
                 full[i] = x
             params = cast_floating(jax.tree_util.tree_unflatten(treedef, full), dtype)
-            loss, (metrics, new_model_state) = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
+            loss, (metrics, new_model_state) = _checked_full_result(
+                loss_fn(params, micro_batch, rng=rng, model_state=model_state))
             weight, metrics = _pop_weight(metrics)
             return loss.astype(jnp.float32), (weight, metrics, new_model_state)
 
@@ -235,9 +342,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics, new_model_state))``.
-        ``loss`` is a mean; a weighted mean (e.g. over real rows, padding rows weighing 0) reports its
-        total weight as the scalar ``metrics["weight"]`` (not returned among the step's metrics).
+      loss_fn: ``loss_fn(params, batch) -> loss`` or ``-> (loss, metrics)`` for a model without
+        state or dropout, else ``loss_fn(params, batch, *, rng, model_state) -> (loss, (metrics,
+        new_model_state))`` (the form is read from the signature; another one is a ``TypeError``
+        showing these). ``loss`` is a mean; a weighted mean (e.g. over real rows, padding rows
+        weighing 0) reports its total weight as the scalar ``metrics["weight"]`` (not returned among
+        the step's metrics).
       optimizer: e.g. from :func:`jaxtune.make_optimizer`.
       trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
         are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
@@ -309,6 +419,11 @@ class StagedTrainStep:
     def num_stages_compiled(self) -> int:
         """Number of distinct stages (masks) a step was built for."""
         return len(self._steps)
+
+    @property
+    def compile_count(self) -> int:
+        """Compilations of all its stages' steps together (:func:`compile_count`)."""
+        return sum(compile_count(step) for step in self._steps.values())
 
 
 def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, mesh: Mesh | None = None,

@@ -101,11 +101,18 @@ def test_early_stopping_stops_and_restores_best(tiny_model_dir, data, tmp_path):
 
 
 def test_structural_gradual_unfreezing_from_config(tiny_model_dir, data, tmp_path):
-    cfg = _config(tiny_model_dir, tmp_path, "unfreeze", layer_decay=0.9, unfreezing="structural", unfreeze_every=1,
-                  unfreeze_stages=3)
-    cfg["train"].update(max_steps=3, eval_every=3)
+    """Explicit stage groups and epoch boundaries. Tiny BERT: embeddings 0, layers 1-2, pooler and
+    classifier 3; 8 batches per epoch, so epochs [0.25, 0.375] are steps [2, 3]: steps 0-1 train the
+    head, step 2 adds the layers, step 3 the embeddings."""
+    rules = [{"pattern": "bert/embeddings/.*", "name": "embeddings"},
+             {"pattern": "(classifier|bert/pooler)/.*", "name": "head"}, {"pattern": ".*", "name": "layers"}]
+    cfg = _config(tiny_model_dir, tmp_path, "unfreeze", rules=rules, layer_decay=0.9, unfreezing="structural",
+                  unfreeze_at_epochs=[0.25, 0.375], unfreeze_groups=[[3], [1, 2], [0]])
     result = finetune(cfg, data=data)
-    assert result.steps == 3 and np.isfinite(result.test_metrics["loss"])
+    drift = {r["step"]: r for r in jt.read_jsonl(result.paths["metrics"]) if r["split"] == "drift"}
+    assert drift[2]["head"] > 0 and drift[2]["layers"] == 0 and drift[2]["embeddings"] == 0
+    assert drift[4]["layers"] > 0 and drift[4]["embeddings"] > 0
+    assert result.steps == 4 and np.isfinite(result.test_metrics["loss"])
 
 
 def _drift(run_dir):

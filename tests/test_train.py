@@ -57,15 +57,16 @@ def test_runtime_unfreezing_three_stages_zero_recompiles():
     step = jt.make_train_step(loss_fn, tx, compute_dtype=F32)
     state = jt.TrainState.create(params, tx)
     state = state.replace(opt_state=jt.set_trainable(state.opt_state, stages[0]))
+    assert jt.compile_count(step) == 0
     state, _ = step(state, make_batch())
-    compiled_after_first = step._cache_size()
+    compiled_after_first = jt.compile_count(step)
     trained = []
     for stage in stages:
         state = state.replace(opt_state=jt.set_trainable(state.opt_state, stage))
         before = jax.tree.map(np.asarray, state.params)
         state, _ = step(state, make_batch())
         trained.append(_moved(before, state.params))
-    assert compiled_after_first == 1 and step._cache_size() == 1  # 0 new compilations
+    assert compiled_after_first == 1 and jt.compile_count(step) == 1  # 0 new compilations
     # 5 layer ids in 3 groups, top first: {head, layer_2}, {layer_1, layer_0}, {embeddings}.
     assert trained[0] == {p for p in _by_path(params) if layer_ids(p) >= LAYERS}
     # Stage 3 trains everything, stage 2 a strict subset that still includes lower blocks than stage 1.
@@ -110,6 +111,7 @@ def test_structural_gradual_unfreezing_compiles_once_per_stage():
             state, _ = staged(state, make_batch(), stage)
         moved_per_stage.append(_moved(before, state.params))
     assert staged.num_stages_compiled == len(stages) == LAYERS + 2
+    assert jt.compile_count(staged) == len(stages)  # each stage's step compiled once, over two steps
     for stage, moved in zip(stages, moved_per_stage):
         assert moved == {p for p, t in _by_path(stage).items() if t}
 

@@ -132,6 +132,12 @@ class BagClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, ids: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        """Class logits ``(batch, num_labels)``, float32.
+
+        Args:
+          ids: ``(batch, length)`` int word ids (:class:`jaxtune.Vocabulary`); ``config.padding_index`` marks padding.
+          deterministic: False turns dropout on (pass ``rngs={"dropout": key}`` to ``apply``).
+        """
         cfg = self.config
         mask = ids != cfg.padding_index
         x = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
@@ -155,6 +161,11 @@ class BagClassifier(nn.Module):
     def layer_ids(self, path: str) -> int:
         """Layer id of a parameter path (see :func:`layer_ids`)."""
         return layer_ids(path, self.config.num_layers)
+
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
 
 
 _ENCODER = re.compile(r"encoder/layer_(\d+)/.+")

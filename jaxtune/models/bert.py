@@ -334,6 +334,11 @@ class _BertTaskModel(nn.Module):
         """Layer id of a parameter path (see :func:`layer_ids`), for layer-wise LR decay."""
         return layer_ids(path, self.config.num_hidden_layers)
 
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
+
     def _dropout(self, x, deterministic: bool):
         cfg = self.config
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
@@ -353,6 +358,15 @@ class BertModel(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+        """Runs the encoder; returns :class:`BertOutput` ``(last_hidden_state (batch, seq, hidden),
+        pooler_output (batch, hidden))``.
+
+        Args:
+          input_ids: ``(batch, seq)`` int token ids (from the model's tokenizer).
+          attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding (default: all 1).
+          token_type_ids: ``(batch, seq)`` segment ids, 0 = first sentence, 1 = second (default: all 0).
+          deterministic: False turns dropout on (training; pass ``rngs={"dropout": key}`` to ``apply``).
+        """
         hidden, pooled = BertBackbone(self.config, self.dtype, name="bert")(
             input_ids, attention_mask, token_type_ids, deterministic)
         return BertOutput(hidden, pooled)
@@ -366,6 +380,7 @@ class BertForSequenceClassification(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+        """Logits ``(batch, num_labels)``; arguments as :meth:`BertModel.__call__`."""
         _, pooled = BertBackbone(self.config, self.dtype, name="bert")(
             input_ids, attention_mask, token_type_ids, deterministic)
         pooled = self._dropout(pooled, deterministic)
@@ -377,6 +392,7 @@ class BertForTokenClassification(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+        """Logits ``(batch, seq, num_labels)``; arguments as :meth:`BertModel.__call__`."""
         hidden, _ = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, deterministic)
         hidden = self._dropout(hidden, deterministic)
@@ -389,6 +405,7 @@ class BertForQuestionAnswering(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+        """``(start_logits, end_logits)``, each ``(batch, seq)``; arguments as :meth:`BertModel.__call__`."""
         hidden, _ = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, deterministic)
         logits = _dense(self.config, 2, self.dtype, "qa_outputs")(hidden)
@@ -437,6 +454,7 @@ class BertForMaskedLM(_BertTaskModel):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+        """Logits ``(batch, seq, vocab_size)``; arguments as :meth:`BertModel.__call__`."""
         backbone = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")
         hidden, _ = backbone(input_ids, attention_mask, token_type_ids, deterministic)
         embedding = backbone.variables["params"]["embeddings"]["word_embeddings"]["embedding"]

@@ -142,6 +142,15 @@ class EfficientNetLite(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
+        """Class logits ``(batch, num_labels)``, float32 (the pooled features when ``num_labels`` is None).
+
+        Args:
+          images: ``(batch, height, width, 3)`` NHWC float images, normalised as the weights expect
+            (:func:`jaxtune.normalize_images`).
+          train: True in training: dropout on (pass ``rngs={"dropout": key}`` to ``apply``), batch norm
+            uses batch statistics and updates ``batch_stats`` (``mutable=["batch_stats"]``), except in
+            the ``frozen_bn`` layers.
+        """
         cfg = self.config
         layer = {"padding": "SAME", "bn_momentum": cfg.bn_momentum, "bn_epsilon": cfg.bn_epsilon,
                  "frozen_bn": self.frozen_bn, "dtype": self.dtype}
@@ -161,6 +170,11 @@ class EfficientNetLite(nn.Module):
     def layer_ids(self, path: str) -> int:
         """Layer id of a parameter path (see :func:`layer_ids`)."""
         return layer_ids(path, self.config.num_layers)
+
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
 
 
 _BLOCK = re.compile(r"blocks_(\d+)/.+")

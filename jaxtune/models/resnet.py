@@ -284,6 +284,14 @@ class ResNetModel(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """``(last_hidden_state, pooled)``: the last stage's NHWC feature map and its global average.
+
+        Args:
+          pixel_values: ``(batch, height, width, num_channels)`` NHWC float images, normalised
+            (:func:`jaxtune.normalize_images`).
+          train: True in training: batch norm uses batch statistics and updates ``batch_stats``
+            (``apply(..., mutable=["batch_stats"])``), except in the ``frozen_bn`` layers.
+        """
         cfg = self.config
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != cfg.num_channels:
             raise ValueError(f"ResNet expects NHWC images with {cfg.num_channels} channels, got shape "
@@ -298,6 +306,11 @@ class ResNetModel(nn.Module):
     def layer_ids(self, path: str) -> int:
         """Layer id of a parameter path (see :func:`layer_ids`)."""
         return layer_ids(path, self.config.num_stages)
+
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
 
 
 class _Embedder(nn.Module):
@@ -369,6 +382,14 @@ class ResNetForImageClassification(nn.Module):
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array, train: bool = False) -> jax.Array:
+        """Logits ``(batch, config.num_labels)``.
+
+        Args:
+          pixel_values: ``(batch, height, width, num_channels)`` NHWC float images, normalised
+            (:func:`jaxtune.normalize_images`).
+          train: True in training: batch norm uses batch statistics and updates ``batch_stats``
+            (``apply(..., mutable=["batch_stats"])``), except in the ``frozen_bn`` layers.
+        """
         labels = self.config.num_labels
         if not labels:
             raise ValueError(f"ResNetForImageClassification needs config.num_labels > 0 (got {labels!r}); "
@@ -381,6 +402,11 @@ class ResNetForImageClassification(nn.Module):
     def layer_ids(self, path: str) -> int:
         """Layer id of a parameter path (see :func:`layer_ids`)."""
         return layer_ids(path, self.config.num_stages)
+
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
 
 
 def build(config: ResNetConfig, task: str | None = None, num_labels: int | None = None,

@@ -436,6 +436,11 @@ class T5Model(nn.Module):
         """Layer id of a parameter path of this model (see the module-level :func:`layer_ids`)."""
         return layer_ids(path, self.config.num_layers, self.config.num_decoder_layers)
 
+    def default_rules(self) -> list:
+        """The family's default rule table (the module's :func:`default_rules`), e.g.
+        ``jt.make_optimizer(params, model.default_rules(), layer_ids=model.layer_ids, layer_decay=0.8)``."""
+        return default_rules()
+
     def _head(self, hidden):
         if self.task is None:
             return hidden
@@ -454,8 +459,13 @@ class T5Model(nn.Module):
                  deterministic: bool = True):
         """Teacher-forced logits ``(batch, target_length, vocab)`` (hidden states for task None).
 
-        ``decoder_input_ids`` are the labels shifted right (:func:`shift_right`);
-        ``decoder_attention_mask`` (optional) masks padded decoder keys on top of the causal mask.
+        Args:
+          input_ids: ``(batch, source_length)`` int token ids of the input text.
+          attention_mask: ``(batch, source_length)``, 1 for real tokens, 0 for padding (default: all 1).
+          decoder_input_ids: ``(batch, target_length)`` the labels shifted right (:func:`shift_right`).
+          decoder_attention_mask: ``(batch, target_length)`` (optional) masks padded decoder keys on
+            top of the causal mask.
+          deterministic: False turns dropout on (pass ``rngs={"dropout": key}`` to ``apply``).
         """
         if decoder_input_ids is None:
             raise ValueError("T5Model needs decoder_input_ids, e.g. shift_right(labels, "
