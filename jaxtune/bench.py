@@ -1162,6 +1162,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the gpu/cpu suites, none for smoke); 'none' to skip")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all of the suite)")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {','.join(ALL_MODES)}")
+    p.add_argument("--members-n", type=_positive(int), default=None,
+                   help="N of the member cases: N members in one step against N sequential runs (default: each "
+                        "case's own: 8 on the gpu suite, 4 on cpu, 2 on smoke)")
     p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per contestant")
@@ -1300,6 +1303,22 @@ def with_attention(case: Case, implementation: str | None) -> Case:
     return dataclasses.replace(case, config=dataclasses.replace(case.config, attention_implementation=implementation))
 
 
+def with_members(case: Case, n: int | None) -> Case:
+    """``case`` with ``n`` members in its member modes (a ``-nK`` name suffix follows); as is for
+    ``None`` or a case without member modes.
+
+    Example::
+
+        >>> with_members(suite_cases("smoke")[0], 3).members
+        3
+    """
+    if n is None or not case.members:
+        return case
+    name = case.name[:case.name.rindex("-n")] + f"-n{n}" if case.name.rsplit("-", 1)[-1] == f"n{case.members}" \
+        else case.name
+    return dataclasses.replace(case, name=name, members=n)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``jaxtune bench``: runs a suite and writes its results. Returns the exit status.
 
@@ -1338,7 +1357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attention, attention_note = choose_attention(args.attention, args.suite)
     if attention_note:
         print(attention_note, file=sys.stderr, flush=True)
-    cases = [with_attention(c, attention) for c in cases]
+    cases = [with_members(with_attention(c, attention), args.members_n) for c in cases]
 
     peers, reason, peer_device = None, "disabled with --no-peers", None
     if options.peers:

@@ -56,7 +56,7 @@ from jaxtune.data.text import DEFAULT_PAD_VALUES
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import param_drift
-from jaxtune.members import make_member_eval_step, make_member_step, stack_members, unstack_members
+from jaxtune.members import make_member_eval_step, make_member_step, stack_members
 from jaxtune.nonfinite import FLAG, NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import (_default_weight_decay, _weight_decay_of, lr_multipliers, make_optimizer, set_l2_sp,
                            set_lr_multipliers, set_trainable, set_weight_decay)
@@ -288,6 +288,26 @@ def _masked(member_step):
     return jax.jit(step, donate_argnums=(0,))
 
 
+def host_members(state: TrainState, n: int) -> list[TrainState]:
+    """The members of a stacked state as plain train states with host (numpy) leaves and their RNG
+    keys: one transfer, and no compiled slice per leaf shape (what :func:`jaxtune.unstack_members`
+    of each member would cost). A shared parameter (leading axis 1) goes to every member.
+
+    Example::
+
+        member_2 = jax.device_put(host_members(state, 4)[2])
+    """
+    host = jax.device_get(state.replace(rng=jax.random.key_data(state.rng)))
+    rngs = jax.random.wrap_key_data(host.rng)
+    members = []
+    for i in range(n):
+        take = lambda x: x[i]
+        params = jax.tree.map(lambda x: x[0] if n > 1 and x.shape[0] == 1 else x[i], host.params)
+        members.append(TrainState(step=host.step[i], params=params, opt_state=jax.tree.map(take, host.opt_state),
+                                  model_state=jax.tree.map(take, host.model_state), rng=rngs[i]))
+    return members
+
+
 def evaluate_members(task, eval_step, state: TrainState, batches: Sequence[dict], label_names, n: int):
     """Per member: (loss and task metrics over ``batches``, predictions, references), from one
     vmapped evaluation per batch."""
@@ -427,15 +447,18 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
                     evaluated = evaluation_state(cfg, state)
                     scores = evaluate_members(task, group.eval_step, evaluated, val_batches, data.label_names, n)
                     next_position = (epoch, batch_index) if batch_index < len(per_member[0]) else (epoch + 1, 0)
+                    evaluated_params = [m.params for m in host_members(evaluated, n)] if evaluated is not state \
+                        else None
+                    members = host_members(state, n)
                     for i in np.flatnonzero(active):
                         last_val[i] = {f"val_{k}": v for k, v in scores[i][0].items()}
                         check_finite_metrics(last_val[i], step, last_checkpoint=gckpt.latest_step())
-                        member = unstack_members(evaluated, int(i))
                         logs[i].log(step, scores[i][0], "validation")
-                        logs[i].log(step, param_drift(member.params, pretrained[i], groups[i]), "drift")
+                        params = members[i].params if evaluated_params is None else evaluated_params[i]
+                        logs[i].log(step, param_drift(params, pretrained[i], groups[i]), "drift")
                         if stoppers[i] is not None and stoppers[i].update(step, last_val[i]):
                             active[i], stopped[i] = False, True
-                        mckpts[i].save(step, unstack_members(state, int(i)), metrics=last_val[i],
+                        mckpts[i].save(step, members[i], metrics=last_val[i],
                                        record={"group": group.directory, "member": int(i)})
                     gckpt.save(step, state, record=_record(step, *next_position, stoppers, active, stopped, names))
                     for log in logs:
@@ -445,8 +468,8 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
         guard.check(last_checkpoint=gckpt.latest_step())
         member_steps = [int(x) for x in jax.device_get(state.step)]
         best = []
-        for i, m in enumerate(mckpts):
-            best_step, member = m.best_step(), unstack_members(state, i)
+        for i, (m, member) in enumerate(zip(mckpts, host_members(state, n))):
+            best_step, member = m.best_step(), jax.device_put(member)
             if best_step is not None and best_step != member_steps[i]:
                 member, _ = m.restore(best_step, template=member)
             best.append((best_step, member, m.record(best_step)["metrics"] if best_step is not None else last_val[i]))
@@ -461,6 +484,7 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
         gckpt.close()
         for m in mckpts:
             m.close()
+    evaluated_members = host_members(evaluated, n) if cfg.checkpoint.export_best_hf else [None] * n
     results = []
     for i, (setup, plan) in enumerate(zip(setups, plans)):
         best_step, _, best_val = best[i]
@@ -469,6 +493,5 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
                            trainable_params=setup.trainable_params, stopped_early=stopped[i],
                            paths={"checkpoints": mckpts[i].directory, "metrics": logs[i].jsonl_path,
                                   "members": group.directory}, seconds=0.0)
-        results.append(write_outputs(setup, plan, unstack_members(evaluated, i), result, tests[i][1], tests[i][2],
-                                     start))
+        results.append(write_outputs(setup, plan, evaluated_members[i], result, tests[i][1], tests[i][2], start))
     return results

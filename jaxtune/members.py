@@ -102,7 +102,7 @@ def stack_members(states: Sequence[TrainState], *, share: Any = None) -> TrainSt
     for j, (path, shared) in enumerate(zip(paths, flags)):
         leaves = [p[j] for p in per_member]
         if not shared:
-            params.append(jnp.stack(leaves))
+            params.append(_stack(leaves))
             continue
         first = np.asarray(leaves[0])
         for i, x in enumerate(leaves[1:], start=1):
@@ -111,12 +111,20 @@ def stack_members(states: Sequence[TrainState], *, share: Any = None) -> TrainSt
                                  "share only parameters every member starts from identically and none trains "
                                  "(e.g. a frozen pretrained backbone), or leave it out of share=")
         params.append(jnp.asarray(leaves[0])[None])
-    stack = lambda *xs: jnp.stack(xs)
-    return TrainState(step=jnp.stack([s.step for s in states]),
+    stack = lambda *xs: _stack(xs)
+    return TrainState(step=_stack([s.step for s in states]),
                       params=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(states[0].params), params),
                       opt_state=jax.tree_util.tree_map(stack, *[s.opt_state for s in states]),
                       model_state=jax.tree_util.tree_map(stack, *[s.model_state for s in states]),
-                      rng=jnp.stack([s.rng for s in states]))
+                      rng=_stack([s.rng for s in states]))
+
+
+def _stack(xs: Sequence[Any]) -> jax.Array:
+    """``jnp.stack(xs)``, stacked on the host and put on the device in one transfer: no compiled
+    concatenation per leaf shape (a model has dozens; each would compile once)."""
+    if jax.dtypes.issubdtype(jnp.result_type(xs[0]), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_stack([jax.random.key_data(x) for x in xs]))
+    return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
 
 
 def num_members(state: TrainState) -> int:
