@@ -375,7 +375,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     if done is not None:
         return done
     open_run_dir(plan)
-    cfg, data, task, model, rules, stages = setup.config, setup.data, setup.task, setup.model, setup.rules, setup.stages
+    cfg, data, task, rules, stages = setup.config, setup.data, setup.task, setup.rules, setup.stages
     run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_step
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
