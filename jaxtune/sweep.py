@@ -248,8 +248,8 @@ def member_cap(members: str | int) -> int:
     except (TypeError, ValueError):
         cap = 0
     if isinstance(members, bool) or cap < 1 or str(cap) != str(members).strip():
-        raise ValueError(f"members must be 'auto', 'off' or a positive integer (the most points per compiled "
-                         f"step), got {members!r}")
+        raise ConfigError(f"members must be 'auto', 'off' or a positive integer (the most points per compiled "
+                          f"step), got {members!r}")
     return cap
 
 
