@@ -4,31 +4,41 @@
 #
 #   bash benchmarks/gpu_session.sh [extra harness options]
 #
-# Runs the gpu suite with a time budget and leaves under $OUT (5 files, at most 2 folders down):
+# Runs the gpu suite with a time budget and leaves under $OUT (5 files, at most 2 folders down; NAME is
+# gpu, or gpu-members for the members session below):
 #   session.log          everything printed (GPU, versions, the harness's progress)
-#   results/gpu.jsonl    environment record, then each case's records as soon as the case finishes
-#   results/gpu.md       the table so far (rewritten after each case), then the final one
-#   results/gpu.png      the chart (written at the end of the run)
+#   results/NAME.jsonl   environment record, then each case's records as soon as the case finishes
+#   results/NAME.md      the table so far (rewritten after each case), then the final one
+#   results/NAME.png     the chart (written at the end of the run)
 #   RESULTS.md           benchmarks/RESULTS.md with its gpu section rewritten (end of the run)
 #
 # BENCH_TIME_BUDGET_S (default 480) bounds the cases started; it leaves the call's remaining ~80 s for
 # start-up, the final outputs and an estimate that falls short.
 #
 # The suite ends with the members cases (8 variants in one vmapped step against 8 sequential runs,
-# MiniLM and BERT-base, bs 32, seq 128); the budget usually skips them after the five others. A
-# session for them alone (use its own --name so the main section is not overwritten):
+# MiniLM and BERT-base, bs 32, seq 128); the budget usually skips them after the five others. The
+# members session runs them alone, modes members,sequential, under the name gpu-members (its own
+# RESULTS.md section, results/gpu-members.*); BENCH_MEMBERS_N (default 8) sets N. Target: MiniLM
+# members >= 4x the throughput of N sequential runs (one MiniLM run leaves an H100 mostly idle).
 #
-#   bash benchmarks/gpu_session.sh --cases minilm-l6-s128-bs32-n8,bert-base-s128-bs32-n8 --name gpu-members
+#   BENCH_SESSION=members bash benchmarks/gpu_session.sh
 set -uo pipefail
 : "${OUT:?OUT must name the folder whose files the device call returns}"
 budget=${BENCH_TIME_BUDGET_S:-480}
 log="$OUT/session.log"
 mkdir -p "$OUT/results"
+name=gpu
+session=()
+if [ "${BENCH_SESSION:-main}" = members ]; then
+  name=gpu-members
+  session=(--cases minilm-l6-s128-bs32-n8,bert-base-s128-bs32-n8 --modes members,sequential
+           --members-n "${BENCH_MEMBERS_N:-8}")
+fi
 # The repository is not installed there; python3 is the interpreter that has both torch and jax.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 {
-  echo "== gpu session $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${budget} s =="
+  echo "== gpu session ${name} $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${budget} s =="
   nvidia-smi -L
   python3 - <<'EOF'
 import importlib.metadata as md
@@ -43,8 +53,8 @@ for name in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "tr
 EOF
 } 2>&1 | tee "$log"
 
-python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name gpu --time-budget-s "$budget" \
-  --profile-steps 3 "$@" 2>&1 \
+python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name "$name" --time-budget-s "$budget" \
+  --profile-steps 3 "${session[@]}" "$@" 2>&1 \
   | tee -a "$log"
 status=${PIPESTATUS[0]}
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"

@@ -53,7 +53,8 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import build_rules, evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
-from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
+from jaxtune.member_runs import MembersUnsupported, finetune_members
+from jaxtune.members import make_member_eval_step, make_member_step, num_members, stack_members, unstack_members
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (

@@ -180,6 +180,19 @@ class Checkpointer:
             return None
         return (min(scored) if self.mode == "min" else max(scored, key=lambda t: (t[0], -t[1])))[1]
 
+    def delete_after(self, step: int) -> list[int]:
+        """Deletes the checkpoints of steps after ``step`` (a run resumed from ``step`` redoes them);
+        returns their steps.
+
+        Example::
+
+            ckpt.delete_after(200)          # [300, 400]: saved after the state a run resumes from
+        """
+        later = [s for s in self.all_steps() if s > step]
+        for s in later:
+            self._manager.delete(s)
+        return later
+
     def record(self, step: int) -> dict:
         """The JSON record saved with ``step``."""
         return self._manager.restore(step, args=ocp.args.Composite(**{_RECORD: ocp.args.JsonRestore()}))[_RECORD]

@@ -4,6 +4,7 @@
     jaxtune rules CONFIG [--set key=value ...]      print the strategy table, no training
     jaxtune eval RUN_DIR [--step N] [--split S]     evaluate a run's best (or given) checkpoint
     jaxtune sweep CONFIG --grid key=v1,v2 ... --seeds 0,1,2 [--strategy-key KEY | --strategy NAME k=v ...]
+                  [--members auto|off|N]
                                                     a grid of runs, selected on validation, with a report
     jaxtune bench [options]                         step-throughput benchmarks (see --help)
     jaxtune demo [--quick]                          the offline fine-tuning demo
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None, help="selection metric (default: early_stopping.monitor)")
     p.add_argument("--mode", choices=["min", "max"], default=None, help="better is min or max (default: "
                    "early_stopping.mode for the monitor, min for losses, else max)")
+    p.add_argument("--members", default="off", metavar="auto|off|N",
+                   help="train points that differ only in seeds, learning rates, layer/weight decay, L2-SP or "
+                        "frozen sets as members of one compiled step: auto (up to 8 per step), N, or off (default)")
     p = sub.add_parser("bench", help="step-throughput benchmarks (jaxtune vs PyTorch)", add_help=False,
                        description="Runs benchmarks/step_throughput.py; `jaxtune bench --help` lists its options.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -175,7 +179,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from jaxtune.sweep import sweep
         result = sweep(args.config, dict(args.grid), args.seeds, overrides=args.overrides,
                        strategies={s[0]: s[1:] for s in args.strategy} or None, strategy_key=args.strategy_key,
-                       metric=args.metric, mode=args.mode, command=shlex.join(["jaxtune", *argv]))
+                       metric=args.metric, mode=args.mode, command=shlex.join(["jaxtune", *argv]),
+                       members=args.members)
         print(json.dumps({"selected": {k: p.hparams for k, p in result.selected.items()}, "paths": result.paths},
                          indent=2, default=str))
     elif args.command == "bench":

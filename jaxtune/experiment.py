@@ -380,9 +380,6 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         result = jt.finetune("experiments/configs/tweets_minilm.yaml", ["train.max_steps=200"])
         result = jt.finetune(cfg, overwrite=True)     # start runs/NAME over
     """
-    from jaxtune.hub import save_pretrained
-    from jaxtune.models.family import export_labels
-
     start = time.time()
     cfg = _as_config(config, overrides)
     plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
@@ -391,7 +388,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     if done is not None:
         return done
     open_run_dir(plan)
-    cfg, data, task, model, rules, stages = setup.config, setup.data, setup.task, setup.model, setup.rules, setup.stages
+    cfg, data, task, rules, stages = setup.config, setup.data, setup.task, setup.rules, setup.stages
     run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_step
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
@@ -478,9 +475,30 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     finally:
         log.close()
         ckpt.close()
-    paths = {"run_dir": run_dir, "checkpoints": ckpt_dir, "metrics": log.jsonl_path,
-             "tensorboard": os.path.join(run_dir, "tensorboard"), "config": os.path.join(run_dir, "config.yaml")}
-    paths["plot"] = plot_curves(log.jsonl_path, os.path.join(run_dir, "curves.png"), title=cfg.name)
+    result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
+                       trainable_params=setup.trainable_params, stopped_early=stopped_early,
+                       paths={"checkpoints": ckpt_dir, "metrics": log.jsonl_path}, seconds=0.0)
+    return write_outputs(setup, plan, state, result, predictions, references, start)
+
+
+def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: RunResult, predictions: np.ndarray,
+                  references: np.ndarray, start: float) -> RunResult:
+    """A trained run's files beside its logs: curves, test report (and class report plot), the HF export
+    of ``state`` (the evaluated weights) if asked, then ``result.json`` (last). ``result.paths`` holds
+    ``checkpoints`` and ``metrics`` already; ``result.seconds`` is set from ``start``.
+
+    Example::
+
+        return write_outputs(setup, plan, state, result, predictions, references, start)
+    """
+    from jaxtune.hub import save_pretrained
+    from jaxtune.models.family import export_labels
+
+    cfg, data, task, run_dir = setup.config, setup.data, setup.task, setup.run_dir
+    test_scores, best_step, step = result.test_metrics, result.best_step, result.steps
+    paths = {"run_dir": run_dir, **result.paths, "tensorboard": os.path.join(run_dir, "tensorboard"),
+             "config": os.path.join(run_dir, "config.yaml")}
+    paths["plot"] = plot_curves(paths["metrics"], os.path.join(run_dir, "curves.png"), title=cfg.name)
     report_lines = [f"run {cfg.name}: best step {best_step} of {step}", data.description, "", setup.strategy_table, "",
                     "test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items())]
     if task.name in ("sequence_classification", "pair_classification", "image_classification"):
@@ -493,15 +511,14 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         f.write("\n".join(report_lines) + "\n")
     if cfg.checkpoint.export_best_hf:
         paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained({"params": state.params, **state.model_state}, model.config, paths["export"], task=task.head,
-                        labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
+        save_pretrained({"params": state.params, **state.model_state}, setup.model.config, paths["export"],
+                        task=task.head, labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
         if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
     print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
-    return _finish(plan, RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step,
-                                   steps=step, trainable_params=setup.trainable_params, stopped_early=stopped_early,
-                                   paths=paths, seconds=time.time() - start))
+    result.paths, result.seconds = paths, time.time() - start
+    return _finish(plan, result)
 
 
 

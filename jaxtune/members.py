@@ -102,7 +102,7 @@ def stack_members(states: Sequence[TrainState], *, share: Any = None) -> TrainSt
     for j, (path, shared) in enumerate(zip(paths, flags)):
         leaves = [p[j] for p in per_member]
         if not shared:
-            params.append(jnp.stack(leaves))
+            params.append(_stack(leaves))
             continue
         first = np.asarray(leaves[0])
         for i, x in enumerate(leaves[1:], start=1):
@@ -111,12 +111,20 @@ def stack_members(states: Sequence[TrainState], *, share: Any = None) -> TrainSt
                                  "share only parameters every member starts from identically and none trains "
                                  "(e.g. a frozen pretrained backbone), or leave it out of share=")
         params.append(jnp.asarray(leaves[0])[None])
-    stack = lambda *xs: jnp.stack(xs)
-    return TrainState(step=jnp.stack([s.step for s in states]),
+    stack = lambda *xs: _stack(xs)
+    return TrainState(step=_stack([s.step for s in states]),
                       params=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(states[0].params), params),
                       opt_state=jax.tree_util.tree_map(stack, *[s.opt_state for s in states]),
                       model_state=jax.tree_util.tree_map(stack, *[s.model_state for s in states]),
-                      rng=jnp.stack([s.rng for s in states]))
+                      rng=_stack([s.rng for s in states]))
+
+
+def _stack(xs: Sequence[Any]) -> jax.Array:
+    """``jnp.stack(xs)``, stacked on the host and put on the device in one transfer: no compiled
+    concatenation per leaf shape (a model has dozens; each would compile once)."""
+    if jax.dtypes.issubdtype(jnp.result_type(xs[0]), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_stack([jax.random.key_data(x) for x in xs]))
+    return jnp.asarray(np.stack([np.asarray(x) for x in xs]))
 
 
 def num_members(state: TrainState) -> int:
@@ -219,15 +227,43 @@ def make_member_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *
         if trained_shared:
             raise ValueError(f"parameters shared by all members are trained by this step: {trained_shared[:3]}; "
                              "share only leaves the structural trainable= mask freezes")
-        treedef = jax.tree_util.tree_structure(state.params)
-        leaves = jax.tree_util.tree_leaves(state.params)
-        params = jax.tree_util.tree_unflatten(treedef, [x[0] if s else x for x, s in zip(leaves, shared)])
-        param_axes = jax.tree_util.tree_unflatten(treedef, [None if s else 0 for s in shared])
-        axes = TrainState(step=0, params=param_axes, opt_state=0, model_state=0, rng=0)
+        view, axes = _vmap_view(state, shared)
         run = jax.vmap(single, in_axes=(axes, 0 if per_member_batch else None), out_axes=(axes, 0))
-        new_state, metrics = run(state.replace(params=params), batch)
+        new_state, metrics = run(view, batch)
+        treedef = jax.tree_util.tree_structure(state.params)
         new_leaves = jax.tree_util.tree_leaves(new_state.params)
         return new_state.replace(params=jax.tree_util.tree_unflatten(
             treedef, [x[None] if s else x for x, s in zip(new_leaves, shared)])), metrics
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def _vmap_view(state: TrainState, shared: list[bool]) -> tuple[TrainState, TrainState]:
+    """``state`` with its shared parameters' leading 1 dropped, and the ``in_axes`` of ``jax.vmap``
+    over it (``None`` for a shared parameter, 0 for everything else)."""
+    treedef = jax.tree_util.tree_structure(state.params)
+    leaves = jax.tree_util.tree_leaves(state.params)
+    params = jax.tree_util.tree_unflatten(treedef, [x[0] if s else x for x, s in zip(leaves, shared)])
+    param_axes = jax.tree_util.tree_unflatten(treedef, [None if s else 0 for s in shared])
+    return state.replace(params=params), TrainState(step=0, params=param_axes, opt_state=0, model_state=0, rng=0)
+
+
+def make_member_eval_step(eval_step: Callable, *, members: int) -> Callable:
+    """Builds the jitted ``eval_step(stacked_state, batch) -> metrics`` of N members: ``jax.vmap`` of
+    a single-member ``eval_step(state, batch)`` (e.g. from :func:`jaxtune.make_eval_step`) over the
+    member axis, with one batch for all members. Every metric comes back with a leading axis of N.
+
+    Example::
+
+        member_eval = jt.make_member_eval_step(jt.make_eval_step(eval_fn), members=4)
+        member_eval(state, batch)["loss_sum"].shape       # (4,)
+    """
+    if not isinstance(members, int) or members < 1:
+        raise ValueError(f"members must be a positive int, got {members!r}")
+
+    def step(state: TrainState, batch: Any):
+        _check_stacked(state, members)
+        view, axes = _vmap_view(state, _shared_in_state(state, members))
+        return jax.vmap(eval_step, in_axes=(axes, None))(view, batch)
+
+    return jax.jit(step)

@@ -16,6 +16,13 @@ Each point runs in ``OUTPUT_DIR/NAME/<point>``, ``<point>`` naming its overrides
 ``strategy=llrd,optim.learning_rate=3e-05,seed=1``. A point whose directory holds a finished run
 (``result.json``) with the same fingerprint is not trained again; one with another fingerprint is an
 error. Prepared data is shared by all points with the same data config and model path.
+
+With ``members="auto"`` (or a number N), points that differ only in settings that are arrays of a
+runtime-mode state (``train.seed``, ``optim.learning_rate``, ``optim.layer_decay``,
+``optim.weight_decay``, ``optim.l2_sp``, and ``optim.rules`` frozen / lr_mult / weight_decay /
+layer_decay / l2_sp) train as members of one runner invocation, one compiled vmapped step for up to
+8 (or N) of them (:func:`jaxtune.finetune_members`); their run directories look like separate runs'.
+Other points train as separate runs, and the sweep prints one line saying which key kept them apart.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from jaxtune.config import ConfigError, ExperimentConfig, apply_overrides, from_
 from jaxtune.errors import UserError
 
 SEED_KEY = "train.seed"
+AUTO_MEMBERS = 8  # members="auto": at most this many points per compiled step
 DEFAULT_STRATEGY = "default"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 _MAX_NAME = 200
@@ -225,6 +233,78 @@ def _with_length(flat: dict, cfg: ExperimentConfig) -> dict:
     return {**flat, "train.max_steps": cfg.train.max_steps, "train.epochs": cfg.train.epochs}
 
 
+def member_cap(members: str | int) -> int:
+    """How many points one compiled step may train: ``"off"`` 1, ``"auto"`` :data:`AUTO_MEMBERS`, N.
+
+    Example::
+
+        >>> member_cap("auto"), member_cap("off"), member_cap("4")
+        (8, 1, 4)
+    """
+    if isinstance(members, str) and members in ("off", "auto"):
+        return 1 if members == "off" else AUTO_MEMBERS
+    try:
+        cap = int(members)
+    except (TypeError, ValueError):
+        cap = 0
+    if isinstance(members, bool) or cap < 1 or str(cap) != str(members).strip():
+        raise ConfigError(f"members must be 'auto', 'off' or a positive integer (the most points per compiled "
+                          f"step), got {members!r}")
+    return cap
+
+
+def member_chunks(configs: Sequence[ExperimentConfig], members: str | int) -> tuple[list[list[int]], list[str]]:
+    """Which of ``configs`` train together: lists of indices (one list, one runner invocation; a
+    list of one is a separate run), in order of their first index, and the lines saying why points
+    train apart (the config key). See the module docstring for what members may differ in.
+
+    Example::
+
+        chunks, notes = member_chunks([point_config(base, p) for p in points], "auto")
+    """
+    from jaxtune.member_runs import differing_keys, group_key, member_blocker
+
+    cap = member_cap(members)
+    if cap == 1:
+        return [[i] for i in range(len(configs))], []
+    groups: dict[str, list[int]] = {}
+    keys: dict[str, dict] = {}
+    blocked: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        why = member_blocker(cfg)
+        if why is not None:
+            blocked[why] = blocked.get(why, 0) + 1
+            groups[f"blocked-{i}"] = [i]
+            continue
+        key = group_key(cfg)
+        text = json.dumps(key, sort_keys=True, default=str)
+        groups.setdefault(text, []).append(i)
+        keys[text] = key
+    notes = [f"sweep: {count} point(s) train as separate runs, not members: {why}" for why, count in blocked.items()]
+    if len(keys) > 1:
+        notes.append(f"sweep: {', '.join(differing_keys(list(keys.values())))} cannot differ between members (not "
+                     "an array of the runtime state): points that differ in it train apart")
+    alone = [configs[g[0]].name for text, g in groups.items() if text in keys and len(g) == 1]
+    if alone:
+        notes.append(f"sweep: {len(alone)} point(s) train as separate runs: no other unfinished point differs from "
+                     f"them only in member settings (e.g. {alone[0]})")
+    chunks = [g[start:start + cap] for g in groups.values() for start in range(0, len(g), cap)]
+    return sorted(chunks), notes
+
+
+def _train_points(configs: list[ExperimentConfig], data) -> list:
+    """Trains ``configs`` as members of one step, or (one config, or members unsupported) one by one."""
+    from jaxtune.experiment import finetune
+    from jaxtune.member_runs import MembersUnsupported, finetune_members
+
+    if len(configs) > 1:
+        try:
+            return finetune_members(configs, data=data)
+        except MembersUnsupported as e:
+            print(f"sweep: {len(configs)} points train as separate runs, not members: {e.key} ({e.message})")
+    return [finetune(cfg, data=data) for cfg in configs]
+
+
 def _machine() -> str:
     import jax
 
@@ -253,7 +333,8 @@ def _row(point: SweepPoint, run_dir: str, result, skipped: bool) -> dict:
 def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str, Sequence[Any]] | None = None,
           seeds: Sequence[int] = (0,), *, strategies: Mapping[str, Mapping[str, Any] | Sequence[str]] | None = None,
           strategy_key: str | None = None, metric: str | None = None, mode: str | None = None,
-          overrides: Sequence[str] = (), data=None, command: str | None = None) -> SweepResult:
+          overrides: Sequence[str] = (), data=None, command: str | None = None,
+          members: str | int = "off") -> SweepResult:
     """Runs every point of the grid (see the module docstring) and writes ``sweep.md``,
     ``sweep.jsonl`` and ``sweep.png`` to ``OUTPUT_DIR/NAME``.
 
@@ -267,11 +348,17 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
       data: prepared data to use for every point (else prepared once per distinct data config and
         model path); an error when the sweep varies ``data.*`` or ``model.path``.
       command: the command line for the report header (default: this process's ``sys.argv``).
+      members: ``"off"`` (default: every point a separate run, bit-for-bit as before), ``"auto"``
+        (points that differ only in member settings train together, up to 8 per compiled step) or
+        N (up to N per step). Members agree with separate runs to fp32 rounding (a runtime-mode
+        optimizer, per-member learning rates as multipliers), not bit for bit, and hold N models
+        in memory at once: hence off by default.
     """
-    from jaxtune.experiment import _as_config, finetune, prepare_data
+    from jaxtune.experiment import _as_config, prepare_data
 
     base = _as_config(config, overrides)
     metric, mode = _resolve_metric(base, metric, mode)
+    member_cap(members)
     points = sweep_points(grid or {}, seeds, strategies=strategies, strategy_key=strategy_key)
     configs = [point_config(base, p) for p in points]  # every config error before any training
     varied = sorted({k for p in points for k in p.overrides if k.startswith("data.") or k == "model.path"})
@@ -281,18 +368,21 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
     sweep_dir = os.path.join(base.output_dir, base.name)
     os.makedirs(sweep_dir, exist_ok=True)
     prepared: dict[str, Any] = {}
-    rows, trained = [], 0
-    for point, cfg in zip(points, configs):
-        run_dir = os.path.join(cfg.output_dir, cfg.name)
-        result = _finished(run_dir, cfg)
-        skipped = result is not None
-        if not skipped:
-            key = json.dumps([to_dict(cfg.data), cfg.model.path], sort_keys=True)
-            if data is None and key not in prepared:
-                prepared[key] = prepare_data(cfg.data, cfg.model.path)
-            result = finetune(cfg, data=data if data is not None else prepared[key])
-            trained += 1
-        rows.append(_row(point, run_dir, result, skipped))
+    results = [_finished(os.path.join(cfg.output_dir, cfg.name), cfg) for cfg in configs]
+    skipped = [r is not None for r in results]
+    todo = [i for i, r in enumerate(results) if r is None]
+    chunks, notes = member_chunks([configs[i] for i in todo], members)
+    for note in notes:
+        print(note)
+    for chunk in chunks:
+        chunk_configs = [configs[todo[j]] for j in chunk]
+        key = json.dumps([to_dict(chunk_configs[0].data), chunk_configs[0].model.path], sort_keys=True)
+        if data is None and key not in prepared:
+            prepared[key] = prepare_data(chunk_configs[0].data, chunk_configs[0].model.path)
+        for j, result in zip(chunk, _train_points(chunk_configs, data if data is not None else prepared[key])):
+            results[todo[j]] = result
+    trained = len(todo)
+    rows = [_row(p, os.path.join(c.output_dir, c.name), r, s) for p, c, r, s in zip(points, configs, results, skipped)]
     summaries = R.summarize_points(rows, metric)
     selected = R.select_best(summaries, mode)
     differences = R.paired_differences(rows, selected, metric)

@@ -212,6 +212,18 @@ def test_gpu_suite_covers_the_issue_cases():
     assert all("compile" in c.peers for c in cases.values() if c.family == "bert")
 
 
+def test_members_n_sets_the_member_cases_n_and_their_names():
+    gpu = {c.name: c for c in bench.suite_cases("gpu")}
+    four = bench.with_members(gpu["minilm-l6-s128-bs32-n8"], 4)
+    assert (four.name, four.members) == ("minilm-l6-s128-bs32-n4", 4)
+    assert bench.with_members(gpu["bert-base-s128-bs32"], 4) is gpu["bert-base-s128-bs32"]  # no member modes
+    cpu = bench.with_members(bench.suite_cases("cpu")[0], 2)
+    assert (cpu.name, cpu.members) == ("minilm-l6-s64-bs16", 2)
+    assert bench.parse_args(["--members-n", "8"]).members_n == 8
+    session = (REPO / "benchmarks" / "gpu_session.sh").read_text()
+    assert "--cases minilm-l6-s128-bs32-n8,bert-base-s128-bs32-n8 --modes members,sequential" in session
+
+
 def _restore_env_after_test(monkeypatch, *names):
     for name in names:          # restored (or removed again) after the test
         if name in os.environ:

@@ -235,3 +235,15 @@ def test_write_failure_is_the_os_error_naming_the_file(tmp_path, monkeypatch, er
     monkeypatch.undo()
     with Checkpointer(tmp_path) as again:
         assert again.latest_step() == 1 and again.restore(template=state)[1]["step"] == 1
+
+
+def test_delete_after_drops_the_checkpoints_a_resumed_run_redoes(tmp_path):
+    params, tx, _ = _setup()
+    state = _fresh_state(params, tx)
+    with Checkpointer(tmp_path / "ckpt", keep_latest=5) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state)
+        assert ckpt.delete_after(1) == [2, 3]
+        assert ckpt.all_steps() == [1] and ckpt.latest_step() == 1
+        ckpt.save(2, state)  # the redone step saves again
+        assert ckpt.all_steps() == [1, 2]

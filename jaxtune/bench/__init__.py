@@ -57,6 +57,7 @@ from jaxtune.bench.cases import (
     make_batch,
     suite_cases,
     with_attention,
+    with_members,
 )
 from jaxtune.bench.cli import main, parse_args
 from jaxtune.bench.contestants import JaxContestant, Model, build_model, compile_contestants, run_steps

@@ -179,3 +179,19 @@ def with_attention(case: Case, implementation: str | None) -> Case:
         return case
     return dataclasses.replace(case, config=dataclasses.replace(case.config, attention_implementation=implementation))
 
+
+
+def with_members(case: Case, n: int | None) -> Case:
+    """``case`` with ``n`` members in its member modes (a ``-nK`` name suffix follows); as is for
+    ``None`` or a case without member modes.
+
+    Example::
+
+        >>> with_members(suite_cases("smoke")[0], 3).members
+        3
+    """
+    if n is None or not case.members:
+        return case
+    name = case.name[:case.name.rindex("-n")] + f"-n{n}" if case.name.rsplit("-", 1)[-1] == f"n{case.members}" \
+        else case.name
+    return dataclasses.replace(case, name=name, members=n)

@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from jaxtune.bench.cases import ALL_MODES, SUITES, suite_cases, with_attention
+from jaxtune.bench.cases import ALL_MODES, SUITES, suite_cases, with_attention, with_members
 from jaxtune.bench.harness import (
     SUITE_OPTIONS,
     Options,
@@ -61,6 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the gpu/cpu suites, none for smoke); 'none' to skip")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all of the suite)")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated subset of {','.join(ALL_MODES)}")
+    p.add_argument("--members-n", type=_positive(int), default=None,
+                   help="N of the member cases: N members in one step against N sequential runs (default: each "
+                        "case's own: 8 on the gpu suite, 4 on cpu, 2 on smoke)")
     p.add_argument("--no-peers", action="store_true", help="skip the PyTorch peers")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per contestant")
@@ -126,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attention, attention_note = choose_attention(args.attention, args.suite)
     if attention_note:
         print(attention_note, file=sys.stderr, flush=True)
-    cases = [with_attention(c, attention) for c in cases]
+    cases = [with_members(with_attention(c, attention), args.members_n) for c in cases]
 
     peers, reason, peer_device = None, "disabled with --no-peers", None
     if options.peers:
