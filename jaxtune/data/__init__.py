@@ -35,6 +35,7 @@ from jaxtune.data.image import (
 )
 from jaxtune.data.pairs import (
     SNLI_LABELS,
+    DataPackageMissing,
     QASplit,
     TextPairSplit,
     data_dir,
@@ -81,6 +82,7 @@ from jaxtune.data.text import (
 
 __all__ = [
     "DataError",
+    "DataPackageMissing",
     "check_data_fits_model",
     "check_finite_inputs",
     "check_labels",

