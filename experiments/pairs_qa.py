@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     config_path = args.config or os.path.join(HERE, "configs", f"{args.task}_minilm.yaml")
-    overrides = ["train.progress=false", *args.overrides]
+    # SQuAD's EM/F1 are decoded from the exported best checkpoint.
+    overrides = ["train.progress=false", *args.overrides] + (["checkpoint.export_best_hf=true"]
+                                                             if args.task == "squad" else [])
     cfg = jt.load_config(config_path, overrides)
     if cfg.data.dataset != args.task:
         raise SystemExit(f"{config_path} trains on data.dataset={cfg.data.dataset!r}, not {args.task!r}")
