@@ -16,13 +16,13 @@ import numpy as np
 __all__ = ["mean_squared_error", "pearson", "spearman"]
 
 
-def _paired(labels, predictions) -> tuple[np.ndarray, np.ndarray]:
+def _paired(labels, predictions, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
     if labels.shape != predictions.shape:
         raise ValueError(f"{labels.size} labels but {predictions.size} predictions.")
-    if labels.size < 2:
-        raise ValueError(f"a correlation needs at least 2 pairs, got {labels.size}.")
+    if labels.size < minimum:
+        raise ValueError(f"need at least {minimum} (label, prediction) pairs, got {labels.size}.")
     if not (np.isfinite(labels).all() and np.isfinite(predictions).all()):
         raise ValueError("labels and predictions must be finite (found NaN or inf).")
     return labels, predictions
@@ -73,5 +73,5 @@ def mean_squared_error(labels, predictions) -> float:
         >>> mean_squared_error([1.0, 2.0], [1.0, 4.0])
         2.0
     """
-    x, y = _paired(labels, predictions)
+    x, y = _paired(labels, predictions, minimum=1)
     return float(np.mean((y - x) ** 2))

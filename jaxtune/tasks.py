@@ -169,13 +169,16 @@ def _regression_predict(outputs, batch):
 
 
 def _regression_scores(predictions, references, label_names=None) -> dict:
-    """Pearson, Spearman and MSE (``nan`` correlations when a side is constant)."""
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    if len(references) < 2:
-        return {"pearson": float("nan"), "spearman": float("nan"),
-                "mse": float(np.mean((predictions - references) ** 2)) if len(references) else float("nan")}
+    """Pearson, Spearman and MSE. Where a correlation is undefined (fewer than 2 examples, or constant
+    predictions or labels) it is reported as 0.0, no measurable skill, not NaN: the runner stops on
+    non-finite validation metrics, and a collapsed regressor is a result, not a numerical failure."""
+    predictions = np.asarray(predictions, np.float64)
+    references = np.asarray(references, np.float64)
+    mse = float(np.mean((predictions - references) ** 2)) if len(references) else float("nan")
+    if len(references) < 2 or np.ptp(predictions) == 0 or np.ptp(references) == 0:
+        return {"pearson": 0.0, "spearman": 0.0, "mse": mse}
     return {"pearson": M.pearson(references, predictions), "spearman": M.spearman(references, predictions),
-            "mse": M.mean_squared_error(references, predictions)}
+            "mse": mse}
 
 
 def _token_loss(logits, batch):

@@ -74,6 +74,8 @@ def test_regression_task_loss_is_masked_mse():
     np.testing.assert_allclose(task.predict(outputs, batch), [1.0, 2.0, 9.0])
     scores = task.score(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0]))
     assert set(scores) == {"pearson", "spearman", "mse"} and abs(scores["spearman"] - 0.5) < 1e-12
+    # A constant regressor has no measurable skill: 0.0, not NaN (which would stop the run as non-finite).
+    assert task.score(np.array([2.0, 2.0, 2.0]), np.array([1.0, 3.0, 2.0]))["pearson"] == 0.0
 
 
 def test_regression_export_loads_in_transformers_with_equal_outputs(tmp_path):
