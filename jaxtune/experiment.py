@@ -256,6 +256,9 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
     num_labels = cfg.model.num_labels or len(data.label_names)
+    if task.problem_type == "regression" and num_labels != 1:
+        raise ConfigError(f"model.num_labels={num_labels}: {task.name} predicts one score per example; set "
+                          "model.num_labels to 1 or null")
     model, variables = load_model(cfg.model.path, task.head, num_labels, cfg.model.dtype, init=cfg.model.init,
                                   rng=seed_stream(cfg.train.seed, "init"))
     check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
@@ -318,6 +321,14 @@ def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax
     if stages is not None and not runtime:
         return lambda state, batch, stage: step_of(stage)(state, batch, stages[stage])
     return lambda state, batch, stage: step_of(stage)(state, batch)
+
+
+def export_config(config: Any, task: Task) -> Any:
+    """``config`` with the task's ``problem_type`` (e.g. ``"regression"``) where the config has that field,
+    so the exported ``config.json`` tells transformers which loss the head was trained with."""
+    if task.problem_type is None or not hasattr(config, "problem_type"):
+        return config
+    return dataclasses.replace(config, problem_type=task.problem_type)
 
 
 def evaluation_state(cfg: ExperimentConfig, state: TrainState) -> TrainState:
@@ -511,8 +522,9 @@ def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: Run
         f.write("\n".join(report_lines) + "\n")
     if cfg.checkpoint.export_best_hf:
         paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained({"params": state.params, **state.model_state}, setup.model.config, paths["export"],
-                        task=task.head, labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
+        save_pretrained({"params": state.params, **state.model_state}, export_config(setup.model.config, task),
+                        paths["export"], task=task.head,
+                        labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
         if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])

@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxtune.regression_metrics import mean_squared_error, pearson, spearman
+
 __all__ = [
     "ClassificationReport",
     "EntityScores",
@@ -49,7 +51,10 @@ __all__ = [
     "label_balance",
     "macro_f1",
     "matthews_corrcoef",
+    "mean_squared_error",
     "normalize_answer",
+    "pearson",
+    "spearman",
     "squad_exact_match",
     "squad_f1",
 ]

@@ -33,6 +33,9 @@ class PreparedData:
     buckets: tuple[int, ...] | None
     pad_token_id: int
     description: str
+    qa: dict | None = None
+    """For extractive QA: split name -> (:class:`jaxtune.data.QAFeatures`, :class:`jaxtune.data.QASplit`),
+    the windows' map back to questions, contexts and all gold answers (for EM/F1)."""
 
 
 def _model_dir(path: str) -> str:
@@ -50,14 +53,34 @@ def _take(split, limit: int | None, seed: int):
 
 def _dataset(name: str):
     """(loader, task) of an offline data set name."""
-    from jaxtune.data import sources
+    from jaxtune.data import pairs, sources
 
     table = {"tweet_sentiment": (sources.load_tweet_sentiment, "sequence_classification"),
              "wnut_ner": (sources.load_wnut_ner, "token_classification"),
-             "mnist_digits": (sources.load_mnist_digits, "image_classification")}
+             "mnist_digits": (sources.load_mnist_digits, "image_classification"),
+             "snli": (pairs.load_snli, "pair_classification"),
+             "stsb": (lambda seed: pairs.load_stsb(), "sequence_regression"),
+             "squad": (pairs.load_squad, "question_answering")}
     if name not in table:
         raise UserError(f"unknown dataset {name!r}; available offline: {sorted(table)}")
     return table[name]
+
+
+def data_subsets(data_cfg) -> tuple:
+    """``(splits, {"train": ..., "validation": ..., "test": ...})``: the named data set and the seeded
+    subsets (``train_limit`` / ``eval_limit`` / ``test_limit``) that :func:`prepare_data` tokenises, as
+    raw examples (for baselines scored on exactly the run's examples).
+
+    Example::
+
+        splits, parts = data_subsets(jt.load_config(None, ["data.dataset=stsb", "data.test_limit=100"]).data)
+        len(parts["test"])   # 100
+    """
+    loader, _ = _dataset(data_cfg.dataset)
+    splits = loader(seed=data_cfg.seed)
+    return splits, {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
+                    "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
+                    "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
 
 
 def _image_examples(split, image_size: int) -> list[dict]:
@@ -85,12 +108,8 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     """
     from jaxtune.data import text
 
-    loader, _ = _dataset(data_cfg.dataset)
-    splits = loader(seed=data_cfg.seed)
+    splits, parts = data_subsets(data_cfg)
     check_num_labels(num_labels, splits.label_names, data_cfg.dataset)
-    parts = {"train": _take(splits.train, data_cfg.train_limit, data_cfg.seed),
-             "validation": _take(splits.validation, data_cfg.eval_limit, data_cfg.seed + 1),
-             "test": _take(splits.test, data_cfg.test_limit, data_cfg.seed + 2)}
     sizes = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
     source = f"{splits.origin}; licence: {splits.license}"
     if data_cfg.dataset == "mnist_digits":
@@ -99,19 +118,45 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
                             tuple(splits.label_names), None, 0,
                             f"{splits.name} ({sizes}; resized to {data_cfg.image_size}px RGB; {source})")
     tokenizer = text.load_tokenizer(_model_dir(model_path))
+    task = _dataset(data_cfg.dataset)[1]
+    if task == "question_answering":
+        return _qa_data(tokenizer, parts, data_cfg, splits, f"{sizes}; {source}")
     tokenized = {}
     for name, part in parts.items():
-        if data_cfg.dataset == "tweet_sentiment":
+        if data_cfg.dataset in ("snli", "stsb"):
+            tokenized[name] = text.tokenize_texts(tokenizer, part.texts, part.pairs, labels=part.labels,
+                                                  max_length=data_cfg.max_length, truncation=data_cfg.truncation)
+        elif data_cfg.dataset == "tweet_sentiment":
             tokenized[name] = text.tokenize_texts(tokenizer, part.texts, labels=part.labels, max_length=data_cfg.max_length)
         else:
             tokenized[name] = text.tokenize_words(tokenizer, part.tokens, part.tags, max_length=data_cfg.max_length)
-    task = _dataset(data_cfg.dataset)[1]
     truncated = sum(t.num_truncated for t in tokenized.values())
     return PreparedData(task=task, train=tokenized["train"].examples, validation=tokenized["validation"].examples,
                         test=tokenized["test"].examples, label_names=tuple(splits.label_names),
                         buckets=text.length_buckets(data_cfg.max_length), pad_token_id=int(tokenizer.pad_token_id),
                         description=f"{splits.name} ({sizes}; {truncated} truncated to {data_cfg.max_length} "
                                     f"tokens; {source})")
+
+
+def _qa_data(tokenizer, parts: dict, data_cfg, splits, about: str) -> PreparedData:
+    """Question/context windows (``max_length`` tokens, ``doc_stride`` shared) for extractive QA; the
+    training target is each question's first gold answer."""
+    from jaxtune.data import text
+
+    try:
+        features = {name: text.prepare_qa_features(tokenizer, part.questions, part.contexts, part.first_answers(),
+                                                   max_length=data_cfg.max_length, doc_stride=data_cfg.doc_stride)
+                    for name, part in parts.items()}
+    except ValueError as e:
+        raise UserError(f"data ({data_cfg.dataset}): {e}") from None
+    windows = ", ".join(f"{k} {len(v)}" for k, v in features.items())
+    return PreparedData(task="question_answering", train=features["train"].examples,
+                        validation=features["validation"].examples, test=features["test"].examples,
+                        label_names=tuple(splits.label_names), buckets=text.length_buckets(data_cfg.max_length),
+                        pad_token_id=int(tokenizer.pad_token_id),
+                        description=f"{splits.name} ({about}; windows: {windows} of {data_cfg.max_length} tokens, "
+                                    f"stride {data_cfg.doc_stride})",
+                        qa={name: (features[name], parts[name]) for name in parts})
 
 
 def epoch_batches(data: PreparedData, examples: list[dict], batch_size: int, seed: int | None) -> list[dict]:

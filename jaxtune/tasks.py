@@ -53,6 +53,8 @@ class Task:
       example_loss: ``(outputs, batch) -> (per-example loss (B,), per-example weight (B,))``.
       predict: ``(outputs, batch) -> predictions`` (device arrays, per example).
       score: ``(predictions, references, label_names) -> dict`` of host metrics.
+      problem_type: written to an exported ``config.json`` (``"regression"`` makes transformers
+        use an MSE loss); ``None`` leaves the family's default.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Task:
     example_loss: Callable[[Any, dict], tuple[jax.Array, jax.Array]]
     predict: Callable[[Any, dict], Any]
     score: Callable[[Any, Any, Sequence[str] | None], dict]
+    problem_type: str | None = None
 
     def references(self, batch: dict) -> np.ndarray:
         """The label array the task's ``score`` compares predictions with."""
@@ -155,6 +158,29 @@ def _classification_scores(predictions, references, label_names=None) -> dict:
             "mcc": M.matthews_corrcoef(references, predictions)}
 
 
+def _regression_loss(outputs, batch):
+    """Squared error of the single output against a float score, per example."""
+    predictions = outputs.astype(jnp.float32)[:, 0]
+    return (predictions - batch["labels"].astype(jnp.float32)) ** 2, _example_weights(batch, outputs.shape[0])
+
+
+def _regression_predict(outputs, batch):
+    return outputs.astype(jnp.float32)[:, 0]
+
+
+def _regression_scores(predictions, references, label_names=None) -> dict:
+    """Pearson, Spearman and MSE. Where a correlation is undefined (fewer than 2 examples, or constant
+    predictions or labels) it is reported as 0.0, no measurable skill, not NaN: the runner stops on
+    non-finite validation metrics, and a collapsed regressor is a result, not a numerical failure."""
+    predictions = np.asarray(predictions, np.float64)
+    references = np.asarray(references, np.float64)
+    mse = float(np.mean((predictions - references) ** 2)) if len(references) else float("nan")
+    if len(references) < 2 or np.ptp(predictions) == 0 or np.ptp(references) == 0:
+        return {"pearson": 0.0, "spearman": 0.0, "mse": mse}
+    return {"pearson": M.pearson(references, predictions), "spearman": M.spearman(references, predictions),
+            "mse": mse}
+
+
 def _token_loss(logits, batch):
     """Per-example mean cross-entropy over the labelled tokens (-100 ignored); used by token
     classification and text-to-text targets alike. Examples with no labelled token weigh 0."""
@@ -237,6 +263,10 @@ register_task(Task("sequence_classification", "sequence_classification", _TEXT_I
 # Sentence pairs: the same head; the tokenizer marks the second sentence with token_type_ids = 1.
 register_task(Task("pair_classification", "sequence_classification", _TEXT_INPUTS, ("labels",),
                    _call_text_encoder, _sequence_loss, _argmax, _classification_scores))
+# Scored pairs (STS-B): the classification head with one output, MSE loss, Pearson/Spearman.
+register_task(Task("sequence_regression", "sequence_classification", _TEXT_INPUTS, ("labels",),
+                   _call_text_encoder, _regression_loss, _regression_predict, _regression_scores,
+                   problem_type="regression"))
 register_task(Task("token_classification", "token_classification", _TEXT_INPUTS, ("labels",),
                    _call_text_encoder, _token_loss, _argmax, _token_scores))
 register_task(Task("question_answering", "question_answering", _TEXT_INPUTS, ("start_positions", "end_positions"),

@@ -171,7 +171,8 @@ def test_image_classification_updates_batch_stats():
 
 def test_registry_and_missing_fields():
     assert set(tasks.task_names()) == {"sequence_classification", "pair_classification", "token_classification",
-                                       "question_answering", "text_to_text", "image_classification"}
+                                       "question_answering", "text_to_text", "image_classification",
+                                       "sequence_regression"}
     with pytest.raises(KeyError, match="unknown task 'nope'"):
         tasks.get_task("nope")
     with pytest.raises(KeyError, match=r"start_positions"):

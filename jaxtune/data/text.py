@@ -231,7 +231,8 @@ def tokenize_texts(
       tokenizer: a fast tokenizer (:func:`load_tokenizer`).
       texts: first sentences.
       pairs: optional second sentences (same length); ``token_type_ids`` mark the segments.
-      labels: optional class id per example, stored as a 0-d int32 ``labels`` field.
+      labels: optional class id per example, stored as a 0-d int32 ``labels`` field; float labels
+        (regression scores) are stored as float32.
       max_length: token limit including special tokens; defaults to the model maximum.
       truncation: ``"longest_first"``, ``"only_first"`` or ``"only_second"`` (transformers'
         strategies) for examples over the limit; they are reported, see :class:`Tokenized`.
@@ -252,8 +253,9 @@ def tokenize_texts(
     rows, truncated = _encode(tokenizer, texts, pairs, max_length, truncation)
     examples = [_example_arrays(encoding, i, _MODEL_FIELDS) for encoding, i in rows]
     if labels is not None:
+        dtype = np.float32 if np.issubdtype(np.asarray(labels).dtype, np.floating) else np.int32
         for example, label in zip(examples, labels):
-            example["labels"] = np.asarray(label, dtype=np.int32)
+            example["labels"] = np.asarray(label, dtype=dtype)
     _warn_truncated(len(truncated), len(texts), max_length, "texts")
     return Tokenized(examples=examples, truncated={"input_ids": truncated})
 

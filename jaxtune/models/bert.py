@@ -92,6 +92,7 @@ class BertConfig:
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
     labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")   # label names by id (HF id2label)
+    problem_type: str | None = None   # HF: "regression" (one output, MSE), "single_label_classification", ...
     # jaxtune's own, not a config.json field: "auto" (cuDNN on NVIDIA GPUs where it can run, else
     # XLA), "xla" or "cudnn"; see jaxtune.models.attention.
     attention_implementation: str = "auto"
@@ -141,7 +142,8 @@ class BertConfig:
     def to_hf(self, task: str | None = None) -> dict[str, Any]:
         """A ``config.json`` dict that ``transformers.AutoModelFor...`` loads for ``task``."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("labels", "attention_implementation")}
+               if f.name not in ("labels", "attention_implementation")
+               and not (f.name == "problem_type" and self.problem_type is None)}
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
         out.update(model_type="bert", architectures=[ARCHITECTURES[task]],
