@@ -47,6 +47,7 @@ from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
+from jaxtune.multihost import MultihostError, initialize_multihost, is_main_process, process_label
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
@@ -84,8 +85,8 @@ from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
     batch_sharding,
     fsdp_spec,
-    initialize_multihost,
     make_mesh,
+    place_global_batch,
     shard_batch,
     shard_train_state,
     tree_shardings,

@@ -125,6 +125,10 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    """parallel: None (one device), "dp" (data parallel: the batch split over every device of every
+    process, parameters replicated) or "fsdp" (the same, with parameters and optimizer state split
+    over the devices too, :func:`jaxtune.fsdp_spec`). A multi-process run needs "dp" or "fsdp"."""
+
     epochs: float = 1.0
     max_steps: int | None = None
     eval_every: int = 100
@@ -133,6 +137,7 @@ class TrainConfig:
     seed: int = 0
     compute_dtype: str | None = None
     progress: bool = True
+    parallel: str | None = None
 
 
 @dataclasses.dataclass
@@ -255,6 +260,7 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
 UNFREEZING = (None, "runtime", "structural")
 WEIGHT_AVERAGES = (None, "ema", "uniform")
+PARALLEL = (None, "dp", "fsdp")
 
 
 def _check_run_name(name: str, output_dir: str) -> None:
@@ -349,6 +355,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_limits("train", cfg.train, ["seed"], low=0)
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
+    check_choice("train.parallel", cfg.train.parallel, PARALLEL, error=ConfigError)
     stopping = cfg.early_stopping
     if not stopping.monitor.startswith("val_") or stopping.monitor == "val_":
         raise ConfigError(f"early_stopping.monitor is {stopping.monitor!r}; it names a validation metric "
