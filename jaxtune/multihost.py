@@ -108,7 +108,7 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                    heartbeat_timeout_seconds=heartbeat_timeout_s,
                                    initialization_timeout=initialization_timeout_s, **kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:  # missing/bad arguments, called twice or too late
         raise MultihostError(f"cannot join the multi-process run: {exc}",
                              hint="Give coordinator_address ('host:port' of process 0), num_processes and "
                                   "process_id, or run under a scheduler JAX detects (SLURM, Cloud TPU, Kubernetes).",
@@ -117,6 +117,23 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
                                          "TPU, Kubernetes).") from None
     if is_multiprocess():
         _start_watcher()
+        _first_collective()
+
+
+def _first_collective() -> None:
+    """A sum over every device of every process, run while the processes are in step (they have just
+    met). CPU (gloo) collectives set up their communication context for a set of devices on first
+    use, waiting a fixed 30 s for every process; a process still compiling its first training step
+    would miss that. Later collectives over the same devices reuse the context."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.devices()), ("all",))
+    ones = np.ones(jax.device_count(), np.int32)
+    spread = jax.make_array_from_callback(ones.shape, NamedSharding(mesh, PartitionSpec("all")), lambda i: ones[i])
+    total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(spread)
+    if int(total) != jax.device_count():
+        raise MultihostError(f"{process_label()}: a sum over the {jax.device_count()} devices gave {int(total)}")
 
 
 def _start_watcher() -> None:

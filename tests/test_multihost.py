@@ -23,7 +23,7 @@ def _gloo_available() -> bool:
     return hasattr(_jax, "make_gloo_tcp_collectives")
 
 
-pytestmark = pytest.mark.skipif(not _gloo_available(), reason="the installed jaxlib has no gloo CPU collectives "
+needs_gloo = pytest.mark.skipif(not _gloo_available(), reason="the installed jaxlib has no gloo CPU collectives "
                                                              "(make_gloo_tcp_collectives): no multi-process CPU runs")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +74,7 @@ def tiny_model_dir(tmp_path_factory):
     """A small random BERT with the real all-MiniLM-L6-v2 tokenizer (its 30522 x 32 word embeddings are
     the one array FSDP splits over the devices)."""
     directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = bert.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                              intermediate_size=37, max_position_embeddings=128)
     model = bert.build(config, None)
     jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
@@ -102,12 +102,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(out, configs, num_processes, devices, env=None, overrides=(), timeout=300):
-    """Starts ``num_processes`` worker processes with ``devices`` CPU devices each; returns, per
-    process, (exit status, seconds until it exited, stderr)."""
+def _start(out, configs, num_processes, devices, env=None, overrides=()):
+    """Starts ``num_processes`` worker processes with ``devices`` CPU devices each."""
     os.makedirs(out, exist_ok=True)
     port = _free_port()
-    procs, started = [], time.monotonic()
+    procs = []
     for pid in range(num_processes):
         flags = (f"--coordinator 127.0.0.1:{port} --num-processes {num_processes} --process-id {pid} "
                  f"--heartbeat-timeout 20" if num_processes > 1 else "")
@@ -117,7 +116,14 @@ def _launch(out, configs, num_processes, devices, env=None, overrides=(), timeou
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, f"stderr-{pid}.txt"), "w"),
             env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                      **(env or {}))))
-    ended = [None] * num_processes
+    return out, procs
+
+
+def _wait(launch, timeout=1500):
+    """Waits for a launch's processes; returns, per process, (exit status, seconds until it exited, stderr)."""
+    out, procs = launch
+    started = time.monotonic()
+    ended = [None] * len(procs)
     while None in ended and time.monotonic() - started < timeout:
         for i, p in enumerate(procs):
             if ended[i] is None and p.poll() is not None:
@@ -129,6 +135,10 @@ def _launch(out, configs, num_processes, devices, env=None, overrides=(), timeou
             p.wait()
     return [(p.returncode, t, open(os.path.join(out, f"stderr-{i}.txt")).read()) for i, (p, t) in
             enumerate(zip(procs, ended))]
+
+
+def _launch(*args, **kwargs):
+    return _wait(_start(*args, **kwargs))
 
 
 def _write_configs(model_dir, out, runs):
@@ -143,22 +153,21 @@ def _write_configs(model_dir, out, runs):
 
 @pytest.fixture(scope="module")
 def launched(tiny_model_dir, tmp_path_factory):
-    """Runs on 1 process x 4 devices (dp, fsdp) and on 2 processes x 2 devices (dp with export, fsdp,
-    and fsdp again where process 1 fails after step 3, then relaunched)."""
+    """Runs on 1 process x 4 devices (dp, fsdp) and on 2 processes x 2 devices: dp with an HF export,
+    and fsdp where process 1 fails right after step 3 (the checkpoint of step 2 is on disk), then
+    relaunched to the end."""
     base = tmp_path_factory.mktemp("multihost")
     single, multi = str(base / "single"), str(base / "multi")
     os.makedirs(single)
     os.makedirs(multi)
     single_configs = _write_configs(tiny_model_dir, single, [("dp", "dp", False), ("fsdp", "fsdp", False)])
-    multi_configs = _write_configs(tiny_model_dir, multi, [("dp", "dp", True), ("fsdp", "fsdp", False),
-                                                           ("failed", "fsdp", False)])
-    t0 = time.monotonic()
-    first = _launch(multi, multi_configs, 2, 2, env={"JT_TEST_FAIL": "1:3:failed"})
-    reference = _launch(single, single_configs, 1, 4)
-    relaunch = _launch(os.path.join(multi, "relaunch"), multi_configs[2:], 2, 2)
-    print(f"launches took {time.monotonic() - t0:.1f} s")
-    return {"single": single, "multi": multi, "first": first, "reference": reference, "relaunch": relaunch,
-            "model_dir": tiny_model_dir}
+    multi_configs = _write_configs(tiny_model_dir, multi, [("dp", "dp", True), ("fsdp", "fsdp", False)])
+    reference = _start(single, single_configs, 1, 4)
+    first = _wait(_start(multi, multi_configs, 2, 2, env={"JT_TEST_FAIL": "1:3:fsdp"}))
+    logged_before_relaunch = jt.read_jsonl(os.path.join(multi, "fsdp", "metrics.jsonl"))
+    relaunch = _launch(os.path.join(multi, "relaunch"), multi_configs[1:], 2, 2)
+    return {"single": single, "multi": multi, "first": first, "reference": _wait(reference), "relaunch": relaunch,
+            "logged_before_relaunch": logged_before_relaunch, "model_dir": tiny_model_dir}
 
 
 def _train_losses(run_dir):
@@ -166,35 +175,44 @@ def _train_losses(run_dir):
             if r["split"] == "train"]
 
 
-def _restored_on_one_process(launched, out, name):
+@pytest.fixture(scope="module")
+def template(launched, tmp_path_factory):
+    """A state of the runs' kind on this single-process, single-device pytest process."""
+    return build(_config(launched["model_dir"], tmp_path_factory.mktemp("template"), "template", None)).initial_state
+
+
+def _restored_on_one_process(template, out, name):
     """The latest checkpoint of run ``name``, restored onto this single-process, single-device pytest process."""
-    cfg = _config(launched["model_dir"], out, name, None)
     with jt.Checkpointer(os.path.join(out, name, "checkpoints")) as ckpt:
-        state, record = ckpt.restore(template=build(cfg).initial_state)
+        state, record = ckpt.restore(template=template)
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 1
     return state, record
 
 
-def test_two_processes_equal_one_process_of_four_devices(launched):
+@needs_gloo
+def test_two_processes_equal_one_process_of_four_devices(launched, template):
     assert all(status == 0 for status, _, _ in launched["reference"]), launched["reference"][0][2][-3000:]
     for name in ("dp", "fsdp"):
         multi_run, single_run = os.path.join(launched["multi"], name), os.path.join(launched["single"], name)
         multi_losses, single_losses = _train_losses(multi_run), _train_losses(single_run)
         assert [s for s, _ in multi_losses] == [1, 2, 3, 4]
         np.testing.assert_allclose([l for _, l in multi_losses], [l for _, l in single_losses], rtol=0, atol=1e-5)
-        multi_state, record = _restored_on_one_process(launched, launched["multi"], name)
-        single_state, _ = _restored_on_one_process(launched, launched["single"], name)
+        multi_state, record = _restored_on_one_process(template, launched["multi"], name)  # fsdp: relaunched
+        single_state, _ = _restored_on_one_process(template, launched["single"], name)
         assert int(multi_state.step) == 4 and record["data_position"] == {"epoch": 0, "batch": 4}
         for a, b in zip(jax.tree.leaves(multi_state.params), jax.tree.leaves(single_state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)  # float32
 
 
+@needs_gloo
 def test_only_process_0_writes_logs_plots_and_exports_and_both_write_the_checkpoint(launched):
     run_dir = os.path.join(launched["multi"], "dp")
     writes = [open(os.path.join(launched["multi"], f"writes-{pid}.txt")).read().split("\n") for pid in (0, 1)]
     written_by_0 = {os.path.relpath(w, run_dir) for w in writes[0] if w.startswith(run_dir)}
     assert {"metrics.jsonl", "curves.png", "test_report.png", "report.txt", "config.yaml"} <= written_by_0
-    assert not [w for w in writes[1] if w.startswith(launched["multi"])], writes[1]
+    # Process 1 writes only its part of the checkpoints (orbax: its array metadata; its arrays go through tensorstore).
+    assert not [w for w in writes[1] if w.startswith(launched["multi"]) and "/checkpoints/" not in w], writes[1]
+    assert any("/checkpoints/" in w for w in writes[1])
     assert os.path.exists(os.path.join(run_dir, "best_hf", "model.safetensors"))
     result = json.load(open(os.path.join(run_dir, "result.json")))
     assert result["steps"] == 4 and result["paths"]["export"].endswith("best_hf")
@@ -204,24 +222,53 @@ def test_only_process_0_writes_logs_plots_and_exports_and_both_write_the_checkpo
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(state_files), state_files  # each wrote its part
 
 
+@needs_gloo
 def test_failed_process_stops_the_other_and_the_relaunch_resumes_bit_exactly(launched):
     (status0, ended0, err0), (status1, ended1, err1) = launched["first"]
-    assert status1 != 0 and "RuntimeError: test failure after step 3" in err1
-    assert "process 1/2 failed" in err1  # its own message names it
+    assert status1 != 0 and "process 1/2 failed: RuntimeError: test failure after step 3" in err1, err1[-3000:]
     assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 3" in err0, err0[-3000:]
     assert ended0 - ended1 < 30  # process 0 stopped within seconds, not after a collective's timeout
-    assert all(status == 0 for status, _, _ in launched["relaunch"]), launched["relaunch"][0][2][-3000:]
-    failed, straight = os.path.join(launched["multi"], "failed"), os.path.join(launched["multi"], "fsdp")
-    assert _train_losses(failed) == _train_losses(straight)  # no row twice, none missing, same values
-    resumed_state, _ = _restored_on_one_process(launched, launched["multi"], "failed")
-    straight_state, _ = _restored_on_one_process(launched, launched["multi"], "fsdp")
-    for a, b in zip(jax.tree.leaves(resumed_state.params), jax.tree.leaves(straight_state.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit-exact (float32, CPU)
+    (status0, _, err0), (status1, _, _) = launched["relaunch"]
+    assert status0 == status1 == 0, err0[-3000:]
+    run_dir = os.path.join(launched["multi"], "fsdp")
+    before = [r for r in launched["logged_before_relaunch"] if r["split"] == "train"]
+    after = [r for r in jt.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "train"]
+    assert [r["step"] for r in before] == [1, 2, 3] and [r["step"] for r in after] == [1, 2, 3, 4]
+    # Step 3 ran twice: before the failure, and after the relaunch resumed from the checkpoint of step 2.
+    for key in ("loss", "grad_norm"):
+        assert after[2][key] == before[2][key]  # bit-exact (float32 values, CPU)
 
 
+@needs_gloo
 def test_processes_with_different_configs_refuse_to_start_naming_the_key(tiny_model_dir, tmp_path):
     [config] = _write_configs(tiny_model_dir, str(tmp_path), [("mismatch", "dp", False)])
     results = _launch(str(tmp_path), [config], 2, 2, overrides=[[], ["optim.learning_rate=0.002"]])
     for status, _, err in results:
         assert status != 0 and "optim.learning_rate: 0.001 on process 0, 0.002 on process 1" in err, err[-2000:]
     assert not os.path.exists(tmp_path / "mismatch")  # nothing written
+
+
+def test_single_process_needs_no_coordination_and_bad_settings_name_the_key(tmp_path, capsys):
+    from jaxtune import cli, multihost
+
+    assert multihost.process_label() == "" and multihost.is_main_process()
+    multihost.agree("config", {"a": 1})  # nothing to agree with
+    multihost.barrier("nothing")
+    with pytest.raises(jt.config.ConfigError, match="train.parallel"):
+        jt.load_config(None, ["train.parallel=tensor"])
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"parallel": "dp"}}))
+    assert cli.main(["finetune", str(path), "--process-id", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot join the multi-process run" in err and "--coordinator HOST:PORT" in err, err
+
+
+def test_data_digest_sees_a_changed_example():
+    from jaxtune.multihost import data_digest
+    from jaxtune.run_data import PreparedData
+
+    examples = [{"input_ids": np.arange(4, dtype=np.int32), "labels": np.int32(1)}]
+    data = PreparedData("sequence_classification", examples, [], [], ("a", "b"), (16,), 0, "")
+    changed = PreparedData("sequence_classification", [dict(examples[0], labels=np.int32(0))], [], [], ("a", "b"),
+                           (16,), 0, "")
+    assert data_digest(data) == data_digest(PreparedData(**vars(data))) != data_digest(changed)
