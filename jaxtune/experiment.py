@@ -26,13 +26,13 @@ import numpy as np
 import optax
 
 from jaxtune import metrics as M
+from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict
 from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
-from jaxtune import multihost
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import sys
 import threading
@@ -118,6 +119,8 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
     if is_multiprocess():
         _start_watcher()
         _first_collective()
+        # Log lines name their process (unless the program configured logging itself).
+        logging.basicConfig(format=f"%(levelname)s [{process_label()}] %(name)s: %(message)s")
 
 
 def _first_collective() -> None:
@@ -366,8 +369,12 @@ def run_mesh(config) -> Any:
 
 def check_same_config(config) -> None:
     """Checks every process runs ``config`` (every key, overrides included) with the same package
-    versions (:func:`package_versions`); a :class:`MultihostError` naming the key otherwise."""
+    versions (:func:`package_versions`); a :class:`MultihostError` naming the key otherwise.
+    Nothing in a single process."""
     from jaxtune.config import to_dict
+
+    if not is_multiprocess():
+        return
 
     def flat(tree: dict, prefix: str = "") -> dict:
         out = {}

@@ -225,7 +225,7 @@ def test_only_process_0_writes_logs_plots_and_exports_and_both_write_the_checkpo
 @needs_gloo
 def test_failed_process_stops_the_other_and_the_relaunch_resumes_bit_exactly(launched):
     (status0, ended0, err0), (status1, ended1, err1) = launched["first"]
-    assert status1 != 0 and "process 1/2 failed: RuntimeError: test failure after step 3" in err1, err1[-3000:]
+    assert status1 != 0 and "(process 1/2): failed: RuntimeError: test failure after step 3" in err1, err1[-3000:]
     assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 3" in err0, err0[-3000:]
     assert ended0 - ended1 < 30  # process 0 stopped within seconds, not after a collective's timeout
     (status0, _, err0), (status1, _, _) = launched["relaunch"]
