@@ -127,7 +127,9 @@ def _first_collective() -> None:
     """A sum over every device of every process, run while the processes are in step (they have just
     met). CPU (gloo) collectives set up their communication context for a set of devices on first
     use, waiting a fixed 30 s for every process; a process still compiling its first training step
-    would miss that. Later collectives over the same devices reuse the context."""
+    would miss that. Later collectives over the same devices reuse the context; a collective over a
+    new group of devices (XLA may use sub-groups in an FSDP step) still needs the processes to reach
+    it within 30 s of each other."""
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -137,6 +139,9 @@ def _first_collective() -> None:
     total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(spread)
     if int(total) != jax.device_count():
         raise MultihostError(f"{process_label()}: a sum over the {jax.device_count()} devices gave {int(total)}")
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("jaxtune: every process joined")  # one device per process (orbax's kind)
 
 
 def _start_watcher() -> None:

@@ -31,10 +31,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 # One process of a test launch: runs `jaxtune finetune` on each config given (the first call joins
 # the run with the multi-process flags). JT_TEST_FAIL="PID:STEP:NAME" makes process PID raise right
-# after training step STEP of run NAME. Every file a process opens for writing is listed in
-# OUT/writes-<pid>.txt (orbax writes through tensorstore, not open()).
+# after training step STEP of run NAME, once process 0 has logged step STEP - 1. Every file a
+# process opens for writing is listed in OUT/writes-<pid>.txt (orbax writes through tensorstore, not open()).
 WORKER = r"""
-import builtins, os, sys
+import builtins, json, os, sys, time
 from jaxtune import cli, experiment
 from jaxtune.nonfinite import NonFiniteGuard
 out, multihost_flags, configs = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
@@ -53,11 +53,16 @@ if fail:
     def record_then_fail(self, step, metrics):
         record(self, step, metrics)
         if pid == int(fail_pid) and step == int(fail_step) and current["name"] == fail_name:
+            cfg = json.load(open(current["config"]))
+            jsonl = os.path.join(cfg["output_dir"], cfg["name"], "metrics.jsonl")
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and f'"step": {step - 1}, "split": "train"' not in real_open(jsonl).read():
+                time.sleep(0.1)
             raise RuntimeError(f"test failure after step {step}")
     NonFiniteGuard.record = record_then_fail
 status = 0
 for i, config in enumerate(configs):
-    current["name"] = os.path.splitext(os.path.basename(config))[0]
+    current.update(name=os.path.splitext(os.path.basename(config))[0], config=config)
     try:
         status = cli.main(["finetune", config] + (multihost_flags if i == 0 else []))
     finally:
@@ -154,8 +159,8 @@ def _write_configs(model_dir, out, runs):
 @pytest.fixture(scope="module")
 def launched(tiny_model_dir, tmp_path_factory):
     """Runs on 1 process x 4 devices (dp, fsdp) and on 2 processes x 2 devices: dp with an HF export,
-    and fsdp where process 1 fails right after step 3 (the checkpoint of step 2 is on disk), then
-    relaunched to the end."""
+    and fsdp where process 1 fails in step 4 (step 3 is logged, the checkpoint of step 2 is on disk),
+    then relaunched to the end."""
     base = tmp_path_factory.mktemp("multihost")
     single, multi = str(base / "single"), str(base / "multi")
     os.makedirs(single)
@@ -163,7 +168,7 @@ def launched(tiny_model_dir, tmp_path_factory):
     single_configs = _write_configs(tiny_model_dir, single, [("dp", "dp", False), ("fsdp", "fsdp", False)])
     multi_configs = _write_configs(tiny_model_dir, multi, [("dp", "dp", True), ("fsdp", "fsdp", False)])
     reference = _start(single, single_configs, 1, 4)
-    first = _wait(_start(multi, multi_configs, 2, 2, env={"JT_TEST_FAIL": "1:3:fsdp"}))
+    first = _wait(_start(multi, multi_configs, 2, 2, env={"JT_TEST_FAIL": "1:4:fsdp"}))
     logged_before_relaunch = jt.read_jsonl(os.path.join(multi, "fsdp", "metrics.jsonl"))
     relaunch = _launch(os.path.join(multi, "relaunch"), multi_configs[1:], 2, 2)
     return {"single": single, "multi": multi, "first": first, "reference": _wait(reference), "relaunch": relaunch,
@@ -225,8 +230,8 @@ def test_only_process_0_writes_logs_plots_and_exports_and_both_write_the_checkpo
 @needs_gloo
 def test_failed_process_stops_the_other_and_the_relaunch_resumes_bit_exactly(launched):
     (status0, ended0, err0), (status1, ended1, err1) = launched["first"]
-    assert status1 != 0 and "(process 1/2): failed: RuntimeError: test failure after step 3" in err1, err1[-3000:]
-    assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 3" in err0, err0[-3000:]
+    assert status1 != 0 and "(process 1/2): failed: RuntimeError: test failure after step 4" in err1, err1[-3000:]
+    assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 4" in err0, err0[-3000:]
     assert ended0 - ended1 < 30  # process 0 stopped within seconds, not after a collective's timeout
     (status0, _, err0), (status1, _, _) = launched["relaunch"]
     assert status0 == status1 == 0, err0[-3000:]
