@@ -126,9 +126,9 @@ def _add_multihost(parser: argparse.ArgumentParser) -> None:
 
 def _join_processes(args: argparse.Namespace) -> None:
     """``jax.distributed.initialize`` when the command asks for several processes."""
-    given = [args.coordinator, args.num_processes, args.process_id]
+    given = [getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id")]
     if not (getattr(args, "distributed", False) or any(v is not None for v in given)):
-        return
+        return  # one process (or a command without the multi-process flags)
     from jaxtune.multihost import initialize_multihost
     initialize_multihost(args.coordinator, args.num_processes, args.process_id,
                          heartbeat_timeout_s=args.heartbeat_timeout)
