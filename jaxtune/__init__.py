@@ -55,6 +55,7 @@ from jaxtune.experiment import build_rules, evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.member_runs import MembersUnsupported, finetune_members
 from jaxtune.members import make_member_eval_step, make_member_step, num_members, stack_members, unstack_members
+from jaxtune.multihost import MultihostError, initialize_multihost, is_main_process, process_label
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
 from jaxtune.optim import (
@@ -93,8 +94,8 @@ from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
     batch_sharding,
     fsdp_spec,
-    initialize_multihost,
     make_mesh,
+    place_global_batch,
     shard_batch,
     shard_train_state,
     tree_shardings,

@@ -1,6 +1,8 @@
 """The ``jaxtune`` command.
 
     jaxtune finetune CONFIG [--set key=value ...] [--resume | --overwrite]   run (or resume) an experiment
+             [--coordinator HOST:PORT --num-processes N --process-id I | --distributed]
+                                                    ... as one of N processes of a multi-process run
     jaxtune rules CONFIG [--set key=value ...]      print the strategy table, no training
     jaxtune eval RUN_DIR [--step N] [--split S]     evaluate a run's best (or given) checkpoint
     jaxtune sweep CONFIG --grid key=v1,v2 ... --seeds 0,1,2 [--strategy-key KEY | --strategy NAME k=v ...]
@@ -13,7 +15,8 @@ Bad input (a config value, a rule, a missing file: :class:`jaxtune.errors.UserEr
 ``FileNotFoundError``, ``NotADirectoryError``) and a run stopped on non-finite values
 (``jaxtune.NonFiniteError``) print one message with its hint to stderr and exit with status 2;
 ``--debug`` also prints the traceback. Any other exception is a bug in jaxtune and keeps its
-traceback (status 1).
+traceback (status 1). In a multi-process run every message names its process (``process i/n``),
+and a process that fails makes the others stop (status 1) instead of waiting for it.
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                                "its fingerprint.json)")
     existing.add_argument("--overwrite", action="store_true",
                           help="delete the run in OUTPUT_DIR/NAME and start over")
+    _add_multihost(p)
     p = sub.add_parser("rules", help="print the strategy summary table of a config without training",
                        description="Loads the config's model and prints its rule table as groups, parameter "
                                    "counts, LR multipliers, weight decay and frozen flags.")
@@ -106,6 +110,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo", help="where the runs are written")
     _debug_flag(p, argparse.SUPPRESS)
     return parser
+
+
+def _add_multihost(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "several processes (hosts)", "Run as one process of a multi-process run (jax.distributed; set train.parallel "
+        "to dp or fsdp). Give all three of --coordinator, --num-processes and --process-id, or --distributed to let "
+        "JAX detect them (SLURM, Cloud TPU pod slice, Kubernetes); flags given override what is detected.")
+    group.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                       help="address of process 0, which hosts the coordination service (a free port)")
+    group.add_argument("--num-processes", type=int, metavar="N", default=None, help="number of processes")
+    group.add_argument("--process-id", type=int, metavar="I", default=None, help="this process's id, 0..N-1")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run, detecting the flags not given from the environment")
+    group.add_argument("--heartbeat-timeout", type=int, metavar="S", default=100,
+                       help="seconds without a heartbeat after which a process counts as dead and the others stop "
+                            "(default 100)")
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` when the command asks for several processes."""
+    given = [getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id")]
+    if not (getattr(args, "distributed", False) or any(v is not None for v in given)):
+        return  # one process (or a command without the multi-process flags)
+    from jaxtune.multihost import initialize_multihost
+    initialize_multihost(args.coordinator, args.num_processes, args.process_id,
+                         heartbeat_timeout_s=args.heartbeat_timeout)
 
 
 def error_message(error: BaseException) -> str:
@@ -156,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        _join_processes(args)
         return _run(args, sys.argv[1:] if argv is None else argv)
     except _user_errors() as e:
         if args.debug:
             traceback.print_exc()
-        print(f"jaxtune {args.command}: error: {error_message(e)}", file=sys.stderr)
+        from jaxtune.multihost import process_label, report_failure
+        where = f" ({process_label()})" if process_label() else ""
+        print(f"jaxtune {args.command}{where}: error: {error_message(e)}", file=sys.stderr)
+        report_failure(e, USER_ERROR_STATUS)
         return USER_ERROR_STATUS
 
 

@@ -174,12 +174,15 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class TrainConfig:
     """Length (``epochs``, or ``max_steps`` when set), evaluation and log intervals in steps, gradient
-    accumulation, the seed of head init, data order and dropout, and the compute dtype (None: the
-    device's default).
+    accumulation, the seed of head init, data order and dropout, the compute dtype (None: the
+    device's default), and ``parallel``: None (one device), "dp" (data parallel: the batch split over
+    every device of every process, parameters replicated) or "fsdp" (the same, with parameters and
+    optimizer state split over the devices too, :func:`jaxtune.fsdp_spec`). A multi-process run needs
+    "dp" or "fsdp".
 
     Example::
 
-        jt.TrainConfig(max_steps=500, eval_every=50, accumulate=2, seed=1)
+        jt.TrainConfig(max_steps=500, eval_every=50, accumulate=2, seed=1, parallel="dp")
     """
 
     epochs: float = 1.0
@@ -190,6 +193,7 @@ class TrainConfig:
     seed: int = 0
     compute_dtype: str | None = None
     progress: bool = True
+    parallel: str | None = None
 
 
 @dataclasses.dataclass
@@ -322,6 +326,7 @@ SCHEDULES = ("constant", "warmup_linear", "warmup_cosine")
 UNFREEZING = (None, "runtime", "structural")
 WEIGHT_AVERAGES = (None, "ema", "uniform")
 TRUNCATIONS = ("longest_first", "only_first", "only_second")
+PARALLEL = (None, "dp", "fsdp")
 
 
 def _check_run_name(name: str, output_dir: str) -> None:
@@ -499,6 +504,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_limits("train", cfg.train, ["seed"], low=0)
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
+    check_choice("train.parallel", cfg.train.parallel, PARALLEL, error=ConfigError)
     stopping = cfg.early_stopping
     if not stopping.monitor.startswith("val_") or stopping.monitor == "val_":
         raise ConfigError(f"early_stopping.monitor is {stopping.monitor!r}; it names a validation metric "

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxtune import metrics as M
+from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
                             unfreeze_boundaries, unfreeze_stage_count)
@@ -41,8 +42,9 @@ from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,
                               prepare_data)
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
-from jaxtune.runlog import RunLogger, plot_classification_report, plot_curves, progress_bar
+from jaxtune.runlog import NullLogger, RunLogger, plot_classification_report, plot_curves, progress_bar
 from jaxtune.seeds import epoch_seed, seed_stream
+from jaxtune.sharding import place_global_batch, shard_train_state
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -231,6 +233,16 @@ class Setup:
     initial_state: TrainState
     run_dir: str
     trainable_params: int
+    mesh: Any = None
+
+    def place(self, batch: dict) -> dict:
+        """``batch`` (held whole by every process) on the run's mesh; itself when there is none."""
+        return batch if self.mesh is None else place_global_batch(batch, self.mesh)
+
+    def eval_on_host(self, state: TrainState, batch: dict) -> dict:
+        """``eval_step`` on the placed batch, its outputs fetched whole to every process."""
+        out = self.eval_step(state, self.place(batch))
+        return out if self.mesh is None else multihost.host_copy(out)
 
 
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
@@ -248,8 +260,11 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
           data: PreparedData | None = None) -> Setup:
     """Data, model (pretrained or ``model.init: random`` weights), rule table, optimizer, jitted steps
     and initial state. ``train.seed`` drives the new head's (or the random model's) init and the
-    dropout key (:func:`jaxtune.seed_stream`); ``data.seed`` only the split and subsets."""
+    dropout key (:func:`jaxtune.seed_stream`); ``data.seed`` only the split and subsets. With
+    ``train.parallel`` the steps and the state are sharded over a mesh of every device
+    (:func:`jaxtune.multihost.run_mesh`)."""
     cfg = _as_config(config, overrides)
+    mesh = multihost.run_mesh(cfg)
     data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
     check_num_labels(cfg.model.num_labels, data.label_names, cfg.data.dataset)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
@@ -288,13 +303,17 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
                                    groups=cfg.optim.unfreeze_groups)
         unfreezing_stage(0, len(stages), every=cfg.optim.unfreeze_every or None,  # boundaries checked before training
                          at=unfreeze_boundaries(cfg.optim, batches_per_epoch))
-    step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype)
+    fsdp = cfg.train.parallel == "fsdp"
+    step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype,
+                       **({} if mesh is None else dict(mesh=mesh, fsdp=fsdp)))
     train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
-    eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype)
+    eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype, mesh=mesh)
     state = TrainState.create(params, tx, model_state=model_state, rng=seed_stream(cfg.train.seed, "dropout"))
+    if mesh is not None:
+        state = shard_train_state(state, mesh, fsdp=fsdp)
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
-                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable)
+                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable, mesh)
 
 
 def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax.GradientTransformation,
@@ -362,12 +381,16 @@ def _resume_state(ckpt: Checkpointer, template: TrainState, run_dir: str,
 
 
 def _finish(plan: RunDirPlan, result: RunResult) -> RunResult:
-    """Writes ``result.json`` (atomically, last of all files): from now on the run counts as finished."""
+    """Writes ``result.json`` (atomically, last of all files): from now on the run counts as finished.
+    Process 0 writes it; the others return what it wrote (the same result, with every path)."""
     result.paths["result"] = os.path.join(plan.run_dir, "result.json")
-    write_result(plan.run_dir, plan.fingerprint, result)
-    return result
+    if multihost.is_main_process():
+        write_result(plan.run_dir, plan.fingerprint, result)
+    multihost.barrier("result_written")
+    return result if multihost.is_main_process() else read_result(plan.run_dir)
 
 
+@multihost.stops_others_on_failure
 def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = (),
              data: PreparedData | None = None, *, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Runs (or resumes) one fine-tuning experiment; see the module docstring.
@@ -386,6 +409,12 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     A NaN/inf loss, gradient, weight or validation metric raises :class:`jaxtune.NonFiniteError`
     (step and parameter named) at the next log/evaluation point; no non-finite checkpoint is saved.
 
+    Several processes (after :func:`jaxtune.initialize_multihost`, with ``train.parallel`` dp or
+    fsdp) run one run together: they check they hold the same config, package versions and data
+    (:class:`jaxtune.MultihostError` naming the key otherwise), each feeds its share of every batch,
+    orbax writes one checkpoint from all of them, and only process 0 writes the run directory's
+    other files (logs, plots, report, export, result). A process that fails stops the others.
+
     Example::
 
         result = jt.finetune("experiments/configs/tweets_minilm.yaml", ["train.max_steps=200"])
@@ -393,19 +422,26 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     """
     start = time.time()
     cfg = _as_config(config, overrides)
+    multihost.check_same_config(cfg)
     plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
+    multihost.barrier("run_dir_checked")  # every process decided before process 0 writes
     setup = build(cfg, data=data)
+    if multihost.is_multiprocess():
+        multihost.agree("data", {"data.digest": multihost.data_digest(setup.data)})
     done = finished_result(plan, setup.total_steps)
     if done is not None:
         return done
-    open_run_dir(plan)
+    main = multihost.is_main_process()
     cfg, data, task, rules, stages = setup.config, setup.data, setup.task, setup.rules, setup.stages
-    run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_step
-    save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
+    run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_on_host
+    if main:
+        open_run_dir(plan)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
+    multihost.barrier("run_dir_opened")
     runtime = cfg.optim.unfreezing == "runtime"
     # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
-    pretrained = jax.device_get(setup.initial_state.params)
+    pretrained = multihost.host_copy(setup.initial_state.params)
     groups = label_params(pretrained, rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
@@ -423,7 +459,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         if stopper is not None and record.get("early_stopping"):
             stopper = EarlyStopping(**record["early_stopping"])
 
-    log = RunLogger(run_dir, resume_step=int(state.step))
+    log = RunLogger(run_dir, resume_step=int(state.step)) if main else NullLogger(run_dir)
     guard = NonFiniteGuard(leaf_paths(state.params))
     val_batches = epoch_batches(data, data.validation, cfg.data.eval_batch_size, seed=None)
     step = int(state.step)
@@ -431,7 +467,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     last_val: dict[str, float] = {}
     examples_seen, t_last = 0, time.time()
     try:
-        with progress_bar(total_steps, cfg.name, disable=not cfg.train.progress) as bar:
+        with progress_bar(total_steps, cfg.name, disable=not (cfg.train.progress and main)) as bar:
             bar.update(bar.tasks[0].id, completed=step)
             while step < total_steps and not stopped_early:
                 batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
@@ -443,7 +479,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                             state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
                         stage = new_stage
                     batch = batches[batch_index]
-                    state, train_metrics = setup.train_step(state, batch, max(stage, 0))
+                    state, train_metrics = setup.train_step(state, setup.place(batch), max(stage, 0))
                     step += 1
                     batch_index += 1
                     guard.record(step, train_metrics)
@@ -496,21 +532,36 @@ def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: Run
                   references: np.ndarray, start: float) -> RunResult:
     """A trained run's files beside its logs: curves, test report (and class report plot), the HF export
     of ``state`` (the evaluated weights) if asked, then ``result.json`` (last). ``result.paths`` holds
-    ``checkpoints`` and ``metrics`` already; ``result.seconds`` is set from ``start``.
+    ``checkpoints`` and ``metrics`` already; ``result.seconds`` is set from ``start``. Every process
+    takes part in fetching sharded weights; only process 0 writes files.
 
     Example::
 
         return write_outputs(setup, plan, state, result, predictions, references, start)
     """
+    cfg, run_dir = setup.config, setup.run_dir
+    test_scores, best_step, step = result.test_metrics, result.best_step, result.steps
+    paths = {"run_dir": run_dir, **result.paths, "tensorboard": os.path.join(run_dir, "tensorboard"),
+             "config": os.path.join(run_dir, "config.yaml")}
+    exported = multihost.host_copy({"params": state.params, **state.model_state}) if cfg.checkpoint.export_best_hf else None
+    if multihost.is_main_process():
+        paths.update(_write_run_files(setup, paths["metrics"], f"run {cfg.name}: best step {best_step} of {step}",
+                                      test_scores, predictions, references, exported))
+    print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
+    result.paths, result.seconds = paths, time.time() - start
+    return _finish(plan, result)
+
+
+def _write_run_files(setup: Setup, jsonl_path: str, headline: str, test_scores: dict[str, float],
+                     predictions: np.ndarray, references: np.ndarray, exported: dict | None) -> dict[str, str]:
+    """Writes the curve plot, the test report (and its plot) and, given the weights ``exported``, the
+    HF export into the run directory; returns their paths."""
     from jaxtune.hub import save_pretrained
     from jaxtune.models.family import export_labels
 
     cfg, data, task, run_dir = setup.config, setup.data, setup.task, setup.run_dir
-    test_scores, best_step, step = result.test_metrics, result.best_step, result.steps
-    paths = {"run_dir": run_dir, **result.paths, "tensorboard": os.path.join(run_dir, "tensorboard"),
-             "config": os.path.join(run_dir, "config.yaml")}
-    paths["plot"] = plot_curves(paths["metrics"], os.path.join(run_dir, "curves.png"), title=cfg.name)
-    report_lines = [f"run {cfg.name}: best step {best_step} of {step}", data.description, "", setup.strategy_table, "",
+    paths = {"plot": plot_curves(jsonl_path, os.path.join(run_dir, "curves.png"), title=cfg.name)}
+    report_lines = [headline, data.description, "", setup.strategy_table, "",
                     "test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items())]
     if task.name in ("sequence_classification", "pair_classification", "image_classification"):
         class_report = M.classification_report(references, predictions, data.label_names)
@@ -520,17 +571,14 @@ def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: Run
     paths["report"] = os.path.join(run_dir, "report.txt")
     with open(paths["report"], "w", encoding="utf-8") as f:
         f.write("\n".join(report_lines) + "\n")
-    if cfg.checkpoint.export_best_hf:
+    if exported is not None:
         paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained({"params": state.params, **state.model_state}, export_config(setup.model.config, task),
-                        paths["export"], task=task.head,
+        save_pretrained(exported, export_config(setup.model.config, task), paths["export"], task=task.head,
                         labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
         if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
-    print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
-    result.paths, result.seconds = paths, time.time() - start
-    return _finish(plan, result)
+    return paths
 
 
 
@@ -554,7 +602,7 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
-    scores, _, _ = evaluate(setup.task, setup.eval_step, evaluation_state(setup.config, state), batches,
+    scores, _, _ = evaluate(setup.task, setup.eval_on_host, evaluation_state(setup.config, state), batches,
                             setup.data.label_names)
     return {"step": step, **scores}
 

@@ -75,6 +75,29 @@ class RunLogger:
         self.close()
 
 
+class NullLogger:
+    """A :class:`RunLogger` that writes nothing: what the processes other than process 0 of a
+    multi-process run log through (process 0 writes the run's ``metrics.jsonl``).
+
+    Example::
+
+        log = RunLogger(run_dir) if jt.is_main_process() else NullLogger(run_dir)
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = os.fspath(run_dir)
+        self.jsonl_path = os.path.join(self.run_dir, "metrics.jsonl")
+
+    def log(self, step: int, metrics: dict, split: str = "train") -> None:
+        """Does nothing."""
+
+    def flush(self) -> None:
+        """Does nothing."""
+
+    def close(self) -> None:
+        """Does nothing."""
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a ``metrics.jsonl`` file."""
     with open(path, encoding="utf-8") as f:

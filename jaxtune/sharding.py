@@ -18,15 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxtune.multihost import initialize_multihost  # noqa: F401  (its former home)
+
 DATA_AXIS = "data"
-
-
-def initialize_multihost(**kwargs) -> None:
-    """Joins a multi-host run through ``jax.distributed.initialize`` (arguments passed on).
-
-    Call it once per host before creating a mesh; on a single host it is not needed.
-    """
-    jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS) -> Mesh:
@@ -77,8 +71,24 @@ def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = D
 
 def shard_train_state(state: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = DATA_AXIS,
                       fsdp_min_size: int = 2 ** 12) -> Any:
-    """Places a TrainState (or any pytree) on the mesh: replicated or FSDP-sharded."""
-    return jax.device_put(state, tree_shardings(state, mesh, fsdp, axis_name, fsdp_min_size))
+    """Places a TrainState (or any pytree) on the mesh: replicated or FSDP-sharded.
+
+    With several processes every process must pass the same values (e.g. built from the same
+    seeds); each copies to its own devices only the parts they hold.
+    """
+    shardings = tree_shardings(state, mesh, fsdp, axis_name, fsdp_min_size)
+    if jax.process_count() == 1:
+        return jax.device_put(state, shardings)
+    return jax.tree_util.tree_map(_from_host, state, shardings)
+
+
+def _from_host(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``x`` (the same on every process) as a global array on ``sharding``; each process copies the
+    slices of its own devices."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_from_host(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def batch_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
@@ -108,3 +118,22 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def place_global_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
+    """Places a batch that every process holds whole on the mesh, split along the example axis;
+    each process copies only the rows its own devices hold (so, with several processes, each
+    feeds its share of every batch).
+
+    Example::
+
+        batch = place_global_batch(batches[i], mesh)      # same result on 1 process or on many
+    """
+    sharding = batch_sharding(mesh, axis_name)
+    size = mesh.shape[axis_name]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+            raise ValueError(f"batch field {jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; its leading "
+                             f"axis must be divisible by the {size} devices of mesh axis {axis_name!r}")
+
+    return jax.tree_util.tree_map(lambda x: _from_host(x, sharding), batch)
