@@ -423,7 +423,6 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                     state, train_metrics = setup.train_step(state, batch, max(stage, 0))
                     step += 1
                     batch_index += 1
-                    bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
                     guard.record(step, train_metrics)
                     examples_seen += int(np.sum(batch.get("example_mask", 1)))
                     if step % cfg.train.log_every == 0 or step == total_steps:
@@ -433,6 +432,8 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         examples_seen, t_last = 0, now
                         log.log(step, values, "train")
                         bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
+                    else:
+                        bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
                     if step % cfg.train.eval_every == 0 or step == total_steps:
                         guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
                         evaluated = evaluation_state(cfg, state)
