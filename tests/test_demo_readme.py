@@ -91,3 +91,19 @@ def test_install_script_prints_each_step():
     steps = re.findall(r'^step "\[(\d)/(\d)\]', script, re.M)
     assert [int(i) for i, _ in steps] == [1, 2, 3] and {n for _, n in steps} == {"3"}
     assert script.count("python -m pip ") == 3  # each pip run is announced by its step line
+
+
+# (README family row, test file, tolerance constant, how the README states it)
+PARITY_BOUNDS = [("BERT", "test_bert.py", "ATOL", "all heads, padded batches: ≤ {}"),
+                 ("BERT", "test_bert.py", "MINILM_ATOL", "MiniLM sentence embeddings: ≤ {}"),
+                 ("T5", "test_t5.py", "ATOL", "logits: ≤ {}"),
+                 ("ResNet", "test_resnet.py", "TOL", "logits, features, running stats: ≤ {}"),
+                 ("MobileNetV2", "test_mobile_cnns.py", "TOL", "logits on real ImageNet weights: ≤ {}")]
+
+
+@pytest.mark.parametrize("family,test_file,constant,claim", PARITY_BOUNDS, ids=lambda v: str(v))
+def test_readme_parity_bounds_are_the_tested_ones(family, test_file, constant, claim):
+    source = open(os.path.join(ROOT, "tests", test_file), encoding="utf-8").read()
+    value = re.search(rf"^{constant} = ([0-9.e-]+)", source, re.M)[1]
+    row = next(line for line in open(README, encoding="utf-8") if line.startswith(f"| {family}"))
+    assert claim.format(value) in row, f"README says {row.split('|')[-2].strip()!r}; {test_file} asserts {constant} = {value}"
