@@ -326,10 +326,13 @@ def progress_bar(total: int, description: str = "train", disable: bool = False, 
     metrics_column, line_progress = _progress_classes()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), metrics_column(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    # The ETA's speed averages over the whole run from the first step (after compiling): between log
+    # points the host runs ahead of the device, so a short window sees bursts and gaps, not a speed.
+    window = {"speed_estimate_period": 24 * 3600.0}
     if disable or Console().is_terminal:
-        bar = Progress(*columns, disable=disable)
+        bar = Progress(*columns, disable=disable, **window)
     else:
-        bar = line_progress(*columns, every_s=every_s, disable=True)
+        bar = line_progress(*columns, every_s=every_s, disable=True, **window)
     bar.add_task(description, total=total, loss=float("nan"), ex_per_s=0.0, unit=unit)
     return bar
 

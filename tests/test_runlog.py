@@ -131,3 +131,20 @@ def test_progress_prints_lines_with_eta_in_a_pipe(capsys):
     with progress_bar(2, "quiet", disable=True) as bar:
         bar.update(bar.tasks[0].id, completed=2)
     assert capsys.readouterr().out == ""
+
+
+def test_eta_survives_the_bursts_of_asynchronous_dispatch(capsys, monkeypatch):
+    """Steps reach the host in bursts (dispatch runs ahead; a log point waits for the device): the ETA
+    averages from the first step on, so a gap longer than any short window still gives one."""
+    import rich
+
+    from jaxtune.runlog import progress_bar
+
+    now = [0.0]
+    monkeypatch.setattr(rich.get_console(), "get_time", lambda: now[0])  # rich's clock
+    with progress_bar(10, "run", every_s=0.0) as bar:
+        for t, step in [(10.0, 1), (100.0, 2), (100.0, 3), (100.0, 4), (100.0, 5), (200.0, 6)]:
+            now[0] = t
+            bar.update(bar.tasks[0].id, completed=step)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "run: 6/10 steps, elapsed 3:20, ETA 2:32"   # 5 steps in 190 s, 4 to go
