@@ -34,27 +34,45 @@ def parse_block(block: str) -> tuple[list[dict], dict]:
     rows = []
     for line in lines[2:]:
         m = ROW.fullmatch(line)
-        assert m, f"README demo row not in the demo's format: {line!r}"
+        assert m, f"README demo row not in the demo's format: {line!r}; {REGENERATE}"
         rows.append({"model": m["model"], "accuracy": float(m["accuracy"].strip("*")),
                      "macro_f1": float(m["macro_f1"].strip("*")), "trained": number(m["trained"]),
                      **{k: number(m[k]) for k in ("steps", "best_step", "seconds") if m[k] != "-"}})
     n = NOTE.fullmatch(note)
-    assert header and n, f"README demo header or note not in the demo's format:\n{block}"
+    assert header and n, f"README demo header or note not in the demo's format ({REGENERATE}):\n{block}"
     meta = {"test": int(header[1].replace(",", "")), "train": int(n["train"].replace(",", "")),
             "steps": int(n["steps"]), "date": n["date"], "jax": n["jax"], "cores": int(n["cores"]),
             "load": float(n["load"]), "seconds": 60 * int(n["min"]) + int(n["sec"])}
     return rows, meta
 
 
+REGENERATE = "regenerate it with `python -m jaxtune.demo --write-readme README.md` (about 10 min on 2 quiet cores)"
+
+
 def test_readme_demo_block_is_exactly_what_the_demo_prints():
     block = readme_block(open(README, encoding="utf-8").read())
+    assert "Not regenerated yet" not in block, f"the README's demo block is the previous demo's: {REGENERATE}"
     rows, meta = parse_block(block)
     assert demo.results_markdown(rows, meta) == block
     assert [r["model"] for r in rows[1:]] == [demo.ROW_NAMES["probe"], demo.ROW_NAMES["finetune"]]
     assert rows[0]["model"].startswith("majority class (")
     # The fair comparison the README claims: both trained rows took the full demo's steps.
-    assert [r["steps"] for r in rows[1:]] == [demo.FULL["steps"]] * 2 == [meta["steps"]] * 2
-    assert meta["train"] == demo.FULL["train_limit"]
+    assert [r["steps"] for r in rows[1:]] == [demo.FULL["steps"]] * 2 == [meta["steps"]] * 2, REGENERATE
+    assert meta["train"] == demo.FULL["train_limit"], REGENERATE
+
+
+def test_results_block_round_trips_through_the_readme_parser():
+    rows = [{"model": "majority class (negative)", "accuracy": 0.429, "macro_f1": 0.2, "trained": 0},
+            {"model": demo.ROW_NAMES["probe"], "accuracy": 0.651, "macro_f1": 0.6, "trained": 1155, "steps": 200,
+             "best_step": 200, "seconds": 250},
+            {"model": demo.ROW_NAMES["finetune"], "accuracy": 0.742, "macro_f1": 0.715, "trained": 22714371,
+             "steps": 200, "best_step": 100, "seconds": 1356}]
+    meta = {"test": 3720, "train": 6400, "steps": 200, "date": "2026-11-30", "jax": "0.10.2", "cores": 2,
+            "load": 17.2, "seconds": 1720}
+    block = demo.results_markdown(rows, meta)
+    assert parse_block(block) == (rows, meta)
+    assert "| **0.742** | **0.715** | 22,714,371 | 200 | 100 | 1,356 |" in block  # best scores bold
+    assert block.endswith("load average 17.2 at the start): the whole demo took 28 min 40 s.")
 
 
 def test_write_readme_block_replaces_only_the_block(tmp_path):
