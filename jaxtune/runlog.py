@@ -3,7 +3,9 @@
 Everything goes to one run directory::
 
     run_dir/metrics.jsonl      one JSON object per logged step: {"step", "split", ...metrics}
-    run_dir/tensorboard/       event files (tensorboardX; open with `tensorboard --logdir run_dir`)
+    run_dir/tensorboard/       event files (tensorboardX; `pip install jaxtune[tensorboard]`, then
+                               `tensorboard --logdir run_dir`); each value's tag is ``<split>/<name>``,
+                               exactly its JSONL split and key (e.g. ``drift/head/.*``)
     run_dir/curves.png         train/validation curves (:func:`plot_curves`)
 
 Example::
@@ -17,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Iterable
+import time
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,13 +51,21 @@ class RunLogger:
                                      purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, metrics: dict, split: str = "train") -> None:
-        """Appends ``metrics`` (numbers; device arrays are fetched) for ``step`` and ``split``."""
+        """Appends ``metrics`` (numbers; device arrays are fetched) for ``step`` and ``split``.
+
+        The TensorBoard tag of each value is :func:`tensorboard_tag` ``(split, name)``, verbatim.
+        """
         values = {k: float(np.asarray(v)) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            # Written as raw summaries: tensorboardX's add_scalar would rename tags with characters
+            # outside [-/\w.] ("drift/head/.*" -> "drift/head/._"), so they would not match the JSONL.
+            summary = Summary(value=[Summary.Value(tag=tensorboard_tag(split, k), simple_value=v)
+                                     for k, v in values.items()])
+            self._tb.file_writer.add_summary(summary, int(step))
 
     def flush(self) -> None:
         """Makes everything logged so far durable: ``metrics.jsonl`` and the TensorBoard event file."""
@@ -96,6 +107,17 @@ class NullLogger:
 
     def close(self) -> None:
         """Does nothing."""
+
+
+def tensorboard_tag(split: str, name: str) -> str:
+    """The TensorBoard tag of metric ``name`` logged under ``split``: ``"<split>/<name>"``, unchanged.
+
+    Example::
+
+        >>> tensorboard_tag("drift", "no decay")
+        'drift/no decay'
+    """
+    return f"{split}/{name}"
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -162,34 +184,65 @@ def save_figure(fig, path: str | os.PathLike, *, title: str | None = None, dpi: 
 _SPLIT_COLORS = {"train": "C0", "validation": "C1", "test": "C3"}  # the same colour per split in every panel
 
 
-def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> str:
-    """Plots every metric of every split against the step, one panel per metric name; returns the PNG path."""
-    plt = pyplot()
+def curve_panels(records: Iterable[dict]) -> dict[str, dict[str, tuple[list, list]]]:
+    """The panels :func:`plot_curves` draws: ``{title: {split: (steps, values)}}``.
 
-    records = read_jsonl(jsonl_path)
-    series: dict[str, dict[str, tuple[list, list]]] = {}
+    One panel per metric name (all splits together, loss first), and one per drift group titled
+    ``"drift from pretrained: <group>"``. Panels where no split has two points are left out (a
+    single point is no curve; ``metrics.jsonl`` keeps it).
+
+    Example::
+
+        >>> rows = [{"step": s, "split": "drift", "head": 0.1 * s} for s in (1, 2)]
+        >>> list(curve_panels(rows))
+        ['drift from pretrained: head']
+    """
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
     for r in records:
         for k, v in r.items():
             if k in ("step", "split") or not isinstance(v, (int, float)) or math.isnan(v):
                 continue
-            xs, ys = series.setdefault(k, {}).setdefault(r["split"], ([], []))
+            title = f"drift from pretrained: {k}" if r["split"] == "drift" else k
+            xs, ys = panels.setdefault(title, {}).setdefault(r["split"], ([], []))
             xs.append(r["step"])
             ys.append(v)
-    if not series:
+    order = sorted(panels, key=lambda t: (t.startswith("drift from pretrained: "), t != "loss", t))
+    return {t: panels[t] for t in order if max(len(xs) for xs, _ in panels[t].values()) >= 2}
+
+
+def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> str:
+    """Plots the :func:`curve_panels` of a ``metrics.jsonl`` against the step; returns the PNG path.
+
+    A run too short for any curve (every metric logged once) gets a figure that says so.
+
+    Example::
+
+        jt.plot_curves("runs/exp1/metrics.jsonl", "runs/exp1/curves.png", title="exp1")
+    """
+    plt = pyplot()
+
+    records = read_jsonl(jsonl_path)
+    if not any(k not in ("step", "split") for r in records for k in r):
         raise ValueError(f"{jsonl_path} holds no metrics to plot")
-    names = sorted(series, key=lambda n: (n != "loss", n))
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
+    panels = curve_panels(records)
+    if not panels:
+        fig, ax = plt.subplots(figsize=(4.5, 1.5))
+        ax.text(0.5, 0.5, "every metric has a single point:\nno curves (values in metrics.jsonl)",
+                ha="center", va="center")
+        ax.axis("off")
+        return save_figure(fig, out_png, title=title)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.ravel(), names):
-        for split, (xs, ys) in sorted(series[name].items()):
+    for ax, (name, series) in zip(axes.ravel(), panels.items()):
+        for split, (xs, ys) in sorted(series.items()):
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=split,
                     color=_SPLIT_COLORS.get(split))
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
         ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     return save_figure(fig, out_png, title=title)
 
@@ -223,8 +276,66 @@ def plot_classification_report(report, out_png: str | os.PathLike, title: str | 
     return save_figure(fig, out_png, title=title)
 
 
-def progress_bar(total: int, description: str = "train", disable: bool = False):
-    """A rich progress bar showing loss, examples/s and ETA.
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def _progress_classes():
+    from rich.progress import Progress, ProgressColumn
+    from rich.text import Text
+
+    class MetricsColumn(ProgressColumn):
+        """``loss 0.4123  95.2 ex/s`` for a training task; nothing for a task without a loss yet."""
+
+        def render(self, task):
+            loss, speed = task.fields.get("loss", float("nan")), task.fields.get("ex_per_s", 0.0)
+            return Text("" if math.isnan(loss) else f"loss {loss:.4f}  {speed:.1f} ex/s")
+
+    class LineProgress(Progress):
+        """A :class:`rich.progress.Progress` for pipes and log files, where a live bar would print
+        nothing until it ends: one plain line per task every ``every_s`` seconds, and at its end."""
+
+        def __init__(self, *columns, every_s: float, **kwargs):
+            super().__init__(*columns, **kwargs)
+            self.every_s = every_s
+            self._printed: dict = {}
+
+        def update(self, task_id, **kwargs) -> None:
+            super().update(task_id, **kwargs)
+            task = self._tasks[task_id]
+            now = time.monotonic()
+            if task.finished or now - self._printed.get(task_id, -math.inf) >= self.every_s:
+                self._printed[task_id] = now
+                print(progress_line(task), flush=True)
+
+    return MetricsColumn, LineProgress
+
+
+def progress_line(task) -> str:
+    """One plain line for a rich progress ``task``: count, loss and speed (if any), elapsed, ETA.
+
+    Example::
+
+        finetune_llrd: 120/200 steps, loss 0.8123, 95.2 ex/s, elapsed 1:02, ETA 0:41
+    """
+    parts = [f"{task.description}: {int(task.completed)}/{int(task.total)} {task.fields.get('unit', 'steps')}"]
+    loss = task.fields.get("loss", float("nan"))
+    if not math.isnan(loss):
+        parts += [f"loss {loss:.4f}", f"{task.fields.get('ex_per_s', 0.0):.1f} ex/s"]
+    eta = 0.0 if task.finished else task.time_remaining
+    return ", ".join(parts + [f"elapsed {_clock(task.elapsed)}", f"ETA {_clock(eta)}"])
+
+
+def progress_bar(total: int, description: str = "train", disable: bool = False, unit: str = "steps",
+                 every_s: float = 15.0):
+    """A progress display with loss, examples/s, elapsed time and ETA, for ``total`` ``unit``.
+
+    On a terminal it is a live rich bar; in a pipe or a log file (where a live bar shows nothing
+    until it ends) it prints one line every ``every_s`` seconds (:func:`progress_line`) and one at
+    the end. ``disable`` shows nothing.
 
     Example::
 
@@ -232,13 +343,49 @@ def progress_bar(total: int, description: str = "train", disable: bool = False):
             task = bar.tasks[0].id
             bar.update(task, advance=1, loss=0.3, ex_per_s=120.0)
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ex_per_s]:.1f} ex/s"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=disable)
-    bar.add_task(description, total=total, loss=float("nan"), ex_per_s=0.0)
+    metrics_column, line_progress = _progress_classes()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), metrics_column(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    # The ETA's speed averages over the whole run from the first step (after compiling): between log
+    # points the host runs ahead of the device, so a short window sees bursts and gaps, not a speed.
+    window = {"speed_estimate_period": 24 * 3600.0}
+    if disable or Console().is_terminal:
+        bar = Progress(*columns, disable=disable, **window)
+    else:
+        bar = line_progress(*columns, every_s=every_s, disable=True, **window)
+    bar.add_task(description, total=total, loss=float("nan"), ex_per_s=0.0, unit=unit)
     return bar
+
+
+def track(items: Sequence, description: str, bar=None, disable: bool = False) -> Iterator:
+    """Yields ``items`` while a progress task counts them (an evaluation's batches: no silent minutes).
+
+    The task is added to ``bar`` (a :func:`progress_bar` already shown) and removed at the end, or,
+    without one, shown on a progress bar of its own.
+
+    Example::
+
+        scores = evaluate(task, eval_step, state, track(batches, "validation", bar=bar), label_names)
+    """
+    if bar is None:
+        with progress_bar(len(items), description, disable=disable, unit="batches") as own:
+            yield from _counted(own, own.tasks[0].id, items)
+        return
+    task_id = bar.add_task(description, total=len(items), loss=float("nan"), ex_per_s=0.0, unit="batches")
+    try:
+        yield from _counted(bar, task_id, items)
+    finally:
+        bar.remove_task(task_id)
+
+
+def _counted(bar, task_id, items: Sequence) -> Iterator:
+    bar.update(task_id, completed=0)
+    for done, item in enumerate(items, 1):
+        yield item
+        bar.update(task_id, completed=done)
 
 
 def format_table(rows: Iterable[dict], columns: list[str]) -> str:

@@ -1,5 +1,6 @@
 """BERT in Flax vs transformers (PyTorch, CPU, fp32): every head, padding, sentence pairs, round
-trips, and the real all-MiniLM-L6-v2 weights. Tolerance: max abs diff <= 1e-4 in float32."""
+trips, and the real all-MiniLM-L6-v2 weights. Tolerance (float32, max abs diff): 1e-5 for the heads
+(measured <= 3.6e-6), 5e-6 for the MiniLM sentence embeddings (measured 8.9e-7); the README quotes these."""
 from __future__ import annotations
 
 import jax
@@ -15,7 +16,8 @@ from jaxtune.models.family import flatten_paths
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-ATOL = 1e-4
+ATOL = 1e-5
+MINILM_ATOL = 5e-6
 
 # task -> (transformers class, extra config, reference output names in the order jaxtune returns them)
 HEADS = {
@@ -102,7 +104,7 @@ def test_minilm_sentence_embeddings_match_pytorch():
     expected = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy()
 
     assert embeddings.shape == (3, 384)
-    assert np.max(np.abs(embeddings - expected)) <= ATOL
+    assert np.max(np.abs(embeddings - expected)) <= MINILM_ATOL
     # Sanity: the two unrelated sentences are not near-duplicates.
     unit = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
     assert unit[0] @ unit[1] < 0.5

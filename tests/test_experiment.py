@@ -179,6 +179,13 @@ def test_demo_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     for row in ("majority class", "linear probe", "full fine-tuning"):
         assert row in out
+    # The results block in the README's format (tests/test_demo_readme.py checks the README's copy).
+    assert "| model (test: 64 tweets) | accuracy | macro-F1 | trained parameters | steps | best step | seconds |" in out
+    assert "| 1,155 | 3 | 3 |" in out and "| 22,714,371 | 3 | 3 |" in out  # same steps for probe and fine-tuning
+    # Progress with an ETA through training, and a count through each evaluation (capsys: not a terminal).
+    for run in ("linear_probe", "finetune_llrd"):
+        assert f"{run}: 3/3 steps, loss " in out and "ETA" in out
+        assert f"{run}: validation: 3/3 batches" in out and f"{run}: test: 3/3 batches" in out
     for run in ("linear_probe", "finetune_llrd"):
         assert os.path.exists(tmp_path / run / "curves.png") and os.path.exists(tmp_path / run / "report.txt")
         assert os.listdir(tmp_path / run / "checkpoints")

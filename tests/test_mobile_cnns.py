@@ -5,9 +5,11 @@
   reference is written here with functional torch ops in torchvision's structure (torchvision does not
   import beside the CPU torch build); EfficientNet-Lite0's is the ``efficientnet_lite_pytorch``
   package that produced the checkpoint. Input: scikit-image's cat photo plus a noise image.
-  Tolerance: max abs logit difference <= 1e-4; the photo's top-1 class must be a cat (281-285).
+  Tolerance: max abs logit difference <= 3e-5 (measured 1.05e-5 / 7.2e-6; the README quotes it); the
+  photo's top-1 class must be a cat (281-285).
 * VGG16 / VGG16-BN: random weights (random BN statistics) in torchvision's layout, 32x32 inputs and a
-  64-wide classifier to stay fast; tolerance 1e-5 relative to the largest logit.
+  64-wide classifier to stay fast; tolerance 1e-5 relative to the largest logit (measured 1.5e-8,
+  largest logit 0.19).
 """
 import re
 from functools import partial
@@ -28,7 +30,7 @@ from jaxtune.models.family import flatten_paths
 from jaxtune.rules import match_rules
 from jaxtune.torch_checkpoint import load_torch_state_dict
 
-TOL = 1e-4
+TOL = 3e-5
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 MOBILENET_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                      (6, 320, 1, 1)]

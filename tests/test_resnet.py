@@ -20,7 +20,7 @@ from jaxtune import hub
 from jaxtune.models import resnet
 from jaxtune.models.family import flatten_paths
 
-TOL = 1e-4
+TOL = 5e-6  # float32 max abs diff to PyTorch: logits, features, running stats (measured <= 1.3e-6; README)
 TASK = "image_classification"
 
 CONFIGS = {

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-ATOL = 1e-4  # max abs difference allowed between float32 Flax and PyTorch outputs
+ATOL = 2e-5  # max abs difference allowed between float32 Flax and PyTorch outputs (measured <= 7.2e-6; README)
 TINY = {"vocab_size": 99, "d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4,
         "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16, "decoder_start_token_id": 0}
 VARIANTS = {"v1.0": {"feed_forward_proj": "relu", "tie_word_embeddings": True},
