@@ -520,7 +520,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
         state = evaluation_state(cfg, state)
         test_scores, predictions, references = evaluate(
-            task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not cfg.train.progress),
+            task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)),
             data.label_names)
         best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
         log.log(step, test_scores, "test")
