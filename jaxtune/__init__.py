@@ -46,6 +46,7 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.lora import LoraFactors, LoraParams, apply_lora, init_lora, lora_parameter_count, merge_lora
 from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
@@ -63,6 +64,7 @@ from jaxtune.optim import (
     warmup_linear,
 )
 from jaxtune.rules import (
+    LoraSpec,
     RuleError,
     Settings,
     freeze,
@@ -70,6 +72,7 @@ from jaxtune.rules import (
     label_params,
     layer_factors,
     leaf_paths,
+    lora,
     match_rules,
     param_paths,
     settings,
