@@ -47,6 +47,7 @@ from jaxtune.generation import generate
 from jaxtune.experiment import evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.lora import LoraFactors, LoraParams, apply_lora, init_lora, lora_parameter_count, merge_lora
+from jaxtune.lora_peft import load_peft, save_peft
 from jaxtune.members import make_member_step, num_members, stack_members, unstack_members
 from jaxtune.nonfinite import NonFiniteError, NonFiniteGuard, nonfinite_leaf
 from jaxtune.profiling import OpTimes, profile_step
