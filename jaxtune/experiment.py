@@ -32,6 +32,8 @@ from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
+from jaxtune.lora import LoraParams, init_lora, merged_params
+from jaxtune.lora_spec import check_lora
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, unfreezing_stages, warmup_cosine, warmup_linear
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
@@ -99,8 +101,17 @@ def build_rules(optim: OptimConfig, model) -> list[Rule]:
     if optim.rules is None:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats))
+                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats,
+                                 lora=None if r.lora is None else check_lora(r.lora)))
             for r in optim.rules]
+
+
+def with_adapters(params: Any, rules: list[Rule], layer_ids: Any, seed: int) -> Any:
+    """``params``, or ``jt.LoraParams(params, adapters)`` with fresh factors (seed stream ``"lora"``)
+    when a rule of ``rules`` is a :func:`jaxtune.lora` rule: the tree the runner trains."""
+    if all(s.lora is None for _, s in rules):
+        return params
+    return LoraParams(params, init_lora(params, rules, seed_stream(seed, "lora"), layer_ids=layer_ids))
 
 
 def with_frozen_bn(model, frozen: frozenset[str]):
@@ -250,10 +261,14 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
                                   rng=seed_stream(cfg.train.seed, "init"))
     check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
                           getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
-    params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
+    params = with_adapters(variables["params"], rules, layer_ids, cfg.train.seed)
+    if cfg.checkpoint.export_best_hf and cfg.checkpoint.export_format == "peft":
+        from jaxtune.lora_peft import peft_module_names
+        peft_module_names(params.adapters, model.config, task.head)   # fails now, not after training
+    variables = {**variables, "params": params}
     table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
                     batch_stats=variables.get("batch_stats"))
@@ -367,8 +382,6 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         result = jt.finetune("experiments/configs/tweets_minilm.yaml", ["train.max_steps=200"])
         result = jt.finetune(cfg, overwrite=True)     # start runs/NAME over
     """
-    from jaxtune.hub import save_pretrained
-
     start = time.time()
     cfg = _as_config(config, overrides)
     plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
@@ -383,7 +396,8 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
     runtime = cfg.optim.unfreezing == "runtime"
     # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
-    pretrained = jax.device_get(setup.initial_state.params)
+    # (A LoRA run's drift is that of the merged weights: the LoRA'd kernels form the "<name> (base)" groups.)
+    pretrained = jax.device_get(merged_params(setup.initial_state.params))
     groups = label_params(pretrained, rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
@@ -439,7 +453,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         last_val = {f"val_{k}": v for k, v in scores.items()}
                         check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
                         log.log(step, scores, "validation")
-                        log.log(step, param_drift(evaluated.params, pretrained, groups), "drift")
+                        log.log(step, param_drift(merged_params(evaluated.params), pretrained, groups), "drift")
                         next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
                         if stopper is not None:
                             stopped_early = stopper.update(step, last_val)
@@ -478,7 +492,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         f.write("\n".join(report_lines) + "\n")
     if cfg.checkpoint.export_best_hf:
         paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained({"params": state.params, **state.model_state}, model.config, paths["export"], task=task.head)
+        paths.update(export_model(state, model.config, paths["export"], task.head, cfg.checkpoint.export_format))
         if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
             from jaxtune.data.text import load_tokenizer
             load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
@@ -487,6 +501,34 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                                    steps=step, trainable_params=setup.trainable_params, stopped_early=stopped_early,
                                    paths=paths, seconds=time.time() - start))
 
+
+
+def export_model(state: TrainState, config: Any, directory: str, task: str | None, export_format: str = "merged") -> dict:
+    """Writes ``state``'s model as an HF checkpoint in ``directory``. A LoRA model (``state.params``
+    a :class:`jaxtune.LoraParams`) is written with its factors merged into the kernels
+    (``"merged"``), or unmerged with a PEFT adapter in ``directory/adapter`` (``"peft"``:
+    ``peft.PeftModel.from_pretrained(AutoModel...from_pretrained(directory), directory + "/adapter")``).
+    Returns the paths written beyond ``directory`` (``{"adapter": ...}``).
+
+    Example::
+
+        export_model(state, model.config, "runs/lora/best_hf", "sequence_classification", "peft")
+    """
+    from jaxtune.hub import save_pretrained
+
+    lora = isinstance(state.params, LoraParams)
+    params = state.params.params if lora and export_format == "peft" else merged_params(state.params)
+    save_pretrained({"params": jax.device_get(params), **state.model_state}, config, directory, task=task)
+    if export_format != "peft":
+        return {}
+    if not lora:
+        raise UserError("checkpoint.export_format is 'peft' but the model has no LoRA adapters; export 'merged'")
+    from jaxtune.lora_peft import save_peft
+
+    adapter = os.path.join(directory, "adapter")
+    save_peft(jax.device_get(state.params.adapters), config, adapter, task=task, params=jax.device_get(params),
+              base_model_name_or_path=os.path.abspath(directory))
+    return {"adapter": adapter}
 
 
 def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str = "test") -> dict[str, float]:
@@ -523,6 +565,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)
+    params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
-    return summary(variables["params"], rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
+    return summary(params, rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
                    l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))

@@ -54,6 +54,26 @@ def _hf_module(family: Any, config: Any, path: str, task: str | None) -> str:
     return name.removesuffix(".weight")
 
 
+def peft_module_names(adapters: Any, config: Any, task: str | None) -> list[str]:
+    """The HF module name of each kernel of ``adapters`` (in :func:`jaxtune.lora.factors_by_path`
+    order); a :class:`UserError` names a kernel PEFT cannot hold (not a Linear, stacked layers).
+
+    Example::
+
+        peft_module_names(adapters, model.config, "sequence_classification")
+        # ['bert.encoder.layer.0.attention.self.query', ...]
+    """
+    family = hub._family_of_config(config)
+    names = []
+    for path, f in factors_by_path(adapters).items():
+        if np.ndim(f.lora_a) != 2:
+            raise UserError(f"PEFT export: the factors of {path} have shapes {np.shape(f.lora_a)} / "
+                            f"{np.shape(f.lora_b)}; PEFT holds one (in, rank) / (rank, out) pair per Linear, not "
+                            "stacked layers")
+        names.append(_hf_module(family, config, path, task))
+    return names
+
+
 def _most_common(values: list) -> Any:
     return Counter(values).most_common(1)[0][0]
 
@@ -99,11 +119,7 @@ def save_peft(adapters: Any, config: Any, directory: str | Path, task: str | Non
                         "modules_to_save); pass params= (state.params.params), or modules_to_save=[]")
     tensors = _module_tensors(family, config, params, modules_to_save, task) if modules_to_save else {}
     modules = {}
-    for path, f in flat.items():
-        if np.ndim(f.lora_a) != 2:
-            raise UserError(f"save_peft: the factors of {path} have shapes {np.shape(f.lora_a)} / {np.shape(f.lora_b)}"
-                            "; PEFT holds one (in, rank) / (rank, out) pair per Linear, not stacked layers")
-        module = _hf_module(family, config, path, task)
+    for (path, f), module in zip(flat.items(), peft_module_names(adapters, config, task)):
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(hub._to_numpy(f.lora_a).T)
         tensors[f"{_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(hub._to_numpy(f.lora_b).T)
         modules[module] = (f.rank, f.scale * f.rank, f.dropout)

@@ -2,7 +2,7 @@
 
 Example::
 
-    check_lora({"rank": 8, "alpha": 16})   # LoraSpec(rank=8, alpha=16, dropout=0.0)
+    check_lora(LoraSpec(8, 16.0))   # LoraSpec(rank=8, alpha=16.0, dropout=0.0)
 """
 from __future__ import annotations
 
@@ -28,22 +28,18 @@ class LoraSpec:
 
 
 def check_lora(spec: Any, where: str = "lora", error: type[UserError] = UserError) -> LoraSpec:
-    """A :class:`LoraSpec`, or a config mapping ``{rank, alpha, dropout}`` (alpha defaults to
-    ``2 * rank``, as in :func:`jaxtune.lora`), checked; returns the spec.
+    """A :class:`LoraSpec`, or a config's ``lora`` (an object with ``rank``, ``alpha``, ``dropout``;
+    ``alpha`` None means ``2 * rank``, as in :func:`jaxtune.lora`), checked; returns the spec.
 
     Example::
 
-        check_lora({"rank": 8, "alpha": 16})   # LoraSpec(rank=8, alpha=16, dropout=0.0)
+        check_lora(LoraSpec(8, 16.0))   # LoraSpec(rank=8, alpha=16.0, dropout=0.0)
     """
-    if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"rank", "alpha", "dropout"})
-        if unknown:
-            raise error(f"{where} has unknown key(s) {unknown}; a LoRA rule takes rank, alpha and dropout")
-        if "rank" not in spec:
-            raise error(f"{where} needs a rank, e.g. {{rank: 8, alpha: 16}}")
-        spec = LoraSpec(spec["rank"], spec.get("alpha", 2 * spec["rank"]), spec.get("dropout", 0.0))
     if not isinstance(spec, LoraSpec):
-        raise error(f"{where} is {spec!r}; use jt.lora(rank=..., alpha=...) (config: {{rank: 8, alpha: 16}})")
+        if not all(hasattr(spec, f) for f in ("rank", "alpha", "dropout")):
+            raise error(f"{where} is {spec!r}; use jt.lora(rank=..., alpha=...) (config: lora: {{rank: 8, alpha: 16}})")
+        check_number(f"{where}.rank", spec.rank, low=1, integer=True, error=error)
+        spec = LoraSpec(spec.rank, 2 * spec.rank if spec.alpha is None else spec.alpha, spec.dropout)
     check_number(f"{where}.rank", spec.rank, low=1, integer=True, error=error)
     check_number(f"{where}.alpha", spec.alpha, low=0.0, low_open=True, error=error)
     check_number(f"{where}.dropout", spec.dropout, low=0.0, high=1.0, high_open=True, error=error)
