@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.errors import UserError
+from jaxtune.lora import LoraParams, merged_params
 from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths
 
 logger = logging.getLogger(__name__)
@@ -549,6 +550,7 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
 
     ``variables`` is the variables dict (``{"params": ..., "batch_stats": ...}``) or just the params
     tree; ``config`` the family config (``model.config``). bfloat16 arrays are written as float32.
+    Params with LoRA adapters (:class:`jaxtune.LoraParams`) are written merged (:func:`jaxtune.merge_lora`).
 
     Example::
 
@@ -560,8 +562,9 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
         config = family.config_from_hf(config)
     if task not in family.tasks:
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
-    if "params" not in variables:
+    if isinstance(variables, LoraParams) or "params" not in variables:
         variables = {"params": variables}
+    variables = {**variables, "params": merged_params(variables["params"])}   # LoRA factors merged in
     tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

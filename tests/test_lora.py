@@ -213,3 +213,39 @@ def test_nnx_state():
     expected = expected @ state["out"]["kernel"][...] + state["out"]["bias"][...]
     np.testing.assert_allclose(nnx.merge(graphdef, merged)(x), expected, atol=1e-5)
     assert "query/kernel/lora_a" in jt.leaf_paths(jt.LoraParams(state, adapters))
+
+
+def test_resnet_1x1_convolutions_get_factors_and_batch_norm_stays_frozen():
+    from jaxtune.bench import _resnet_config
+    from jaxtune.models import resnet
+
+    model = resnet.build(_resnet_config(embedding_size=8, hidden_sizes=(16, 32), depths=(1, 1), num_labels=3),
+                         "image_classification", 3)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 16, 16, 3)), train=False), jax.random.key(0))
+    rules = [(r".*/(layer_0|layer_2|shortcut)/convolution/kernel", jt.lora(rank=2, name="lora")),
+             (r"classifier/.*", jt.settings()), (r".*", jt.freeze())]
+    adapters = jt.init_lora(variables["params"], rules, jax.random.key(1))   # shapes are enough
+    flat = factors_by_path(adapters)
+    assert len(flat) == 6   # the 1x1 convolutions; the 3x3 ones stay plain
+    f = flat["resnet/encoder/stages_1/layers_0/shortcut/convolution/kernel"]
+    assert f.lora_a.shape == (16, 2) and f.lora_b.shape == (2, 32)
+    tree = jt.LoraParams(variables["params"], adapters)
+    assert len(jt.frozen_batch_norm({**variables, "params": tree}, rules)) == 9   # all: their scale/bias are frozen
+    assert "lora (base)" in jt.summary(tree, rules, batch_stats=variables["batch_stats"])
+
+
+def test_save_pretrained_writes_lora_params_merged(tmp_path):
+    from jaxtune.models import bert
+
+    config = bert.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=8, max_position_embeddings=16)
+    model = bert.build(config, None)
+    params = jax.eval_shape(lambda k: model.init(k, *bert.example_inputs(config)), jax.random.key(0))["params"]
+    params = jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype), params)
+    adapters = _random_b(jt.init_lora(params, [(r".*/query/kernel", jt.lora(rank=2)), (r".*", jt.freeze())],
+                                      jax.random.key(0)))
+    jt.save_pretrained(jt.LoraParams(params, adapters), config, tmp_path)
+    _, loaded = jt.from_pretrained(tmp_path)
+    expected = jt.merge_lora(params, adapters)["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    np.testing.assert_allclose(loaded["params"]["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"],
+                               expected, atol=1e-6)

@@ -61,9 +61,9 @@ def test_bert_adapter_loads_in_peft_with_equal_outputs(tmp_path):
     assert config["r"] == 4 and config["lora_alpha"] == 8 and len(config["target_modules"]) == 4
 
     ids, mask, types = padded_batch(99, pair_at=4)
-    merged = {**variables, "params": jt.merge_lora(variables["params"], adapters)}
-    ours = np.asarray(model.apply(merged, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
-    before = np.asarray(model.apply(variables, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
+    apply = jax.jit(lambda v: model.apply(v, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
+    ours = np.asarray(apply({**variables, "params": jt.merge_lora(variables["params"], adapters)}))
+    before = np.asarray(apply(variables))
     with torch.no_grad():
         reference = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
         peft_model = peft.PeftModel.from_pretrained(reference, tmp_path / "adapter").eval()
@@ -93,7 +93,7 @@ def test_t5_adapter_loads_in_peft_with_equal_outputs(tmp_path):
     ids, labels = rng.randint(2, 99, (2, 7)), rng.randint(2, 99, (2, 5))
     mask, decoder_ids = np.ones_like(ids), np.asarray(t5.shift_right(labels, 0, 0))
     merged = {"params": jt.merge_lora(variables["params"], adapters)}
-    ours = np.asarray(model.apply(merged, ids, mask, decoder_ids))
+    ours = np.asarray(jax.jit(model.apply)(merged, ids, mask, decoder_ids))
     with torch.no_grad():
         reference = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
         peft_model = peft.PeftModel.from_pretrained(reference, tmp_path / "adapter").eval()
