@@ -249,3 +249,22 @@ def test_save_pretrained_writes_lora_params_merged(tmp_path):
     expected = jt.merge_lora(params, adapters)["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
     np.testing.assert_allclose(loaded["params"]["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"],
                                expected, atol=1e-6)
+
+
+def test_members_share_the_frozen_base_and_train_their_own_factors(params):
+    rules = [(r"layer_\d/dense/kernel", jt.lora(rank=RANK)), (r".*", jt.freeze())]
+    tx = jt.make_optimizer(jt.LoraParams(params, jt.init_lora(params, rules, jax.random.key(0))), rules,
+                           optax.adam, 1e-2)
+    states = [jt.TrainState.create(jt.LoraParams(params, jt.init_lora(params, rules, jax.random.key(seed))), tx)
+              for seed in range(2)]
+    mask = jt.trainable_mask(states[0].params, rules)
+    stacked = jt.stack_members(states, share=jax.tree.map(lambda t: not t, mask))
+    assert stacked.params.params["embeddings"]["embedding"].shape[0] == 1   # the base is stored once
+    step = jt.make_train_step(_tiny.loss_fn, tx, trainable=mask, members=2, donate=False)
+    new, metrics = step(stacked, _tiny.make_batch())
+    separate = jt.make_train_step(_tiny.loss_fn, tx, trainable=mask, donate=False)
+    for i, state in enumerate(states):
+        alone, alone_metrics = separate(state, _tiny.make_batch())
+        np.testing.assert_allclose(metrics["loss"][i], alone_metrics["loss"], rtol=1e-6)
+        np.testing.assert_allclose(jt.unstack_members(new, i).params.adapters["layer_2"]["dense"]["kernel"].lora_b,
+                                   alone.params.adapters["layer_2"]["dense"]["kernel"].lora_b, atol=1e-6)
