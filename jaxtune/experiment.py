@@ -503,10 +503,12 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
 
 
 
-def export_model(state: TrainState, config: Any, directory: str, task: str | None, export_format: str = "merged") -> dict:
-    """Writes ``state``'s model as an HF checkpoint in ``directory``. A LoRA model (``state.params``
-    a :class:`jaxtune.LoraParams`) is written with its factors merged into the kernels
-    (``"merged"``), or unmerged with a PEFT adapter in ``directory/adapter`` (``"peft"``:
+def export_model(state: TrainState, config: Any, directory: str, task: str | None, export_format: str = "merged",
+                 **save_kwargs) -> dict:
+    """Writes ``state``'s model as an HF checkpoint in ``directory`` (:func:`jaxtune.save_pretrained`
+    with ``save_kwargs``). A LoRA model (``state.params`` a :class:`jaxtune.LoraParams`) is written
+    with its factors merged into the kernels (``"merged"``), or unmerged with a PEFT adapter in
+    ``directory/adapter`` (``"peft"``:
     ``peft.PeftModel.from_pretrained(AutoModel...from_pretrained(directory), directory + "/adapter")``).
     Returns the paths written beyond ``directory`` (``{"adapter": ...}``).
 
@@ -518,7 +520,8 @@ def export_model(state: TrainState, config: Any, directory: str, task: str | Non
 
     lora = isinstance(state.params, LoraParams)
     params = state.params.params if lora and export_format == "peft" else merged_params(state.params)
-    save_pretrained({"params": jax.device_get(params), **state.model_state}, config, directory, task=task)
+    save_pretrained({"params": jax.device_get(params), **state.model_state}, config, directory, task=task,
+                    **save_kwargs)
     if export_format != "peft":
         return {}
     if not lora:
