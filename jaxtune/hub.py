@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.errors import UserError
-from jaxtune.lora import LoraParams, merged_params
 from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths
 
 logger = logging.getLogger(__name__)
@@ -550,21 +549,25 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
 
     ``variables`` is the variables dict (``{"params": ..., "batch_stats": ...}``) or just the params
     tree; ``config`` the family config (``model.config``). bfloat16 arrays are written as float32.
-    Params with LoRA adapters (:class:`jaxtune.LoraParams`) are written merged (:func:`jaxtune.merge_lora`).
 
     Example::
 
         save_pretrained(variables, model.config, "out/", task="sequence_classification")
         # transformers.AutoModelForSequenceClassification.from_pretrained("out/")
     """
+    from jaxtune.lora import LoraParams, merged_params
+
+    if isinstance(variables, LoraParams):   # params with LoRA adapters (jt.LoraParams) are written merged
+        variables = {"params": merged_params(variables)}
+    elif isinstance(variables.get("params"), LoraParams):
+        variables = {**variables, "params": merged_params(variables["params"])}
     family = _family_of_config(config)
     if isinstance(config, Mapping):
         config = family.config_from_hf(config)
     if task not in family.tasks:
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
-    if isinstance(variables, LoraParams) or "params" not in variables:
+    if "params" not in variables:
         variables = {"params": variables}
-    variables = {**variables, "params": merged_params(variables["params"])}   # LoRA factors merged in
     tensors = {name: _to_numpy(array) for name, array in family.to_hf(config, variables, task).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
