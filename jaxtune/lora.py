@@ -228,7 +228,7 @@ def init_lora(params: Any, rules: Sequence[Rule], rng: jax.Array, *,
     Example::
 
         adapters = jt.init_lora(params, rules, jax.random.key(0))
-        jax.tree.map(jnp.shape, adapters)  # {'bert': {'encoder': {'layer_0': {... 'kernel': LoraFactors((384, 8), (8, 384))
+        adapters["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"].lora_a.shape   # (384, 8)
     """
     if isinstance(params, LoraParams):
         raise RuleError("init_lora takes the plain params; this tree already holds adapters (jt.LoraParams)")
@@ -259,6 +259,6 @@ def lora_parameter_count(adapters: Any) -> int:
 
     Example::
 
-        jt.lora_parameter_count(adapters)   # 2 * 6 layers * 2 kernels * (384 + 384) * 8 for MiniLM q,v r=8
+        jt.lora_parameter_count(adapters)   # 73,728 = 6 layers x (query, value) x (384 + 384) x 8: MiniLM, r=8
     """
     return sum(int(np.size(f.lora_a)) + int(np.size(f.lora_b)) for f in factors_by_path(adapters).values())
