@@ -12,6 +12,8 @@ Sequential fine-tuning of all-MiniLM-L6-v2 on real data, through the experiment 
    * ``l2sp decoupled``  the same with ``optim.l2_sp_decoupled=true`` (``jt.anchor_decay``: pulled
      towards A's weights after AdamW, as its weight decay), for each S of ``--l2-sp-decoupled``;
    * ``ema``     ``optim.weight_average=ema`` (decay D): validation, test and export use the average;
+   * ``lora``    LoRA factors (rank R, alpha 2R) on every query/value kernel and the new head train,
+     the rest of the encoder stays frozen (``jt.lora``); exported merged;
    * ``wise-ft`` no training: WiSE-FT, A's encoder interpolated with plain B's, ``α`` in 0.25/0.5/0.75
      (B's head kept).
 3. For each B model: **A accuracy** (tweet test split, A's pooler + classifier on top of B's
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--l2-sp-decoupled", type=float, nargs="*", default=[],
                         help="strengths of decoupled L2-SP (jt.anchor_decay; one B run each)")
     parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the ema variant (0: no ema run)")
+    parser.add_argument("--lora-rank", type=int, default=8, help="rank of the lora variant (0: no lora run)")
     parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, batch order, dropout)")
     parser.add_argument("--b-learning-rate", type=float, default=5e-4)
     parser.add_argument("--b-epochs", type=float, default=4)
@@ -96,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
                                                         "optim.l2_sp_decoupled=true"]
     if args.ema_decay:
         variants[f"ema (D={args.ema_decay:g})"] = ["optim.weight_average=ema", f"optim.weight_average_decay={args.ema_decay}"]
+    if args.lora_rank:
+        variants[f"lora (r={args.lora_rank} on q, v)"] = [
+            'optim.rules=[{pattern: ".*attention/self/(query|value)/kernel", name: lora, '
+            f'lora: {{rank: {args.lora_rank}}}}}, {{pattern: "classifier/.*", name: head}}, '
+            '{pattern: ".*", name: frozen, frozen: true}]']
     b_runs = {name: _run("wnut_ner_minilm.yaml", f"B_{i}", work, b_common + overrides)
               for i, (name, overrides) in enumerate(variants.items())}
 

@@ -53,6 +53,8 @@ from jaxtune.forgetting import (
 from jaxtune.generation import generate
 from jaxtune.experiment import build_rules, evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
+from jaxtune.lora import LoraFactors, LoraParams, apply_lora, init_lora, lora_parameter_count, merge_lora
+from jaxtune.lora_peft import load_peft, save_peft
 from jaxtune.member_runs import MembersUnsupported, finetune_members
 from jaxtune.members import make_member_eval_step, make_member_step, num_members, stack_members, unstack_members
 from jaxtune.multihost import MultihostError, initialize_multihost, is_main_process, process_label
@@ -72,6 +74,7 @@ from jaxtune.optim import (
     warmup_linear,
 )
 from jaxtune.rules import (
+    LoraSpec,
     RuleError,
     Settings,
     freeze,
@@ -79,6 +82,7 @@ from jaxtune.rules import (
     label_params,
     layer_factors,
     leaf_paths,
+    lora,
     match_rules,
     param_paths,
     settings,

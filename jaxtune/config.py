@@ -80,9 +80,19 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class LoraConfig:
+    """A rule's LoRA factors (:func:`jaxtune.lora`): rank, alpha (null: ``2 * rank``), dropout (0.0)."""
+
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass
 class RuleConfig:
     """One row of the rule table: ``pattern`` (regex on parameter paths) and its settings
-    (``batch_stats``: see :class:`jaxtune.Settings`).
+    (``batch_stats``: see :class:`jaxtune.Settings`; ``lora: {rank: 8, alpha: 16}``: the matched
+    kernels stay frozen and gain trained LoRA factors, see :func:`jaxtune.lora`).
 
     Example (YAML: ``rules: [{pattern: "embeddings/.*", frozen: true}, {pattern: ".*"}]``)::
 
@@ -97,6 +107,7 @@ class RuleConfig:
     name: str | None = None
     l2_sp: float | None = None
     batch_stats: str | None = None
+    lora: LoraConfig | None = None
 
 
 @dataclasses.dataclass
@@ -156,10 +167,15 @@ class EarlyStoppingConfig:
     enabled: bool = True
 
 
+EXPORT_FORMATS = ("merged", "peft")
+
+
 @dataclasses.dataclass
 class CheckpointConfig:
     """How many best (by ``early_stopping.monitor``) and latest checkpoints to keep; ``export_best_hf``
-    writes the best model in Hugging Face format to ``RUN_DIR/best_hf``.
+    writes the best model in its family's export format to ``RUN_DIR/best_hf``. With LoRA rules,
+    ``export_format`` ``"merged"`` writes the factors merged into the kernels; ``"peft"`` writes the
+    unmerged model and a PEFT adapter beside it (``best_hf/adapter``).
 
     Example::
 
@@ -169,6 +185,7 @@ class CheckpointConfig:
     keep_best: int = 1
     keep_latest: int = 1
     export_best_hf: bool = False
+    export_format: str = "merged"
 
 
 @dataclasses.dataclass
@@ -228,6 +245,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "checkpoint.keep_best": "how many best checkpoints are kept",
     "checkpoint.keep_latest": "how many latest checkpoints are kept",
     "checkpoint.export_best_hf": "whether the best model is exported in HF format",
+    "checkpoint.export_format": "how a LoRA model is exported (merged weights or a PEFT adapter)",
 }
 """The config keys that may change when a run resumes: they do not change what the steps compute, so
 they are left out of the run's fingerprint (:func:`jaxtune.run_fingerprint`). Every other key defines
@@ -513,6 +531,11 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_limits("early_stopping", stopping, ["patience"], low=0)
     check_number("early_stopping.min_delta", stopping.min_delta, low=0.0, error=ConfigError)
     _check_limits("checkpoint", cfg.checkpoint, ["keep_best", "keep_latest"], low=1)
+    check_choice("checkpoint.export_format", cfg.checkpoint.export_format, EXPORT_FORMATS, error=ConfigError)
+    if cfg.checkpoint.export_format == "peft" and not any(r.lora is not None for r in cfg.optim.rules or ()):
+        raise ConfigError("checkpoint.export_format is 'peft' but no rule of optim.rules has lora; a PEFT adapter "
+                          "holds LoRA factors: add e.g. {pattern: '.*/(query|value)/kernel', lora: {rank: 8}}, "
+                          "or export 'merged'")
 
 
 def to_dict(config: Any) -> dict:

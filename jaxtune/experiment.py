@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtune import metrics as M
 from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
@@ -34,15 +33,18 @@ from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
+from jaxtune.lora import LoraParams, init_lora, merged_params
+from jaxtune.lora_spec import check_lora
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
                               prepare_data)
-from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
-                            read_result, run_fingerprint, write_result)  # read_result, run_fingerprint: re-exported
-from jaxtune.runlog import NullLogger, RunLogger, plot_classification_report, plot_curves, progress_bar, track
+from jaxtune.rundir import (RunDirError, RunResult, check_run_dir, finished_result, open_run_dir,
+                            read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
+from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
+from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import place_global_batch, shard_train_state
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task
@@ -111,8 +113,17 @@ def build_rules(optim: OptimConfig, model) -> list[Rule]:
     if optim.rules is None:
         return list(_family_module(model).default_rules())
     return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats))
+                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats,
+                                 lora=None if r.lora is None else check_lora(r.lora)))
             for r in optim.rules]
+
+
+def with_adapters(params: Any, rules: list[Rule], layer_ids: Any, seed: int) -> Any:
+    """``params``, or ``jt.LoraParams(params, adapters)`` with fresh factors (seed stream ``"lora"``)
+    when a rule of ``rules`` is a :func:`jaxtune.lora` rule: the tree the runner trains."""
+    if all(s.lora is None for _, s in rules):
+        return params
+    return LoraParams(params, init_lora(params, rules, seed_stream(seed, "lora"), layer_ids=layer_ids))
 
 
 def with_frozen_bn(model, frozen: frozenset[str]):
@@ -278,10 +289,14 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
                                   rng=seed_stream(cfg.train.seed, "init"))
     check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
                           getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
-    params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
     layer_ids = getattr(model, "layer_ids", None)
+    params = with_adapters(variables["params"], rules, layer_ids, cfg.train.seed)
+    if cfg.checkpoint.export_best_hf and cfg.checkpoint.export_format == "peft":
+        from jaxtune.lora_peft import peft_module_names
+        peft_module_names(params.adapters, model.config, task.head)   # fails now, not after training
+    variables = {**variables, "params": params}
     table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
                     batch_stats=variables.get("batch_stats"))
@@ -342,14 +357,6 @@ def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax
     return lambda state, batch, stage: step_of(stage)(state, batch)
 
 
-def export_config(config: Any, task: Task) -> Any:
-    """``config`` with the task's ``problem_type`` (e.g. ``"regression"``) where the config has that field,
-    so the exported ``config.json`` tells transformers which loss the head was trained with."""
-    if task.problem_type is None or not hasattr(config, "problem_type"):
-        return config
-    return dataclasses.replace(config, problem_type=task.problem_type)
-
-
 def evaluation_state(cfg: ExperimentConfig, state: TrainState) -> TrainState:
     """The state that validation, test and export read: with ``optim.weight_average`` set, its
     params are the averaged weights (:func:`jaxtune.averaged_params`); else ``state`` itself."""
@@ -378,16 +385,6 @@ def _resume_state(ckpt: Checkpointer, template: TrainState, run_dir: str,
                           "to start the run over")
     print(f"resuming {run_dir} at step {int(state.step)}")
     return state, record
-
-
-def _finish(plan: RunDirPlan, result: RunResult) -> RunResult:
-    """Writes ``result.json`` (atomically, last of all files): from now on the run counts as finished.
-    Process 0 writes it; the others return what it wrote (the same result, with every path)."""
-    result.paths["result"] = os.path.join(plan.run_dir, "result.json")
-    if multihost.is_main_process():
-        write_result(plan.run_dir, plan.fingerprint, result)
-    multihost.barrier("result_written")
-    return result if multihost.is_main_process() else read_result(plan.run_dir)
 
 
 @multihost.stops_others_on_failure
@@ -441,7 +438,8 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     multihost.barrier("run_dir_opened")
     runtime = cfg.optim.unfreezing == "runtime"
     # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
-    pretrained = multihost.host_copy(setup.initial_state.params)
+    # (A LoRA run's drift is that of the merged weights: the LoRA'd kernels form the "<name> (base)" groups.)
+    pretrained = multihost.host_copy(merged_params(setup.initial_state.params))
     groups = label_params(pretrained, rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
@@ -501,7 +499,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         last_val = {f"val_{k}": v for k, v in scores.items()}
                         check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
                         log.log(step, scores, "validation")
-                        log.log(step, param_drift(evaluated.params, pretrained, groups), "drift")
+                        log.log(step, param_drift(merged_params(evaluated.params), pretrained, groups), "drift")
                         next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
                         if stopper is not None:
                             stopped_early = stopper.update(step, last_val)
@@ -531,60 +529,6 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                        trainable_params=setup.trainable_params, stopped_early=stopped_early,
                        paths={"checkpoints": ckpt_dir, "metrics": log.jsonl_path}, seconds=0.0)
     return write_outputs(setup, plan, state, result, predictions, references, start)
-
-
-def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: RunResult, predictions: np.ndarray,
-                  references: np.ndarray, start: float) -> RunResult:
-    """A trained run's files beside its logs: curves, test report (and class report plot), the HF export
-    of ``state`` (the evaluated weights) if asked, then ``result.json`` (last). ``result.paths`` holds
-    ``checkpoints`` and ``metrics`` already; ``result.seconds`` is set from ``start``. Every process
-    takes part in fetching sharded weights; only process 0 writes files.
-
-    Example::
-
-        return write_outputs(setup, plan, state, result, predictions, references, start)
-    """
-    cfg, run_dir = setup.config, setup.run_dir
-    test_scores, best_step, step = result.test_metrics, result.best_step, result.steps
-    paths = {"run_dir": run_dir, **result.paths, "tensorboard": os.path.join(run_dir, "tensorboard"),
-             "config": os.path.join(run_dir, "config.yaml")}
-    exported = multihost.host_copy({"params": state.params, **state.model_state}) if cfg.checkpoint.export_best_hf else None
-    if multihost.is_main_process():
-        paths.update(_write_run_files(setup, paths["metrics"], f"run {cfg.name}: best step {best_step} of {step}",
-                                      test_scores, predictions, references, exported))
-    print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items()) + f" (best step {best_step})")
-    result.paths, result.seconds = paths, time.time() - start
-    return _finish(plan, result)
-
-
-def _write_run_files(setup: Setup, jsonl_path: str, headline: str, test_scores: dict[str, float],
-                     predictions: np.ndarray, references: np.ndarray, exported: dict | None) -> dict[str, str]:
-    """Writes the curve plot, the test report (and its plot) and, given the weights ``exported``, the
-    HF export into the run directory; returns their paths."""
-    from jaxtune.hub import save_pretrained
-    from jaxtune.models.family import export_labels
-
-    cfg, data, task, run_dir = setup.config, setup.data, setup.task, setup.run_dir
-    paths = {"plot": plot_curves(jsonl_path, os.path.join(run_dir, "curves.png"), title=cfg.name)}
-    report_lines = [headline, data.description, "", setup.strategy_table, "",
-                    "test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items())]
-    if task.name in ("sequence_classification", "pair_classification", "image_classification"):
-        class_report = M.classification_report(references, predictions, data.label_names)
-        report_lines += ["", str(class_report)]
-        paths["class_report_plot"] = plot_classification_report(
-            class_report, os.path.join(run_dir, "test_report.png"), title=f"{cfg.name}: test")
-    paths["report"] = os.path.join(run_dir, "report.txt")
-    with open(paths["report"], "w", encoding="utf-8") as f:
-        f.write("\n".join(report_lines) + "\n")
-    if exported is not None:
-        paths["export"] = os.path.join(run_dir, "best_hf")
-        save_pretrained(exported, export_config(setup.model.config, task), paths["export"], task=task.head,
-                        labels=export_labels(data.label_names, cfg.model.num_labels, task.head))
-        if data.buckets is not None:  # a text model: its tokenizer goes along, so the export is a model dir
-            from jaxtune.data.text import load_tokenizer
-            load_tokenizer(_model_dir(cfg.model.path)).save_pretrained(paths["export"])
-    return paths
-
 
 
 def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str = "test") -> dict[str, float]:
@@ -621,6 +565,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
     model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)
+    params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
-    return summary(variables["params"], rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
+    return summary(params, rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
                    l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))

@@ -594,6 +594,12 @@ def save_pretrained(variables: Mapping[str, Any], config: Any, directory: str | 
                         labels=["negative", "neutral", "positive"])
         # transformers.AutoModelForSequenceClassification.from_pretrained("out/")
     """
+    from jaxtune.lora import LoraParams, merged_params
+
+    if isinstance(variables, LoraParams):   # params with LoRA adapters (jt.LoraParams) are written merged
+        variables = {"params": merged_params(variables)}
+    elif isinstance(variables.get("params"), LoraParams):
+        variables = {**variables, "params": merged_params(variables["params"])}
     family = _family_of_config(config)
     if isinstance(config, Mapping):
         config = family.config_from_hf(config)

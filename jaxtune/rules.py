@@ -4,10 +4,16 @@ Every parameter leaf has a path string (``encoder/layer_3/attention/query/kernel
 whose regex ``re.fullmatch``-es the path decides the leaf's settings. A leaf that no rule matches is
 an error naming it; so is a rule that matches nothing (it is usually a typo).
 
+A :func:`lora` rule freezes the kernels it matches and trains low-rank factors beside them
+(:mod:`jaxtune.lora`): in a tree that holds the factors (:class:`jaxtune.LoraParams`), a factor leaf
+``<kernel path>/lora_a`` (``lora_b``) takes the settings of the ``lora`` rule that matches its kernel
+(other rules match the factor's own path, first match wins as usual).
+
 Example::
 
     import jaxtune as jt
     rules = [
+        (r".*attention/self/(query|value)/kernel", jt.lora(rank=8, alpha=16)),
         (r"embeddings/.*", jt.freeze()),
         (r".*(bias|LayerNorm/scale)", jt.settings(weight_decay=0.0)),
         (r".*", jt.settings()),
@@ -26,10 +32,18 @@ import jax
 import numpy as np
 
 from jaxtune.errors import UserError, check_number
+from jaxtune.lora_spec import LoraSpec, check_lora
 
 
 BATCH_STATS_MODES = (None, "frozen", "train")
 """Values of :attr:`Settings.batch_stats`."""
+
+LORA_FACTORS = ("lora_a", "lora_b")
+"""Names of the two factor leaves under a LoRA'd kernel's path (``.../query/kernel/lora_a``)."""
+
+# Keys of jaxtune.LoraParams' two children: left out of path strings, so that the base params and
+# the adapters keep the paths rules are written for.
+LORA_TREE_KEYS = ("lora_params", "lora_adapters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +65,8 @@ class Settings:
         statistics and never update them (as in evaluation), ``"train"`` = batch statistics and
         running-average updates (PyTorch's ``model.train()``), ``None`` = follow the group: frozen
         for a frozen group (or one a gradual-unfreezing stage keeps frozen), train otherwise.
+      lora: a :class:`LoraSpec` (from :func:`lora`): the matched kernels stay frozen and their LoRA
+        factors train with the other settings of the rule.
     """
 
     frozen: bool = False
@@ -60,6 +76,7 @@ class Settings:
     name: str | None = None
     l2_sp: float | None = None
     batch_stats: str | None = None
+    lora: LoraSpec | None = None
 
     def __post_init__(self):
         validate_settings(self)
@@ -100,10 +117,36 @@ def validate_settings(s: Any, where: str = "") -> None:
         check_number(field("l2_sp"), s.l2_sp, low=0.0, error=RuleError)
     if s.name is not None and (not isinstance(s.name, str) or not s.name):
         raise RuleError(f"{field('name')} must be a non-empty string or None, got {s.name!r}")
+    if getattr(s, "lora", None) is not None:
+        if s.frozen:
+            raise RuleError(f"{where or 'a rule'} is frozen but also sets lora; a LoRA rule freezes the kernels "
+                            "itself and trains their factors. Drop frozen, or drop lora")
+        check_lora(s.lora, field("lora"), RuleError)
     if s.batch_stats not in BATCH_STATS_MODES:
         raise RuleError(f"{field('batch_stats')} is {s.batch_stats!r}; choose 'frozen' (batch norm keeps its running "
                         "statistics, as in evaluation), 'train' (batch statistics, running averages updated) or "
                         "None/null (frozen exactly when the group is)")
+
+
+def lora(rank: int = 8, alpha: float | None = None, dropout: float = 0.0, *, lr_mult: float = 1.0,
+         weight_decay: float | bool | None = None, layer_decay: float | None = None, name: str | None = None,
+         l2_sp: float | None = None) -> Settings:
+    """Settings of a LoRA group: the matched kernels stay frozen and gain trainable low-rank
+    factors ``A`` (``in x rank``, random) and ``B`` (``rank x out``, zero), the kernel used being
+    ``W + alpha / rank * A @ B`` (``alpha`` defaults to ``2 * rank``; :func:`jaxtune.init_lora`,
+    :func:`jaxtune.apply_lora`). The factors train with the other settings given here
+    (learning-rate multiplier, weight decay, layer-wise decay by the kernel's layer, L2-SP), and
+    show as the group ``name`` in :func:`summary`; the kernels as ``"<name> (base)"``, frozen.
+    ``dropout`` must be 0.0: the factors are merged into the kernel, where input dropout has no
+    place.
+
+    Example::
+
+        rules = [(r".*attention/self/(query|value)/kernel", jt.lora(rank=8, alpha=16, weight_decay=False)),
+                 (r"classifier/.*", jt.settings()), (r".*", jt.freeze())]
+    """
+    return Settings(frozen=False, lr_mult=lr_mult, weight_decay=weight_decay, layer_decay=layer_decay, name=name,
+                    l2_sp=l2_sp, lora=LoraSpec(rank, 2 * rank if alpha is None else alpha, dropout))
 
 
 def settings(*, lr_mult: float = 1.0, weight_decay: float | bool | None = None,
@@ -152,7 +195,26 @@ def _path_string(keys: tuple) -> str:
     # nnx.State wraps each array in a Variable whose only child is `.value`: not part of the name.
     if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
         keys = keys[:-1]
-    return "/".join(_key_name(k) for k in keys)
+    return "/".join(_key_name(k) for k in keys
+                    if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name in LORA_TREE_KEYS))
+
+
+def lora_base_path(path: str) -> str | None:
+    """The kernel path of a LoRA factor path (``.../kernel/lora_a`` -> ``.../kernel``), else None.
+
+    Example::
+
+        >>> lora_base_path("layer_0/query/kernel/lora_b")
+        'layer_0/query/kernel'
+    """
+    parent, _, last = path.rpartition("/")
+    return parent if parent and last in LORA_FACTORS else None
+
+
+def _rule_matches(rx: re.Pattern, s: Settings, path: str) -> bool:
+    """A LoRA rule matches its kernels and, in a tree with adapters, their factors."""
+    base = lora_base_path(path) if s.lora is not None else None
+    return bool(rx.fullmatch(base if base is not None else path))
 
 
 def _is_variable(x: Any) -> bool:
@@ -247,7 +309,7 @@ def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = Fal
     paths = leaf_paths(tree)
     found: list[int | None] = []
     for path in paths:
-        found.append(next((i for i, (rx, _) in enumerate(compiled) if rx.fullmatch(path)), None))
+        found.append(next((i for i, (rx, s) in enumerate(compiled) if _rule_matches(rx, s, path)), None))
     uncovered = [p for p, i in zip(paths, found) if i is None]
     if uncovered and not allow_uncovered:
         shown = "\n  ".join(uncovered[:_MAX_NAMED])
@@ -270,15 +332,38 @@ def match_rules(tree: Any, rules: Sequence[Rule], *, allow_uncovered: bool = Fal
     return found
 
 
-def _resolve(tree: Any, rules: Sequence[Rule], **match_kwargs) -> tuple[list[str], list[Settings | None], Any]:
-    found = match_rules(tree, rules, **match_kwargs)
-    settings_list = [None if i is None else rules[i][1] for i in found]
-    return leaf_paths(tree), settings_list, tree_structure(tree)
-
-
 def group_name(rule: Rule) -> str:
     """The group label of a rule: its ``name`` if given, else its regex."""
     return rule[1].name if rule[1].name is not None else rule[0]
+
+
+def leaf_settings(rule: Rule, path: str) -> Settings:
+    """The settings a rule gives the leaf at ``path``: its own, except for a :func:`lora` rule,
+    which freezes its kernels (group ``"<name> (base)"``) and trains their factors with its
+    settings (group ``<name>``).
+
+    Example::
+
+        >>> leaf_settings(("q/kernel", lora(name="qv")), "q/kernel").frozen
+        True
+    """
+    s = rule[1]
+    if s.lora is None:
+        return s
+    if lora_base_path(path) is None:
+        return Settings(frozen=True, name=f"{group_name(rule)} (base)")
+    return dataclasses.replace(s, lora=None, name=group_name(rule))
+
+
+def _leaf_group(rules: Sequence[Rule], i: int | None, path: str) -> str:
+    return "(uncovered)" if i is None else group_name((rules[i][0], leaf_settings(rules[i], path)))
+
+
+def _resolve(tree: Any, rules: Sequence[Rule], **match_kwargs) -> tuple[list[str], list[Settings | None], Any]:
+    found = match_rules(tree, rules, **match_kwargs)
+    paths = leaf_paths(tree)
+    settings_list = [None if i is None else leaf_settings(rules[i], p) for i, p in zip(found, paths)]
+    return paths, settings_list, tree_structure(tree)
 
 
 def label_params(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
@@ -292,7 +377,7 @@ def label_params(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
         {'emb': 'backbone', 'head': '.*'}
     """
     found = match_rules(tree, rules, **match_kwargs)
-    labels = [None if i is None else group_name(rules[i]) for i in found]
+    labels = [None if i is None else _leaf_group(rules, i, p) for i, p in zip(found, leaf_paths(tree))]
     return jax.tree_util.tree_unflatten(tree_structure(tree), labels)
 
 
@@ -326,6 +411,7 @@ def weight_decay_mask(tree: Any, rules: Sequence[Rule], **match_kwargs) -> Any:
 
 
 def _layer_id(layer_ids: Callable[[str], Any], path: str) -> np.ndarray:
+    path = lora_base_path(path) or path  # a LoRA factor is in its kernel's layer
     try:
         return np.asarray(layer_ids(path), dtype=np.int64)
     except Exception as e:
@@ -456,6 +542,14 @@ def _batch_norm_cells(tree: Any, batch_stats: Any, rules: Sequence[Rule], **matc
     return cells, total
 
 
+def _lora_cell(rule: Rule, path: str) -> str:
+    """The "lora" column of :func:`summary`: rank and alpha of a LoRA group's factors."""
+    spec = rule[1].lora
+    if spec is None:
+        return "-"
+    return f"r={spec.rank} alpha={spec.alpha:g}" + (" (base)" if lora_base_path(path) is None else "")
+
+
 def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | None = None,
             layer_decay: float | None = None, *, l2_sp: float = 0.0, batch_stats: Any = None,
             **match_kwargs) -> str:
@@ -466,7 +560,9 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     With ``layer_ids``/``layer_decay`` the lr column shows the range of layer-wise multipliers.
     With ``batch_stats`` (the model's ``variables["batch_stats"]``) a "batch norm" column counts the
     group's batch-norm layers with frozen / training statistics (:func:`frozen_batch_norm`), and a
-    last line totals them.
+    last line totals them. With :func:`lora` rules a "lora" column shows rank and alpha: the
+    factors (in a :class:`jaxtune.LoraParams` tree) are the group's trainable parameters, the
+    kernels a frozen ``"<name> (base)"`` group.
 
     Example::
 
@@ -478,9 +574,12 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     leaves = jax.tree_util.tree_leaves(tree)
     rows: dict[str, dict] = {}
     # Groups in rule order (a name shared by several rules at its first rule), uncovered leaves last.
-    for i, leaf, factor in sorted(zip(found, leaves, factors), key=lambda t: len(rules) if t[0] is None else t[0]):
-        key = "(uncovered)" if i is None else group_name(rules[i])
-        row = rows.setdefault(key, {"tensors": 0, "params": 0, "mults": [], "settings": None if i is None else rules[i][1]})
+    rows_in_rule_order = sorted(zip(found, leaf_paths(tree), leaves, factors),
+                                key=lambda t: len(rules) if t[0] is None else t[0])
+    for i, path, leaf, factor in rows_in_rule_order:
+        row = rows.setdefault(_leaf_group(rules, i, path), {
+            "tensors": 0, "params": 0, "mults": [], "settings": None if i is None else leaf_settings(rules[i], path),
+            "lora": _lora_cell(rules[i], path) if i is not None else "-"})
         row["tensors"] += 1
         row["params"] += int(np.prod(np.shape(leaf)))
         row["mults"].append(np.asarray(factor).ravel())
@@ -493,6 +592,9 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
     bn_cells, bn_total = _batch_norm_cells(tree, batch_stats, rules, **match_kwargs) if batch_stats is not None else ({}, "")
     if bn_total:
         header += ("batch norm",)
+    with_lora = any(r["lora"] != "-" for r in rows.values())
+    if with_lora:
+        header += ("lora",)
     lines = []
     for key, row in rows.items():
         s: Settings | None = row["settings"]
@@ -509,6 +611,8 @@ def summary(tree: Any, rules: Sequence[Rule], layer_ids: Callable[[str], Any] | 
             line += (f"{strengths[key]:g}" if strengths[key] else "-",)
         if bn_total:
             line += (bn_cells.get(key, "-"),)
+        if with_lora:
+            line += (row["lora"],)
         lines.append(line)
     total = sum(r["params"] for r in rows.values())
     trainable = sum(r["params"] for r in rows.values() if r["settings"] is not None and not r["settings"].frozen)

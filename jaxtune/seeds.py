@@ -1,11 +1,12 @@
 """Named random streams derived from one ``train.seed``.
 
-A run uses randomness in three places; each gets its own stream, folded out of ``train.seed`` with
+A run uses randomness in four places; each gets its own stream, folded out of ``train.seed`` with
 a fixed integer, so changing one use never shifts another and no key is reused:
 
 * ``"init"``: a newly initialised task head, or every weight with ``model.init: random``;
 * ``"data_order"``: the order of the training batches (one numpy seed per epoch);
-* ``"dropout"``: the key the train step splits for dropout (``TrainState.rng``).
+* ``"dropout"``: the key the train step splits for dropout (``TrainState.rng``);
+* ``"lora"``: the random factors ``A`` of the rules' LoRA adapters (:func:`jaxtune.init_lora`).
 
 ``data.seed`` is not among them: it only picks the data split and the ``train_limit`` /
 ``eval_limit`` / ``test_limit`` subsets.
@@ -21,11 +22,11 @@ import jax
 import numpy as np
 
 # The fixed integer of each use; never renumber (it would change every run's randomness).
-STREAMS: dict[str, int] = {"init": 1, "data_order": 2, "dropout": 3}
+STREAMS: dict[str, int] = {"init": 1, "data_order": 2, "dropout": 3, "lora": 4}
 
 
 def seed_stream(seed: int, name: str) -> jax.Array:
-    """The key of stream ``name`` (``"init"``, ``"data_order"`` or ``"dropout"``) of ``seed``.
+    """The key of stream ``name`` (``"init"``, ``"data_order"``, ``"dropout"`` or ``"lora"``) of ``seed``.
 
     Example::
 

@@ -43,6 +43,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.forgetting import averaged_leaves
+from jaxtune.lora import merged_params
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
@@ -273,7 +274,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
             full = [jax.lax.stop_gradient(x) for x in leaves]
             for i, x in zip(train_idx, train_leaves):
                 full[i] = x
-            params = cast_floating(jax.tree_util.tree_unflatten(treedef, full), dtype)
+            # A LoraParams tree is merged in float32 (W + scale * A @ B), then cast.
+            params = cast_floating(merged_params(jax.tree_util.tree_unflatten(treedef, full)), dtype)
             loss, (metrics, new_model_state) = _checked_full_result(
                 loss_fn(params, micro_batch, rng=rng, model_state=model_state))
             weight, metrics = _pop_weight(metrics)
@@ -351,7 +353,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       optimizer: e.g. from :func:`jaxtune.make_optimizer`.
       trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
         are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
-        only they are updated. A stacked leaf may take a per-layer bool array. The mask is passed
+        only they are updated. With a :class:`jaxtune.LoraParams` state the loss function gets the
+        factors merged into their frozen kernels; the gradient reaches the factors through them. A stacked leaf may take a per-layer bool array. The mask is passed
         to the optimizer as ``tx.update(..., trainable=mask)``: one from :func:`jaxtune.make_optimizer`
         keeps the other leaves' statistics (moments, step counts) as they are.
       accumulate: gradient accumulation over this many micro-batches of the batch (a ``lax.scan``;
@@ -442,6 +445,6 @@ def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, m
     def step(state: TrainState, batch: Any):
         if mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
-        return eval_fn(cast_floating(state.params, dtype), batch, model_state=state.model_state)
+        return eval_fn(cast_floating(merged_params(state.params), dtype), batch, model_state=state.model_state)
 
     return jax.jit(step)
