@@ -39,6 +39,9 @@ FAILED_KEY = "jaxtune/failed"
 _ACK_DIR = "jaxtune/failed_ack/"
 _POLL_S = 0.5
 _ACK_WAIT_S = 10.0
+# A collective fails here as soon as a peer process dies, a moment before that peer's own report
+# arrives: how long a failing process looks for such a report before calling the failure its own.
+_PEER_REPORT_WAIT_S = 3.0
 DEFAULT_BARRIER_TIMEOUT_S = 600
 
 
@@ -202,6 +205,30 @@ def _watch_for_failure(client, stop: threading.Event) -> None:
                     client.key_value_set(f"{_ACK_DIR}{jax.process_index()}", "1")
             finally:
                 os._exit(1)
+
+
+def failure_of_another_process(wait_s: float = _PEER_REPORT_WAIT_S) -> str | None:
+    """Another process's failure report (``"process i/n failed: ..."``), waiting up to ``wait_s``
+    seconds for one to arrive; None if there is none (or in a single process).
+
+    Example::
+
+        cause = failure_of_another_process()   # e.g. after a collective failed with "Connection reset by peer"
+    """
+    client = _client() if is_multiprocess() else None
+    if client is None:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            failure = _try_get(client, FAILED_KEY)
+        except Exception:  # the coordinator is gone
+            return None
+        if failure is not None and not failure.startswith(f"{process_label()} "):
+            return failure
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(_POLL_S, 0.1))
 
 
 def report_failure(exc: BaseException, status: int = 1) -> None:
@@ -430,7 +457,13 @@ def stops_others_on_failure(fn):
             return fn(*args, **kwargs)
         except BaseException as exc:
             if is_multiprocess() and not isinstance(exc, UserError):  # the command prints user errors itself
-                _say(f"failed: {type(exc).__name__}: {exc}")
+                # A peer's death breaks this process's collectives first: name the peer's failure as the cause.
+                wait_s = _PEER_REPORT_WAIT_S if isinstance(exc, jax.errors.JaxRuntimeError) else 0.0
+                cause = None if _watch["failed"] else failure_of_another_process(wait_s)
+                if cause is not None:
+                    _say(f"stopping: {cause} (here it broke a collective: {type(exc).__name__})")
+                else:
+                    _say(f"failed: {type(exc).__name__}: {exc}")
             report_failure(exc)
             raise
 
