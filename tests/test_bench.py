@@ -15,6 +15,8 @@ import pytest
 
 from jaxtune import bench
 
+pytestmark = pytest.mark.xdist_group("bench_smoke")  # its module fixture is expensive: one worker runs it once
+
 REPO = Path(__file__).resolve().parents[1]
 CASE_FIELDS = {
     "kind", "case", "family", "framework", "mode", "variant", "batch_size", "shape", "compute_dtype",

@@ -11,6 +11,8 @@ from jaxtune.experiment import build, finetune
 from jaxtune.lora import factors_by_path
 from tests.test_experiment import _config, data, tiny_model_dir  # noqa: F401  (module fixtures)
 
+pytestmark = pytest.mark.xdist_group("lora_runner")  # its module fixture is expensive: one worker runs it once
+
 LORA_RULES = [{"pattern": r".*attention/self/(query|value)/kernel", "lora": {"rank": 2, "alpha": 4}, "name": "lora",
                "weight_decay": 0.0},
               {"pattern": r"classifier/.*", "name": "head"}, {"pattern": ".*", "frozen": True}]

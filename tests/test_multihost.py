@@ -16,6 +16,7 @@ import jaxtune as jt
 from jaxtune.experiment import build
 from jaxtune.models import bert
 
+pytestmark = pytest.mark.xdist_group("multihost")  # its module fixture is expensive: one worker runs it once
 
 def _gloo_available() -> bool:
     from jax._src.lib import _jax
@@ -37,6 +38,7 @@ WORKER = r"""
 import builtins, json, os, sys, time
 from jaxtune import cli, experiment
 from jaxtune.nonfinite import NonFiniteGuard
+
 out, multihost_flags, configs = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 pid = int(multihost_flags[multihost_flags.index("--process-id") + 1]) if multihost_flags else 0
 real_open, writes = builtins.open, []
