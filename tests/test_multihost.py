@@ -18,6 +18,7 @@ from jaxtune.models import bert
 
 pytestmark = pytest.mark.xdist_group("multihost")  # its module fixture is expensive: one worker runs it once
 
+
 def _gloo_available() -> bool:
     from jax._src.lib import _jax
 
