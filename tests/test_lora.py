@@ -216,7 +216,7 @@ def test_nnx_state():
 
 
 def test_resnet_1x1_convolutions_get_factors_and_batch_norm_stays_frozen():
-    from jaxtune.bench import _resnet_config
+    from jaxtune.bench.cases import _resnet_config
     from jaxtune.models import resnet
 
     model = resnet.build(_resnet_config(embedding_size=8, hidden_sizes=(16, 32), depths=(1, 1), num_labels=3),
