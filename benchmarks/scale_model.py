@@ -182,6 +182,14 @@ def _markdown(check: list[dict], table: list[dict], args: argparse.Namespace) ->
     return "\n".join(lines) + "\n"
 
 
+
+def _shown(path: Path) -> str:
+    """``path`` as recorded in the results: relative to the repository when inside it (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", default="1,2,4,8,16,32", help="comma-separated host counts")
@@ -204,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             table.append({"family": family, **step_times(models[family], hosts, args)})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale_model.json").write_text(json.dumps({"check": check, "models": models, "table": table,
-                                                           "assumptions": vars(args) | {"out": str(args.out),
-                                                           "results_md": str(args.results_md)}}, indent=2))
+                                                           "assumptions": vars(args) | {"out": _shown(args.out),
+                                                           "results_md": _shown(args.results_md)}}, indent=2))
     body = _markdown(check, table, args)
     (args.out / "scale_model.md").write_text(body)
     from jaxtune.bench import update_results_md
