@@ -140,7 +140,7 @@ class MemberContestant:
 
     def compilations(self) -> int:
         """Number of compiled variants of the jitted step."""
-        return int(self.step._cache_size())
+        return jt.compile_count(self.step)
 
     def close(self) -> None:
         self.state = self.batch = self.step = None
