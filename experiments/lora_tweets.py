@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 on 3-class tweet sentiment (4,000 training tweets, 1 epoch of batch 32, validation
 and test subsets of 1,000), three strategies with the same data, schedule and step budget:
 
-* ``full``  every weight trains, learning rate 1e-4 with layer-wise decay 0.8
+* ``full``  every weight trains (the family's default rules: no weight decay on biases and LayerNorm),
+  learning rate 1e-4 with layer-wise decay 0.8
   (``experiments/configs/tweets_minilm.yaml``'s settings);
 * ``lora``  LoRA factors (rank 8, alpha 16) on every attention query/value kernel plus the classifier;
   the rest of the encoder and the pooler stay frozen; learning rate 1e-3
@@ -37,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PROBE_RULES = [{"pattern": "classifier/.*", "name": "head"},
                {"pattern": ".*", "name": "frozen", "frozen": True}]
 STRATEGIES = {
-    "full": {"optim.rules": [], "optim.learning_rate": 1e-4, "optim.layer_decay": 0.8},
+    "full": {"optim.rules": None, "optim.learning_rate": 1e-4, "optim.layer_decay": 0.8},
     "lora": {},
     "probe": {"optim.rules": PROBE_RULES},
 }
