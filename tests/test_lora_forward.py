@@ -111,40 +111,46 @@ def test_bert_step_skips_the_lora_kernels_gradient_and_equals_the_merged_step():
         np.testing.assert_allclose(g, e, atol=2e-6)   # float32 values O(1), updates up to 0.4
 
 
-def test_t5_and_resnet_1x1_convolutions_route_every_lora_kernel():
-    from jaxtune.bench.cases import _resnet_config
-    from jaxtune.models import resnet, t5
+def _t5_case():
+    from jaxtune.models import t5
 
     config = t5.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_decoder_layers=1, num_heads=2,
                          relative_attention_num_buckets=4, relative_attention_max_distance=8,
                          attention_implementation="xla")
-    model = t5.build(config, "text_to_text")
     ids = jnp.arange(10).reshape(2, 5) + 2
-    inputs = (ids, jnp.ones_like(ids), ids[:, :4])
+    return t5.build(config, "text_to_text"), (ids, jnp.ones_like(ids), ids[:, :4]), {}, r".*/(q|v)/kernel"
+
+
+def _resnet_case():
+    from jaxtune.bench.cases import _resnet_config
+    from jaxtune.models import resnet
+
     cnn = resnet.build(_resnet_config(embedding_size=8, hidden_sizes=(16, 32), depths=(1, 1), num_labels=3),
                        "image_classification", 3)
-    images = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
-    cases = [(model, inputs, {}, r".*/(q|v)/kernel", 6),
-             (cnn, (images,), {"train": False}, r".*/(layer_0|layer_2|shortcut)/convolution/kernel", 6)]
-    for net, args, kwargs, pattern, n_kernels in cases:
-        variables = jax.jit(lambda key: net.init(key, *args, **kwargs))(jax.random.key(0))
-        rules = [(pattern, jt.lora(rank=RANK)), (r".*", jt.freeze())]
-        adapters = _random_b(jt.init_lora(variables["params"], rules, jax.random.key(1)))
-        forwards = []
+    images = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))   # the stage-1 shortcut 1x1 conv has stride 2
+    return cnn, (images,), {"train": False}, r".*/(layer_0|layer_2|shortcut)/convolution/kernel"
 
-        @jax.jit
-        def outputs(params, adapters):
-            forwards.append(jt.LoraForward(params, adapters))
-            with forwards[-1] as p:
-                unmerged = net.apply({**variables, "params": p}, *args, **kwargs)
-            merged = net.apply({**variables, "params": jt.apply_lora(params, adapters)}, *args, **kwargs)
-            return unmerged, merged, net.apply({**variables, "params": params}, *args, **kwargs)
 
-        got, expected, plain = outputs(variables["params"], adapters)
-        forward, = forwards
-        assert len(forward.routed) == n_kernels and not forward.merged, forward.merged
-        assert float(jnp.abs(expected - plain).max()) > 1e-3   # the factors matter
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)   # float32
+@pytest.mark.parametrize("case", [_t5_case, _resnet_case], ids=["t5_qv", "resnet_1x1"])
+def test_t5_and_resnet_1x1_convolutions_route_every_lora_kernel(case):
+    net, args, kwargs, pattern = case()
+    variables = jax.jit(lambda key: net.init(key, *args, **kwargs))(jax.random.key(0))
+    rules = [(pattern, jt.lora(rank=RANK)), (r".*", jt.freeze())]
+    adapters = _random_b(jt.init_lora(variables["params"], rules, jax.random.key(1)))
+    forwards = []
+
+    @jax.jit
+    def unmerged(params, adapters):
+        forwards.append(jt.LoraForward(params, adapters))
+        with forwards[-1] as p:
+            return net.apply({**variables, "params": p}, *args, **kwargs)
+
+    apply = jax.jit(lambda params: net.apply({**variables, "params": params}, *args, **kwargs))
+    got, expected = unmerged(variables["params"], adapters), apply(jt.merge_lora(variables["params"], adapters))
+    forward, = forwards
+    assert len(forward.routed) == 6 and not forward.merged, forward.merged   # T5: q, v of 3 attentions; ResNet: 2 blocks
+    assert float(jnp.abs(expected - apply(variables["params"])).max()) > 1e-3   # the factors matter
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)   # float32
 
 
 class _Proj(nn.Module):
