@@ -7,8 +7,8 @@ Usage::
     python benchmarks/lora_cost.py --rounds 7 --steps-per-round 5 --out benchmarks/results
 
 Per strategy it reports the median step time over timed rounds (after one warm-up round), the
-compile time, the optimizer-state bytes, the trainable parameter count and XLA's peak memory
-estimate, and writes ``<out>/<name>.jsonl`` and ``<out>/<name>.md`` (date, machine and settings in
+compile time, the optimizer-state bytes, the trainable parameter count, XLA's peak memory
+estimate and XLA's FLOP count of the compiled step, and writes ``<out>/<name>.jsonl`` and ``<out>/<name>.md`` (date, machine and settings in
 the markdown). All three strategies use adamw (lr 2e-5, weight decay 0.01) through
 ``jt.make_optimizer`` and a structural step (``trainable=`` the rules' mask), so they differ only in
 what trains: everything; the classifier; LoRA factors on every query/value kernel plus the classifier.
@@ -71,20 +71,22 @@ def measure(model: bench.Model, rules: list, batch: dict, rounds: int, steps_per
     return {"step_s": bench.median_step_time(times, steps_per_round), "compile_s": compile_s,
             "optimizer_state_bytes": bench.tree_bytes(state.opt_state),
             "trainable_params": int(sum(x.size for x, t in zip(leaves, flags) if t)),
-            "params": int(sum(x.size for x in leaves)), "peak_memory_bytes": bench.xla_peak_bytes(compiled)}
+            "params": int(sum(x.size for x in leaves)), "peak_memory_bytes": bench.xla_peak_bytes(compiled),
+            "step_flops": bench.xla_cost(compiled)}
 
 
 def markdown(rows: list[dict], header: str) -> str:
     """The results as a markdown table, step time and state relative to full fine-tuning."""
     full = next(r for r in rows if r["strategy"] == "full")
     lines = [header, "", "| strategy | step ms | vs full | compile s | optimizer state MiB | vs full | trainable params "
-             "| peak MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak MiB | GFLOP/step (XLA) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = "n/a" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        flops = "n/a" if r.get("step_flops") is None else f"{r['step_flops'] / 1e9:.2f}"
         lines.append(f"| {r['strategy']} | {1e3 * r['step_s']:.1f} | {r['step_s'] / full['step_s']:.2f}x | "
                      f"{r['compile_s']:.1f} | {r['optimizer_state_bytes'] / 2**20:.2f} | "
                      f"{r['optimizer_state_bytes'] / full['optimizer_state_bytes']:.4f}x | "
-                     f"{r['trainable_params']:,} of {r['params']:,} | {peak} |")
+                     f"{r['trainable_params']:,} of {r['params']:,} | {peak} | {flops} |")
     return "\n".join(lines) + "\n"
 
 

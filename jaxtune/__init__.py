@@ -54,6 +54,7 @@ from jaxtune.generation import generate
 from jaxtune.experiment import build_rules, evaluate_run, finetune
 from jaxtune.hub import LoadReport, from_pretrained, minilm_path, save_pretrained
 from jaxtune.lora import LoraFactors, LoraParams, apply_lora, init_lora, lora_parameter_count, merge_lora
+from jaxtune.lora_forward import LoraForward
 from jaxtune.lora_peft import load_peft, save_peft
 from jaxtune.member_runs import MembersUnsupported, finetune_members
 from jaxtune.members import make_member_eval_step, make_member_step, num_members, stack_members, unstack_members

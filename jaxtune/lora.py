@@ -8,8 +8,10 @@ replaced by ``W + alpha / rank * A @ B``; it is pure and differentiable, so it w
 
 For jaxtune's optimizer and step, put both in a :class:`LoraParams`: its leaves keep the paths the
 rules are written for (``.../query/kernel`` and ``.../query/kernel/lora_a``), the rule table freezes
-the kernels and trains the factors with the lora rule's settings, and the train and eval steps
-merge the factors into the kernels on the fly (the loss function sees plain params).
+the kernels and trains the factors with the lora rule's settings. The train step runs the loss
+function under :class:`jaxtune.LoraForward` (a linen model's LoRA'd Dense / 1x1 Conv calls computed
+unmerged, so the frozen kernels' gradients are never formed); the eval step merges the factors
+into the kernels (the loss function sees plain params either way).
 
 Example::
 
@@ -41,7 +43,8 @@ class LoraFactors:
     """The factors of one kernel: ``lora_a`` (``[L,] in, rank``) and ``lora_b`` (``[L,] rank, out``);
     the kernel's update is ``scale * lora_a @ lora_b`` (per layer ``L`` of a stacked kernel),
     reshaped to the kernel's shape (a 1x1 convolution's ``(1, 1, in, out)``). ``scale`` is
-    ``alpha / rank``; ``dropout`` is kept for PEFT files only.
+    ``alpha / rank``; ``dropout`` is the rate of dropout on the LoRA branch's input in training
+    (:class:`jaxtune.LoraForward`; PEFT's ``lora_dropout``).
 
     Example::
 
@@ -157,11 +160,25 @@ def check_factors(path: str, kernel_shape: Sequence[int], factors: LoraFactors, 
 def apply_lora(params: Any, adapters: Any) -> Any:
     """``params`` with each kernel that has factors replaced by ``W + scale * A @ B`` (added in
     float32, cast back to the kernel's dtype). Pure and differentiable (gradients reach the
-    factors through the merged kernel); works on dicts, ``FrozenDict`` and ``nnx.State``.
+    factors through the merged kernel); works on dicts, ``FrozenDict`` and ``nnx.State``. To train
+    a linen model without forming the merged kernel's gradient, see :class:`jaxtune.LoraForward`.
 
     Example::
 
         logits = model.apply({"params": jt.apply_lora(params, adapters)}, batch["input_ids"])
+    """
+    flat, paths, leaves, treedef = flat_with_factors(params, adapters)
+    out = [leaf if path not in flat else merge_kernel(path, leaf, flat[path]) for path, leaf in zip(paths, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def flat_with_factors(params: Any, adapters: Any) -> tuple[dict[str, LoraFactors], list[str], list[Any], Any]:
+    """``(factors by kernel path, leaf paths, leaves, treedef)`` of ``params``; a :class:`RuleError`
+    if an adapter names no parameter.
+
+    Example::
+
+        flat, paths, leaves, treedef = flat_with_factors(params, adapters)
     """
     flat = factors_by_path(adapters)
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -170,16 +187,20 @@ def apply_lora(params: Any, adapters: Any) -> Any:
     if unknown:
         raise RuleError(f"{len(unknown)} LoRA adapter(s) name no parameter: {unknown[:5]}; e.g. params have "
                         f"{paths[:3]}. Make the adapters from these params (jt.init_lora / jt.load_peft)")
-    out = []
-    for path, leaf in zip(paths, leaves):
-        factors = flat.get(path)
-        if factors is None:
-            out.append(leaf)
-            continue
-        check_factors(path, np.shape(leaf), factors)
-        merged = jnp.asarray(leaf, jnp.float32) + factors.delta(np.shape(leaf))
-        out.append(merged.astype(jnp.result_type(leaf)))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return flat, paths, leaves, treedef
+
+
+def merge_kernel(path: str, kernel: Any, factors: LoraFactors, dtype: Any = None) -> jax.Array:
+    """``kernel + scale * A @ B``, added in float32 and cast to ``dtype`` (default: the kernel's);
+    a :class:`RuleError` names ``path`` if the factors do not fit the kernel.
+
+    Example::
+
+        merge_kernel("q/kernel", jnp.zeros((4, 4)), LoraFactors(jnp.ones((4, 2)), jnp.ones((2, 4))))   # all 2.0
+    """
+    check_factors(path, np.shape(kernel), factors)
+    merged = jnp.asarray(kernel, jnp.float32) + factors.delta(np.shape(kernel))
+    return merged.astype(jnp.result_type(kernel) if dtype is None else dtype)
 
 
 def merged_params(tree: Any) -> Any:

@@ -123,11 +123,15 @@ def save_peft(adapters: Any, config: Any, directory: str | Path, task: str | Non
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(hub._to_numpy(f.lora_a).T)
         tensors[f"{_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(hub._to_numpy(f.lora_b).T)
         modules[module] = (f.rank, f.scale * f.rank, f.dropout)
+    dropouts = sorted({d for _, _, d in modules.values()})
+    if len(dropouts) > 1:
+        raise UserError(f"save_peft: the adapters' LoRA dropouts differ ({dropouts}); a PEFT adapter has one "
+                        "lora_dropout for all modules: give the jt.lora rules the same dropout")
     rank = _most_common([r for r, _, _ in modules.values()])
     alpha = _most_common([a for _, a, _ in modules.values()])
     adapter_config = {
         "peft_type": "LORA", "task_type": TASK_TYPES.get(task), "base_model_name_or_path": base_model_name_or_path,
-        "r": rank, "lora_alpha": alpha, "lora_dropout": _most_common([d for _, _, d in modules.values()]),
+        "r": rank, "lora_alpha": alpha, "lora_dropout": dropouts[0],
         "target_modules": sorted(modules), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
         "use_dora": False, "init_lora_weights": True, "inference_mode": True,
         "modules_to_save": [m.replace("/", ".") for m in modules_to_save] or None,

@@ -15,7 +15,7 @@ from jaxtune.errors import UserError, check_number
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
     """What a :func:`jaxtune.lora` rule says about the factors: rank, ``alpha`` (the update is
-    scaled by ``alpha / rank``, as in PEFT) and input dropout (only 0.0: see :func:`jaxtune.lora`)."""
+    scaled by ``alpha / rank``, as in PEFT) and ``dropout`` on the LoRA branch's input in training."""
 
     rank: int
     alpha: float
@@ -43,8 +43,4 @@ def check_lora(spec: Any, where: str = "lora", error: type[UserError] = UserErro
     check_number(f"{where}.rank", spec.rank, low=1, integer=True, error=error)
     check_number(f"{where}.alpha", spec.alpha, low=0.0, low_open=True, error=error)
     check_number(f"{where}.dropout", spec.dropout, low=0.0, high=1.0, high_open=True, error=error)
-    if spec.dropout:
-        raise error(f"{where}.dropout is {spec.dropout}; jaxtune merges the factors into the kernel inside the step, "
-                    "where dropout on the adapter's input cannot be expressed, so only 0.0 is supported. Use "
-                    "dropout=0.0 (regularise with weight_decay or l2_sp on the factors instead)")
     return spec

@@ -137,8 +137,9 @@ def lora(rank: int = 8, alpha: float | None = None, dropout: float = 0.0, *, lr_
     :func:`jaxtune.apply_lora`). The factors train with the other settings given here
     (learning-rate multiplier, weight decay, layer-wise decay by the kernel's layer, L2-SP), and
     show as the group ``name`` in :func:`summary`; the kernels as ``"<name> (base)"``, frozen.
-    ``dropout`` must be 0.0: the factors are merged into the kernel, where input dropout has no
-    place.
+    ``dropout`` (PEFT's ``lora_dropout``) drops the LoRA branch's input in training steps; it
+    needs the unmerged form (:class:`jaxtune.LoraForward`: linen Dense / 1x1 Conv calls, not
+    stacked layers or ``nnx`` models).
 
     Example::
 

@@ -43,7 +43,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtune.forgetting import averaged_leaves
-from jaxtune.lora import merged_params
+from jaxtune.lora import LoraParams, merged_params
+from jaxtune.lora_forward import LoraForward, lora_dropout_key
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
@@ -274,10 +275,13 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
             full = [jax.lax.stop_gradient(x) for x in leaves]
             for i, x in zip(train_idx, train_leaves):
                 full[i] = x
-            # A LoraParams tree is merged in float32 (W + scale * A @ B), then cast.
-            params = cast_floating(merged_params(jax.tree_util.tree_unflatten(treedef, full)), dtype)
-            loss, (metrics, new_model_state) = _checked_full_result(
-                loss_fn(params, micro_batch, rng=rng, model_state=model_state))
+            tree = jax.tree_util.tree_unflatten(treedef, full)
+            if isinstance(tree, LoraParams):   # LoRA'd linen Dense / 1x1 Conv calls run unmerged
+                with LoraForward(tree.params, tree.adapters, rng=lora_dropout_key(rng), dtype=dtype) as params:
+                    out = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
+            else:
+                out = loss_fn(cast_floating(tree, dtype), micro_batch, rng=rng, model_state=model_state)
+            loss, (metrics, new_model_state) = _checked_full_result(out)
             weight, metrics = _pop_weight(metrics)
             return loss.astype(jnp.float32), (weight, metrics, new_model_state)
 
@@ -353,8 +357,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       optimizer: e.g. from :func:`jaxtune.make_optimizer`.
       trainable: structural mode: a bool pytree (``jt.trainable_mask(params, rules)``). Gradients
         are taken only w.r.t. the True leaves (nothing is back-propagated into a frozen prefix) and
-        only they are updated. With a :class:`jaxtune.LoraParams` state the loss function gets the
-        factors merged into their frozen kernels; the gradient reaches the factors through them. A stacked leaf may take a per-layer bool array. The mask is passed
+        only they are updated. With a :class:`jaxtune.LoraParams` state the loss function runs
+        under :class:`jaxtune.LoraForward`: a linen model's LoRA'd Dense / 1x1 Conv calls compute
+        ``x @ W + scale * (dropout(x) @ A) @ B`` with ``W`` frozen (no gradient of the whole
+        kernel), other uses see the merged kernel ``W + scale * A @ B``; LoRA dropout draws from a
+        key folded from the step's dropout key. A stacked leaf may take a per-layer bool array. The mask is passed
         to the optimizer as ``tx.update(..., trainable=mask)``: one from :func:`jaxtune.make_optimizer`
         keeps the other leaves' statistics (moments, step counts) as they are.
       accumulate: gradient accumulation over this many micro-batches of the batch (a ``lax.scan``;

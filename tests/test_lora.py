@@ -37,8 +37,9 @@ def test_lora_rule_checks_its_values():
     assert jt.lora(rank=8, alpha=16).lora == jt.LoraSpec(8, 16.0, 0.0)
     with pytest.raises(jt.RuleError, match="rank"):
         jt.lora(rank=0)
+    assert jt.lora(rank=4, dropout=0.1).lora.dropout == 0.1
     with pytest.raises(jt.RuleError, match="dropout"):
-        jt.lora(rank=4, dropout=0.1)
+        jt.lora(rank=4, dropout=1.0)
     with pytest.raises(jt.RuleError, match="frozen but also sets lora"):
         jt.Settings(frozen=True, lora=jt.LoraSpec(4, 8.0))
 
