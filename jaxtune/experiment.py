@@ -47,7 +47,7 @@ from jaxtune.run_outputs import export_config, export_model, write_outputs  # ex
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import place_global_batch, shard_train_state
-from jaxtune.tasks import IGNORE_INDEX, Task, get_task
+from jaxtune.tasks import IGNORE_INDEX, Task, get_task, scored_by_generation
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,12 @@ class Setup:
         return out if self.mesh is None else multihost.host_copy(out)
 
 
+def _head_size(task: Task, cfg: ExperimentConfig, label_names: Sequence[str]) -> int | None:
+    """The head's output count: ``model.num_labels``, else one per label; None for a text-to-text head
+    (it predicts tokens)."""
+    return None if task.head == "text_to_text" else cfg.model.num_labels or len(label_names)
+
+
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
     from jaxtune.config import apply_overrides, from_dict, validate_config
 
@@ -276,12 +282,17 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     (:func:`jaxtune.multihost.run_mesh`)."""
     cfg = _as_config(config, overrides)
     mesh = multihost.run_mesh(cfg)
-    data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
+    data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels, cfg.model.task)
     check_num_labels(cfg.model.num_labels, data.label_names, cfg.data.dataset)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
+    if (task.name == "text_to_text") != (data.generated is not None):
+        raise ConfigError(f"model.task is {cfg.model.task!r} but the data was prepared for {data.task}: pass "
+                          "prepare_data(..., task=cfg.model.task), or let finetune prepare it")
+    if data.generated is not None:
+        task = scored_by_generation(task, data.generated.score)
     check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
-    num_labels = cfg.model.num_labels or len(data.label_names)
+    num_labels = _head_size(task, cfg, data.label_names)
     if task.problem_type == "regression" and num_labels != 1:
         raise ConfigError(f"model.num_labels={num_labels}: {task.name} predicts one score per example; set "
                           "model.num_labels to 1 or null")
@@ -563,7 +574,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     label_names = loader(seed=cfg.data.seed).label_names
     check_num_labels(cfg.model.num_labels, label_names, cfg.data.dataset)
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
-    model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
+    model, variables = load_model(cfg.model.path, task.head, _head_size(task, cfg, label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)
     params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
