@@ -37,6 +37,7 @@ from jaxtune.lora import LoraParams, init_lora, merged_params
 from jaxtune.lora_spec import check_lora
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
+from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
@@ -216,6 +217,16 @@ def evaluate(task: Task, eval_step, state: TrainState, batches: Sequence[dict],
     predictions, references = _stack_rows(preds, 0), _stack_rows(refs, IGNORE_INDEX)
     scores = task.score(predictions, references, label_names)
     return {"loss": loss_sum / max(weight, 1.0), **scores}, predictions, references
+
+
+def answer_scores(setup: Setup, state: TrainState, split: str) -> dict[str, float]:
+    """Extractive QA runs: ``exact_match`` and ``f1`` of the ``split`` questions, each answered by its
+    best span over all its windows (:func:`jaxtune.qa.qa_run_scores`); ``{}`` for other tasks."""
+    if setup.data.qa is None:
+        return {}
+    variables = {"params": merged_params(state.params), **state.model_state}
+    variables = variables if setup.mesh is None else multihost.host_copy(variables)
+    return qa_run_scores(setup.model, variables, setup.data, split, batch_size=setup.config.data.eval_batch_size)
 
 
 def _runner_state_record(cfg: ExperimentConfig, rules: list[Rule], epoch: int, batch_index: int,
@@ -531,6 +542,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         test_scores, predictions, references = evaluate(
             task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)),
             data.label_names)
+        test_scores.update(answer_scores(setup, state, "test"))
         best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
         log.log(step, test_scores, "test")
     finally:
@@ -562,9 +574,9 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
-    scores, _, _ = evaluate(setup.task, setup.eval_on_host, evaluation_state(setup.config, state), batches,
-                            setup.data.label_names)
-    return {"step": step, **scores}
+    state = evaluation_state(setup.config, state)
+    scores, _, _ = evaluate(setup.task, setup.eval_on_host, state, batches, setup.data.label_names)
+    return {"step": step, **scores, **answer_scores(setup, state, split)}
 
 
 def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = ()) -> str:
