@@ -379,7 +379,7 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
         first = chunk_configs[0]
         key = json.dumps([to_dict(first.data), first.model.path, first.model.task], sort_keys=True)
         if data is None and key not in prepared:
-            prepared[key] = prepare_data(first.data, first.model.path, task=first.model.task)
+            prepared[key] = prepare_data(first.data, first.model.path, None, first.model.task)
         for j, result in zip(chunk, _train_points(chunk_configs, data if data is not None else prepared[key])):
             results[todo[j]] = result
     trained = len(todo)
