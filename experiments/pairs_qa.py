@@ -9,8 +9,8 @@ examples (the run's ``data.test_limit`` subset):
 * ``--task stsb``  Pearson, Spearman; baseline: cosine of the pretrained model's mean-pooled sentence
   embeddings (no training);
 * ``--task squad`` EM, F1 (official normalisation, all gold answers) on a fixed dev subset; baselines:
-  first sentence of the context, sliding-window lexical overlap. The model's answers are decoded from
-  its exported best checkpoint over all windows of each question.
+  first sentence of the context, sliding-window lexical overlap. The run's own test metrics: each
+  question answered by the best span over all its windows (:mod:`jaxtune.qa`).
 
 The results file (``experiments/results/pairs_<task>.md``) is written by the command, with the date,
 machine, seed and the command line. One seed (``train.seed``). Each takes about 30 minutes or less on 2 CPU
@@ -35,6 +35,7 @@ from jaxtune import baselines as B
 from jaxtune import metrics as M
 from jaxtune.data import text
 from jaxtune.experiment import finetune
+from jaxtune.qa import squad_scores
 from jaxtune.run_data import _model_dir, data_subsets, prepare_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,25 +67,11 @@ def stsb_baselines(parts, model_path: str, max_length: int) -> list[tuple[str, d
              {"pearson": M.pearson(test.labels, cosine), "spearman": M.spearman(test.labels, cosine)})]
 
 
-def squad_scores(answers, split) -> dict:
-    gold = split.answer_texts()
-    return {"exact_match": M.squad_exact_match(answers, gold), "f1": M.squad_f1(answers, gold)}
-
-
 def squad_baselines(parts) -> list[tuple[str, dict]]:
     test = parts["test"]
     return [("first sentence of the context", squad_scores(B.first_sentence_answers(test.contexts), test)),
             ("sliding-window lexical overlap", squad_scores(B.sliding_window_answers(test.questions, test.contexts),
                                                             test))]
-
-
-def squad_model_scores(cfg, data, result) -> dict:
-    """EM/F1 of the exported best checkpoint, decoded over all windows of each test question."""
-    features, split = data.qa["test"]
-    model, variables = jt.from_pretrained(result.paths["export"], task="question_answering")
-    answers = B.qa_answers(model, variables, features, split.contexts, pad_token_id=data.pad_token_id,
-                           batch_size=cfg.data.eval_batch_size)
-    return squad_scores(answers, split)
 
 
 METRICS = {"snli": ("accuracy", "macro_f1"), "stsb": ("pearson", "spearman"), "squad": ("exact_match", "f1")}
@@ -115,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     config_path = args.config or os.path.join(HERE, "configs", f"{args.task}_minilm.yaml")
-    # SQuAD's EM/F1 are decoded from the exported best checkpoint.
-    overrides = ["train.progress=false", *args.overrides] + (["checkpoint.export_best_hf=true"]
-                                                             if args.task == "squad" else [])
+    overrides = ["train.progress=false", *args.overrides]
     cfg = jt.load_config(config_path, overrides)
     if cfg.data.dataset != args.task:
         raise SystemExit(f"{config_path} trains on data.dataset={cfg.data.dataset!r}, not {args.task!r}")
@@ -128,11 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = stsb_baselines(parts, cfg.model.path, cfg.data.max_length)
     else:
         rows = squad_baselines(parts)
-    data = prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
+    data = prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels, cfg.model.task)
     result = finetune(cfg, data=data)
-    scores = squad_model_scores(cfg, data, result) if args.task == "squad" else result.test_metrics
     rows.append((f"{cfg.name}: fine-tuned ({result.steps} steps, best step {result.best_step}, "
-                 f"{result.trainable_params:,} trained parameters)", scores))
+                 f"{result.trainable_params:,} trained parameters)", result.test_metrics))
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in parts.items())
     command = shlex.join(["python", "experiments/pairs_qa.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [f"# {args.task}: all-MiniLM-L6-v2 fine-tuned vs baselines", "",

@@ -1,4 +1,4 @@
-"""Honest baselines for sentence pairs and extractive QA, and the QA answer decoding of a trained model.
+"""Honest baselines for sentence pairs and extractive QA.
 
 A fine-tuned number means little without what no training (or a trivial model) gets on the same
 examples. These run on the host in seconds:
@@ -10,7 +10,8 @@ examples. These run on the host in seconds:
   (:func:`sentence_embeddings`), with no training -- the bar a fine-tuned sentence-embedding model
   such as all-MiniLM-L6-v2 must clear;
 * QA: :func:`first_sentence_answers` and :func:`sliding_window_answers` (lexical overlap with the
-  question); :func:`qa_answers` decodes a QA model's windows into answer texts for EM/F1.
+  question). (:func:`qa_answers`, re-exported from :mod:`jaxtune.qa`, decodes a QA model's windows
+  into answer texts for EM/F1.)
 
 Example:
     >>> probe = BagOfWordsProbe.fit(["a dog runs", "no cat sleeps"], [0, 1], num_classes=2, min_count=1)
@@ -24,6 +25,8 @@ import re
 from typing import Sequence
 
 import numpy as np
+
+from jaxtune.qa import qa_answers  # re-exported
 
 __all__ = [
     "BagOfWordsProbe",
@@ -201,32 +204,3 @@ def sliding_window_answers(questions: Sequence[str], contexts: Sequence[str], *,
     if len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts.")
     return [_window_answer(q, c, window, max_words) for q, c in zip(questions, contexts)]
-
-
-def qa_answers(model, variables, features, contexts: Sequence[str], *, pad_token_id: int, batch_size: int = 32,
-               max_answer_length: int = 30) -> list[str]:
-    """Answer text per question from a QA model over its windows (:class:`jaxtune.data.QAFeatures`).
-
-    Windows are scored in order, padded to one length (one compilation), and decoded exactly by
-    :func:`jaxtune.data.decode_qa_predictions` (best span over all of a question's windows).
-
-    Example:
-        >>> answers = qa_answers(model, variables, features, contexts, pad_token_id=0)  # doctest: +SKIP
-        >>> jt.metrics.squad_f1(answers, split.answer_texts())  # doctest: +SKIP
-    """
-    import jax
-
-    from jaxtune.data.text import decode_qa_predictions, pad_batch
-
-    length = max(len(e["input_ids"]) for e in features.examples)
-    inputs = [{k: e[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in e} for e in features.examples]
-    apply = jax.jit(lambda ids, mask, types: model.apply(variables, ids, mask, types))
-    starts, ends = [], []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        batch = pad_batch(chunk, (length,), pad_token_id=pad_token_id, batch_size=batch_size)
-        start_logits, end_logits = apply(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        starts.append(np.asarray(start_logits)[:len(chunk)])
-        ends.append(np.asarray(end_logits)[:len(chunk)])
-    return decode_qa_predictions(features, np.concatenate(starts), np.concatenate(ends), contexts,
-                                 max_answer_length=max_answer_length)

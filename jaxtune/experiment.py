@@ -37,6 +37,7 @@ from jaxtune.lora import LoraParams, init_lora, merged_params
 from jaxtune.lora_spec import check_lora
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
+from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
@@ -47,7 +48,7 @@ from jaxtune.run_outputs import export_config, export_model, write_outputs  # ex
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import place_global_batch, shard_train_state
-from jaxtune.tasks import IGNORE_INDEX, Task, get_task
+from jaxtune.tasks import IGNORE_INDEX, Task, get_task, scored_by_generation
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,16 @@ def evaluate(task: Task, eval_step, state: TrainState, batches: Sequence[dict],
     return {"loss": loss_sum / max(weight, 1.0), **scores}, predictions, references
 
 
+def answer_scores(setup: Setup, state: TrainState, split: str) -> dict[str, float]:
+    """Extractive QA runs: ``exact_match`` and ``f1`` of the ``split`` questions, each answered by its
+    best span over all its windows (:func:`jaxtune.qa.qa_run_scores`); ``{}`` for other tasks."""
+    if setup.data.qa is None:
+        return {}
+    variables = {"params": merged_params(state.params), **state.model_state}
+    variables = variables if setup.mesh is None else multihost.host_copy(variables)
+    return qa_run_scores(setup.model, variables, setup.data, split, batch_size=setup.config.data.eval_batch_size)
+
+
 def _runner_state_record(cfg: ExperimentConfig, rules: list[Rule], epoch: int, batch_index: int,
                          stopper: EarlyStopping | None, stage: int) -> dict:
     return {"config": to_dict(cfg), "rules": [[p, dataclasses.asdict(s)] for p, s in rules],
@@ -256,6 +267,12 @@ class Setup:
         return out if self.mesh is None else multihost.host_copy(out)
 
 
+def _head_size(task: Task, cfg: ExperimentConfig, label_names: Sequence[str]) -> int | None:
+    """The head's output count: ``model.num_labels``, else one per label; None for a text-to-text head
+    (it predicts tokens)."""
+    return None if task.head == "text_to_text" else cfg.model.num_labels or len(label_names)
+
+
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
     from jaxtune.config import apply_overrides, from_dict, validate_config
 
@@ -276,12 +293,17 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     (:func:`jaxtune.multihost.run_mesh`)."""
     cfg = _as_config(config, overrides)
     mesh = multihost.run_mesh(cfg)
-    data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels)
+    data = data if data is not None else prepare_data(cfg.data, cfg.model.path, cfg.model.num_labels, cfg.model.task)
     check_num_labels(cfg.model.num_labels, data.label_names, cfg.data.dataset)
     task = get_task(data.task if cfg.model.task == "auto" else cfg.model.task)
+    if (task.name == "text_to_text") != (data.generated is not None):
+        raise ConfigError(f"model.task is {cfg.model.task!r} but the data was prepared for {data.task}: pass "
+                          "prepare_data(..., task=cfg.model.task), or let finetune prepare it")
+    if data.generated is not None:
+        task = scored_by_generation(task, data.generated.score)
     check_monitor(cfg.early_stopping.monitor, task, data)
     logger.info("data: %s", data.description)
-    num_labels = cfg.model.num_labels or len(data.label_names)
+    num_labels = _head_size(task, cfg, data.label_names)
     if task.problem_type == "regression" and num_labels != 1:
         raise ConfigError(f"model.num_labels={num_labels}: {task.name} predicts one score per example; set "
                           "model.num_labels to 1 or null")
@@ -520,6 +542,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         test_scores, predictions, references = evaluate(
             task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)),
             data.label_names)
+        test_scores.update(answer_scores(setup, state, "test"))
         best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
         log.log(step, test_scores, "test")
     finally:
@@ -551,9 +574,9 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
-    scores, _, _ = evaluate(setup.task, setup.eval_on_host, evaluation_state(setup.config, state), batches,
-                            setup.data.label_names)
-    return {"step": step, **scores}
+    state = evaluation_state(setup.config, state)
+    scores, _, _ = evaluate(setup.task, setup.eval_on_host, state, batches, setup.data.label_names)
+    return {"step": step, **scores, **answer_scores(setup, state, split)}
 
 
 def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str] = ()) -> str:
@@ -563,7 +586,7 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     label_names = loader(seed=cfg.data.seed).label_names
     check_num_labels(cfg.model.num_labels, label_names, cfg.data.dataset)
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
-    model, variables = load_model(cfg.model.path, task.head, cfg.model.num_labels or len(label_names), cfg.model.dtype)
+    model, variables = load_model(cfg.model.path, task.head, _head_size(task, cfg, label_names), cfg.model.dtype)
     rules = build_rules(cfg.optim, model)
     params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None

@@ -371,7 +371,8 @@ def finetune_members(configs: Sequence[ExperimentConfig | str | os.PathLike | di
     cfgs = [_as_config(c, ()) for c in configs]
     check_member_group(cfgs)
     plans = [check_run_dir(os.path.join(c.output_dir, c.name), c) for c in cfgs]
-    data = data if data is not None else prepare_data(cfgs[0].data, cfgs[0].model.path, cfgs[0].model.num_labels)
+    data = data if data is not None else prepare_data(cfgs[0].data, cfgs[0].model.path, cfgs[0].model.num_labels,
+                                                      cfgs[0].model.task)
     setups = [build(c, data=data) for c in cfgs]
     done = [finished_result(p, s.total_steps) for p, s in zip(plans, setups)]
     if all(d is not None for d in done):

@@ -9,6 +9,7 @@ Used by :func:`jaxtune.finetune` (and re-exported from ``jaxtune.experiment``); 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,9 @@ class PreparedData:
     qa: dict | None = None
     """For extractive QA: split name -> (:class:`jaxtune.data.QAFeatures`, :class:`jaxtune.data.QASplit`),
     the windows' map back to questions, contexts and all gold answers (for EM/F1)."""
+    generated: Any = None
+    """For text-to-text sentence pairs: the :class:`jaxtune.data.GeneratedTargets` that reads the
+    model's generated answers back as classes or scores (evaluation scores those, not tokens)."""
 
 
 def _model_dir(path: str) -> str:
@@ -90,7 +94,7 @@ def _image_examples(split, image_size: int) -> list[dict]:
             for img, label in zip(split.images, split.labels)]
 
 
-def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> PreparedData:
+def prepare_data(data_cfg, model_path: str, num_labels: int | None = None, task: str = "auto") -> PreparedData:
     """Loads a named offline data set and makes per-example arrays for the model.
 
     ``data_cfg.dataset``: ``"tweet_sentiment"`` (3-class tweets, tokenised with the model's
@@ -98,6 +102,9 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     ``image_size``, 3 channels, ImageNet-normalised). ``train_limit`` / ``eval_limit`` /
     ``test_limit`` take a seeded random subset of the train / validation / test split.
     ``num_labels`` (``model.num_labels``) is checked against the label set before any preprocessing.
+    ``task`` (``model.task``) ``"text_to_text"`` makes ``"snli"`` / ``"stsb"`` pairs T5 examples
+    (:func:`jaxtune.data.tokenize_t5_pairs`: label words / scores as targets, ``data.truncation``
+    inside the sentences), scored from generated answers (``PreparedData.generated``).
 
     Example (prepare once, then pass it to several runs: :func:`jaxtune.finetune`'s ``data=``)::
 
@@ -112,6 +119,8 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
     check_num_labels(num_labels, splits.label_names, data_cfg.dataset)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
     source = f"{splits.origin}; licence: {splits.license}"
+    if task == "text_to_text":
+        return _t5_pair_data(text.load_tokenizer(_model_dir(model_path)), parts, data_cfg, splits, f"{sizes}; {source}")
     if data_cfg.dataset == "mnist_digits":
         examples = {k: _image_examples(v, data_cfg.image_size) for k, v in parts.items()}
         return PreparedData("image_classification", examples["train"], examples["validation"], examples["test"],
@@ -136,6 +145,32 @@ def prepare_data(data_cfg, model_path: str, num_labels: int | None = None) -> Pr
                         buckets=text.length_buckets(data_cfg.max_length), pad_token_id=int(tokenizer.pad_token_id),
                         description=f"{splits.name} ({sizes}; {truncated} truncated to {data_cfg.max_length} "
                                     f"tokens; {source})")
+
+
+def _t5_pair_data(tokenizer, parts: dict, data_cfg, splits, about: str) -> PreparedData:
+    """SNLI / STS-B pairs as T5 text-to-text examples (:mod:`jaxtune.data.t5_pairs`)."""
+    from jaxtune.data import t5_pairs, text
+
+    if data_cfg.dataset not in t5_pairs.PAIR_NAMES:
+        raise UserError(f"model.task is text_to_text: the runner formats sentence pairs for T5 (data.dataset "
+                        f"{' or '.join(sorted(t5_pairs.PAIR_NAMES))}), not {data_cfg.dataset!r}; use model.task auto")
+    regression = _dataset(data_cfg.dataset)[1] == "sequence_regression"
+    names = t5_pairs.PAIR_NAMES[data_cfg.dataset]
+    try:
+        tokenized = {name: t5_pairs.tokenize_t5_pairs(
+            tokenizer, part.texts, part.pairs, t5_pairs.target_texts(part.labels, splits.label_names, regression=regression),
+            names=names, max_length=data_cfg.max_length, truncation=data_cfg.truncation) for name, part in parts.items()}
+    except ValueError as e:
+        raise UserError(f"data ({data_cfg.dataset}, text_to_text): {e}") from None
+    truncated = sum(len(t.truncated["input_ids"]) for t in tokenized.values())
+    return PreparedData(task="text_to_text", train=tokenized["train"].examples,
+                        validation=tokenized["validation"].examples, test=tokenized["test"].examples,
+                        label_names=tuple(splits.label_names), buckets=text.length_buckets(data_cfg.max_length),
+                        pad_token_id=int(tokenizer.pad_token_id),
+                        description=f"{splits.name} as text to text ('{names[0]}: ... {names[1]}: ...' -> "
+                                    f"{'score rounded to 0.2' if regression else 'label word'}; {about}; {truncated} "
+                                    f"pairs truncated to {data_cfg.max_length} tokens)",
+                        generated=t5_pairs.GeneratedTargets(tokenizer, tuple(splits.label_names), regression))
 
 
 def _qa_data(tokenizer, parts: dict, data_cfg, splits, about: str) -> PreparedData:

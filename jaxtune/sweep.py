@@ -376,9 +376,10 @@ def sweep(config: ExperimentConfig | str | os.PathLike | dict, grid: Mapping[str
         print(note)
     for chunk in chunks:
         chunk_configs = [configs[todo[j]] for j in chunk]
-        key = json.dumps([to_dict(chunk_configs[0].data), chunk_configs[0].model.path], sort_keys=True)
+        first = chunk_configs[0]
+        key = json.dumps([to_dict(first.data), first.model.path, first.model.task], sort_keys=True)
         if data is None and key not in prepared:
-            prepared[key] = prepare_data(chunk_configs[0].data, chunk_configs[0].model.path)
+            prepared[key] = prepare_data(first.data, first.model.path, None, first.model.task)
         for j, result in zip(chunk, _train_points(chunk_configs, data if data is not None else prepared[key])):
             results[todo[j]] = result
     trained = len(todo)

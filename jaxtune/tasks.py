@@ -55,6 +55,8 @@ class Task:
       score: ``(predictions, references, label_names) -> dict`` of host metrics.
       problem_type: written to an exported ``config.json`` (``"regression"`` makes transformers
         use an MSE loss); ``None`` leaves the family's default.
+      decode: ``(model, variables, batch) -> predictions`` that evaluation reports instead of
+        ``predict`` (e.g. :func:`generated_tokens`); ``None``: ``predict``.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Task:
     predict: Callable[[Any, dict], Any]
     score: Callable[[Any, Any, Sequence[str] | None], dict]
     problem_type: str | None = None
+    decode: Callable[[Any, dict, dict], Any] | None = None
 
     def references(self, batch: dict) -> np.ndarray:
         """The label array the task's ``score`` compares predictions with."""
@@ -101,10 +104,11 @@ class Task:
 
         def eval_fn(params, batch, *, model_state):
             self.check_batch(batch)
-            outputs, _ = self.call(model, {"params": params, **model_state}, batch, False, None, [])
+            variables = {"params": params, **model_state}
+            outputs, _ = self.call(model, variables, batch, False, None, [])
             per_example, weights = self.example_loss(outputs, batch)
-            return {"loss_sum": jnp.sum(per_example * weights), "weight": jnp.sum(weights),
-                    "predictions": self.predict(outputs, batch)}
+            predictions = self.predict(outputs, batch) if self.decode is None else self.decode(model, variables, batch)
+            return {"loss_sum": jnp.sum(per_example * weights), "weight": jnp.sum(weights), "predictions": predictions}
 
         return eval_fn
 
@@ -235,6 +239,26 @@ def _qa_scores(predictions, references, label_names=None) -> dict:
     predictions, references = np.asarray(predictions), np.asarray(references)
     exact = np.all(predictions == references, axis=-1)
     return {"span_exact": float(exact.mean()) if len(exact) else float("nan")}
+
+
+def generated_tokens(model, variables: dict, batch: dict) -> jax.Array:
+    """Greedy generation (:func:`jaxtune.generate`) as long as the batch's ``labels``, start token
+    dropped: ``(batch, labels width)`` token ids, padded after EOS."""
+    from jaxtune.generation import generate
+
+    width = batch["labels"].shape[1]
+    return generate(model, variables, batch["input_ids"], batch.get("attention_mask"), max_length=width + 1)[:, 1:]
+
+
+def scored_by_generation(task: Task, score: Callable[[Any, Any, Sequence[str] | None], dict]) -> Task:
+    """``task`` (text-to-text) evaluated on what the model generates, read and scored by ``score``
+    (e.g. :meth:`jaxtune.data.GeneratedTargets.score`) instead of teacher-forced token accuracy.
+
+    Example::
+
+        task = scored_by_generation(get_task("text_to_text"), GeneratedTargets(tok, SNLI_LABELS, False).score)
+    """
+    return dataclasses.replace(task, decode=generated_tokens, score=score)
 
 
 _REGISTRY: dict[str, Task] = {}

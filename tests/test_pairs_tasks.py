@@ -226,6 +226,18 @@ def test_experiment_command_writes_results_with_baselines(task, header, tiny_mod
     assert "test 8" in written
     if task == "stsb":
         _check_regression_run(tmp_path / "stsb_minilm", tiny_model_dir)
+    if task == "squad":
+        _check_qa_run(tmp_path / "squad_minilm")
+
+
+def _check_qa_run(run_dir):
+    """The SQuAD run: result.json and `jt.evaluate_run` (`jaxtune eval`) give EM/F1 of the test questions,
+    each answered over all its windows (decoding checked by hand in test_qa_scores.py)."""
+    with open(run_dir / "result.json") as f:
+        recorded = json.load(f)["test_metrics"]
+    assert {"span_exact", "exact_match", "f1"} <= set(recorded)
+    evaluated = jt.evaluate_run(run_dir)
+    assert (evaluated["exact_match"], evaluated["f1"]) == (recorded["exact_match"], recorded["f1"])
 
 
 def _check_regression_run(run_dir, model_dir):

@@ -61,6 +61,7 @@ from jaxtune.data.sources import (
     read_token_tag_file,
     split_indices,
 )
+from jaxtune.data.t5_pairs import PAIR_NAMES, GeneratedTargets, score_text, target_texts, tokenize_t5_pairs
 from jaxtune.data.text import (
     IGNORE_INDEX,
     QAFeatures,
@@ -83,6 +84,7 @@ from jaxtune.data.text import (
 __all__ = [
     "DataError",
     "DataPackageMissing",
+    "GeneratedTargets",
     "check_data_fits_model",
     "check_finite_inputs",
     "check_labels",
@@ -108,6 +110,7 @@ __all__ = [
     "resize_shorter_side",
     "to_rgb",
     "IGNORE_INDEX",
+    "PAIR_NAMES",
     "SNLI_LABELS",
     "TWEET_SENTIMENT_LABELS",
     "WNUT16_LABELS",
@@ -141,7 +144,10 @@ __all__ = [
     "read_sts_tsv",
     "read_text_classification_csv",
     "read_token_tag_file",
+    "score_text",
     "split_indices",
+    "target_texts",
+    "tokenize_t5_pairs",
     "tokenize_text_to_text",
     "tokenize_texts",
     "tokenize_words",
