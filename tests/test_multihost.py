@@ -124,7 +124,7 @@ def _start(out, configs, num_processes, devices, env=None, overrides=()):
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, f"stderr-{pid}.txt"), "w"),
             env=dict(os.environ, JAX_PLATFORMS="cpu",
                      XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
-                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **(env or {}))))
+                     **(env or {}))))
     return out, procs
 
 
@@ -246,9 +246,6 @@ def test_failed_process_stops_the_other_and_the_relaunch_resumes_bit_exactly(lau
     # Step 3 ran twice: before the failure, and after the relaunch resumed from the checkpoint of step 2.
     for key in ("loss", "grad_norm"):
         assert after[2][key] == before[2][key]  # bit-exact (float32 values, CPU)
-    # The relaunch read its step from the persistent compilation cache (the suite's, tests/conftest.py) that
-    # process 0 wrote in the first launch: every process reads it, only process 0 writes.
-    assert json.load(open(os.path.join(run_dir, "result.json")))["compile"]["from_cache"]
 
 
 @needs_gloo
