@@ -7,6 +7,7 @@ The public API is flat, like optax::
     tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
 """
 from jaxtune.checkpoint import BrokenCheckpointError, CheckpointWriteError, Checkpointer
+from jaxtune.compile_cache import FirstCallWatch, use_compilation_cache
 from jaxtune.config import (
     RESUMABLE_KEYS,
     CheckpointConfig,

@@ -195,7 +195,9 @@ class TrainConfig:
     device's default), and ``parallel``: None (one device), "dp" (data parallel: the batch split over
     every device of every process, parameters replicated) or "fsdp" (the same, with parameters and
     optimizer state split over the devices too, :func:`jaxtune.fsdp_spec`). A multi-process run needs
-    "dp" or "fsdp".
+    "dp" or "fsdp". ``compilation_cache``: JAX's persistent compilation cache for the run, true (the
+    default: ``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/jaxtune/jit``), a directory, or false
+    (see :mod:`jaxtune.compile_cache`).
 
     Example::
 
@@ -211,6 +213,7 @@ class TrainConfig:
     compute_dtype: str | None = None
     progress: bool = True
     parallel: str | None = None
+    compilation_cache: bool | str = True
 
 
 @dataclasses.dataclass
@@ -241,6 +244,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.epochs": "where training stops (only with optim.schedule 'constant'; see LENGTH_KEYS)",
     "train.log_every": "how often train metrics are logged",
     "train.progress": "whether a progress bar is drawn",
+    "train.compilation_cache": "where compiled steps are cached (a cached program computes the same)",
     "data.eval_batch_size": "how evaluation is batched (the same examples are scored)",
     "checkpoint.keep_best": "how many best checkpoints are kept",
     "checkpoint.keep_latest": "how many latest checkpoints are kept",
@@ -523,6 +527,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
     check_choice("train.parallel", cfg.train.parallel, PARALLEL, error=ConfigError)
+    if isinstance(cfg.train.compilation_cache, str) and not cfg.train.compilation_cache.strip():
+        raise ConfigError("train.compilation_cache is empty; give a directory (e.g. ~/.cache/jaxtune/jit), "
+                          "true for the default one, or false for no persistent cache")
     stopping = cfg.early_stopping
     if not stopping.monitor.startswith("val_") or stopping.monitor == "val_":
         raise ConfigError(f"early_stopping.monitor is {stopping.monitor!r}; it names a validation metric "

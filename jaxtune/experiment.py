@@ -27,6 +27,7 @@ import optax
 
 from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
+from jaxtune.compile_cache import FirstCallWatch, describe, use_compilation_cache
 from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
                             unfreeze_boundaries, unfreeze_stage_count)
 from jaxtune.data.checks import check_data_fits_model, check_num_labels
@@ -441,6 +442,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     """
     start = time.time()
     cfg = _as_config(config, overrides)
+    use_compilation_cache(cfg.train.compilation_cache)
     multihost.check_same_config(cfg)
     plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
     multihost.barrier("run_dir_checked")  # every process decided before process 0 writes
@@ -486,6 +488,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     stopped_early = False
     last_val: dict[str, float] = {}
     examples_seen, t_last = 0, time.time()
+    train_step = FirstCallWatch(setup.train_step)
     try:
         with progress_bar(total_steps, cfg.name, disable=not (cfg.train.progress and main)) as bar:
             bar.update(bar.tasks[0].id, completed=step)
@@ -499,7 +502,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                             state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
                         stage = new_stage
                     batch = batches[batch_index]
-                    state, train_metrics = setup.train_step(state, setup.place(batch), max(stage, 0))
+                    state, train_metrics = train_step(state, setup.place(batch), max(stage, 0))
                     step += 1
                     batch_index += 1
                     guard.record(step, train_metrics)
@@ -550,7 +553,9 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         ckpt.close()
     result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
                        trainable_params=setup.trainable_params, stopped_early=stopped_early,
-                       paths={"checkpoints": ckpt_dir, "metrics": log.jsonl_path}, seconds=0.0)
+                       paths={"checkpoints": ckpt_dir, "metrics": log.jsonl_path}, seconds=0.0,
+                       compile=train_step.report)
+    print(f"{cfg.name}: {describe(train_step.report)}")
     return write_outputs(setup, plan, state, result, predictions, references, start)
 
 

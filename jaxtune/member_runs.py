@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.checkpoint import Checkpointer
+from jaxtune.compile_cache import FirstCallWatch, describe, use_compilation_cache
 from jaxtune.config import ExperimentConfig, save_config
 from jaxtune.data.text import DEFAULT_PAD_VALUES
 from jaxtune.early_stopping import EarlyStopping
@@ -370,6 +371,7 @@ def finetune_members(configs: Sequence[ExperimentConfig | str | os.PathLike | di
     start = time.time()
     cfgs = [_as_config(c, ()) for c in configs]
     check_member_group(cfgs)
+    use_compilation_cache(cfgs[0].train.compilation_cache)
     plans = [check_run_dir(os.path.join(c.output_dir, c.name), c) for c in cfgs]
     data = data if data is not None else prepare_data(cfgs[0].data, cfgs[0].model.path, cfgs[0].model.num_labels,
                                                       cfgs[0].model.task)
@@ -421,6 +423,7 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
         val_batches = epoch_batches(data, data.validation, cfg.data.eval_batch_size, seed=None)
         last_val: list[dict] = [{} for _ in range(n)]
         examples_seen, t_last = np.zeros(n), time.time()
+        train_step = FirstCallWatch(group.train_step)
         while step < total_steps and any(active):
             per_member = [epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(s.config.train.seed,
                                                                                                epoch))
@@ -430,7 +433,7 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
             while batch_index < len(per_member[0]) and step < total_steps and any(active):
                 batches = [b[batch_index] for b in per_member]
                 batch = stack_member_batches(batches, data.pad_token_id)
-                state, train_metrics = group.train_step(state, batch, jnp.asarray(active))
+                state, train_metrics = train_step(state, batch, jnp.asarray(active))
                 step += 1
                 batch_index += 1
                 guard.record(step, train_metrics)
@@ -485,6 +488,7 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
         gckpt.close()
         for m in mckpts:
             m.close()
+    print(f"members {names}: {describe(train_step.report)}")
     evaluated_members = host_members(evaluated, n) if cfg.checkpoint.export_best_hf else [None] * n
     results = []
     for i, (setup, plan) in enumerate(zip(setups, plans)):
@@ -493,6 +497,6 @@ def _train_group(group: MemberGroup, plans, start: float) -> list:
                            steps=member_steps[i],
                            trainable_params=setup.trainable_params, stopped_early=stopped[i],
                            paths={"checkpoints": mckpts[i].directory, "metrics": logs[i].jsonl_path,
-                                  "members": group.directory}, seconds=0.0)
+                                  "members": group.directory}, seconds=0.0, compile=train_step.report)
         results.append(write_outputs(setup, plan, evaluated_members[i], result, tests[i][1], tests[i][2], start))
     return results

@@ -43,6 +43,8 @@ class RunResult:
 
     ``paths`` maps ``run_dir``, ``checkpoints``, ``metrics`` (the JSONL log), ``config``, ``report``,
     ``plot`` (and ``export`` with ``checkpoint.export_best_hf``) to files of the run directory.
+    ``compile`` is what the first training step cost to compile, and whether the persistent
+    compilation cache served it (:class:`jaxtune.compile_cache.FirstCallWatch`; None when no step ran).
 
     Example::
 
@@ -59,6 +61,7 @@ class RunResult:
     stopped_early: bool
     paths: dict[str, str]
     seconds: float
+    compile: dict[str, Any] | None = None
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -2,16 +2,48 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# One persistent compilation cache per test session, shared with the subprocesses tests start: the
-# runner tests build the same tiny models many times, and each build would otherwise compile anew.
+# One persistent compilation cache per test session, shared with the xdist workers and the subprocesses
+# tests start (they inherit this environment): the runner tests build the same tiny models many times,
+# and each build would otherwise compile anew. Every program is written, however fast it compiled
+# (JAX's default threshold, 1 s, lets no tiny test program in).
 _JIT_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _JIT_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxtune-test-jit-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The tests check results, not speed: XLA:CPU skips LLVM's optimisation passes (as the bench smoke does),
+# which cuts the compile time of a tiny model's step about 3x. Subprocesses inherit it; tests that set
+# XLA_FLAGS for a subprocess add theirs to it (tests/test_multihost.py, test_train.py, test_checkpoint.py).
+if "--xla_backend_optimization_level=" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def pytest_sessionfinish(session, exitstatus):
     if _JIT_CACHE is not None:
         shutil.rmtree(_JIT_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A small random BERT (1 layer, hidden 16, hidden dropout 0.1) with the real all-MiniLM-L6-v2
+    tokenizer files, shared by the runner tests of members, seeds and sweeps (test_experiment and
+    test_multihost define their own, wider one)."""
+    import jax
+
+    import jaxtune as jt
+    from jaxtune.models import bert
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    config = bert.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=24, max_position_embeddings=64)
+    model = bert.build(config, None)
+    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
+    for name in TOKENIZER_FILES:
+        shutil.copy(jt.minilm_path() / name, directory / name)
+    return str(directory)

@@ -112,7 +112,8 @@ WRITE_ON_8 = textwrap.dedent("""
 
 
 def test_checkpoint_from_8_devices_restores_onto_1(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", WRITE_ON_8, str(tmp_path / "ckpt")], env=env, cwd=root,
                          capture_output=True, text=True, timeout=600)

@@ -7,7 +7,6 @@ separate run (a member's optimizer is the runtime-mode one, its learning rate a 
 """
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -16,25 +15,10 @@ import pytest
 import jaxtune as jt
 from jaxtune.experiment import prepare_data
 from jaxtune.member_runs import GROUPS_DIR, group_dir, stack_member_batches
-from jaxtune.models import bert
 from jaxtune.runlog import read_jsonl
 from jaxtune.sweep import member_cap, member_chunks
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A small random BERT (dropout on) with the real all-MiniLM-L6-v2 tokenizer files."""
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=24, max_position_embeddings=64)
-    model = bert.build(config, None)
-    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy(jt.minilm_path() / name, directory / name)
-    return str(directory)
 
 
 def _base(model_dir, out, name="s", **train):

@@ -122,7 +122,8 @@ def _start(out, configs, num_processes, devices, env=None, overrides=()):
         procs.append(subprocess.Popen(
             [sys.executable, "-c", WORKER, str(out), flags, *configs], cwd=ROOT, text=True,
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, f"stderr-{pid}.txt"), "w"),
-            env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+            env=dict(os.environ, JAX_PLATFORMS="cpu",
+                     XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
                      **(env or {}))))
     return out, procs
 

@@ -6,7 +6,6 @@ weights, the dropout key and the per-epoch batch-order seed are identical (the o
 the same, applied to different examples).
 """
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +17,7 @@ from jaxtune.experiment import build, epoch_batches, finetune, load_model, prepa
 from jaxtune.models import bert, resnet, t5, vgg
 from jaxtune.models.family import flatten_paths
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 LIMITS = ["data.train_limit=32", "data.eval_limit=16", "data.test_limit=16", "data.max_length=16"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A small random BERT (hidden dropout 0.1) with the real all-MiniLM-L6-v2 tokenizer files."""
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=24, max_position_embeddings=64)
-    model = bert.build(config, None)
-    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy(jt.minilm_path() / name, directory / name)
-    return str(directory)
 
 
 def _cfg(model_dir, out, name, *overrides):

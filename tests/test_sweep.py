@@ -2,9 +2,7 @@
 import json
 import math
 import os
-import shutil
 
-import jax
 import numpy as np
 import pytest
 import yaml
@@ -13,10 +11,7 @@ from scipy import stats
 import jaxtune as jt
 from jaxtune import cli, experiment
 from jaxtune import sweep_report as R
-from jaxtune.models import bert
 from jaxtune.sweep import point_name, sweep_points
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -143,18 +138,6 @@ def test_report_markdown_and_plot(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- a real sweep
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=24, max_position_embeddings=64)
-    model = bert.build(config, None)
-    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy(jt.minilm_path() / name, directory / name)
-    return str(directory)
-
-
 def _base(model_dir, out):
     return {"name": "lr_sweep", "output_dir": str(out), "model": {"path": model_dir},
             "data": {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, "train_limit": 16, "eval_limit": 16,
