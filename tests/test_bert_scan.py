@@ -10,6 +10,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxtune as jt
@@ -146,3 +147,117 @@ def test_dropout_differs_per_layer_and_per_key():
                                           deterministic=False, rngs={"dropout": jax.random.key(key)}))
     assert not np.allclose(run(1), run(2))
     np.testing.assert_array_equal(run(1), run(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategies per layer on the stacked layout.
+
+@pytest.fixture(scope="module")
+def scanned():
+    """A 3-layer scanned BERT classifier, its stacked params (numpy) and a batch. The scan is unrolled
+    (``scan_unroll=3``) so that XLA's cost analysis, which counts a loop's body once, counts every layer."""
+    config = _tiny(scan_layers=True, scan_unroll=3)
+    return bert.build(config, "sequence_classification", 3), _unrolled_and_stacked(config)[1], _batch()
+
+
+def _query(tree):
+    return np.asarray(tree["bert"]["encoder"]["layer"]["attention"]["self"]["query"]["kernel"])
+
+
+def test_layer_ids_llrd_summary_stages_and_masks_are_per_layer(scanned):
+    model, params, _ = scanned
+    assert bert.layer_ids(f"{STACKED}/output/dense/kernel", 3).tolist() == [1, 2, 3]
+    rules = bert.default_rules()
+    mults = jt.lr_multipliers(params, rules, model.layer_ids, 0.5)
+    assert _query(mults).shape == (3, 1, 1)
+    np.testing.assert_allclose(_query(mults).ravel(), [0.5 ** 3, 0.5 ** 2, 0.5])   # ids 1..3, head 4
+    assert "0.0625..1" in jt.summary(params, rules, layer_ids=model.layer_ids, layer_decay=0.5)
+    stages = jt.unfreezing_stages(params, model.layer_ids, num_stages=5)     # ids 4, 3, 2, 1, 0
+    assert [_query(s).tolist() for s in stages[:3]] == [[False] * 3, [False, False, True], [False, True, True]]
+    mask = jt.freeze_below(params, model.layer_ids, 3)                        # embeddings, layers 0 and 1
+    assert _query(mask).tolist() == [False, False, True] and mask["classifier"]["kernel"] is True
+    assert mask["bert"]["embeddings"]["word_embeddings"]["embedding"] is False
+    assert jt.frozen_bottom_layers(mask, model.layer_ids) == 2
+    assert jt.with_frozen_layers(model, mask).frozen_layers == 2
+    unrolled = bert.build(_tiny(), "sequence_classification", 3)              # no stacked leaf: as it is
+    unrolled_mask = jt.freeze_below(_unrolled_and_stacked(_tiny())[0], unrolled.layer_ids, 3)
+    assert unrolled_mask["bert"]["encoder"]["layer_1"]["output"]["dense"]["kernel"] is False
+    assert jt.with_frozen_layers(unrolled, unrolled_mask) is unrolled
+
+
+def _state_and_step(model, params, tx, **step_kwargs):
+    state = jt.TrainState.create(jax.tree.map(jnp.asarray, params), tx)
+    loss_fn = get_task("sequence_classification").loss_fn(model)
+    return state, jt.make_train_step(loss_fn, tx, compute_dtype=jnp.float32, **step_kwargs)
+
+
+def test_runtime_unfreezing_with_llrd_l2sp_and_averaging_compiles_once(scanned):
+    model, params, batch = scanned
+    rules = bert.default_rules()
+    tx = optax.chain(jt.make_optimizer(params, rules, optax.adamw, 1e-2, layer_ids=model.layer_ids, layer_decay=0.8,
+                                       runtime=True, l2_sp=0.01), jt.average_weights(0.5))
+    state, step = _state_and_step(model, params, tx)
+    for stage in jt.unfreezing_stages(params, model.layer_ids, num_stages=3):   # ids {4, 3}, {2, 1}, {0}
+        state = state.replace(opt_state=jt.set_trainable(state.opt_state, stage))
+        before = _query(jax.device_get(state.params))
+        state, metrics = step(state, batch)
+        moved = np.any(_query(jax.device_get(state.params)) != before, axis=(1, 2))
+        assert moved.tolist() == _query(stage).tolist()
+    assert np.isfinite(float(metrics["loss"])) and jt.compile_count(step) == 1
+    averaged = jt.averaged_params(state.params, state.opt_state)
+    assert _query(averaged).shape == (3, 16, 16)
+
+
+def test_lora_on_stacked_kernels_trains_and_exports_per_layer(scanned, tmp_path):
+    model, params, batch = scanned
+    rules = [(r".*attention/self/(query|value)/kernel", jt.lora(rank=2, alpha=4)),
+             (r"classifier/.*", jt.settings()), (r".*", jt.freeze())]
+    adapters = jt.init_lora(params, rules, jax.random.key(0), layer_ids=model.layer_ids)
+    factors = adapters["bert"]["encoder"]["layer"]["attention"]["self"]["query"]["kernel"]
+    assert factors.lora_a.shape == (3, 16, 2) and factors.lora_b.shape == (3, 2, 16)
+    tree = jt.LoraParams(params, adapters)
+    assert "r=2 alpha=4" in jt.summary(tree, rules, layer_ids=model.layer_ids, layer_decay=0.8)
+    tx = jt.make_optimizer(tree, rules, optax.adamw, 1e-2, layer_ids=model.layer_ids, layer_decay=0.8)
+    state, step = _state_and_step(model, tree, tx, trainable=jt.trainable_mask(tree, rules))
+    state, _ = step(state, batch)
+    trained = state.params.adapters["bert"]["encoder"]["layer"]["attention"]["self"]["query"]["kernel"]
+    assert np.all(np.any(np.asarray(trained.lora_b) != 0, axis=(1, 2)))       # every layer's factors moved
+    hub.save_pretrained({"params": state.params}, model.config, tmp_path, task="sequence_classification")
+    written = hub.read_weights(tmp_path)
+    for i in range(3):
+        merged = _query(params)[i] + 2.0 * np.asarray(trained.lora_a[i]) @ np.asarray(trained.lora_b[i])
+        np.testing.assert_allclose(written[f"bert.encoder.layer.{i}.attention.self.query.weight"], merged.T, atol=1e-6)
+
+
+def _dw_flops_per_layer(config: bert.BertConfig, tokens: int) -> int:
+    """FLOPs of one layer's weight gradients: 2 x tokens x (in x out) per dense kernel."""
+    h, i = config.hidden_size, config.intermediate_size
+    return 2 * tokens * (4 * h * h + 2 * h * i)
+
+
+def _compiled_step(model, params, mask, batch):
+    tx = jt.make_optimizer(params, bert.default_rules(), optax.adamw, 1e-2, layer_ids=model.layer_ids, l2_sp=0.01)
+    state, step = _state_and_step(model, params, tx, trainable=mask)
+    compiled = step.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    return state, compiled, float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def test_structural_freezing_of_bottom_layers_trains_the_top_without_their_weight_gradients(scanned):
+    model, params, batch = scanned
+    frozen = 2
+    mask = jt.freeze_below(params, model.layer_ids, frozen + 1)               # layers 0 and 1 frozen ...
+    mask["bert"]["embeddings"] = jax.tree.map(lambda _: True, mask["bert"]["embeddings"])   # ... below trained ones
+    state, step, split_flops = _compiled_step(jt.with_frozen_layers(model, mask), params, mask, batch)
+    for _ in range(2):
+        state, _ = step(state, batch)
+    after = jax.device_get(state.params)
+    assert np.any(_query(after) != _query(params), axis=(1, 2)).tolist() == [False, False, True]
+    assert np.any(after["bert"]["embeddings"]["word_embeddings"]["embedding"]
+                  != params["bert"]["embeddings"]["word_embeddings"]["embedding"])   # the gradient got through
+    # The same step without the split (the stacked gradient only masked) computes every layer's weight gradient.
+    masked_flops = _compiled_step(model, params, mask, batch)[2]
+    saved = (masked_flops - split_flops) / (frozen * _dw_flops_per_layer(model.config, batch["input_ids"].size))
+    # At least the kernels' weight gradients; the rest is the bias and norm gradients and the elementwise work XLA
+    # drops on the frozen layers' all-zero gradient. Far less than a whole backward pass through them (> 2).
+    assert 0.95 <= saved <= 1.5, saved
