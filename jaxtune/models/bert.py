@@ -75,6 +75,13 @@ class BertConfig:
         config = BertConfig.from_hf(json.load(open("config.json")))
         tiny = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=37)
+        scanned = dataclasses.replace(config, scan_layers=True, remat="full")   # or from_pretrained(..., scan_layers=True)
+
+    jaxtune's own fields (never in ``config.json``): ``attention_implementation``; ``scan_layers``
+    (the layers stacked on a leading axis under ``bert/encoder/layer`` and run as one scan: the
+    step compiles one layer, not L); ``scan_unroll`` (layers per loop iteration; L unrolls it);
+    ``remat`` (``"none"``, ``"full"``, ``"dots_saveable"``: activations recomputed in the backward
+    pass instead of stored, unrolled or scanned).
     """
 
     vocab_size: int = 30522
