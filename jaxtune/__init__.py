@@ -121,7 +121,13 @@ from jaxtune.train import (
     mask_key,
     train_step_fn,
 )
-from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
+from jaxtune.unfreezing import (
+    freeze_below,
+    frozen_bottom_layers,
+    unfreezing_stage,
+    unfreezing_stages,
+    with_frozen_layers,
+)
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss
 from jaxtune.models.resnet import ResNetConfig, resnet_config

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.errors import UserError
-from jaxtune.models.family import ModelFamily, flatten_paths, layer_mismatch, unflatten_paths, with_label_names
+from jaxtune.models.family import (ModelFamily, flatten_paths, layer_mismatch, unflatten_paths,
+                                   with_config_overrides, with_label_names)
 from jaxtune.torch_writer import save_torch_state_dict
 
 logger = logging.getLogger(__name__)
@@ -386,7 +387,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
                     allow_pickle: bool = False, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
                     strict: bool = False, allow_new_layers: bool = False, return_report: bool = False,
-                    init: str = "pretrained"):
+                    init: str = "pretrained", **config_overrides):
     """Builds the Flax model of a Hugging Face checkpoint and loads its weights.
 
     Args:
@@ -411,6 +412,8 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
       init: ``"pretrained"`` (load the weights) or ``"random"``: the same architecture (from
         ``config.json``) with every variable freshly initialised from ``rng``, for "pretrained vs
         from scratch" baselines; the report then lists every variable as initialised.
+      **config_overrides: fields of the family's config to set, e.g. ``scan_layers=True`` (BERT:
+        the layers stacked and scanned; the checkpoint's per-layer tensors are stacked on load).
 
     Returns:
       ``(model, variables)`` (``(model, variables, report)`` with ``return_report``): a Flax linen
@@ -429,7 +432,7 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     family = family_for(hf_config.get("model_type"), str(directory / CONFIG_NAME))
     if task not in family.tasks:
         raise UserError(f"the {family.name} family has no task {task!r}; supported: {list(family.tasks)}")
-    config = _config_of(family, hf_config, directory / CONFIG_NAME)
+    config = with_config_overrides(_config_of(family, hf_config, directory / CONFIG_NAME), config_overrides)
     rng = jax.random.key(0) if rng is None else rng
     # A random init needs the weights only where they fix the architecture (T5's untied lm_head).
     if init == "pretrained" or family.config_for_weights is not None:

@@ -4,6 +4,8 @@
 layer ids, or groups you give); :func:`unfreezing_stage` says which stage a step is in (a stage
 every k steps, or explicit boundaries). The masks drive a runtime-mode optimizer
 (:func:`jaxtune.set_trainable`, no recompilation) or a structural step (:class:`jaxtune.StagedTrainStep`).
+:func:`freeze_below` is the mask that freezes the bottom layers; :func:`with_frozen_layers` gives a
+scanned model (stacked layers) the split that spares a structural step their weight gradients.
 
 Example::
 
@@ -124,3 +126,67 @@ def unfreezing_stage(step: int, num_stages: int, *, every: int | None = None,
                         config_hint="(optim.unfreeze_at / optim.unfreeze_at_epochs: one boundary fewer than "
                                     "stages; epochs that fall on the same step count as one)")
     return sum(step >= b for b in at)
+
+
+def freeze_below(params: Any, layer_ids: Callable[[str], Any], layer_id: int,
+                 rules: Sequence[Rule] | None = None) -> Any:
+    """Trainable mask that freezes every layer id below ``layer_id`` (and what ``rules`` freeze):
+    with the jaxtune models' ids (embeddings 0, block i -> i+1, head L+1), ``layer_id=k+1`` freezes
+    the embeddings and the bottom k blocks. A stacked (scanned) leaf gets a per-layer bool array.
+    Use it as a structural step's ``trainable=`` (with :func:`with_frozen_layers` on a scanned
+    model, so that the frozen layers cost no weight gradient) or with :func:`jaxtune.set_trainable`.
+
+    Example::
+
+        mask = jt.freeze_below(params, model.layer_ids, 5)        # embeddings + layers 0..3 frozen
+        step = jt.make_train_step(task.loss_fn(jt.with_frozen_layers(model, mask)), tx, trainable=mask)
+    """
+    check_number("layer_id", layer_id, integer=True)
+    paths = leaf_paths(params)
+    allowed = [True] * len(paths) if rules is None else [not s.frozen for s in _resolve(params, rules)[1]]
+    masks = []
+    for path, ok in zip(paths, allowed):
+        trains = (_layer_id(layer_ids, path) >= layer_id) & ok
+        masks.append(trains if trains.ndim else bool(trains))
+    return jax.tree_util.tree_unflatten(tree_structure(params), masks)
+
+
+def frozen_bottom_layers(trainable: Any, layer_ids: Callable[[str], Any]) -> int:
+    """How many bottom layers every stacked leaf of ``trainable`` keeps frozen: the leading False
+    entries of each per-layer mask (a stacked leaf is one whose ``layer_ids`` are an array), the
+    smallest count over the stacked leaves; 0 when there is none.
+
+    Example::
+
+        >>> frozen_bottom_layers({"layer": {"w": np.array([False, False, True])}, "head": True},
+        ...                      lambda p: np.arange(1, 4) if p.startswith("layer/") else 4)
+        2
+    """
+    counts = []
+    for path, flag in zip(leaf_paths(trainable), jax.tree_util.tree_leaves(trainable)):
+        ids = _layer_id(layer_ids, path)
+        if ids.ndim != 1:
+            continue
+        flags = np.broadcast_to(np.asarray(flag, bool), ids.shape)
+        counts.append(int(np.argmax(flags)) if flags.any() else len(flags))
+    return min(counts, default=0)
+
+
+def with_frozen_layers(model: Any, trainable: Any, layer_ids: Callable[[str], Any] | None = None) -> Any:
+    """``model`` whose frozen bottom layers (:func:`frozen_bottom_layers` of ``trainable``) run
+    under ``stop_gradient`` in a scan of their own, for a structural step with that mask: a scanned
+    model (``scan_layers=True``) then computes no weight gradient for them; masking a stacked
+    gradient alone would still compute it. ``model`` itself for a model without stacked layers or
+    a ``frozen_layers`` field, or when the count is unchanged. ``layer_ids`` defaults to
+    ``model.layer_ids``.
+
+    Example::
+
+        model = jt.with_frozen_layers(model, stages[k])     # one per structural unfreezing stage
+        step = jt.make_train_step(task.loss_fn(model), tx, trainable=stages[k])
+    """
+    layer_ids = layer_ids if layer_ids is not None else getattr(model, "layer_ids", None)
+    if layer_ids is None or not hasattr(model, "frozen_layers"):
+        return model
+    count = frozen_bottom_layers(trainable, layer_ids)
+    return model if count == model.frozen_layers else model.clone(frozen_layers=count)

@@ -14,7 +14,6 @@ SPLIT_IN_SECOND_PASS = {
     "jaxtune/data/text.py",      # by task: classification/pairs, token labels, QA, text-to-text, batching
     "jaxtune/metrics.py",        # classification / sequence / text
     "jaxtune/models/t5.py",      # model / generation glue
-    "jaxtune/models/bert.py",
     "jaxtune/hub.py",
 }
 # Package files that only gather names or start a module; DESIGN.md names their folder's modules.

@@ -10,6 +10,12 @@ one short table (:data:`NAMES`)::
     qa_outputs/kernel          (span question answering)
     cls/predictions/...        (masked-LM head; the decoder is tied to the word embeddings)
 
+With ``BertConfig(scan_layers=True)`` the encoder's layers are one tree ``bert/encoder/layer/...``
+whose leaves have a leading layer axis, run as one scan (compiled once, not once per layer);
+``from_pretrained`` / ``save_pretrained`` convert to and from the per-layer checkpoint names, and
+:func:`layer_ids` gives such a leaf one id per layer. The building blocks are in
+:mod:`jaxtune.models.bert_layers`.
+
 Every model is called as ``model.apply(variables, input_ids, attention_mask=None,
 token_type_ids=None, deterministic=True)``; dropout needs an rng named ``"dropout"`` when
 ``deterministic=False``. Outputs:
@@ -31,28 +37,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtune.models.attention import attention, check_implementation
-from jaxtune.models.dense import flat_dot_general
-from jaxtune.models.family import ModelFamily, NameMap, NameRule
+from jaxtune.models.attention import check_implementation
+from jaxtune.models.bert_layers import (ACTIVATIONS, BertAddNorm, BertAttention, BertEmbeddings,  # noqa: F401
+                                        BertEncoder, BertIntermediate, BertLayer, BertLMPredictionHead, BertMLMHead,
+                                        BertPooler, BertPredictionTransform, BertSelfAttention)
+from jaxtune.models.bert_layers import dense as _dense
+from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
+from jaxtune.models.layer_scan import check_remat, check_unroll
+from jaxtune.models.stacking import stack_layers, unstack_layers
 from jaxtune.rules import Settings, settings
-
-# HF ``hidden_act`` name -> activation. "gelu" is the exact (erf) GELU, as in PyTorch.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
 
 # task name -> transformers class written to config.json "architectures".
 ARCHITECTURES: dict[str | None, str] = {
@@ -63,6 +63,7 @@ ARCHITECTURES: dict[str | None, str] = {
     "masked_lm": "BertForMaskedLM",
 }
 TASKS: tuple[str | None, ...] = tuple(ARCHITECTURES)
+_JAXTUNE_FIELDS = ("attention_implementation", "scan_layers", "scan_unroll", "remat")   # never read from / written to config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,13 @@ class BertConfig:
         config = BertConfig.from_hf(json.load(open("config.json")))
         tiny = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=37)
+        scanned = dataclasses.replace(config, scan_layers=True, remat="full")   # or from_pretrained(..., scan_layers=True)
+
+    jaxtune's own fields (never in ``config.json``): ``attention_implementation``; ``scan_layers``
+    (the layers stacked on a leading axis under ``bert/encoder/layer`` and run as one scan: the
+    step compiles one layer, not L); ``scan_unroll`` (layers per loop iteration; L unrolls it);
+    ``remat`` (``"none"``, ``"full"``, ``"dots_saveable"``: activations recomputed in the backward
+    pass instead of stored, unrolled or scanned).
     """
 
     vocab_size: int = 30522
@@ -93,9 +101,15 @@ class BertConfig:
     tie_word_embeddings: bool = True
     labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")   # label names by id (HF id2label)
     problem_type: str | None = None   # HF: "regression" (one output, MSE), "single_label_classification", ...
-    # jaxtune's own, not a config.json field: "auto" (cuDNN on NVIDIA GPUs where it can run, else
-    # XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    # jaxtune's own, not config.json fields (_JAXTUNE_FIELDS). attention_implementation: "auto" (cuDNN
+    # on NVIDIA GPUs where it can run, else XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    # scan_layers: the encoder's layers stacked and run as one scan; scan_unroll: layers per loop
+    # iteration (num_hidden_layers: no loop, for XLA's cost analysis). remat: "none", "full" or
+    # "dots_saveable", what each layer recomputes in the backward pass (jaxtune.models.layer_scan).
     attention_implementation: str = "auto"
+    scan_layers: bool = False
+    scan_unroll: int = 1
+    remat: str = "none"
 
     def __post_init__(self):
         if self.hidden_act not in ACTIVATIONS:
@@ -105,6 +119,10 @@ class BertConfig:
             raise ValueError(f"BertConfig.hidden_size={self.hidden_size} is not a multiple of "
                              f"num_attention_heads={self.num_attention_heads}")
         check_implementation(self.attention_implementation, "BertConfig.attention_implementation")
+        check_remat(self.remat, "BertConfig.remat")
+        check_unroll(self.scan_unroll, "BertConfig.scan_unroll")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"BertConfig.scan_layers must be true or false, got {self.scan_layers!r}")
 
     @property
     def num_labels(self) -> int:
@@ -130,7 +148,7 @@ class BertConfig:
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
             raise ValueError("BERT decoders (is_decoder / add_cross_attention) are not supported; "
                              "jaxtune's BERT is a bidirectional encoder")
-        names = {f.name for f in dataclasses.fields(cls)} - {"labels", "attention_implementation"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"labels", *_JAXTUNE_FIELDS}
         kwargs = {k: hf[k] for k in names if hf.get(k) is not None}
         if hf.get("id2label"):
             id2label = {int(k): v for k, v in hf["id2label"].items()}
@@ -142,7 +160,7 @@ class BertConfig:
     def to_hf(self, task: str | None = None) -> dict[str, Any]:
         """A ``config.json`` dict that ``transformers.AutoModelFor...`` loads for ``task``."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("labels", "attention_implementation")
+               if f.name not in ("labels", *_JAXTUNE_FIELDS)
                and not (f.name == "problem_type" and self.problem_type is None)}
         out["id2label"] = {str(i): label for i, label in self.id2label.items()}
         out["label2id"] = {label: i for i, label in self.id2label.items()}
@@ -171,139 +189,6 @@ def mean_pool(last_hidden_state: jax.Array, attention_mask: jax.Array) -> jax.Ar
     return total / jnp.maximum(jnp.sum(mask, axis=-2), 1e-9)
 
 
-def _dense(config: BertConfig, features: int, dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name, dot_general=flat_dot_general,
-                    kernel_init=nn.initializers.normal(config.initializer_range))
-
-
-def _layer_norm(config: BertConfig, dtype, name: str = "LayerNorm") -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-class BertEmbeddings(nn.Module):
-    """Word + absolute position + token type embeddings, LayerNorm, dropout."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
-        cfg = self.config
-        init = nn.initializers.normal(cfg.initializer_range)
-
-        def embed(num, name):
-            return nn.Embed(num, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-                            embedding_init=init, name=name)
-
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
-             + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
-             + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
-        x = _layer_norm(cfg, self.dtype)(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-
-
-class BertSelfAttention(nn.Module):
-    """Multi-head self-attention through :func:`jaxtune.models.attention.attention`: cuDNN flash
-    attention on NVIDIA GPUs in bf16/fp16 without attention dropout, XLA otherwise
-    (``BertConfig.attention_implementation``). Set ``attention_probs_dropout_prob=0`` to train on
-    the fused kernel; with attention dropout active the probabilities are dropped as in PyTorch.
-    """
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        cfg = self.config
-        heads = cfg.num_attention_heads
-        head_dim = cfg.hidden_size // heads
-
-        def project(name):
-            y = _dense(cfg, cfg.hidden_size, self.dtype, name)(x)
-            return y.reshape(*y.shape[:-1], heads, head_dim)       # (batch, seq, heads, head_dim)
-
-        q, k, v = project("query"), project("key"), project("value")
-        rate = cfg.attention_probs_dropout_prob
-        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        out = attention(q, k, v, mask=mask, dropout_rate=rate, dropout_rng=rng,
-                        implementation=cfg.attention_implementation)
-        return out.reshape(*out.shape[:-2], cfg.hidden_size)
-
-
-class BertAddNorm(nn.Module):
-    """dense -> dropout -> residual add -> LayerNorm (HF BertSelfOutput / BertOutput)."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, residual, deterministic: bool):
-        x = _dense(self.config, self.config.hidden_size, self.dtype, "dense")(x)
-        x = nn.Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
-        return _layer_norm(self.config, self.dtype)(x + residual)
-
-
-class BertAttention(nn.Module):
-    """attention/self (multi-head attention) followed by attention/output (dense, residual, norm)."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        y = BertSelfAttention(self.config, self.dtype, name="self")(x, mask, deterministic)
-        return BertAddNorm(self.config, self.dtype, name="output")(y, x, deterministic)
-
-
-class BertIntermediate(nn.Module):
-    """The feed-forward expansion: dense to ``intermediate_size`` and the activation."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = _dense(self.config, self.config.intermediate_size, self.dtype, "dense")(x)
-        return ACTIVATIONS[self.config.hidden_act](x)
-
-
-class BertLayer(nn.Module):
-    """One post-LN transformer block."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        x = BertAttention(self.config, self.dtype, name="attention")(x, mask, deterministic)
-        h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)
-        return BertAddNorm(self.config, self.dtype, name="output")(h, x, deterministic)
-
-
-class BertEncoder(nn.Module):
-    """``num_hidden_layers`` blocks named ``layer_0``, ``layer_1``, ..."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        for i in range(self.config.num_hidden_layers):
-            x = BertLayer(self.config, self.dtype, name=f"layer_{i}")(x, mask, deterministic)
-        return x
-
-
-class BertPooler(nn.Module):
-    """tanh(dense(hidden state of the first token))."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        return jnp.tanh(_dense(self.config, self.config.hidden_size, self.dtype, "dense")(x[:, 0]))
-
 
 class BertBackbone(nn.Module):
     """Embeddings, encoder and (optionally) pooler: the module named ``bert`` in every model."""
@@ -311,6 +196,7 @@ class BertBackbone(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
     add_pooling_layer: bool = True
+    frozen_layers: int = 0
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
@@ -321,20 +207,29 @@ class BertBackbone(nn.Module):
         mask = attention_mask.astype(jnp.bool_)[:, None, None, :]   # (batch, 1, 1, key)
         x = BertEmbeddings(self.config, self.dtype, name="embeddings")(
             input_ids, token_type_ids, deterministic)
-        x = BertEncoder(self.config, self.dtype, name="encoder")(x, mask, deterministic)
+        x = BertEncoder(self.config, self.dtype, self.frozen_layers, name="encoder")(x, mask, deterministic)
         pooled = BertPooler(self.config, self.dtype, name="pooler")(x) if self.add_pooling_layer else None
         return x, pooled
 
 
 class _BertTaskModel(nn.Module):
-    """Fields and helpers shared by the top-level BERT models."""
+    """Fields and helpers shared by the top-level BERT models.
+
+    ``frozen_layers`` (a scanned model's, ``config.scan_layers``): the bottom k encoder layers run
+    under ``stop_gradient`` in a scan of their own, so that a training step computes no weight
+    gradient for them (:func:`jaxtune.with_frozen_layers` sets it from a trainable mask).
+    """
 
     config: BertConfig
     dtype: Any = jnp.float32
+    frozen_layers: int = 0
 
-    def layer_ids(self, path: str) -> int:
+    def layer_ids(self, path: str) -> int | np.ndarray:
         """Layer id of a parameter path (see :func:`layer_ids`), for layer-wise LR decay."""
         return layer_ids(path, self.config.num_hidden_layers)
+
+    def _backbone(self, add_pooling_layer: bool) -> BertBackbone:
+        return BertBackbone(self.config, self.dtype, add_pooling_layer, self.frozen_layers, name="bert")
 
     def default_rules(self) -> list:
         """The family's default rule table (the module's :func:`default_rules`), e.g.
@@ -369,7 +264,7 @@ class BertModel(_BertTaskModel):
           token_type_ids: ``(batch, seq)`` segment ids, 0 = first sentence, 1 = second (default: all 0).
           deterministic: False turns dropout on (training; pass ``rngs={"dropout": key}`` to ``apply``).
         """
-        hidden, pooled = BertBackbone(self.config, self.dtype, name="bert")(
+        hidden, pooled = self._backbone(True)(
             input_ids, attention_mask, token_type_ids, deterministic)
         return BertOutput(hidden, pooled)
 
@@ -383,7 +278,7 @@ class BertForSequenceClassification(_BertTaskModel):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         """Logits ``(batch, num_labels)``; arguments as :meth:`BertModel.__call__`."""
-        _, pooled = BertBackbone(self.config, self.dtype, name="bert")(
+        _, pooled = self._backbone(True)(
             input_ids, attention_mask, token_type_ids, deterministic)
         pooled = self._dropout(pooled, deterministic)
         return _dense(self.config, self.config.num_labels, self.dtype, "classifier")(pooled)
@@ -395,7 +290,7 @@ class BertForTokenClassification(_BertTaskModel):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         """Logits ``(batch, seq, num_labels)``; arguments as :meth:`BertModel.__call__`."""
-        hidden, _ = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")(
+        hidden, _ = self._backbone(False)(
             input_ids, attention_mask, token_type_ids, deterministic)
         hidden = self._dropout(hidden, deterministic)
         return _dense(self.config, self.config.num_labels, self.dtype, "classifier")(hidden)
@@ -408,47 +303,11 @@ class BertForQuestionAnswering(_BertTaskModel):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         """``(start_logits, end_logits)``, each ``(batch, seq)``; arguments as :meth:`BertModel.__call__`."""
-        hidden, _ = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")(
+        hidden, _ = self._backbone(False)(
             input_ids, attention_mask, token_type_ids, deterministic)
         logits = _dense(self.config, 2, self.dtype, "qa_outputs")(hidden)
         return logits[..., 0], logits[..., 1]
 
-
-class BertPredictionTransform(nn.Module):
-    """dense -> activation -> LayerNorm before the masked-LM decoder."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = _dense(self.config, self.config.hidden_size, self.dtype, "dense")(x)
-        return _layer_norm(self.config, self.dtype)(ACTIVATIONS[self.config.hidden_act](x))
-
-
-class BertLMPredictionHead(nn.Module):
-    """transform, then the decoder tied to the word embeddings, plus a per-token ``bias``."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, word_embeddings):
-        x = BertPredictionTransform(self.config, self.dtype, name="transform")(x)
-        bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), jnp.float32)
-        logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(self.dtype))
-        return logits + bias.astype(self.dtype)
-
-
-class BertMLMHead(nn.Module):
-    """Scope ``cls`` holding ``predictions`` (the HF ``BertOnlyMLMHead`` layout)."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, word_embeddings):
-        return BertLMPredictionHead(self.config, self.dtype, name="predictions")(x, word_embeddings)
 
 
 class BertForMaskedLM(_BertTaskModel):
@@ -457,7 +316,7 @@ class BertForMaskedLM(_BertTaskModel):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         """Logits ``(batch, seq, vocab_size)``; arguments as :meth:`BertModel.__call__`."""
-        backbone = BertBackbone(self.config, self.dtype, add_pooling_layer=False, name="bert")
+        backbone = self._backbone(False)
         hidden, _ = backbone(input_ids, attention_mask, token_type_ids, deterministic)
         embedding = backbone.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
         return BertMLMHead(self.config, self.dtype, name="cls")(hidden, embedding)
@@ -476,20 +335,25 @@ MODELS: dict[str | None, type[_BertTaskModel]] = {
 # Layer ids and default rules.
 
 _LAYER = re.compile(r"bert/encoder/layer_(\d+)/.+")
+_STACKED = re.compile(r"bert/encoder/layer/.+")
 _EMBEDDINGS = re.compile(r"bert/embeddings/.+")
 _TOP = re.compile(r"(bert/pooler|classifier|qa_outputs|cls)/.+")
 
 
-def layer_ids(path: str, num_layers: int) -> int:
-    """Layer id of a BERT parameter path: embeddings 0, ``layer_i`` -> i + 1, pooler and heads L + 1.
+def layer_ids(path: str, num_layers: int) -> int | np.ndarray:
+    """Layer id of a BERT parameter path: embeddings 0, ``layer_i`` -> i + 1, pooler and heads L + 1;
+    a stacked leaf of a scanned model (``bert/encoder/layer/...``) has the ids 1 .. L, one per layer.
 
     Example::
 
         layer_ids("bert/encoder/layer_3/attention/self/query/kernel", 12)   # 4
+        layer_ids("bert/encoder/layer/attention/self/query/kernel", 12)     # array([1, 2, ..., 12])
         layer_ids("classifier/kernel", 12)                                  # 13
     """
     if _EMBEDDINGS.fullmatch(path):
         return 0
+    if _STACKED.fullmatch(path):
+        return np.arange(1, num_layers + 1)
     m = _LAYER.fullmatch(path)
     if m:
         i = int(m.group(1))
@@ -500,7 +364,8 @@ def layer_ids(path: str, num_layers: int) -> int:
     if _TOP.fullmatch(path):
         return num_layers + 1
     raise KeyError(f"BERT layer_ids: unknown parameter path {path!r}; expected bert/embeddings/..., "
-                   "bert/encoder/layer_<i>/..., bert/pooler/..., classifier/..., qa_outputs/... or "
+                   "bert/encoder/layer_<i>/..., bert/encoder/layer/... (scanned), bert/pooler/..., classifier/..., "
+                   "qa_outputs/... or "
                    "cls/... (paths of variables['params'] without a leading 'params/')")
 
 
@@ -531,6 +396,7 @@ def _module_rules(hf: str, flax: str, kind: str) -> list[NameRule]:
 
 
 _LAYER_HF, _LAYER_FLAX = "bert.encoder.layer.{i}", "bert/encoder/layer_{i}"
+_STACKED_FLAX = "params/bert/encoder/layer"   # the layers of a scanned model (scan_layers=True)
 _MODULES = [
     ("bert.embeddings.word_embeddings", "bert/embeddings/word_embeddings", "embed"),
     ("bert.embeddings.position_embeddings", "bert/embeddings/position_embeddings", "embed"),
@@ -565,9 +431,13 @@ def _with_prefix(name: str) -> str:
 
 
 def to_flax(config: BertConfig, tensors: Mapping[str, np.ndarray], task: str | None = None):
-    """HF tensors (with or without the ``bert.`` prefix) -> (nested Flax variables, used HF names)."""
+    """HF tensors (with or without the ``bert.`` prefix) -> (nested Flax variables, used HF names);
+    the layers stacked for a scanned model (``config.scan_layers``)."""
     renamed = {_with_prefix(name): name for name in tensors}
     variables, used = NAMES.to_flax({new: tensors[old] for new, old in renamed.items()})
+    if config.scan_layers:
+        variables = unflatten_paths(stack_layers(flatten_paths(variables), f"params/{_LAYER_FLAX}", _STACKED_FLAX,
+                                                 config.num_hidden_layers))
     return variables, {renamed[name] for name in used}
 
 
@@ -575,8 +445,12 @@ def to_hf(config: BertConfig, variables: Mapping[str, Any], task: str | None = N
     """Flax variables -> HF tensors named as transformers saves the model of ``task``.
 
     The bare model (task ``None``) is saved without the ``bert.`` prefix, like ``BertModel``; the
-    tied masked-LM decoder is not written (transformers ties it on load).
+    tied masked-LM decoder is not written (transformers ties it on load). The stacked layers of a
+    scanned model are written per layer, under the same names.
     """
+    flat = flatten_paths(variables)
+    if any(path.startswith(_STACKED_FLAX + "/") for path in flat):
+        variables = unflatten_paths(unstack_layers(flat, _STACKED_FLAX, f"params/{_LAYER_FLAX}"))
     tensors = NAMES.to_hf(variables)
     if task is None:
         tensors = {name.removeprefix("bert."): array for name, array in tensors.items()}

@@ -217,6 +217,29 @@ def export_labels(label_names: Sequence[Any], num_labels: int | None, task: str 
     return tuple(str(name) for name in label_names) + tuple(f"LABEL_{i}" for i in range(len(label_names), size))
 
 
+def with_config_overrides(config: Any, overrides: Mapping[str, Any], source: str = "from_pretrained") -> Any:
+    """``config`` (a family's frozen dataclass) with the fields ``overrides`` names replaced, e.g.
+    jaxtune's own ``scan_layers`` / ``remat`` / ``attention_implementation``; an unknown field or a
+    value the config refuses is a :class:`UserError` naming it.
+
+    Example::
+
+        with_config_overrides(BertConfig(), {"scan_layers": True}).scan_layers   # True
+    """
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"{source} got {', '.join(f'{k}={overrides[k]!r}' for k in unknown)}, which "
+                        f"{'is' if len(unknown) == 1 else 'are'} not a field of {type(config).__name__}",
+                        hint=f"Hint: the fields it takes are {sorted(fields)}.")
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFamily:
     """Everything the hub needs to load, build and save one family of checkpoints.
