@@ -46,7 +46,7 @@ from jaxtune.forgetting import averaged_leaves
 from jaxtune.lora import merged_params
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
-from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
+from jaxtune.sharding import DATA_AXIS, batch_sharding, fsdp_gather, tree_shardings
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
 WEIGHT_KEY = "weight"  # metrics[WEIGHT_KEY]: the total weight of a weighted-mean loss
@@ -276,6 +276,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
                 full[i] = x
             # A LoraParams tree is merged in float32 (W + scale * A @ B), then cast.
             params = cast_floating(merged_params(jax.tree_util.tree_unflatten(treedef, full)), dtype)
+            if mesh is not None and fsdp:  # one all-gather per sharded leaf; its gradient is reduce-scattered
+                params = fsdp_gather(params, mesh, axis_name, fsdp_min_size)
             loss, (metrics, new_model_state) = _checked_full_result(
                 loss_fn(params, micro_batch, rng=rng, model_state=model_state))
             weight, metrics = _pop_weight(metrics)
