@@ -101,6 +101,7 @@ from jaxtune.sharding import (
     fsdp_spec,
     make_mesh,
     place_global_batch,
+    process_rows,
     shard_batch,
     shard_train_state,
     tree_shardings,

@@ -161,6 +161,25 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def process_rows(batch_size: int, mesh: Mesh, axis_name: str = DATA_AXIS) -> slice:
+    """The rows of a ``batch_size``-row batch split over mesh axis ``axis_name`` (:func:`shard_batch`)
+    that this process's devices hold: what it builds and feeds of every batch. All rows in a
+    single process.
+
+    Example::
+
+        >>> process_rows(8, make_mesh(1))
+        slice(0, 8, None)
+    """
+    shards = batch_sharding(mesh, axis_name).addressable_devices_indices_map((batch_size,)).values()
+    starts = sorted({index[0].indices(batch_size)[:2] for index in shards})
+    start, stop = starts[0][0], starts[-1][1]
+    if sum(b - a for a, b in starts) != stop - start:
+        raise ValueError(f"this process's devices hold rows {starts} of a {batch_size}-row batch, not one block; "
+                         f"order the mesh's devices by process (jt.make_mesh does)")
+    return slice(start, stop)
+
+
 def place_global_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     """Places a batch that every process holds whole on the mesh, split along the example axis;
     each process copies only the rows its own devices hold (so, with several processes, each

@@ -280,3 +280,27 @@ def test_data_digest_sees_a_changed_example():
     changed = PreparedData("sequence_classification", [dict(examples[0], labels=np.int32(0))], [], [], ("a", "b"),
                            (16,), 0, "")
     assert data_digest(data) == data_digest(PreparedData(**vars(data))) != data_digest(changed)
+
+
+def test_each_process_builds_exactly_its_rows_of_every_batch():
+    from jaxtune.data.text import bucket_batches
+    from jaxtune.run_data import PreparedData, batch_rows, epoch_batches, epoch_plan
+
+    rng = np.random.default_rng(0)
+    text = [{"input_ids": np.arange(2, n + 2, dtype=np.int32), "attention_mask": np.ones(n, np.int32),
+             "labels": np.int32(n % 3)} for n in rng.integers(2, 30, 12)]
+    images = [{"images": rng.normal(size=(2, 2, 3)).astype(np.float32), "labels": np.int32(i % 2)} for i in range(12)]
+    for examples, buckets in ((text, (8, 16, 32)), (images, None)):
+        data = PreparedData("task", examples, [], [], ("a", "b"), buckets, 1, "")
+        plan, whole = epoch_plan(data, examples, 8, seed=3), epoch_batches(data, examples, 8, seed=3)
+        if buckets is not None:  # the same batches as before the plan existed
+            for a, b in zip(whole, bucket_batches(examples, 8, buckets, pad_token_id=1, seed=3), strict=True):
+                assert all(np.array_equal(a[k], b[k]) for k in b) and a.keys() == b.keys()
+        assert any(len(chunk) <= 4 for chunk in plan)  # a second half of padding rows only
+        for chunk, batch in zip(plan, whole, strict=True):
+            for rows in (slice(0, 4), slice(4, 8)):
+                part = batch_rows(data, examples, chunk, 8, rows)
+                assert part.keys() == batch.keys()
+                for key in batch:
+                    assert part[key].dtype == batch[key].dtype
+                    np.testing.assert_array_equal(part[key], batch[key][rows])
