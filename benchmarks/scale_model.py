@@ -163,12 +163,13 @@ def _markdown(check: list[dict], table: list[dict], args: argparse.Namespace) ->
              "(BERT-base 32 x 128 tokens, T5-large 8 x 512->128). No measurement on several hosts backs these "
              "numbers. The step-time columns use FSDP's own traffic (all-gather and reduce-scatter of the sharded "
              "parameters, all-reduce of the replicated ones); `comm (CPU HLO)` uses the bytes the CPU compile "
-             "actually moves. The step gathers each sharded parameter once (`jt.fsdp_gather`), so the all-gather "
-             "columns agree; XLA:CPU has no reduce-scatter (GPU compiles turn an all-reduce followed by a slice "
-             "into one, XLA:CPU does not), so the CPU compile all-reduces the gradients of the sharded parameters "
-             "and keeps each device's slice -- except the word embeddings', whose rows it sends to their owners "
-             "by an all-to-all of activations -- and its all-reduce column stands where a reduce-scatter would "
-             "be.", "",
+             "actually moves. The step gathers each sharded parameter once (`jt.fsdp_gather`). XLA:CPU has no "
+             "reduce-scatter (GPU compiles turn an all-reduce followed by a slice into one, XLA:CPU does not): the "
+             "CPU compile all-reduces the gradients of the sharded parameters and keeps each device's slice, so "
+             "its all-reduce column stands where a reduce-scatter would be. The word embeddings' gradient is the "
+             "exception: each device computes its own slice of it from the batch's activations, sent to it by an "
+             "all-to-all (BERT, split along the hidden axis) or an all-gather (T5, split along the vocabulary: the "
+             "all-gather bytes above the parameters').", "",
              "Check on 8 devices (1 layer): HLO ring bytes per device vs FSDP's expectation "
              "(all-gather + reduce-scatter of the sharded parameters, all-reduce of the replicated ones):", "",
              "| model | HLO all-gather MB | expected | HLO reduce-scatter MB | expected | HLO all-reduce MB | expected "
