@@ -6,9 +6,9 @@ What goes in (all from XLA, on this machine's CPU, no accelerator):
   compiled for 8 fake CPU devices, from XLA's cost analysis;
 * communication: FSDP's own traffic per device in a ring -- an all-gather and a reduce-scatter of
   the sharded parameters ((n-1)/n x their bytes each), an all-reduce of the replicated ones
-  (2 (n-1)/n x their bytes) -- checked against the bytes of every all-gather, reduce-scatter and
-  all-reduce in the compiled HLO (all-gather (n-1)/n x result, reduce-scatter (n-1) x result,
-  all-reduce 2 (n-1)/n x size), which are reported beside it;
+  (2 (n-1)/n x their bytes) -- checked against the bytes of every all-gather, reduce-scatter,
+  all-reduce and all-to-all in the compiled HLO (all-gather (n-1)/n x result, reduce-scatter
+  (n-1) x result, all-reduce 2 (n-1)/n x size, all-to-all (n-1)/n x size), reported beside it;
 * depth: each model is compiled with 1 and 2 layers per stack (a full-depth CPU compile of T5-large
   takes too long); per-layer figures are the difference, the full model is f(1) + (L - 1) x per-layer.
 
@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's jaxtune
 DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2,
                "u16": 2, "s8": 1, "u8": 1, "pred": 1}
-COLLECTIVE = re.compile(r"=\s*(?P<type>.+?)\s+(?P<op>all-gather|reduce-scatter|all-reduce)(?:-start)?\(")
+COLLECTIVE = re.compile(r"=\s*(?P<type>.+?)\s+(?P<op>all-gather|reduce-scatter|all-reduce|all-to-all)(?:-start)?\(")
 SHAPE = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
 
 
@@ -66,10 +66,11 @@ def collective_bytes(hlo: str, n: int) -> dict[str, float]:
     Example::
 
         >>> collective_bytes("%a = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %p), dimensions={0}", 8)
-        {'all-gather': 112.0, 'reduce-scatter': 0.0, 'all-reduce': 0.0}
+        {'all-gather': 112.0, 'reduce-scatter': 0.0, 'all-reduce': 0.0, 'all-to-all': 0.0}
     """
-    out = {"all-gather": 0.0, "reduce-scatter": 0.0, "all-reduce": 0.0}
-    factor = {"all-gather": (n - 1) / n, "reduce-scatter": n - 1, "all-reduce": 2 * (n - 1) / n}
+    out = {"all-gather": 0.0, "reduce-scatter": 0.0, "all-reduce": 0.0, "all-to-all": 0.0}
+    factor = {"all-gather": (n - 1) / n, "reduce-scatter": n - 1, "all-reduce": 2 * (n - 1) / n,
+              "all-to-all": (n - 1) / n}
     for line in hlo.splitlines():
         m = COLLECTIVE.search(line)
         if m and "-done" not in line:
@@ -162,17 +163,24 @@ def _markdown(check: list[dict], table: list[dict], args: argparse.Namespace) ->
              "(BERT-base 32 x 128 tokens, T5-large 8 x 512->128). No measurement on several hosts backs these "
              "numbers. The step-time columns use FSDP's own traffic (all-gather and reduce-scatter of the sharded "
              "parameters, all-reduce of the replicated ones); `comm (CPU HLO)` uses the bytes the CPU compile "
-             "actually moves, which the check below shows is several times more (XLA:CPU has no reduce-scatter: "
-             "it all-reduces full gradients and slices them), so it is an upper bound, not a GPU/TPU figure.", "",
+             "actually moves. The step gathers each sharded parameter once (`jt.fsdp_gather`). XLA:CPU has no "
+             "reduce-scatter (GPU compiles turn an all-reduce followed by a slice into one, XLA:CPU does not): the "
+             "CPU compile all-reduces the gradients of the sharded parameters and keeps each device's slice, so "
+             "its all-reduce column stands where a reduce-scatter would be. The word embeddings' gradient is the "
+             "exception: each device computes its own slice of it from the batch's activations, sent to it by an "
+             "all-to-all (BERT, split along the hidden axis) or an all-gather (T5, split along the vocabulary: the "
+             "all-gather bytes above the parameters').", "",
              "Check on 8 devices (1 layer): HLO ring bytes per device vs FSDP's expectation "
              "(all-gather + reduce-scatter of the sharded parameters, all-reduce of the replicated ones):", "",
-             "| model | HLO all-gather MB | expected | HLO reduce-scatter MB | expected | HLO all-reduce MB | expected |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | HLO all-gather MB | expected | HLO reduce-scatter MB | expected | HLO all-reduce MB | expected "
+             "| HLO all-to-all MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in check:
         mb = lambda d, k: f"{d[k] / 1e6:.1f}"
         lines.append(f"| {c['family']} | {mb(c['ring_bytes'], 'all-gather')} | {mb(c['expected_bytes'], 'all-gather')} "
                      f"| {mb(c['ring_bytes'], 'reduce-scatter')} | {mb(c['expected_bytes'], 'reduce-scatter')} "
-                     f"| {mb(c['ring_bytes'], 'all-reduce')} | {mb(c['expected_bytes'], 'all-reduce')} |")
+                     f"| {mb(c['ring_bytes'], 'all-reduce')} | {mb(c['expected_bytes'], 'all-reduce')} "
+                     f"| {mb(c['ring_bytes'], 'all-to-all')} |")
     lines += ["", "| model | hosts | devices | compute ms | comm ms | step ms (full overlap .. none) | comm (CPU HLO) ms |",
               "|---|---|---|---|---|---|---|"]
     for row in table:

@@ -99,9 +99,11 @@ from jaxtune.runlog import RunLogger, plot_curves, progress_bar, read_jsonl
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import (
     batch_sharding,
+    fsdp_gather,
     fsdp_spec,
     make_mesh,
     place_global_batch,
+    process_rows,
     shard_batch,
     shard_train_state,
     tree_shardings,

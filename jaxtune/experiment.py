@@ -41,14 +41,14 @@ from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_l
 from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
 from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
-from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
-                              prepare_data)
+from jaxtune.run_data import (PreparedData, _dataset, _model_dir, batch_rows, epoch_batches,  # re-exported
+                              epoch_plan, prepare_data)
 from jaxtune.rundir import (RunDirError, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
-from jaxtune.sharding import place_global_batch, shard_train_state
+from jaxtune.sharding import place_global_batch, process_rows, shard_batch, shard_train_state
 from jaxtune.tasks import IGNORE_INDEX, Task, get_task, scored_by_generation
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
@@ -262,6 +262,14 @@ class Setup:
         """``batch`` (held whole by every process) on the run's mesh; itself when there is none."""
         return batch if self.mesh is None else place_global_batch(batch, self.mesh)
 
+    def train_batch(self, chunk: np.ndarray) -> dict:
+        """The training batch of examples ``chunk`` (an entry of :func:`epoch_plan`) on the run's mesh:
+        each process builds only the rows of its own devices."""
+        size = self.config.data.batch_size
+        if self.mesh is None:
+            return batch_rows(self.data, self.data.train, chunk, size)
+        return shard_batch(batch_rows(self.data, self.data.train, chunk, size, process_rows(size, self.mesh)), self.mesh)
+
     def eval_on_host(self, state: TrainState, batch: dict) -> dict:
         """``eval_step`` on the placed batch, its outputs fetched whole to every process."""
         out = self.eval_step(state, self.place(batch))
@@ -323,7 +331,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
                     batch_stats=variables.get("batch_stats"))
-    batches_per_epoch = len(epoch_batches(data, data.train, cfg.data.batch_size, seed=0))
+    batches_per_epoch = len(epoch_plan(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
     uses_ids = _uses_layer_decay(cfg.optim, rules) or cfg.optim.unfreezing is not None
@@ -493,7 +501,7 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         with progress_bar(total_steps, cfg.name, disable=not (cfg.train.progress and main)) as bar:
             bar.update(bar.tasks[0].id, completed=step)
             while step < total_steps and not stopped_early:
-                batches = epoch_batches(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
+                batches = epoch_plan(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
                 while batch_index < len(batches) and step < total_steps:
                     if stages is not None:
                         new_stage = unfreezing_stage(step, len(stages), every=cfg.optim.unfreeze_every or None,
@@ -501,12 +509,12 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
                         if runtime and new_stage != stage:
                             state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
                         stage = new_stage
-                    batch = batches[batch_index]
-                    state, train_metrics = train_step(state, setup.place(batch), max(stage, 0))
+                    chunk = batches[batch_index]
+                    state, train_metrics = train_step(state, setup.train_batch(chunk), max(stage, 0))
                     step += 1
                     batch_index += 1
                     guard.record(step, train_metrics)
-                    examples_seen += int(np.sum(batch.get("example_mask", 1)))
+                    examples_seen += len(chunk)
                     if step % cfg.train.log_every == 0 or step == total_steps:
                         values = guard.check(train_metrics, last_checkpoint=ckpt.latest_step())
                         now = time.time()

@@ -13,7 +13,10 @@ store and barriers):
 * failure spreading -- a process whose run fails publishes ``process i/n: <error>``; a watcher
   thread in every other process sees it within a second, prints ``stopping: process i/n failed: ...``
   and exits with status 1, instead of waiting forever in the next collective. A process that dies
-  without a word (``kill -9``) is caught by JAX's heartbeat (``heartbeat_timeout_s``).
+  without a word (``kill -9``, out of memory, a lost host) stops sending JAX's heartbeats: once
+  ``heartbeat_timeout_s`` has passed, JAX's coordination service no longer lists it among the live
+  processes (``get_live_nodes``), and the watcher of every other process prints ``stopping:
+  process i/n is gone ...`` and exits with status 1 (a collective waiting for it would wait forever).
 
 Example::
 
@@ -37,19 +40,24 @@ from jaxtune.errors import UserError
 
 FAILED_KEY = "jaxtune/failed"
 _ACK_DIR = "jaxtune/failed_ack/"
+_DONE_DIR = "jaxtune/done/"  # a process that finished its program (it leaves, and is not "gone")
 _POLL_S = 0.5
 _ACK_WAIT_S = 10.0
 # A collective fails here as soon as a peer process dies, a moment before that peer's own report
 # arrives: how long a failing process looks for such a report before calling the failure its own.
 _PEER_REPORT_WAIT_S = 3.0
 DEFAULT_BARRIER_TIMEOUT_S = 600
+# How long a process that finished waits at exit for the others (process 0 may still be exporting).
+_EXIT_BARRIER_TIMEOUT_S = 3600
 
 
 class MultihostError(UserError):
     """The processes of a multi-process run disagree (config, data, versions) or one went missing."""
 
 
-_watch: dict[str, Any] = {"thread": None, "stop": None, "failed": False, "status": 1}
+_watch: dict[str, Any] = {"thread": None, "stop": None, "failed": False, "status": 1, "heartbeat_s": 100,
+                          "rounds": 0}
+_rounds = threading.Condition()  # notified after each round of the liveness watcher that found everyone alive
 _calls: dict[str, int] = {}  # how often each barrier / agreement name was used: keys are unique per use
 
 
@@ -99,7 +107,9 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
     (``jax_cpu_collectives_implementation``). ``heartbeat_timeout_s``: after how long without a
     heartbeat JAX declares a process dead and stops the others; ``initialization_timeout_s``: how
     long to wait for every process to connect. Other keyword arguments go to
-    ``jax.distributed.initialize``.
+    ``jax.distributed.initialize``. It turns on ``jax_enable_recoverability``: a dead process then
+    no longer aborts the others from inside XLA (a fatal log); jaxtune's watcher stops them instead,
+    naming the dead process, and the processes meet in a barrier at exit.
 
     Example::
 
@@ -108,6 +118,7 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
     """
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_recoverability", True)
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                    heartbeat_timeout_seconds=heartbeat_timeout_s,
@@ -120,6 +131,7 @@ def initialize_multihost(coordinator_address: str | None = None, num_processes: 
                                          "--process-id I, or run under a scheduler JAX detects (SLURM srun, Cloud "
                                          "TPU, Kubernetes).") from None
     if is_multiprocess():
+        _watch["heartbeat_s"] = heartbeat_timeout_s
         _start_watcher()
         _first_collective()
         # Log lines name their process (unless the program configured logging itself).
@@ -155,6 +167,8 @@ def _start_watcher() -> None:
                               daemon=True)
     _watch.update(thread=thread, stop=stop)
     thread.start()
+    threading.Thread(target=_watch_liveness, args=(_client(), stop), name="jaxtune-liveness-watcher",
+                     daemon=True).start()
     atexit.register(_at_exit)  # registered after jax's own: runs before jax.distributed.shutdown
 
 
@@ -205,6 +219,46 @@ def _watch_for_failure(client, stop: threading.Event) -> None:
                     client.key_value_set(f"{_ACK_DIR}{jax.process_index()}", "1")
             finally:
                 os._exit(1)
+
+
+def _watch_liveness(client, stop: threading.Event) -> None:
+    """Asks JAX's coordination service which processes are alive (a call returns once every live
+    process asked, or once a dead one missed its heartbeats for ``heartbeat_timeout_s``); when one is
+    gone without reporting a failure (``kill -9``, out of memory, a lost host), exits this process
+    naming it. A failed process's own report goes through :func:`_watch_for_failure` instead."""
+    everyone = list(range(jax.process_count()))
+    while not stop.wait(_POLL_S):
+        try:
+            gone = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
+            gone = [i for i in gone if _try_get(client, f"{_DONE_DIR}{i}") is None]  # not those that finished
+            if gone and _try_get(client, FAILED_KEY) is not None:
+                return  # it failed and said so: the failure watcher stops this process
+        except Exception:
+            return  # the coordination service is gone: the failure watcher says so
+        if stop.is_set() or _watch["failed"]:
+            return
+        if not gone:
+            with _rounds:
+                _watch["rounds"] += 1
+                _rounds.notify_all()
+        else:
+            names = ", ".join(f"process {i}/{len(everyone)}" for i in gone)
+            _say(f"stopping: {names} is gone: JAX's coordination service got no heartbeat from it for "
+                 f"{_watch['heartbeat_s']} s (killed, out of memory, or its host is down); see its output")
+            if is_main_process():
+                time.sleep(2 * _POLL_S)  # the others' watchers learn it too before this process's service ends
+            os._exit(1)
+
+
+def _await_liveness_round() -> None:
+    """Waits until the liveness watcher has found every process alive in a round it began after this
+    call (so: the processes are alive now), at most the heartbeat timeout and a margin. If one is
+    gone, the watcher stops this process (naming it) meanwhile, and this never returns."""
+    deadline = time.monotonic() + _watch["heartbeat_s"] + 10
+    with _rounds:
+        target = _watch["rounds"] + 2
+        while _watch["rounds"] < target and time.monotonic() < deadline:
+            _rounds.wait(timeout=_POLL_S)
 
 
 def failure_of_another_process(wait_s: float = _PEER_REPORT_WAIT_S) -> str | None:
@@ -259,9 +313,9 @@ def report_failure(exc: BaseException, status: int = 1) -> None:
 
 def _at_exit() -> None:
     stop = _watch["stop"]
-    if stop is not None:
-        stop.set()
     if _watch["failed"]:
+        if stop is not None:
+            stop.set()
         sys.stdout.flush()
         sys.stderr.flush()
         client = _client()
@@ -273,6 +327,15 @@ def _at_exit() -> None:
             except Exception:
                 pass
         os._exit(_watch["status"])
+    client = _client()
+    if client is not None:  # every process done before process 0's coordination service ends
+        try:
+            client.key_value_set(f"{_DONE_DIR}{jax.process_index()}", "1")
+            client.wait_at_barrier("jaxtune/exit", _EXIT_BARRIER_TIMEOUT_S * 1000)
+        except Exception as exc:
+            _say(f"at exit: the other processes did not all finish: {str(exc).splitlines()[0][:300]}")
+    if stop is not None:
+        stop.set()
     thread = _watch["thread"]
     if thread is not None:
         thread.join(timeout=2 * _POLL_S)
@@ -458,8 +521,10 @@ def stops_others_on_failure(fn):
         except BaseException as exc:
             if is_multiprocess() and not isinstance(exc, UserError):  # the command prints user errors itself
                 # A peer's death breaks this process's collectives first: name the peer's failure as the cause.
-                wait_s = _PEER_REPORT_WAIT_S if isinstance(exc, jax.errors.JaxRuntimeError) else 0.0
-                cause = None if _watch["failed"] else failure_of_another_process(wait_s)
+                broke = isinstance(exc, jax.errors.JaxRuntimeError)
+                cause = None if _watch["failed"] else failure_of_another_process(_PEER_REPORT_WAIT_S if broke else 0.0)
+                if cause is None and broke and not _watch["failed"]:
+                    _await_liveness_round()  # a peer that died without a word: the liveness watcher names it
                 if cause is not None:
                     _say(f"stopping: {cause} (here it broke a collective: {type(exc).__name__})")
                 else:

@@ -194,22 +194,60 @@ def _qa_data(tokenizer, parts: dict, data_cfg, splits, about: str) -> PreparedDa
                         qa={name: (features[name], parts[name]) for name in parts})
 
 
+def epoch_plan(data: PreparedData, examples: list[dict], batch_size: int, seed: int | None) -> list[np.ndarray]:
+    """The example indices of each batch of one epoch of :func:`epoch_batches` (same arguments), in
+    order: which examples go in which batch, without building any.
+
+    Example::
+
+        plan = epoch_plan(data, data.train, 32, seed=jt.epoch_seed(0, epoch=0))
+        batch = batch_rows(data, data.train, plan[0], 32)     # == epoch_batches(...)[0]
+    """
+    from jaxtune.data.text import bucket_plan
+
+    if data.buckets is not None:
+        if not examples:
+            raise ValueError("epoch_plan got no examples.")
+        return bucket_plan([len(e["input_ids"]) for e in examples], batch_size, data.buckets, seed=seed)
+    order = np.arange(len(examples)) if seed is None else np.random.default_rng(seed).permutation(len(examples))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def batch_rows(data: PreparedData, examples: list[dict], chunk: np.ndarray, batch_size: int,
+               rows: slice = slice(None)) -> dict:
+    """Rows ``rows`` of the batch of examples ``chunk`` (an entry of :func:`epoch_plan`) padded to
+    ``batch_size`` rows: exactly those rows of the whole batch (same sequence lengths, padding rows,
+    ``example_mask``), built without the others. A process of a multi-process run builds its own rows.
+
+    Example::
+
+        mine = batch_rows(data, data.train, plan[0], 32, slice(16, 32))   # the second half of batch 0
+    """
+    from jaxtune.data.text import bucket_for, pad_batch
+
+    start, stop, _ = rows.indices(batch_size)
+    real = list(chunk[start:stop])
+    if data.buckets is None:
+        padded = list(chunk) + [chunk[-1]] * (batch_size - len(chunk))
+        batch = {k: np.stack([examples[i][k] for i in padded[start:stop]]) for k in examples[chunk[0]]}
+        batch["example_mask"] = np.arange(start, stop) < len(chunk)
+        return batch
+    # Every sequence field as long as in the whole batch, whose longest example may be in other rows.
+    widths = {field: (bucket_for(max(len(examples[i][field]) for i in chunk), data.buckets),)
+              for field, value in examples[chunk[0]].items() if np.ndim(value) == 1}
+    if real:
+        return pad_batch([examples[i] for i in real], data.buckets, pad_token_id=data.pad_token_id,
+                         batch_size=stop - start, field_buckets=widths)
+    # Only padding rows: those of a batch of one example, after its first row.
+    padding = pad_batch([examples[chunk[0]]], data.buckets, pad_token_id=data.pad_token_id,
+                        batch_size=stop - start + 1, field_buckets=widths)
+    return {k: v[1:] for k, v in padding.items()}
+
+
 def epoch_batches(data: PreparedData, examples: list[dict], batch_size: int, seed: int | None) -> list[dict]:
     """The batches of one epoch, deterministic for a given seed (``None``: data order).
 
     Text goes into length buckets (a bounded number of shapes); every batch has ``batch_size``
     rows, the last one filled with padding rows marked by ``example_mask``.
     """
-    from jaxtune.data.text import bucket_batches
-
-    if data.buckets is not None:
-        return list(bucket_batches(examples, batch_size, data.buckets, pad_token_id=data.pad_token_id, seed=seed))
-    order = np.arange(len(examples)) if seed is None else np.random.default_rng(seed).permutation(len(examples))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        batch = {k: np.stack([r[k] for r in rows]) for k in chunk[0]}
-        batch["example_mask"] = np.arange(batch_size) < len(chunk)
-        batches.append(batch)
-    return batches
+    return [batch_rows(data, examples, chunk, batch_size) for chunk in epoch_plan(data, examples, batch_size, seed)]

@@ -69,6 +69,47 @@ def tree_shardings(tree: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = D
     return jax.tree_util.tree_map(spec, tree)
 
 
+def fsdp_gather(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS, min_size: int = 2 ** 12) -> Any:
+    """``tree`` (parameters inside a jitted step) whole on every device: one all-gather of each
+    FSDP-sharded leaf (:func:`fsdp_spec`), whose gradient goes back sharded like the leaf (a
+    reduce-scatter, not an all-reduce of the whole gradient). Leaves that stay replicated, and leaves
+    that get no gradient (frozen ones), pass as they are or are only gathered.
+
+    Example::
+
+        def loss_of(params, batch):
+            params = fsdp_gather(cast_floating(params, jnp.bfloat16), mesh)   # gathered in bfloat16
+            return loss_fn(params, batch)
+    """
+    size = mesh.shape[axis_name]
+
+    def gather(leaf):
+        spec = fsdp_spec(np.shape(leaf), size, axis_name, min_size)
+        if spec == P():
+            return leaf
+        return _gathered(leaf, NamedSharding(mesh, spec), NamedSharding(mesh, P()))
+
+    return jax.tree_util.tree_map(gather, tree)
+
+
+def _gathered(leaf: jax.Array, sharded: NamedSharding, whole: NamedSharding) -> jax.Array:
+    """``leaf`` constrained to ``sharded`` then to ``whole`` (an all-gather); its cotangent is
+    constrained to ``sharded`` (a reduce-scatter), where a sharding constraint's own transpose would
+    keep it whole (an all-reduce)."""
+    @jax.custom_vjp
+    def gather(x):
+        return jax.lax.with_sharding_constraint(jax.lax.with_sharding_constraint(x, sharded), whole)
+
+    def forward(x):
+        return gather(x), None
+
+    def backward(_, grad):
+        return (jax.lax.with_sharding_constraint(grad, sharded),)
+
+    gather.defvjp(forward, backward)
+    return gather(leaf)
+
+
 def shard_train_state(state: Any, mesh: Mesh, fsdp: bool = False, axis_name: str = DATA_AXIS,
                       fsdp_min_size: int = 2 ** 12) -> Any:
     """Places a TrainState (or any pytree) on the mesh: replicated or FSDP-sharded.
@@ -118,6 +159,25 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def process_rows(batch_size: int, mesh: Mesh, axis_name: str = DATA_AXIS) -> slice:
+    """The rows of a ``batch_size``-row batch split over mesh axis ``axis_name`` (:func:`shard_batch`)
+    that this process's devices hold: what it builds and feeds of every batch. All rows in a
+    single process.
+
+    Example::
+
+        >>> process_rows(8, make_mesh(1))
+        slice(0, 8, None)
+    """
+    shards = batch_sharding(mesh, axis_name).addressable_devices_indices_map((batch_size,)).values()
+    starts = sorted({index[0].indices(batch_size)[:2] for index in shards})
+    start, stop = starts[0][0], starts[-1][1]
+    if sum(b - a for a, b in starts) != stop - start:
+        raise ValueError(f"this process's devices hold rows {starts} of a {batch_size}-row batch, not one block; "
+                         f"order the mesh's devices by process (jt.make_mesh does)")
+    return slice(start, stop)
 
 
 def place_global_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:

@@ -47,7 +47,7 @@ from jaxtune.lora import LoraParams, merged_params
 from jaxtune.lora_forward import LoraForward, lora_dropout_key
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
 from jaxtune.rules import leaf_paths
-from jaxtune.sharding import DATA_AXIS, batch_sharding, tree_shardings
+from jaxtune.sharding import DATA_AXIS, batch_sharding, fsdp_gather, tree_shardings
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
 WEIGHT_KEY = "weight"  # metrics[WEIGHT_KEY]: the total weight of a weighted-mean loss
@@ -277,10 +277,15 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
                 full[i] = x
             tree = jax.tree_util.tree_unflatten(treedef, full)
             if isinstance(tree, LoraParams):   # LoRA'd linen Dense / 1x1 Conv calls run unmerged
+                if mesh is not None and fsdp:
+                    tree = fsdp_gather(tree, mesh, axis_name, fsdp_min_size)
                 with LoraForward(tree.params, tree.adapters, rng=lora_dropout_key(rng), dtype=dtype) as params:
                     out = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
             else:
-                out = loss_fn(cast_floating(tree, dtype), micro_batch, rng=rng, model_state=model_state)
+                params = cast_floating(tree, dtype)
+                if mesh is not None and fsdp:  # one all-gather per sharded leaf; its gradient is reduce-scattered
+                    params = fsdp_gather(params, mesh, axis_name, fsdp_min_size)
+                out = loss_fn(params, micro_batch, rng=rng, model_state=model_state)
             loss, (metrics, new_model_state) = _checked_full_result(out)
             weight, metrics = _pop_weight(metrics)
             return loss.astype(jnp.float32), (weight, metrics, new_model_state)

@@ -32,11 +32,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 # One process of a test launch: runs `jaxtune finetune` on each config given (the first call joins
-# the run with the multi-process flags). JT_TEST_FAIL="PID:STEP:NAME" makes process PID raise right
-# after training step STEP of run NAME, once process 0 has logged step STEP - 1. Every file a
+# the run with the multi-process flags). JT_TEST_FAIL="PID:STEP:NAME:HOW" makes process PID, in run NAME,
+# raise an exception right after training step STEP once process 0 has logged step STEP - 1 (HOW=raise),
+# or kill itself with SIGKILL once process 0 has logged step STEP (HOW=kill: it never starts step
+# STEP + 1, where process 0 then waits for it). Every file a
 # process opens for writing is listed in OUT/writes-<pid>.txt (orbax writes through tensorstore, not open()).
 WORKER = r"""
-import builtins, json, os, sys, time
+import builtins, json, os, signal, sys, time
 from jaxtune import cli, experiment
 from jaxtune.nonfinite import NonFiniteGuard
 
@@ -51,7 +53,7 @@ builtins.open = recording_open
 current = {"name": None}
 fail = os.environ.get("JT_TEST_FAIL")
 if fail:
-    fail_pid, fail_step, fail_name = fail.split(":")
+    fail_pid, fail_step, fail_name, how = fail.split(":")
     record = NonFiniteGuard.record
     def record_then_fail(self, step, metrics):
         record(self, step, metrics)
@@ -59,8 +61,11 @@ if fail:
             cfg = json.load(open(current["config"]))
             jsonl = os.path.join(cfg["output_dir"], cfg["name"], "metrics.jsonl")
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and f'"step": {step - 1}, "split": "train"' not in real_open(jsonl).read():
+            logged = step if how == "kill" else step - 1
+            while time.monotonic() < deadline and f'"step": {logged}, "split": "train"' not in real_open(jsonl).read():
                 time.sleep(0.1)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"test failure after step {step}")
     NonFiniteGuard.record = record_then_fail
 status = 0
@@ -163,18 +168,20 @@ def _write_configs(model_dir, out, runs):
 @pytest.fixture(scope="module")
 def launched(tiny_model_dir, tmp_path_factory):
     """Runs on 1 process x 4 devices (dp, fsdp) and on 2 processes x 2 devices: dp with an HF export,
-    and fsdp where process 1 fails in step 4 (step 3 is logged, the checkpoint of step 2 is on disk),
-    then relaunched to the end."""
+    and fsdp where process 1 is killed (SIGKILL) after step 3 (step 3 is logged, the checkpoint of
+    step 2 is on disk); then fsdp relaunched to the end, followed by a run "boom" where process 1 raises in step 2."""
     base = tmp_path_factory.mktemp("multihost")
     single, multi = str(base / "single"), str(base / "multi")
     os.makedirs(single)
     os.makedirs(multi)
     single_configs = _write_configs(tiny_model_dir, single, [("dp", "dp", False), ("fsdp", "fsdp", False)])
-    multi_configs = _write_configs(tiny_model_dir, multi, [("dp", "dp", True), ("fsdp", "fsdp", False)])
+    multi_configs = _write_configs(tiny_model_dir, multi, [("dp", "dp", True), ("fsdp", "fsdp", False),
+                                                           ("boom", "fsdp", False)])
     reference = _start(single, single_configs, 1, 4)
-    first = _wait(_start(multi, multi_configs, 2, 2, env={"JT_TEST_FAIL": "1:4:fsdp"}))
+    first = _wait(_start(multi, multi_configs[:2], 2, 2, env={"JT_TEST_FAIL": "1:3:fsdp:kill"}))
     logged_before_relaunch = jt.read_jsonl(os.path.join(multi, "fsdp", "metrics.jsonl"))
-    relaunch = _launch(os.path.join(multi, "relaunch"), multi_configs[1:], 2, 2)
+    relaunch = _launch(os.path.join(multi, "relaunch"), multi_configs[1:], 2, 2,
+                       env={"JT_TEST_FAIL": "1:2:boom:raise"})
     return {"single": single, "multi": multi, "first": first, "reference": _wait(reference), "relaunch": relaunch,
             "logged_before_relaunch": logged_before_relaunch, "model_dir": tiny_model_dir}
 
@@ -232,20 +239,27 @@ def test_only_process_0_writes_logs_plots_and_exports_and_both_write_the_checkpo
 
 
 @needs_gloo
-def test_failed_process_stops_the_other_and_the_relaunch_resumes_bit_exactly(launched):
-    (status0, ended0, err0), (status1, ended1, err1) = launched["first"]
-    assert status1 != 0 and "(process 1/2): failed: RuntimeError: test failure after step 4" in err1, err1[-3000:]
-    assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 4" in err0, err0[-3000:]
-    assert ended0 - ended1 < 30  # process 0 stopped within seconds, not after a collective's timeout
-    (status0, _, err0), (status1, _, _) = launched["relaunch"]
-    assert status0 == status1 == 0, err0[-3000:]
+def test_killed_process_stops_the_other_naming_it_and_the_relaunch_resumes_bit_exactly(launched):
+    (status0, ended0, err0), (status1, ended1, _) = launched["first"]
+    assert status1 == -9  # SIGKILL: no word from it
+    assert status0 == 1 and "(process 0/2): stopping: process 1/2 is gone" in err0, err0[-3000:]
+    assert ended0 - ended1 < 60  # the heartbeat timeout (20 s) and a poll, not a hang in a collective
     run_dir = os.path.join(launched["multi"], "fsdp")
+    assert json.load(open(os.path.join(run_dir, "result.json")))["steps"] == 4  # the relaunch finished it
     before = [r for r in launched["logged_before_relaunch"] if r["split"] == "train"]
     after = [r for r in jt.read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["split"] == "train"]
     assert [r["step"] for r in before] == [1, 2, 3] and [r["step"] for r in after] == [1, 2, 3, 4]
-    # Step 3 ran twice: before the failure, and after the relaunch resumed from the checkpoint of step 2.
+    # Step 3 ran twice: before the kill, and after the relaunch resumed from the checkpoint of step 2.
     for key in ("loss", "grad_norm"):
         assert after[2][key] == before[2][key]  # bit-exact (float32 values, CPU)
+
+
+@needs_gloo
+def test_failed_process_stops_the_other(launched):
+    (status0, ended0, err0), (status1, ended1, err1) = launched["relaunch"]
+    assert status1 != 0 and "(process 1/2): failed: RuntimeError: test failure after step 2" in err1, err1[-3000:]
+    assert status0 != 0 and "stopping: process 1/2 failed: RuntimeError: test failure after step 2" in err0, err0[-3000:]
+    assert ended0 - ended1 < 30  # process 0 stopped within seconds, not after a collective's timeout
 
 
 @needs_gloo
@@ -281,3 +295,27 @@ def test_data_digest_sees_a_changed_example():
     changed = PreparedData("sequence_classification", [dict(examples[0], labels=np.int32(0))], [], [], ("a", "b"),
                            (16,), 0, "")
     assert data_digest(data) == data_digest(PreparedData(**vars(data))) != data_digest(changed)
+
+
+def test_each_process_builds_exactly_its_rows_of_every_batch():
+    from jaxtune.data.text import bucket_batches
+    from jaxtune.run_data import PreparedData, batch_rows, epoch_batches, epoch_plan
+
+    rng = np.random.default_rng(0)
+    text = [{"input_ids": np.arange(2, n + 2, dtype=np.int32), "attention_mask": np.ones(n, np.int32),
+             "labels": np.int32(n % 3)} for n in rng.integers(2, 30, 12)]
+    images = [{"images": rng.normal(size=(2, 2, 3)).astype(np.float32), "labels": np.int32(i % 2)} for i in range(12)]
+    for examples, buckets in ((text, (8, 16, 32)), (images, None)):
+        data = PreparedData("task", examples, [], [], ("a", "b"), buckets, 1, "")
+        plan, whole = epoch_plan(data, examples, 8, seed=3), epoch_batches(data, examples, 8, seed=3)
+        if buckets is not None:  # the same batches as before the plan existed
+            for a, b in zip(whole, bucket_batches(examples, 8, buckets, pad_token_id=1, seed=3), strict=True):
+                assert all(np.array_equal(a[k], b[k]) for k in b) and a.keys() == b.keys()
+        assert any(len(chunk) <= 4 for chunk in plan)  # a second half of padding rows only
+        for chunk, batch in zip(plan, whole, strict=True):
+            for rows in (slice(0, 4), slice(4, 8)):
+                part = batch_rows(data, examples, chunk, 8, rows)
+                assert part.keys() == batch.keys()
+                for key in batch:
+                    assert part[key].dtype == batch[key].dtype
+                    np.testing.assert_array_equal(part[key], batch[key][rows])

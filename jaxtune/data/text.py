@@ -42,6 +42,7 @@ __all__ = [
     "batch_shapes",
     "bucket_batches",
     "bucket_for",
+    "bucket_plan",
     "decode_qa_predictions",
     "length_buckets",
     "load_tokenizer",
@@ -785,6 +786,35 @@ def pad_batch(
     return batch
 
 
+def bucket_plan(lengths: Sequence[int], batch_size: int, buckets: Sequence[int], *, seed: int | None = None,
+                drop_remainder: bool = False) -> list[np.ndarray]:
+    """The example indices of each batch of :func:`bucket_batches` (same arguments, the examples
+    given by their lengths): what goes in which batch, without building a batch.
+
+    Example:
+        >>> [chunk.tolist() for chunk in bucket_plan([3, 9, 4], 2, (4, 16))]
+        [[0, 2], [1]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    rng = None if seed is None else np.random.default_rng(seed)
+    by_bucket: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_bucket.setdefault(bucket_for(length, buckets), []).append(index)
+    plan = []
+    for bucket in sorted(by_bucket):
+        members = np.asarray(by_bucket[bucket])
+        if rng is not None:
+            members = rng.permutation(members)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            if len(chunk) == batch_size or not drop_remainder:
+                plan.append(chunk)
+    if rng is not None:
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+    return plan
+
+
 def bucket_batches(
     examples: Sequence[Mapping[str, np.ndarray]],
     batch_size: int,
@@ -821,25 +851,10 @@ def bucket_batches(
         >>> [b["input_ids"].shape for b in bucket_batches(examples, 2, (4, 16), pad_token_id=0)]
         [(2, 4), (2, 16)]
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if not examples:
         raise ValueError("bucket_batches got no examples.")
-    rng = None if seed is None else np.random.default_rng(seed)
-    by_bucket: dict[int, list[int]] = {}
-    for index, example in enumerate(examples):
-        by_bucket.setdefault(bucket_for(len(example[length_field]), buckets), []).append(index)
-    plan = []
-    for bucket in sorted(by_bucket):
-        members = np.asarray(by_bucket[bucket])
-        if rng is not None:
-            members = rng.permutation(members)
-        for start in range(0, len(members), batch_size):
-            chunk = members[start:start + batch_size]
-            if len(chunk) == batch_size or not drop_remainder:
-                plan.append(chunk)
-    if rng is not None:
-        plan = [plan[i] for i in rng.permutation(len(plan))]
+    plan = bucket_plan([len(example[length_field]) for example in examples], batch_size, buckets, seed=seed,
+                       drop_remainder=drop_remainder)
     for chunk in plan:
         yield pad_batch(
             [examples[i] for i in chunk], buckets, pad_token_id=pad_token_id,
