@@ -13,7 +13,6 @@ Each part stays usable alone: :func:`prepare_data`, :func:`jaxtune.from_pretrain
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import os
@@ -21,7 +20,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -33,16 +31,15 @@ from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
-from jaxtune.lora import LoraParams, init_lora, merged_params
-from jaxtune.lora_spec import check_lora
+from jaxtune.lora import merged_params
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
-from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
-from jaxtune.run_data import (PreparedData, _dataset, _model_dir, epoch_batches,  # re-exported
-                              prepare_data)
+from jaxtune.rules import Rule, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
+from jaxtune.run_data import PreparedData, _dataset, epoch_batches, prepare_data  # re-exported
 from jaxtune.rundir import (RunDirError, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
+from jaxtune.run_model import build_rules, load_model, with_adapters, with_frozen_bn
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
@@ -51,91 +48,6 @@ from jaxtune.tasks import IGNORE_INDEX, Task, get_task
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-# Shipped CNN aliases: (module, pretrained loader, architecture builder, config class).
-_CNN_ALIASES = {
-    "mobilenet_v2_imagenet": ("jaxtune.models.mobilenet", "mobilenet_v2_imagenet", "mobilenet_v2", "MobileNetV2Config"),
-    "efficientnet_lite0_imagenet": ("jaxtune.models.efficientnet", "efficientnet_lite0_imagenet", "efficientnet_lite",
-                                    "EfficientNetLiteConfig"),
-}
-
-
-def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str = "pretrained",
-               rng: jax.Array | None = None):
-    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
-    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``.
-
-    ``init="random"`` builds the same architecture with every weight freshly initialised from
-    ``rng`` (a from-scratch baseline); with ``"pretrained"``, ``rng`` initialises a new head only.
-
-    Example::
-
-        model, variables = load_model("mobilenet_v2_imagenet", "image_classification", 10, "float32",
-                                      init="random", rng=jt.seed_stream(0, "init"))
-    """
-    from jaxtune.hub import from_pretrained, random_variables
-
-    if init not in ("pretrained", "random"):
-        raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
-    rng = jax.random.key(0) if rng is None else rng
-    if path in _CNN_ALIASES:
-        module_name, loader, builder, config_cls = _CNN_ALIASES[path]
-        module = importlib.import_module(module_name)
-        if init == "pretrained":
-            return getattr(module, loader)(num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng)
-        from jaxtune.models._cnn import example_images
-
-        config = dataclasses.replace(getattr(module, config_cls)(), num_labels=int(num_labels))
-        model = getattr(module, builder)(config, dtype=jnp.dtype(dtype))
-        return model, random_variables(model, example_images(), rng, path)[0]
-    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
-                           init=init)
-
-
-def _family_module(model):
-    module = importlib.import_module(type(model).__module__)
-    if not hasattr(module, "default_rules"):
-        raise UserError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
-    return module
-
-
-def build_rules(optim: OptimConfig, model) -> list[Rule]:
-    """The config's rule table (``optim.rules`` as ``(pattern, jt.Settings)`` pairs), or the model's
-    default rules (``model.default_rules()``) when it has none.
-
-    Example::
-
-        cfg = jt.load_config("experiments/configs/tweets_minilm.yaml")
-        rules = jt.build_rules(cfg.optim, model)
-        print(jt.summary(variables["params"], rules))
-    """
-    if optim.rules is None:
-        return list(_family_module(model).default_rules())
-    return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats,
-                                 lora=None if r.lora is None else check_lora(r.lora)))
-            for r in optim.rules]
-
-
-def with_adapters(params: Any, rules: list[Rule], layer_ids: Any, seed: int) -> Any:
-    """``params``, or ``jt.LoraParams(params, adapters)`` with fresh factors (seed stream ``"lora"``)
-    when a rule of ``rules`` is a :func:`jaxtune.lora` rule: the tree the runner trains."""
-    if all(s.lora is None for _, s in rules):
-        return params
-    return LoraParams(params, init_lora(params, rules, seed_stream(seed, "lora"), layer_ids=layer_ids))
-
-
-def with_frozen_bn(model, frozen: frozenset[str]):
-    """``model`` whose batch-norm layers in ``frozen`` (:func:`jaxtune.frozen_batch_norm`) keep their
-    running statistics in training; ``model`` itself when the set is empty."""
-    if not frozen:
-        return model
-    if not hasattr(model, "frozen_bn"):
-        raise UserError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
-                        f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
-                        "statistics; give those rules batch_stats: train to train them as before")
-    return model.clone(frozen_bn=frozen)
 
 
 def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
