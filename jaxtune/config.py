@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import yaml
 
+# The sections and checks are re-exported: every name stays importable from jaxtune.config.
 from jaxtune.config_checks import (FLOAT_DTYPES, PARALLEL, SCHEDULES, TRUNCATIONS, UNFREEZING, WEIGHT_AVERAGES,
                                    validate_config)
 from jaxtune.config_sections import (EXPORT_FORMATS, MODEL_INITS, CheckpointConfig, ConfigError, DataConfig,

@@ -39,8 +39,9 @@ import numpy as np
 
 from jaxtune.models.attention import check_implementation
 from jaxtune.models.family import ModelFamily, NameMap, NameRule
-from jaxtune.models.t5_layers import (_ACTIVATIONS, T5Stack, _dense, _normal,
-                                      relative_position_bucket)  # relative_position_bucket: re-exported
+from jaxtune.models.t5_layers import (_ACTIVATIONS, T5Attention, T5Block, T5DenseActDense,  # blocks re-exported
+                                      T5LayerCrossAttention, T5LayerFF, T5LayerNorm, T5LayerSelfAttention, T5Stack,
+                                      _dense, _normal, relative_position_bucket)
 from jaxtune.rules import Settings, settings
 
 logger = logging.getLogger(__name__)
