@@ -8,12 +8,14 @@ plot and a test report, all under ``output_dir/name``::
     result.test_metrics["accuracy"], result.paths["plot"]
 
 Each part stays usable alone: :func:`prepare_data`, :func:`jaxtune.from_pretrained`,
-:func:`build_rules`, :func:`jaxtune.make_optimizer`, :func:`jaxtune.make_train_step`.
+:func:`build_rules`, :func:`jaxtune.make_optimizer`, :func:`jaxtune.make_train_step`. :func:`finetune`
+runs in named phases: :func:`_setup` (config, run directory, :func:`build`) -> :func:`_resume` (the state
+to train from) -> :func:`_train_loop` -> :func:`_evaluate` (best weights on the test split) -> the
+outputs (:func:`jaxtune.run_outputs.write_outputs`).
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import os
@@ -21,7 +23,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -34,17 +35,17 @@ from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
 from jaxtune.forgetting import average_weights, averaged_params, param_drift
-from jaxtune.lora import LoraParams, init_lora, merged_params
-from jaxtune.lora_spec import check_lora
+from jaxtune.lora import merged_params
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
 from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
-from jaxtune.rules import Rule, Settings, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
-from jaxtune.run_data import (PreparedData, _dataset, _model_dir, batch_rows, epoch_batches,  # re-exported
-                              epoch_plan, prepare_data)
-from jaxtune.rundir import (RunDirError, RunResult, check_run_dir, finished_result, open_run_dir,
+from jaxtune.rules import Rule, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
+from jaxtune.run_data import (PreparedData, _dataset, batch_rows, epoch_batches, epoch_plan,  # re-exported
+                              prepare_data)
+from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
+from jaxtune.run_model import build_rules, load_model, with_adapters, with_frozen_bn
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
@@ -53,91 +54,6 @@ from jaxtune.tasks import IGNORE_INDEX, Task, get_task, scored_by_generation
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-# Shipped CNN aliases: (module, pretrained loader, architecture builder, config class).
-_CNN_ALIASES = {
-    "mobilenet_v2_imagenet": ("jaxtune.models.mobilenet", "mobilenet_v2_imagenet", "mobilenet_v2", "MobileNetV2Config"),
-    "efficientnet_lite0_imagenet": ("jaxtune.models.efficientnet", "efficientnet_lite0_imagenet", "efficientnet_lite",
-                                    "EfficientNetLiteConfig"),
-}
-
-
-def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str = "pretrained",
-               rng: jax.Array | None = None):
-    """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
-    ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``.
-
-    ``init="random"`` builds the same architecture with every weight freshly initialised from
-    ``rng`` (a from-scratch baseline); with ``"pretrained"``, ``rng`` initialises a new head only.
-
-    Example::
-
-        model, variables = load_model("mobilenet_v2_imagenet", "image_classification", 10, "float32",
-                                      init="random", rng=jt.seed_stream(0, "init"))
-    """
-    from jaxtune.hub import from_pretrained, random_variables
-
-    if init not in ("pretrained", "random"):
-        raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
-    rng = jax.random.key(0) if rng is None else rng
-    if path in _CNN_ALIASES:
-        module_name, loader, builder, config_cls = _CNN_ALIASES[path]
-        module = importlib.import_module(module_name)
-        if init == "pretrained":
-            return getattr(module, loader)(num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng)
-        from jaxtune.models._cnn import example_images
-
-        config = dataclasses.replace(getattr(module, config_cls)(), num_labels=int(num_labels))
-        model = getattr(module, builder)(config, dtype=jnp.dtype(dtype))
-        return model, random_variables(model, example_images(), rng, path)[0]
-    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
-                           init=init)
-
-
-def _family_module(model):
-    module = importlib.import_module(type(model).__module__)
-    if not hasattr(module, "default_rules"):
-        raise UserError(f"{type(model).__module__} has no default_rules(); give optim.rules in the config")
-    return module
-
-
-def build_rules(optim: OptimConfig, model) -> list[Rule]:
-    """The config's rule table (``optim.rules`` as ``(pattern, jt.Settings)`` pairs), or the model's
-    default rules (``model.default_rules()``) when it has none.
-
-    Example::
-
-        cfg = jt.load_config("experiments/configs/tweets_minilm.yaml")
-        rules = jt.build_rules(cfg.optim, model)
-        print(jt.summary(variables["params"], rules))
-    """
-    if optim.rules is None:
-        return list(_family_module(model).default_rules())
-    return [(r.pattern, Settings(frozen=r.frozen, lr_mult=r.lr_mult, weight_decay=r.weight_decay,
-                                 layer_decay=r.layer_decay, name=r.name, l2_sp=r.l2_sp, batch_stats=r.batch_stats,
-                                 lora=None if r.lora is None else check_lora(r.lora)))
-            for r in optim.rules]
-
-
-def with_adapters(params: Any, rules: list[Rule], layer_ids: Any, seed: int) -> Any:
-    """``params``, or ``jt.LoraParams(params, adapters)`` with fresh factors (seed stream ``"lora"``)
-    when a rule of ``rules`` is a :func:`jaxtune.lora` rule: the tree the runner trains."""
-    if all(s.lora is None for _, s in rules):
-        return params
-    return LoraParams(params, init_lora(params, rules, seed_stream(seed, "lora"), layer_ids=layer_ids))
-
-
-def with_frozen_bn(model, frozen: frozenset[str]):
-    """``model`` whose batch-norm layers in ``frozen`` (:func:`jaxtune.frozen_batch_norm`) keep their
-    running statistics in training; ``model`` itself when the set is empty."""
-    if not frozen:
-        return model
-    if not hasattr(model, "frozen_bn"):
-        raise UserError(f"{type(model).__name__} has batch_stats but no frozen_bn attribute, so the {len(frozen)} "
-                        f"batch-norm layer(s) of frozen groups (e.g. {sorted(frozen)[0]!r}) cannot keep their "
-                        "statistics; give those rules batch_stats: train to train them as before")
-    return model.clone(frozen_bn=frozen)
 
 
 def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
@@ -220,16 +136,6 @@ def evaluate(task: Task, eval_step, state: TrainState, batches: Sequence[dict],
     return {"loss": loss_sum / max(weight, 1.0), **scores}, predictions, references
 
 
-def answer_scores(setup: Setup, state: TrainState, split: str) -> dict[str, float]:
-    """Extractive QA runs: ``exact_match`` and ``f1`` of the ``split`` questions, each answered by its
-    best span over all its windows (:func:`jaxtune.qa.qa_run_scores`); ``{}`` for other tasks."""
-    if setup.data.qa is None:
-        return {}
-    variables = {"params": merged_params(state.params), **state.model_state}
-    variables = variables if setup.mesh is None else multihost.host_copy(variables)
-    return qa_run_scores(setup.model, variables, setup.data, split, batch_size=setup.config.data.eval_batch_size)
-
-
 def _runner_state_record(cfg: ExperimentConfig, rules: list[Rule], epoch: int, batch_index: int,
                          stopper: EarlyStopping | None, stage: int) -> dict:
     return {"config": to_dict(cfg), "rules": [[p, dataclasses.asdict(s)] for p, s in rules],
@@ -280,6 +186,16 @@ def _head_size(task: Task, cfg: ExperimentConfig, label_names: Sequence[str]) ->
     """The head's output count: ``model.num_labels``, else one per label; None for a text-to-text head
     (it predicts tokens)."""
     return None if task.head == "text_to_text" else cfg.model.num_labels or len(label_names)
+
+
+def answer_scores(setup: Setup, state: TrainState, split: str) -> dict[str, float]:
+    """Extractive QA runs: ``exact_match`` and ``f1`` of the ``split`` questions, each answered by its
+    best span over all its windows (:func:`jaxtune.qa.qa_run_scores`); ``{}`` for other tasks."""
+    if setup.data.qa is None:
+        return {}
+    variables = {"params": merged_params(state.params), **state.model_state}
+    variables = variables if setup.mesh is None else multihost.host_copy(variables)
+    return qa_run_scores(setup.model, variables, setup.data, split, batch_size=setup.config.data.eval_batch_size)
 
 
 def _as_config(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str]) -> ExperimentConfig:
@@ -449,6 +365,48 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         result = jt.finetune(cfg, overwrite=True)     # start runs/NAME over
     """
     start = time.time()
+    prepared = _setup(config, overrides, data, resume=resume, overwrite=overwrite)
+    if isinstance(prepared, RunResult):
+        return prepared  # the run had finished: its result, nothing trained or written
+    run = _resume(*prepared)
+    try:
+        _train_loop(run)
+        result, predictions, references = _evaluate(run)
+    finally:
+        run.log.close()
+        run.ckpt.close()
+    return write_outputs(run.setup, run.plan, run.state, result, predictions, references, start)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run in progress, handed from phase to phase of :func:`finetune`: what :func:`_setup` built,
+    the checkpointer and logger, the pretrained weights drift is measured from (on the host) with
+    their rule groups, and where training stands (state, step, data position, stage, early stopping)."""
+
+    setup: Setup
+    plan: RunDirPlan
+    ckpt: Checkpointer
+    log: RunLogger | NullLogger
+    pretrained: Any
+    groups: Any
+    state: TrainState
+    step: int
+    epoch: int = 0
+    batch_index: int = 0
+    stage: int = -1
+    stopper: EarlyStopping | None = None
+    stopped_early: bool = False
+    last_val: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_step: Any = None   # the setup's train step, watched for its first call's compile (FirstCallWatch)
+
+
+def _setup(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequence[str], data: PreparedData | None,
+           *, resume: bool, overwrite: bool) -> tuple[Setup, RunDirPlan] | RunResult:
+    """Phase 1 of :func:`finetune`: the config checked (the same in every process) and the run directory
+    checked, then data, model, optimizer and steps built (:func:`build`) and the run directory opened
+    (``config.yaml``, the strategy printed). Returns ``(setup, plan)``, or the :class:`RunResult` of a
+    run that had already finished (then nothing is written)."""
     cfg = _as_config(config, overrides)
     use_compilation_cache(cfg.train.compilation_cache)
     multihost.check_same_config(cfg)
@@ -460,25 +418,29 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
     done = finished_result(plan, setup.total_steps)
     if done is not None:
         return done
-    main = multihost.is_main_process()
-    cfg, data, task, rules, stages = setup.config, setup.data, setup.task, setup.rules, setup.stages
-    run_dir, total_steps, eval_step = setup.run_dir, setup.total_steps, setup.eval_on_host
-    if main:
+    if multihost.is_main_process():
         open_run_dir(plan)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        print(f"strategy ({cfg.name}):\n{setup.strategy_table}")
+        save_config(setup.config, os.path.join(setup.run_dir, "config.yaml"))
+        print(f"strategy ({setup.config.name}):\n{setup.strategy_table}")
     multihost.barrier("run_dir_opened")
-    runtime = cfg.optim.unfreezing == "runtime"
+    return setup, plan
+
+
+def _resume(setup: Setup, plan: RunDirPlan) -> _Run:
+    """Phase 2: the pretrained weights copied to the host, the checkpointer, and the state to train
+    from: the newest intact checkpoint with its data position, unfreezing stage and early-stopping
+    record (:func:`_resume_state`), else the initial state. Returns the :class:`_Run` with its logger
+    open; the caller closes the logger and the checkpointer."""
+    cfg = setup.config
     # The pretrained weights, on the host (the first step donates the device copy): drift is measured from them.
     # (A LoRA run's drift is that of the merged weights: the LoRA'd kernels form the "<name> (base)" groups.)
     pretrained = multihost.host_copy(merged_params(setup.initial_state.params))
-    groups = label_params(pretrained, rules)
+    groups = label_params(pretrained, setup.rules)
     stopper = EarlyStopping(cfg.early_stopping.monitor, cfg.early_stopping.mode, cfg.early_stopping.patience,
                             cfg.early_stopping.min_delta) if cfg.early_stopping.enabled else None
-    ckpt = _checkpointer(cfg, run_dir)
-    ckpt_dir = ckpt.directory
+    ckpt = _checkpointer(cfg, setup.run_dir)
     try:
-        state, record = _resume_state(ckpt, setup.initial_state, run_dir, total_steps)
+        state, record = _resume_state(ckpt, setup.initial_state, setup.run_dir, setup.total_steps)
     except BaseException:
         ckpt.close()
         raise
@@ -488,83 +450,102 @@ def finetune(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seq
         stage = record.get("stage", -1)
         if stopper is not None and record.get("early_stopping"):
             stopper = EarlyStopping(**record["early_stopping"])
+    log = (RunLogger(setup.run_dir, resume_step=int(state.step)) if multihost.is_main_process()
+           else NullLogger(setup.run_dir))
+    return _Run(setup, plan, ckpt, log, pretrained, groups, state, int(state.step), epoch, batch_index, stage, stopper,
+                train_step=FirstCallWatch(setup.train_step))
 
-    log = RunLogger(run_dir, resume_step=int(state.step)) if main else NullLogger(run_dir)
+
+def _train_loop(run: _Run) -> None:
+    """Phase 3: trains ``run`` from where it stands until ``total_steps`` or an early stop, stage by
+    unfreezing stage; logs train metrics at log points; validates, logs drift and checkpoints at
+    evaluation points. Updates ``run`` in place (state, step, data position, stage, early stopping,
+    last validation scores). A non-finite value raises :class:`jaxtune.NonFiniteError` at the next
+    log or evaluation point, and at the end."""
+    setup, ckpt, log, pretrained, groups = run.setup, run.ckpt, run.log, run.pretrained, run.groups
+    cfg, data, task, rules, stages = setup.config, setup.data, setup.task, setup.rules, setup.stages
+    total_steps, eval_step, main = setup.total_steps, setup.eval_on_host, multihost.is_main_process()
+    runtime = cfg.optim.unfreezing == "runtime"
+    state, step, epoch, batch_index, stage = run.state, run.step, run.epoch, run.batch_index, run.stage
+    stopper, stopped_early, last_val = run.stopper, run.stopped_early, run.last_val
     guard = NonFiniteGuard(leaf_paths(state.params))
     val_batches = epoch_batches(data, data.validation, cfg.data.eval_batch_size, seed=None)
-    step = int(state.step)
-    stopped_early = False
-    last_val: dict[str, float] = {}
     examples_seen, t_last = 0, time.time()
-    train_step = FirstCallWatch(setup.train_step)
-    try:
-        with progress_bar(total_steps, cfg.name, disable=not (cfg.train.progress and main)) as bar:
-            bar.update(bar.tasks[0].id, completed=step)
-            while step < total_steps and not stopped_early:
-                batches = epoch_plan(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
-                while batch_index < len(batches) and step < total_steps:
-                    if stages is not None:
-                        new_stage = unfreezing_stage(step, len(stages), every=cfg.optim.unfreeze_every or None,
-                                                     at=unfreeze_boundaries(cfg.optim, len(batches)))
-                        if runtime and new_stage != stage:
-                            state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
-                        stage = new_stage
-                    chunk = batches[batch_index]
-                    state, train_metrics = train_step(state, setup.train_batch(chunk), max(stage, 0))
-                    step += 1
-                    batch_index += 1
-                    guard.record(step, train_metrics)
-                    examples_seen += len(chunk)
-                    if step % cfg.train.log_every == 0 or step == total_steps:
-                        values = guard.check(train_metrics, last_checkpoint=ckpt.latest_step())
-                        now = time.time()
-                        values["examples_per_s"] = examples_seen / max(now - t_last, 1e-9)
-                        examples_seen, t_last = 0, now
-                        log.log(step, values, "train")
-                        bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
-                    else:
-                        bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
-                    if step % cfg.train.eval_every == 0 or step == total_steps:
-                        guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
-                        evaluated = evaluation_state(cfg, state)
-                        scores, _, _ = evaluate(task, eval_step, evaluated,
-                                                track(val_batches, f"{cfg.name}: validation", bar=bar), data.label_names)
-                        last_val = {f"val_{k}": v for k, v in scores.items()}
-                        check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
-                        log.log(step, scores, "validation")
-                        log.log(step, param_drift(merged_params(evaluated.params), pretrained, groups), "drift")
-                        next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
-                        if stopper is not None:
-                            stopped_early = stopper.update(step, last_val)
-                        ckpt.save(step, state, metrics=last_val,
-                                  record=_runner_state_record(cfg, rules, *next_position, stopper, stage))
-                        log.flush()
-                        if stopped_early:
-                            break
-                if batch_index >= len(batches):
-                    epoch, batch_index = epoch + 1, 0
-        guard.check(last_checkpoint=ckpt.latest_step())
-        ckpt.wait()
-        best_step = ckpt.best_step()
-        if best_step is not None and best_step != step:
-            state, _ = ckpt.restore(best_step, template=state)
-        test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
-        state = evaluation_state(cfg, state)
-        test_scores, predictions, references = evaluate(
-            task, eval_step, state, track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)),
-            data.label_names)
-        test_scores.update(answer_scores(setup, state, "test"))
-        best_val = ckpt.record(best_step)["metrics"] if best_step is not None else last_val
-        log.log(step, test_scores, "test")
-    finally:
-        log.close()
-        ckpt.close()
-    result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=step,
-                       trainable_params=setup.trainable_params, stopped_early=stopped_early,
-                       paths={"checkpoints": ckpt_dir, "metrics": log.jsonl_path}, seconds=0.0,
-                       compile=train_step.report)
-    print(f"{cfg.name}: {describe(train_step.report)}")
-    return write_outputs(setup, plan, state, result, predictions, references, start)
+    with progress_bar(total_steps, cfg.name, disable=not (cfg.train.progress and main)) as bar:
+        bar.update(bar.tasks[0].id, completed=step)
+        while step < total_steps and not stopped_early:
+            batches = epoch_plan(data, data.train, cfg.data.batch_size, seed=epoch_seed(cfg.train.seed, epoch))
+            while batch_index < len(batches) and step < total_steps:
+                if stages is not None:
+                    new_stage = unfreezing_stage(step, len(stages), every=cfg.optim.unfreeze_every or None,
+                                                 at=unfreeze_boundaries(cfg.optim, len(batches)))
+                    if runtime and new_stage != stage:
+                        state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
+                    stage = new_stage
+                chunk = batches[batch_index]
+                state, train_metrics = run.train_step(state, setup.train_batch(chunk), max(stage, 0))
+                step += 1
+                batch_index += 1
+                guard.record(step, train_metrics)
+                examples_seen += len(chunk)
+                if step % cfg.train.log_every == 0 or step == total_steps:
+                    values = guard.check(train_metrics, last_checkpoint=ckpt.latest_step())
+                    now = time.time()
+                    values["examples_per_s"] = examples_seen / max(now - t_last, 1e-9)
+                    examples_seen, t_last = 0, now
+                    log.log(step, values, "train")
+                    bar.update(bar.tasks[0].id, completed=step, loss=values["loss"], ex_per_s=values["examples_per_s"])
+                else:
+                    bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
+                if step % cfg.train.eval_every == 0 or step == total_steps:
+                    guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
+                    evaluated = evaluation_state(cfg, state)
+                    scores, _, _ = evaluate(task, eval_step, evaluated,
+                                            track(val_batches, f"{cfg.name}: validation", bar=bar), data.label_names)
+                    last_val = {f"val_{k}": v for k, v in scores.items()}
+                    check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
+                    log.log(step, scores, "validation")
+                    log.log(step, param_drift(merged_params(evaluated.params), pretrained, groups), "drift")
+                    next_position = (epoch, batch_index) if batch_index < len(batches) else (epoch + 1, 0)
+                    if stopper is not None:
+                        stopped_early = stopper.update(step, last_val)
+                    ckpt.save(step, state, metrics=last_val,
+                              record=_runner_state_record(cfg, rules, *next_position, stopper, stage))
+                    log.flush()
+                    if stopped_early:
+                        break
+            if batch_index >= len(batches):
+                epoch, batch_index = epoch + 1, 0
+    guard.check(last_checkpoint=ckpt.latest_step())
+    run.state, run.step, run.epoch, run.batch_index, run.stage = state, step, epoch, batch_index, stage
+    run.stopper, run.stopped_early, run.last_val = stopper, stopped_early, last_val
+
+
+def _evaluate(run: _Run) -> tuple[RunResult, np.ndarray, np.ndarray]:
+    """Phase 4: the best checkpoint restored (when it is not the last step), the evaluated weights
+    (:func:`evaluation_state`, kept in ``run.state``) scored on the test split and logged. Returns the
+    run's :class:`RunResult` (``seconds`` is set when the outputs are written) and the test
+    predictions and references."""
+    setup, ckpt, log, cfg = run.setup, run.ckpt, run.log, run.setup.config
+    data, state, main = setup.data, run.state, multihost.is_main_process()
+    ckpt.wait()
+    best_step = ckpt.best_step()
+    if best_step is not None and best_step != run.step:
+        state, _ = ckpt.restore(best_step, template=state)
+    test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
+    run.state = evaluation_state(cfg, state)
+    test_scores, predictions, references = evaluate(
+        setup.task, setup.eval_on_host, run.state,
+        track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)), data.label_names)
+    test_scores.update(answer_scores(setup, run.state, "test"))
+    best_val = ckpt.record(best_step)["metrics"] if best_step is not None else run.last_val
+    log.log(run.step, test_scores, "test")
+    result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=run.step,
+                       trainable_params=setup.trainable_params, stopped_early=run.stopped_early,
+                       paths={"checkpoints": ckpt.directory, "metrics": log.jsonl_path}, seconds=0.0,
+                       compile=run.train_step.report)
+    print(f"{cfg.name}: {describe(run.train_step.report)}")
+    return result, predictions, references
 
 
 def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str = "test") -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Fine-tuning strategy as data: an ordered table of ``(path regex, Settings)`` rules.
 
-Every parameter leaf has a path string (``encoder/layer_3/attention/query/kernel``). The first rule
-whose regex ``re.fullmatch``-es the path decides the leaf's settings. A leaf that no rule matches is
-an error naming it; so is a rule that matches nothing (it is usually a typo).
+Every parameter leaf has a path string (``encoder/layer_3/attention/query/kernel``, made by
+:mod:`jaxtune.tree_paths`). The first rule whose regex ``re.fullmatch``-es the path decides the leaf's
+settings. A leaf that no rule matches is an error naming it; so is a rule that matches nothing (it is
+usually a typo).
 
 A :func:`lora` rule freezes the kernels it matches and trains low-rank factors beside them
 (:mod:`jaxtune.lora`): in a tree that holds the factors (:class:`jaxtune.LoraParams`), a factor leaf
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -33,17 +33,12 @@ import numpy as np
 
 from jaxtune.errors import UserError, check_number
 from jaxtune.lora_spec import LoraSpec, check_lora
+from jaxtune.tree_paths import (LORA_FACTORS, LORA_TREE_KEYS, leaf_paths, lora_base_path,  # re-exported
+                                param_paths, strip_variables, tree_structure)
 
 
 BATCH_STATS_MODES = (None, "frozen", "train")
 """Values of :attr:`Settings.batch_stats`."""
-
-LORA_FACTORS = ("lora_a", "lora_b")
-"""Names of the two factor leaves under a LoRA'd kernel's path (``.../query/kernel/lora_a``)."""
-
-# Keys of jaxtune.LoraParams' two children: left out of path strings, so that the base params and
-# the adapters keep the paths rules are written for.
-LORA_TREE_KEYS = ("lora_params", "lora_adapters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,100 +180,10 @@ Rule = tuple[str, Settings]
 _MAX_NAMED = 10
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _path_string(keys: tuple) -> str:
-    # nnx.State wraps each array in a Variable whose only child is `.value`: not part of the name.
-    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
-        keys = keys[:-1]
-    return "/".join(_key_name(k) for k in keys
-                    if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name in LORA_TREE_KEYS))
-
-
-def lora_base_path(path: str) -> str | None:
-    """The kernel path of a LoRA factor path (``.../kernel/lora_a`` -> ``.../kernel``), else None.
-
-    Example::
-
-        >>> lora_base_path("layer_0/query/kernel/lora_b")
-        'layer_0/query/kernel'
-    """
-    parent, _, last = path.rpartition("/")
-    return parent if parent and last in LORA_FACTORS else None
-
-
 def _rule_matches(rx: re.Pattern, s: Settings, path: str) -> bool:
     """A LoRA rule matches its kernels and, in a tree with adapters, their factors."""
     base = lora_base_path(path) if s.lora is not None else None
     return bool(rx.fullmatch(base if base is not None else path))
-
-
-def _is_variable(x: Any) -> bool:
-    """Whether ``x`` is a ``flax.nnx.Variable`` (without importing flax.nnx: none exists before it is imported)."""
-    nnx = sys.modules.get("flax.nnx")
-    return nnx is not None and isinstance(x, nnx.Variable)
-
-
-def strip_variables(tree: Any) -> Any:
-    """``tree`` with every ``flax.nnx.Variable`` replaced by its value (``nnx.as_pure``); other
-    trees unchanged. An ``nnx.State`` of ``Param`` objects becomes the arrays-only tree that
-    ``nnx.Optimizer`` hands to ``tx.update``.
-
-    Example::
-
-        >>> strip_variables({"w": 1.0})
-        {'w': 1.0}
-    """
-    if not any(_is_variable(x) for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_variable)):
-        return tree
-    value = lambda v: v.get_raw_value() if hasattr(v, "get_raw_value") else v.value
-    return jax.tree_util.tree_map(lambda x: strip_variables(value(x)) if _is_variable(x) else x, tree,
-                                  is_leaf=_is_variable)
-
-
-def tree_structure(tree: Any) -> Any:
-    """The structure of the trees jaxtune builds over ``tree`` (masks, labels, multipliers): that of
-    ``tree`` without its ``nnx.Variable`` wrappers, so that they fit both an ``nnx.State`` and its
-    ``nnx.as_pure`` arrays (a leaf is a prefix of the ``Variable`` it stands for).
-
-    Example::
-
-        >>> tree_structure({"a": 0.0, "b": 1.0}).num_leaves
-        2
-    """
-    return jax.tree_util.tree_structure(strip_variables(tree))
-
-
-def leaf_paths(tree: Any) -> list[str]:
-    """Path strings of the leaves of ``tree``, in ``jax.tree.leaves`` order.
-
-    Example::
-
-        >>> leaf_paths({"dense": {"kernel": 1, "bias": 2}})
-        ['dense/bias', 'dense/kernel']
-    """
-    return [_path_string(keys) for keys, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def param_paths(tree: Any) -> Any:
-    """A pytree of the structure of ``tree`` whose leaves are path strings.
-
-    Works on anything JAX flattens: nested dicts, ``FrozenDict``, ``flax.nnx.State`` (the
-    ``.value`` of each variable is left out of the name; like every tree jaxtune builds over an
-    ``nnx.State``, the result has its structure without the ``Variable`` wrappers:
-    :func:`tree_structure`), lists/tuples (indices) and NamedTuples (field names).
-
-    Example::
-
-        >>> param_paths({"encoder": {"layer_3": {"kernel": jnp.zeros(2)}}})
-        {'encoder': {'layer_3': {'kernel': 'encoder/layer_3/kernel'}}}
-    """
-    return jax.tree_util.tree_unflatten(tree_structure(tree), leaf_paths(tree))
 
 
 def _check_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern, Settings]]:

@@ -324,13 +324,33 @@ def test_from_pretrained_logs_expected_changes_at_info(tiny_bert_dir, caplog):
     import logging
     (record,) = _hub_records(caplog, tiny_bert_dir, "sequence_classification", 3)  # a new head: resized
     assert record.levelno == logging.INFO
-    assert "task head re-initialised, shape differs (2): params/classifier/bias" in record.getMessage()
+    assert "initialised 2, task head of another shape: classifier/bias: checkpoint (2,) -> model (3,)" \
+        in record.getMessage()
     assert "new task head" not in record.getMessage()
     (record,) = _hub_records(caplog, tiny_bert_dir, "question_answering", None)  # a new head, pooler unused
     message = record.getMessage()
     assert record.levelno == logging.INFO
-    assert "new task head, initialised (2): params/qa_outputs/bias, params/qa_outputs/kernel" in message
-    assert "not used by this task's model (4): params/bert/pooler/dense/bias" in message
+    assert "initialised 2, new task head: qa_outputs/bias, qa_outputs/kernel" in message
+    assert "ignored 4, not used by this task's model: bert/pooler/dense/bias" in message
+
+
+def test_load_report_text_is_the_logged_text_with_rule_pattern_paths(tiny_bert_dir, caplog):
+    import logging
+    import re
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="jaxtune.hub"):
+        _, variables, report = jt.from_pretrained(tiny_bert_dir, task="question_answering", return_report=True)
+        _, _, random_report = jt.from_pretrained(tiny_bert_dir, task="question_answering", return_report=True,
+                                                 init="random")
+    logged = [r.getMessage() for r in caplog.records if r.name == "jaxtune.hub"]
+    assert logged == [str(report), str(random_report)]      # one text, one naming style, in the log and the report
+    first, *kinds = str(report).splitlines()
+    assert first == f"loaded {len(report.loaded)} variables from {tiny_bert_dir}"
+    assert all(re.fullmatch(r"(initialised|ignored) \d+, [a-z' ]+: \S.*", line) for line in kinds), kinds
+    head = kinds[0].partition(": ")[2].split(", ")
+    assert head and set(head) <= set(jt.leaf_paths(variables["params"]))   # paths as rule patterns match them
+    assert str(random_report) == (f"loaded 0 variables from {tiny_bert_dir} (random init); "
+                                  f"initialised all {len(random_report.initialized)}")
 
 
 def test_from_pretrained_warns_for_missing_and_unknown_tensors(tiny_bert_dir, tmp_path, caplog):
@@ -347,7 +367,6 @@ def test_from_pretrained_warns_for_missing_and_unknown_tensors(tiny_bert_dir, tm
     (record,) = _hub_records(caplog, tmp_path, "sequence_classification", 2)
     message = record.getMessage()
     assert record.levelno == logging.WARNING
-    assert "missing from the checkpoint, initialised (1): params/bert/encoder/layer_0/attention/output/dense/bias" \
-        in message
-    assert "checkpoint tensors with no model variable, ignored (1): extra.weight" in message
-    assert "checkpoint buffers skipped (1): bert.embeddings.position_ids" in message
+    assert "initialised 1, missing from the checkpoint: bert/encoder/layer_0/attention/output/dense/bias" in message
+    assert "ignored 1, unknown to the model family: extra.weight" in message
+    assert "ignored 1, PyTorch buffers: bert.embeddings.position_ids" in message

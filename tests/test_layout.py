@@ -1,21 +1,11 @@
 """The layout stays livable: DESIGN.md names real paths and every module, and no module grows past
-MAX_LINES (the second pass splits the allow-listed ones)."""
+MAX_LINES (split by job, re-exporting public names where they are imported today)."""
 import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN = REPO / "DESIGN.md"
-MAX_LINES = 650          # the aim is ~600 lines; 650 leaves room for a fix before a split
-TARGET_LINES = 600
-# Over MAX_LINES today; each is split by job in the second pass of issue #17 ("A layout to live in"),
-# after this session's edits to them are merged. The list may only shrink: a file that is split
-# must leave it (test_allow_list_only_holds_files_still_to_split), and no file may join it.
-SPLIT_IN_SECOND_PASS = {
-    "jaxtune/data/text.py",      # by task: classification/pairs, token labels, QA, text-to-text, batching
-    "jaxtune/metrics.py",        # classification / sequence / text
-    "jaxtune/models/t5.py",      # model / generation glue
-    "jaxtune/hub.py",
-}
+MAX_LINES = 600
 # Package files that only gather names or start a module; DESIGN.md names their folder's modules.
 UNNAMED = {"__init__.py", "__main__.py"}
 
@@ -52,13 +42,7 @@ def test_design_names_every_module():
 
 
 def test_no_module_over_the_line_limit():
-    too_long = {p: n for p, n in _modules().items() if n > MAX_LINES and p not in SPLIT_IN_SECOND_PASS}
-    assert not too_long, (f"module(s) over {MAX_LINES} lines: {too_long}; split each by job into modules of "
-                          f"<= ~{TARGET_LINES} lines (see DESIGN.md), re-exporting its public names where they are imported")
+    too_long = {p: n for p, n in _modules().items() if n > MAX_LINES}
+    assert not too_long, (f"module(s) over {MAX_LINES} lines: {too_long}; split each by job (see DESIGN.md), "
+                          "re-exporting its public names where they are imported")
 
-
-def test_allow_list_only_holds_files_still_to_split():
-    modules = _modules()
-    done = sorted(p for p in SPLIT_IN_SECOND_PASS if modules.get(p, 0) <= TARGET_LINES)
-    assert not done, (f"{done} no longer exist or are <= {TARGET_LINES} lines: remove them from "
-                      "SPLIT_IN_SECOND_PASS")
