@@ -104,11 +104,11 @@ def _unmerged_apply(params, adapters, ids):
 def test_merge_equals_unmerged_model(params, adapters):
     adapters = _random_b(adapters)
     ids = _tiny.make_batch()["ids"]
-    unmerged = _unmerged_apply(params, adapters, ids)
     apply = jax.jit(lambda p: _tiny.TinyNet().apply({"params": p}, ids))
     merged = apply(jt.merge_lora(jt.LoraParams(params, adapters)))
     assert float(jnp.abs(merged - apply(params)).max()) > 1e-3  # the update matters
-    np.testing.assert_allclose(merged, unmerged, atol=1e-6, rtol=0)   # float32
+    # float32: x @ (W + s*A@B) and x @ W + s*(x@A)@B round differently (a few ulps of outputs of order 1)
+    np.testing.assert_allclose(merged, _unmerged_apply(params, adapters, ids), atol=3e-6, rtol=0)
 
 
 @pytest.mark.parametrize("runtime", [False, True])

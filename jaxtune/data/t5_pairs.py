@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxtune.config import TRUNCATIONS
-from jaxtune.data.text import IGNORE_INDEX, Tokenized, _check_strings, _warn_truncated
+from jaxtune.data.text.tokenizer import IGNORE_INDEX, Tokenized, _check_strings, _warn_truncated
 
 __all__ = ["PAIR_NAMES", "GeneratedTargets", "score_text", "target_texts", "tokenize_t5_pairs"]
 
