@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxtune as jt  # noqa: E402
+from jaxtune.bench import write_rows_and_table  # noqa: E402
 from jaxtune.models import bert  # noqa: E402
 from jaxtune.models.layer_scan import REMAT_POLICIES  # noqa: E402
 from jaxtune.tasks import get_task  # noqa: E402
@@ -217,14 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     stem = args.name or f"compile-time-{'smoke' if args.smoke else args.target}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     header = (f"## Compile time, unrolled vs scanned layers: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
               f"UTC, {platform.node()} ({args.target}; jax {jax.__version__}, {jax.device_count()} device(s), "
               f"{jnp.dtype(args.compute_dtype).name} compute; {args.rounds} rounds x {args.steps_per_round} steps, "
               "median; adamw, BERT default rules; seed 0)")
     table = markdown(rows, header)
-    (args.out / f"{stem}.md").write_text(table)
+    write_rows_and_table(args.out, stem, rows, table)
     print(table)
     return 0
 

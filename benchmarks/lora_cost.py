@@ -107,14 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
         rows.append(row)
     name = args.name or f"lora-cost-{'smoke' if args.smoke else 'cpu'}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     header = (f"## LoRA cost: {case.name}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.node()} ({jax.default_backend()}, {jax.device_count()} device(s), "
               f"{args.rounds} rounds x {args.steps_per_round} steps, median; LoRA r={RANK} alpha={ALPHA} on query, "
               "value + classifier; seed 0)")
     table = markdown(rows, header)
-    (args.out / f"{name}.md").write_text(table)
+    bench.write_rows_and_table(args.out, name, rows, table)
     print(table)
     return 0
 

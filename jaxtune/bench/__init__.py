@@ -104,6 +104,7 @@ from jaxtune.bench.report import (
     record_line,
     section_body,
     start_outputs,
+    write_rows_and_table,
     targets_table,
     update_results_md,
     write_outputs,

@@ -210,6 +210,21 @@ def _write_jsonl(path: Path, rows: Sequence[dict], mode: str = "w") -> None:
             f.write(json.dumps(r, default=float) + "\n")
 
 
+def write_rows_and_table(out: Path, stem: str, rows: Sequence[dict], table: str) -> dict[str, Path]:
+    """A benchmark script's outputs: ``<out>/<stem>.jsonl`` (one row per line) and ``<out>/<stem>.md``
+    (``table``); returns their paths.
+
+    Example::
+
+        write_rows_and_table(Path("benchmarks/results"), "lora-cost-cpu", rows, markdown(rows, header))
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"jsonl": out / f"{stem}.jsonl", "markdown": out / f"{stem}.md"}
+    _write_jsonl(paths["jsonl"], rows)
+    paths["markdown"].write_text(table)
+    return paths
+
+
 def _write_partial_markdown(records: Sequence[dict], env: dict, out: Path, suite: str, name: str,
                             pending: Sequence[str]) -> None:
     note = f"**Partial run**: not run yet: {', '.join(pending)}." if pending else ""
