@@ -130,6 +130,7 @@ from jaxtune.unfreezing import (
     unfreezing_stages,
     with_frozen_layers,
 )
+from jaxtune.xla_options import step_compiler_options
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss
 from jaxtune.models.resnet import ResNetConfig, resnet_config

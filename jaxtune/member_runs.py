@@ -62,6 +62,7 @@ from jaxtune.nonfinite import FLAG, NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import (_default_weight_decay, _weight_decay_of, lr_multipliers, make_optimizer, set_l2_sp,
                            set_lr_multipliers, set_trainable, set_weight_decay)
 from jaxtune.rules import Rule, _resolve, frozen_batch_norm, l2_sp_strength, label_params, leaf_paths, trainable_mask
+from jaxtune.xla_options import step_compiler_options
 from jaxtune.rundir import RunResult, check_run_dir, finished_result, open_run_dir, run_fingerprint
 from jaxtune.runlog import RunLogger
 from jaxtune.seeds import epoch_seed
@@ -286,7 +287,7 @@ def _masked(member_step):
         merged = jax.tree.map(lambda a, b: keep(active, a, b), raw(new), raw(state))
         return merged.replace(rng=jax.random.wrap_key_data(merged.rng)), metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), compiler_options=step_compiler_options())
 
 
 def host_members(state: TrainState, n: int) -> list[TrainState]:

@@ -43,6 +43,7 @@ import optax
 
 from jaxtune.rules import leaf_paths
 from jaxtune.train import LossFn, TrainState, _mask_flags, train_step_fn
+from jaxtune.xla_options import AUTO, resolve_compiler_options
 
 _PARTS = ("step", "params", "opt_state", "model_state", "rng")
 
@@ -187,7 +188,8 @@ def _check_batch(batch: Any, n: int) -> None:
 
 
 def make_member_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, members: int,
-                     per_member_batch: bool = False, donate: bool = True, **step_kwargs) -> Callable:
+                     per_member_batch: bool = False, donate: bool = True, compiler_options: Any = AUTO,
+                     **step_kwargs) -> Callable:
     """Builds the jitted ``step(stacked_state, batch) -> (stacked_state, metrics)`` of N members:
     ``jax.vmap`` of :func:`jaxtune.train_step_fn` over the member axis.
 
@@ -198,6 +200,7 @@ def make_member_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *
       per_member_batch: False: one batch for all members; True: every batch field has a leading
         axis of N (member i trains on ``batch[i]``, e.g. its own data order).
       donate: donate the stacked state to the step.
+      compiler_options: as for :func:`jaxtune.make_train_step`.
       **step_kwargs: ``trainable``, ``accumulate``, ``compute_dtype`` of :func:`jaxtune.train_step_fn`
         (the same for every member; ``mesh`` is not supported with members).
 
@@ -235,7 +238,8 @@ def make_member_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *
         return new_state.replace(params=jax.tree_util.tree_unflatten(
             treedef, [x[None] if s else x for x, s in zip(new_leaves, shared)])), metrics
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return jax.jit(step, donate_argnums=(0,) if donate else (),
+                   compiler_options=resolve_compiler_options(compiler_options, step_kwargs.get("mesh")))
 
 
 def _vmap_view(state: TrainState, shared: list[bool]) -> tuple[TrainState, TrainState]:
@@ -248,7 +252,7 @@ def _vmap_view(state: TrainState, shared: list[bool]) -> tuple[TrainState, Train
     return state.replace(params=params), TrainState(step=0, params=param_axes, opt_state=0, model_state=0, rng=0)
 
 
-def make_member_eval_step(eval_step: Callable, *, members: int) -> Callable:
+def make_member_eval_step(eval_step: Callable, *, members: int, compiler_options: Any = AUTO) -> Callable:
     """Builds the jitted ``eval_step(stacked_state, batch) -> metrics`` of N members: ``jax.vmap`` of
     a single-member ``eval_step(state, batch)`` (e.g. from :func:`jaxtune.make_eval_step`) over the
     member axis, with one batch for all members. Every metric comes back with a leading axis of N.
@@ -266,4 +270,4 @@ def make_member_eval_step(eval_step: Callable, *, members: int) -> Callable:
         view, axes = _vmap_view(state, _shared_in_state(state, members))
         return jax.vmap(eval_step, in_axes=(axes, None))(view, batch)
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=resolve_compiler_options(compiler_options))

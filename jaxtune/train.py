@@ -46,6 +46,7 @@ from jaxtune.forgetting import averaged_leaves
 from jaxtune.lora import LoraParams, merged_params
 from jaxtune.lora_forward import LoraForward, lora_dropout_key
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
+from jaxtune.xla_options import AUTO, resolve_compiler_options
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, fsdp_gather, tree_shardings
 
@@ -349,7 +350,8 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, trainable: Any = None,
                     accumulate: int = 1, compute_dtype: Any = None, mesh: Mesh | None = None,
                     fsdp: bool = False, fsdp_min_size: int = 2 ** 12, axis_name: str = DATA_AXIS,
-                    donate: bool = True, members: int | None = None, per_member_batch: bool = False) -> Callable:
+                    donate: bool = True, members: int | None = None, per_member_batch: bool = False,
+                    compiler_options: Any = AUTO) -> Callable:
     """Builds the jitted ``train_step(state, batch) -> (state, metrics)``.
 
     Args:
@@ -379,6 +381,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         parameters and optimizer state are replicated, or FSDP-sharded with ``fsdp=True`` (arrays of
         at least ``fsdp_min_size`` elements; use the same value as in :func:`jaxtune.shard_train_state`).
       donate: donate the state's buffers to the step (update in place).
+      compiler_options: XLA options of the step's compilation. ``"auto"`` (default):
+        :func:`jaxtune.step_compiler_options` (the memory-optimised scheduler on CPU: fewer page
+        faults, same results); None: XLA's defaults; or a dict of XLA options.
       members: N: the step trains N members stacked on a leading axis (:func:`jaxtune.stack_members`)
         in one ``jax.vmap``-ped call (see :func:`jaxtune.make_member_step`); metrics get a leading
         axis of N.
@@ -399,10 +404,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     if members is not None:
         from jaxtune.members import make_member_step  # members builds on this module
         return make_member_step(loss_fn, optimizer, members=members, per_member_batch=per_member_batch, donate=donate,
-                                **step_kwargs)
+                                compiler_options=compiler_options, **step_kwargs)
     if per_member_batch:
         raise ValueError("per_member_batch=True needs members=N (the number of stacked members)")
-    return jax.jit(train_step_fn(loss_fn, optimizer, **step_kwargs), donate_argnums=(0,) if donate else ())
+    return jax.jit(train_step_fn(loss_fn, optimizer, **step_kwargs), donate_argnums=(0,) if donate else (),
+                   compiler_options=resolve_compiler_options(compiler_options, mesh))
 
 
 class StagedTrainStep:
@@ -442,10 +448,11 @@ class StagedTrainStep:
 
 
 def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, mesh: Mesh | None = None,
-                   axis_name: str = DATA_AXIS) -> Callable:
+                   axis_name: str = DATA_AXIS, compiler_options: Any = AUTO) -> Callable:
     """Builds the jitted ``eval_step(state, batch) -> metrics``.
 
     ``eval_fn(params, batch, *, model_state) -> dict`` of per-batch metric arrays.
+    ``compiler_options``: as for :func:`make_train_step`.
 
     Example::
 
@@ -459,4 +466,4 @@ def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, m
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
         return eval_fn(cast_floating(merged_params(state.params), dtype), batch, model_state=state.model_state)
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=resolve_compiler_options(compiler_options, mesh))
