@@ -24,6 +24,7 @@ CASE_FIELDS = {
     "compile_s", "flops_per_step", "flops_source", "peak_memory_bytes", "memory_source",
     "optimizer_state_bytes", "param_count", "trainable_param_count", "compilations", "extra_compilations",
     "xla_bytes_accessed", "compile_concurrency", "recompilations", "attention_kernel",
+    "round_step_times_s", "load_average_after",
 }
 ENV_FIELDS = {"kind", "suite", "date", "backend", "device", "versions", "matmul_peak_tflops", "matmul_peak_dtype",
               "xla_flags", "xla_flags_dropped", "peer_device", "peers_skipped_reason", "load_avg", "cpu_count",
@@ -174,7 +175,11 @@ def test_check_targets_cpu_suite():
     records = [_record("c", "full", 1.0), _record("c", "frozen_backbone", 0.5),
                _record("c", "llrd_masks", 1.02), _record("c", "runtime_unfreeze", 1.0, extra_compilations=1),
                _record("c", "full", 1.25, "pytorch", "eager")]
-    got = {t["target"]: (round(t["value"], 3), t["ok"]) for t in bench.check_targets(records, "cpu")}
+    records[0]["round_step_times_s"], records[-1]["round_step_times_s"] = [1.0, 1.1, 0.9], [1.2, 1.5, 1.1]
+    targets = bench.check_targets(records, "cpu")
+    got = {t["target"]: (round(t["value"], 3), t["ok"]) for t in targets}
+    assert targets[3]["spread"] == "1.200-1.364 over 3 rounds"
+    assert "1.250 (per round 1.200-1.364 over 3 rounds) | 1.25 | yes" in bench.targets_table(targets)
     assert got == {"frozen-backbone speed-up over full (x)": (2.0, False),
                    "LLRD + masks overhead over AdamW": (0.02, True),
                    "runtime unfreezing extra compilations": (1, False),

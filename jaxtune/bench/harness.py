@@ -203,6 +203,8 @@ def run_case(case: Case, options: Options, *, peak_flops: float, peers_module: A
             "compute_dtype": jnp.dtype(compute_dtype).name if jaxtune else c.dtype_name,
             "examples_per_s": getattr(c, "examples_per_step", case.batch_size) / step_s, "step_time_s": step_s,
             "step_time_min_s": min(t) / options.steps_per_round,
+            "round_step_times_s": [x / options.steps_per_round for x in t],
+            "load_average_after": list(os.getloadavg()),
             "tflops_per_s": flops / step_s / 1e12 if flops else None,
             "mfu": flops / step_s / peak_flops if flops else None,
             "rounds": len(t), "steps_per_round": options.steps_per_round, **s,
