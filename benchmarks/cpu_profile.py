@@ -52,6 +52,7 @@ import jaxtune.train as train_module  # noqa: E402
 from jaxtune import bench  # noqa: E402
 from jaxtune.bench.cases import LEARNING_RATE, WEIGHT_DECAY, make_batch, suite_cases  # noqa: E402
 from jaxtune.bench.contestants import JaxContestant, build_model  # noqa: E402
+from jaxtune.bench.measure import xla_cost  # noqa: E402
 from jaxtune.bench.report import update_results_md  # noqa: E402
 from jaxtune.profiling import _NOT_OPS, _self_times  # noqa: E402
 from jaxtune.xla_options import CPU_STEP_OPTIONS  # noqa: E402
@@ -110,10 +111,11 @@ TORCH_CATEGORIES = [
 ]
 
 
-def profile_jax(contestant: JaxContestant, steps: int) -> tuple[dict[str, float], float]:
-    """ms per step by category of jaxtune's step (op busy time, both XLA threads together) and the
-    wall ms per profiled step."""
-    hlo = hlo_sources(contestant.step.lower(contestant.state, contestant.batch).compile().as_text())
+def profile_jax(contestant: JaxContestant, steps: int) -> tuple[dict[str, float], float, float]:
+    """ms per step by category of jaxtune's step (op busy time, both XLA threads together), the
+    wall ms per profiled step and the step's FLOPs (XLA's cost analysis)."""
+    compiled = contestant.step.lower(contestant.state, contestant.batch).compile()
+    hlo, flops = hlo_sources(compiled.as_text()), xla_cost(compiled)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         with jax.profiler.trace(folder, create_perfetto_trace=True):
@@ -131,7 +133,7 @@ def profile_jax(contestant: JaxContestant, steps: int) -> tuple[dict[str, float]
     for event, self_us in _self_times(ops):
         source = hlo.get(event["name"], ("", ""))[0]
         totals[jax_category(event["name"], source)] += self_us / 1e3 / steps
-    return dict(totals), wall
+    return dict(totals), wall, flops
 
 
 def profile_torch(peer, steps: int) -> tuple[dict[str, float], float]:
@@ -239,7 +241,7 @@ def time_variants(case, model, batch, rounds: int, steps: int) -> list[dict]:
 
 
 def render(env: dict, jax_ops: dict, jax_wall: float, torch_ops: dict, torch_wall: float, kernels: list[dict],
-           variants: list[dict], command: str) -> str:
+           variants: list[dict], command: str, flops: float | None) -> str:
     lines = [f"## CPU step profile: all-MiniLM-L6-v2, bs 16, seq 64, float32, dropout on, AdamW",
              "", f"Written by `{command}` on {env['date']} ({env['machine']}, {env['cores']} cores; load average "
              f"{env['load_before']} before, {env['load_after']} after; jax {jax.__version__}, torch {env['torch']}).",
@@ -273,6 +275,13 @@ def render(env: dict, jax_ops: dict, jax_wall: float, torch_ops: dict, torch_wal
     for k in kernels:
         lines.append(f"| {k['shape']} | {k['what']} | {k['xla_gflops']:.0f} | {k['torch_gflops']:.0f} | "
                      f"{k['xla_gflops'] / k['torch_gflops']:.2f} |")
+    if flops:
+        kernel_speed = statistics.mean(k["xla_gflops"] for k in kernels) * 1e9
+        in_step = jax_ops.get("matmul, forward", 0.0) + jax_ops.get("matmul, gradients", 0.0)
+        lines += ["", f"The step's {flops / 1e9:.1f} GFLOP (XLA's cost analysis; almost all of it in matmuls) "
+                  f"would take {flops / kernel_speed * 1e3:.0f} ms at the kernels-alone speed of XLA:CPU "
+                  f"({kernel_speed / 1e9:.0f} GFLOP/s, the mean of the three shapes); its matmul ops take "
+                  f"{in_step:.0f} ms of op time in the step."]
     lines += ["", "### The suspects, as variants of jaxtune's step (one process, interleaved rounds)", "",
               "| variant | step ms (median) | vs shipped | rounds ms |", "|---|---:|---:|---|"]
     for v in variants:
@@ -297,7 +306,7 @@ def main(argv=None) -> int:
     model = build_model(case, jnp.float32)
     batch = make_batch(case, model.config.vocab_size)
     shipped = build_variant(case, model, batch, {})
-    jax_ops, jax_wall = profile_jax(shipped, args.profile_steps)
+    jax_ops, jax_wall, flops = profile_jax(shipped, args.profile_steps)
     shipped.close()
     peer = torch_peers.TorchPeer(case, model.config, batch, "eager", "cpu")
     peer.setup()
@@ -312,9 +321,9 @@ def main(argv=None) -> int:
            "machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
            "load_before": load_before, "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
     command = "python benchmarks/cpu_profile.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    text = render(env, jax_ops, jax_wall, torch_ops, torch_wall, kernels, variants, command)
+    text = render(env, jax_ops, jax_wall, torch_ops, torch_wall, kernels, variants, command, flops)
     row = {"env": env, "jax_ops_ms": jax_ops, "jax_wall_ms": jax_wall, "torch_ops_ms": torch_ops,
-           "torch_wall_ms": torch_wall, "kernels": kernels, "variants": variants, "cpu_step_options": CPU_STEP_OPTIONS}
+           "torch_wall_ms": torch_wall, "flops_per_step": flops, "kernels": kernels, "variants": variants, "cpu_step_options": CPU_STEP_OPTIONS}
     paths = bench.write_rows_and_table(args.out, "cpu-profile", [row], text)
     if not args.no_results_md:
         update_results_md(Path(__file__).resolve().parent / "RESULTS.md", "cpu-profile", text)
