@@ -146,6 +146,7 @@ def profile_torch(peer, steps: int) -> tuple[dict[str, float], float]:
     wall = (time.perf_counter() - start) / steps * 1e3
     averages = prof.key_averages()
     totals = collections.defaultdict(float)
+    others = collections.Counter()
     optimizer = [a for a in averages if a.key.startswith("Optimizer.step")]
     totals["AdamW update"] = sum(a.cpu_time_total for a in optimizer) / 1e3 / steps
     in_optimizer_ops = ("aten::sqrt", "aten::lerp_", "aten::addcdiv_", "aten::addcmul_", "aten::mul_", "aten::div_",
@@ -155,6 +156,9 @@ def profile_torch(peer, steps: int) -> tuple[dict[str, float], float]:
             continue
         category = next((c for c, names in TORCH_CATEGORIES if a.key in names), "other")
         totals[category] += a.self_cpu_time_total / 1e3 / steps
+        if category == "other":
+            others[a.key] += a.self_cpu_time_total / 1e3 / steps
+    totals["_other_ops"] = ", ".join(f"{k} {v:.1f}" for k, v in others.most_common(6))
     return dict(totals), wall
 
 
@@ -250,6 +254,8 @@ def render(env: dict, jax_ops: dict, jax_wall: float, torch_ops: dict, torch_wal
              "the time of both XLA threads is added up. PyTorch: `torch.profiler` self CPU time per op (its "
              "ops run their own threads inside), the optimizer as `Optimizer.step`'s total.", "",
              "| category | jaxtune ms | share | PyTorch ms | share |", "|---|---:|---:|---:|---:|"]
+    torch_ops = dict(torch_ops)
+    torch_other_ops = torch_ops.pop("_other_ops", "")
     jax_total, torch_total = sum(jax_ops.values()), sum(torch_ops.values())
     torch_rows = dict(torch_ops)
     torch_rows.setdefault("matmul, forward and gradients", 0.0)
@@ -270,6 +276,7 @@ def render(env: dict, jax_ops: dict, jax_wall: float, torch_ops: dict, torch_wal
         lines.append(f"| {category} | - | - | {t:.1f} | {t / torch_total:.1%} |")
     lines += [f"| **total op time** | {jax_total:.1f} | | {torch_total:.1f} | |",
               f"| **wall per profiled step** | {jax_wall:.1f} | | {torch_wall:.1f} | |", "",
+              f"PyTorch's largest 'other' ops (ms per step): {torch_other_ops}.", "",
               "### Matmul kernels alone (median of 20, float32, 2 threads)", "",
               "| shape | in the step | XLA:CPU GFLOP/s | PyTorch GFLOP/s | XLA / PyTorch |", "|---|---|---:|---:|---:|"]
     for k in kernels:
