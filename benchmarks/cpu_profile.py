@@ -38,7 +38,6 @@ import datetime  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -53,60 +52,20 @@ from jaxtune import bench  # noqa: E402
 from jaxtune.bench.cases import LEARNING_RATE, WEIGHT_DECAY, make_batch, suite_cases  # noqa: E402
 from jaxtune.bench.contestants import JaxContestant, build_model  # noqa: E402
 from jaxtune.bench.measure import xla_cost  # noqa: E402
+from jaxtune.bench.op_categories import CATEGORIES, hlo_sources, jax_category  # noqa: E402
 from jaxtune.bench.report import update_results_md  # noqa: E402
 from jaxtune.profiling import _NOT_OPS, _self_times  # noqa: E402
 from jaxtune.xla_options import CPU_STEP_OPTIONS  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-CATEGORIES = ["matmul, forward", "matmul, gradients", "embedding gradient", "dropout random bits",
-              "dropout apply", "softmax", "layer norm", "GELU", "AdamW update", "norms and finiteness checks",
-              "copies and transposes", "other"]
-
-
-def hlo_sources(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """HLO instruction name -> (its ``op_name`` metadata, its opcode line head)."""
-    out = {}
-    for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
-        if m:
-            op = re.search(r'op_name="([^"]*)"', m.group(2))
-            out[m.group(1)] = (op.group(1) if op else "", m.group(2)[:200])
-    return out
-
-
-def jax_category(name: str, source: str) -> str:
-    """The category of one XLA op, from its name and the source path in its metadata."""
-    dot = name.startswith(("ynn_fusion", "dot", "xnn_fusion")) and "dot_general" in source
-    if dot:
-        return "matmul, gradients" if "transpose(" in source else "matmul, forward"
-    if "_bernoulli" in source or "_uniform" in source or "random_bits" in source or "threefry" in source:
-        return "dropout random bits"
-    if "word_embeddings" in source or "embeddings/" in source and "transpose(" in source:
-        return "embedding gradient"
-    if "erf" in source or "gelu" in source:
-        return "GELU"
-    if "LayerNorm" in source or "layer_norm" in source:
-        return "layer norm"
-    if "softmax" in source or "reduce_max" in source or "/exp" in source:
-        return "softmax"
-    if "reduce_sum" in source and "bert/" not in source:
-        return "norms and finiteness checks"
-    if "bert/" not in source and "classifier" not in source and source.startswith("jit(step)/"):
-        return "AdamW update"
-    if "select_n" in source or "dropout" in source:
-        return "dropout apply"
-    if name.startswith(("copy", "transpose")) or "transpose" in name:
-        return "copies and transposes"
-    return "other"
-
-
 TORCH_CATEGORIES = [
     ("matmul, forward and gradients", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
     ("dropout random bits", ("aten::bernoulli_",)),
     ("softmax", ("aten::_softmax", "aten::_softmax_backward_data")),
     ("layer norm", ("aten::native_layer_norm", "aten::native_layer_norm_backward")),
     ("GELU", ("aten::gelu", "aten::gelu_backward")),
-    ("embedding gradient", ("aten::embedding_dense_backward", "aten::index_add_", "aten::embedding_backward")),
+    ("embeddings (lookup and gradient)", ("aten::embedding_dense_backward", "aten::index_add_", "aten::embedding_backward",
+                                          "aten::index_select", "aten::embedding")),
     ("copies and transposes", ("aten::copy_", "aten::clone", "aten::contiguous")),
 ]
 
