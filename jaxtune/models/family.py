@@ -260,6 +260,10 @@ class ModelFamily:
       config_for_weights: optional (config, tensors) -> config, for what ``config.json`` gets
         wrong and the weights show (T5: an untied ``lm_head`` saved with
         ``tie_word_embeddings: true``); runs before the model is built.
+      stacked_layers: optional config -> ``((stacked path, per-layer template, count), ...)``, the
+        layer stacks a scanned model (``scan_layers``) keeps as one tree with a leading layer axis,
+        e.g. ``("params/bert/encoder/layer", "params/bert/encoder/layer_{i}", 12)``; () unscanned.
+        What converts per-layer files (PEFT adapters) to and from the stacked layout reads it.
       torch_state_dict: for families whose ecosystem is PyTorch, not transformers (the torchvision
         CNNs): the file name under which ``save_pretrained`` also writes the tensors as a ``.pth``
         state dict that ``torch.load(path, weights_only=True)`` reads; ``config_to_hf`` must then
@@ -278,3 +282,4 @@ class ModelFamily:
     example_inputs: Callable[[Any, str | None], tuple]
     config_for_weights: Callable[[Any, Mapping[str, np.ndarray]], Any] | None = None
     torch_state_dict: str | None = None
+    stacked_layers: Callable[[Any], tuple[tuple[str, str, int], ...]] | None = None
