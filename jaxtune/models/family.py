@@ -217,6 +217,10 @@ def export_labels(label_names: Sequence[Any], num_labels: int | None, task: str 
     return tuple(str(name) for name in label_names) + tuple(f"LABEL_{i}" for i in range(len(label_names), size))
 
 
+class UnknownConfigField(UserError):
+    """An override names a field that the family's config does not have (:func:`with_config_overrides`)."""
+
+
 def with_config_overrides(config: Any, overrides: Mapping[str, Any], source: str = "from_pretrained") -> Any:
     """``config`` (a family's frozen dataclass) with the fields ``overrides`` names replaced, e.g.
     jaxtune's own ``scan_layers`` / ``remat`` / ``attention_implementation``; an unknown field or a
@@ -231,7 +235,7 @@ def with_config_overrides(config: Any, overrides: Mapping[str, Any], source: str
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise UserError(f"{source} got {', '.join(f'{k}={overrides[k]!r}' for k in unknown)}, which "
+        raise UnknownConfigField(f"{source} got {', '.join(f'{k}={overrides[k]!r}' for k in unknown)}, which "
                         f"{'is' if len(unknown) == 1 else 'are'} not a field of {type(config).__name__}",
                         hint=f"Hint: the fields it takes are {sorted(fields)}.")
     try:
