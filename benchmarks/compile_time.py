@@ -1,16 +1,17 @@
-"""Compile time of BERT's training step with its layers unrolled vs scanned (``scan_layers``), side by side.
+"""Compile time of BERT's and T5's training step with their layers unrolled vs scanned (``scan_layers``), side by side.
 
 Usage::
 
-    python benchmarks/compile_time.py                     # all-MiniLM-L6-v2 (real weights) and BERT-base (random), CPU
-    python benchmarks/compile_time.py --smoke             # a tiny random BERT, seconds
+    python benchmarks/compile_time.py                     # all-MiniLM-L6-v2 (real weights), BERT-base and T5-small (random), CPU
+    python benchmarks/compile_time.py --smoke             # a tiny random BERT and T5, seconds
     python benchmarks/compile_time.py --cases minilm-l6-s64-bs16 --rounds 7 --steps-per-round 3
     python benchmarks/compile_time.py --remat full        # add a scanned + remat layout
-    python benchmarks/compile_time.py --target h100 --cases bert-base-s128-bs32   # compile only, described H100
+    python benchmarks/compile_time.py --target h100 --cases bert-base-s128-bs32,t5-small-s128-t32-bs32   # compile only
 
 For every case, layout (``unrolled``, ``scanned``, and ``scanned-<remat>`` with ``--remat``) and
-strategy it builds the model, a structural train step (adamw, lr 2e-5, weight decay 0.01, the BERT
-default rules, float32 compute on CPU) and reports, in one process:
+strategy it builds the model, a structural train step (adamw, lr 2e-5, weight decay 0.01, the family's
+default rules, float32 compute on CPU; BERT classifies sequences, T5 is trained text to text with
+``target`` label tokens) and reports, in one process:
 
 * ``trace_s``: tracing and lowering to StableHLO; ``compile_s``: XLA's compilation of it (the
   persistent compilation cache is switched off, so each is a real compilation);
@@ -23,8 +24,8 @@ default rules, float32 compute on CPU) and reports, in one process:
   every layer; the table shows that one.
 
 Strategies: ``full`` (everything trains) and ``frozen-bottom`` (embeddings and the bottom half of
-the layers frozen: ``jt.freeze_below``; the scanned model runs the frozen layers in a scan of their
-own, ``jt.with_frozen_layers``, so that they cost no weight gradient). It writes
+the layers frozen: ``jt.freeze_below``, for T5 the encoder's blocks; the scanned model runs the frozen
+layers in a scan of their own, ``jt.with_frozen_layers``, so that they cost no weight gradient). It writes
 ``<out>/<name>.jsonl`` and ``<out>/<name>.md`` (date, machine and settings in the markdown). Time
 on a quiet machine: other processes on the cores make both compile and step times meaningless.
 """
@@ -50,44 +51,70 @@ import optax  # noqa: E402
 
 import jaxtune as jt  # noqa: E402
 from jaxtune.bench import write_rows_and_table  # noqa: E402
-from jaxtune.models import bert  # noqa: E402
+from jaxtune.models import bert, t5  # noqa: E402
 from jaxtune.models.layer_scan import REMAT_POLICIES  # noqa: E402
 from jaxtune.tasks import get_task  # noqa: E402
 
-TASK = "sequence_classification"
 STRATEGIES = ("full", "frozen-bottom")
+SMOKE_CASES = ("bert-tiny-s16-bs4", "t5-tiny-s16-t8-bs4")
+DEFAULT_CASES = ("minilm-l6-s64-bs16", "bert-base-s128-bs8", "t5-small-s128-t32-bs8")
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One model at fixed shapes: ``config`` (random weights) or ``pretrained`` (a checkpoint directory)."""
+    """One model at fixed shapes: ``config`` (random weights) or ``pretrained`` (a checkpoint directory);
+    ``target``: a T5 case's label tokens per example."""
 
     name: str
     batch_size: int
     seq: int
-    config: bert.BertConfig | None = None
+    config: bert.BertConfig | t5.T5Config | None = None
     pretrained: str | None = None
+    target: int = 0
+
+    @property
+    def family(self):
+        """The family module (bert or t5) and the task its step trains."""
+        return (t5, "text_to_text") if isinstance(self.config, t5.T5Config) else (bert, "sequence_classification")
 
 
 def cases() -> dict[str, Case]:
-    """The cases by name; ``bert-tiny-s16-bs4`` is the smoke case."""
+    """The cases by name; :data:`SMOKE_CASES` are the smoke cases."""
     tiny = bert.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                            intermediate_size=37, max_position_embeddings=64)
+    tiny_t5 = t5.T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=3, num_decoder_layers=3, num_heads=4,
+                          relative_attention_num_buckets=8, relative_attention_max_distance=16)
     return {c.name: c for c in (
         Case("minilm-l6-s64-bs16", 16, 64, pretrained=str(jt.minilm_path())),
         Case("bert-base-s128-bs8", 8, 128, config=bert.BertConfig()),
         Case("bert-base-s128-bs32", 32, 128, config=bert.BertConfig(attention_probs_dropout_prob=0.0)),
         Case("bert-tiny-s16-bs4", 4, 16, config=tiny),
+        Case("t5-small-s128-t32-bs8", 8, 128, config=t5.T5Config(), target=32),   # t5-small's config.json
+        Case("t5-small-s128-t32-bs32", 32, 128, config=t5.T5Config(), target=32),
+        Case("t5-tiny-s16-t8-bs4", 4, 16, config=tiny_t5, target=8),
     )}
+
+
+def num_layers(config) -> int:
+    """The transformer layers of a BERT or T5 config (T5: encoder and decoder blocks)."""
+    return config.num_hidden_layers if isinstance(config, bert.BertConfig) else config.num_layers + config.num_decoder_layers
+
+
+def all_layers_unrolled(config):
+    """``config`` with every scan unrolled (``scan_unroll`` = the longest stack)."""
+    longest = config.num_hidden_layers if isinstance(config, bert.BertConfig) else max(config.num_layers,
+                                                                                        config.num_decoder_layers)
+    return dataclasses.replace(config, scan_unroll=longest)
 
 
 def build(case: Case, layout: dict) -> tuple:
     """(model, params) of ``case`` with ``layout``'s config fields (``scan_layers``, ``remat``)."""
+    family, task = case.family
     if case.pretrained is not None:
-        model, variables = jt.from_pretrained(case.pretrained, task=TASK, num_labels=2, **layout)
+        model, variables = jt.from_pretrained(case.pretrained, task=task, num_labels=2, **layout)
         return model, variables["params"]
-    model = bert.build(dataclasses.replace(case.config, **layout), TASK, num_labels=2)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *bert.example_inputs(model.config))["params"]
+    model = family.build(dataclasses.replace(case.config, **layout), task, **({"num_labels": 2} if family is bert else {}))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *family.example_inputs(model.config))["params"]
     rng = np.random.default_rng(0)   # numpy draws: no init to compile, and the same numbers for every layout's shapes
     return model, jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype), shapes)
 
@@ -95,6 +122,10 @@ def build(case: Case, layout: dict) -> tuple:
 def make_batch(case: Case, vocab_size: int) -> dict:
     rng = np.random.default_rng(0)
     b, s = case.batch_size, case.seq
+    if case.family[0] is t5:
+        return {"input_ids": jnp.asarray(rng.integers(2, vocab_size, (b, s)), jnp.int32),
+                "attention_mask": jnp.ones((b, s), jnp.int32),
+                "labels": jnp.asarray(rng.integers(2, vocab_size, (b, case.target)), jnp.int32)}
     return {"input_ids": jnp.asarray(rng.integers(1, vocab_size, (b, s)), jnp.int32),
             "attention_mask": jnp.ones((b, s), jnp.int32), "token_type_ids": jnp.zeros((b, s), jnp.int32),
             "labels": jnp.asarray(rng.integers(0, 2, b), jnp.int32)}
@@ -104,16 +135,17 @@ def strategy_step(model, params, strategy: str):
     """(the model the loss runs, the structural trainable mask) of ``strategy``."""
     if strategy == "full":
         return model, None
-    mask = jt.freeze_below(params, model.layer_ids, model.config.num_hidden_layers // 2 + 1)
+    mask = jt.freeze_below(params, model.layer_ids, num_layers(model.config) // 2 + 1)
     return jt.with_frozen_layers(model, mask), mask
 
 
 def train_step(model, params, strategy: str, compute_dtype):
     """(train state, jitted structural step, the model its loss runs) of ``strategy``."""
     run_model, mask = strategy_step(model, params, strategy)
-    tx = jt.make_optimizer(params, bert.default_rules(), optax.adamw, 2e-5, weight_decay=0.01,
+    tx = jt.make_optimizer(params, model.default_rules(), optax.adamw, 2e-5, weight_decay=0.01,
                            layer_ids=model.layer_ids)   # a stacked leaf's layers may freeze one by one
-    step = jt.make_train_step(get_task(TASK).loss_fn(run_model), tx, trainable=mask, compute_dtype=compute_dtype)
+    task = "text_to_text" if isinstance(model.config, t5.T5Config) else "sequence_classification"
+    step = jt.make_train_step(get_task(task).loss_fn(run_model), tx, trainable=mask, compute_dtype=compute_dtype)
     return jt.TrainState.create(params, tx), step, run_model
 
 
@@ -134,13 +166,13 @@ def measure(case: Case, layout_name: str, layout: dict, strategy: str, args, sha
     traced = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
-    record = {"case": case.name, "layout": layout_name, "strategy": strategy, "layers": model.config.num_hidden_layers,
+    record = {"case": case.name, "layout": layout_name, "strategy": strategy, "layers": num_layers(model.config),
               "frozen_layers": getattr(run_model, "frozen_layers", 0), "trace_s": traced - start,
               "compile_s": done - traced, "flops": xla_flops(compiled), "flops_all_layers": None, "step_s": None}
     if not model.config.scan_layers:
         record["flops_all_layers"] = record["flops"]
     elif args.all_layers_flops:
-        unrolled = model.clone(config=dataclasses.replace(model.config, scan_unroll=model.config.num_hidden_layers))
+        unrolled = model.clone(config=all_layers_unrolled(model.config))
         state_u, step_u, _ = train_step(unrolled, params, strategy, args.compute_dtype)
         record["flops_all_layers"] = xla_flops(step_u.lower(abstract(state_u), abstract(batch)).compile())
     if sharding is None:
@@ -174,9 +206,9 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="the tiny random BERT only (seconds)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny random BERT and T5 only (seconds)")
     parser.add_argument("--cases", default=None, help=f"comma-separated case names of {sorted(cases())} "
-                                                      "(default: minilm-l6-s64-bs16,bert-base-s128-bs8)")
+                                                      f"(default: {','.join(DEFAULT_CASES)})")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {STRATEGIES}")
     parser.add_argument("--remat", default=None, choices=[r for r in REMAT_POLICIES if r != "none"],
                         help="also a scanned layout with this remat option")
@@ -189,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output directory")
     parser.add_argument("--name", default=None, help="output file stem (default compile-time-<target> / -smoke)")
     args = parser.parse_args(argv)
-    names = ["bert-tiny-s16-bs4"] if args.smoke else (args.cases or "minilm-l6-s64-bs16,bert-base-s128-bs8").split(",")
+    names = list(SMOKE_CASES) if args.smoke else (args.cases or ",".join(DEFAULT_CASES)).split(",")
     unknown = sorted(set(names) - set(cases())) + sorted(set(args.strategies.split(",")) - set(STRATEGIES))
     if unknown:
         parser.error(f"unknown case(s) or strateg(ies) {unknown}; cases: {sorted(cases())}, strategies: {STRATEGIES}")
@@ -221,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"## Compile time, unrolled vs scanned layers: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
               f"UTC, {platform.node()} ({args.target}; jax {jax.__version__}, {jax.device_count()} device(s), "
               f"{jnp.dtype(args.compute_dtype).name} compute; {args.rounds} rounds x {args.steps_per_round} steps, "
-              "median; adamw, BERT default rules; seed 0)")
+              "median; adamw, the family's default rules; seed 0)")
     table = markdown(rows, header)
     write_rows_and_table(args.out, stem, rows, table)
     print(table)

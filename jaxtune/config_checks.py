@@ -148,11 +148,14 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_run_name(cfg.name, cfg.output_dir)
     if not cfg.model.path.strip():
         raise ConfigError("model.path is empty; give a checkpoint directory, a hub name or 'minilm'")
+    from jaxtune.models.layer_scan import REMAT_POLICIES
     from jaxtune.tasks import task_names
 
     check_choice("model.task", cfg.model.task, ("auto", *task_names()), error=ConfigError)
     _check_limits("model", cfg.model, ["num_labels"], low=1)
     check_choice("model.dtype", cfg.model.dtype, FLOAT_DTYPES, error=ConfigError)
+    check_choice("model.scan_layers", cfg.model.scan_layers, (False, True), error=ConfigError)
+    check_choice("model.remat", cfg.model.remat, tuple(REMAT_POLICIES), error=ConfigError)
     _check_limits("data", cfg.data, ["max_length", "image_size", "batch_size", "eval_batch_size",
                                      "train_limit", "eval_limit", "test_limit"], low=1)
     _check_limits("data", cfg.data, ["seed"], low=0)

@@ -26,10 +26,15 @@ class ModelConfig:
     task: a task name (jaxtune.tasks), or "auto" for the data set's own task.
     init: "pretrained" (the checkpoint's weights, a new head from ``train.seed``) or "random" (the
     same architecture, every weight freshly initialised from ``train.seed``: a from-scratch baseline).
+    scan_layers (BERT and T5): the transformer layers stacked and run as one scan (one layer
+    compiled, not each; checkpoints hold the stacked layout, the export per-layer names). remat
+    (BERT and T5): what each layer recomputes in the backward pass instead of storing: "none",
+    "full" or "dots_saveable" (:mod:`jaxtune.models.layer_scan`).
 
     Example (YAML ``model:`` section, or ``--set model.num_labels=3``)::
 
         jt.ModelConfig(path="runs/mlm/best_hf", task="sequence_classification", num_labels=3)
+        jt.ModelConfig(path="t5-small", task="text_to_text", scan_layers=True, remat="full")
     """
 
     path: str = "minilm"
@@ -37,6 +42,8 @@ class ModelConfig:
     num_labels: int | None = None
     dtype: str = "float32"
     init: str = "pretrained"
+    scan_layers: bool = False
+    remat: str = "none"
 
     def __post_init__(self):
         if self.init not in MODEL_INITS:

@@ -39,7 +39,7 @@ from jaxtune.lora import merged_params
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
 from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
 from jaxtune.qa import qa_run_scores
-from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages
+from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages, with_frozen_layers
 from jaxtune.rules import Rule, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
 from jaxtune.run_data import (PreparedData, _dataset, batch_rows, epoch_batches, epoch_plan,  # re-exported
                               prepare_data)
@@ -233,7 +233,8 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         raise ConfigError(f"model.num_labels={num_labels}: {task.name} predicts one score per example; set "
                           "model.num_labels to 1 or null")
     model, variables = load_model(cfg.model.path, task.head, num_labels, cfg.model.dtype, init=cfg.model.init,
-                                  rng=seed_stream(cfg.train.seed, "init"))
+                                  rng=seed_stream(cfg.train.seed, "init"), scan_layers=cfg.model.scan_layers,
+                                  remat=cfg.model.remat)
     check_data_fits_model({"train": data.train, "validation": data.validation, "test": data.test}, task.name,
                           getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
     model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -283,23 +284,27 @@ def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax
     """``train_step(state, batch, stage)``. Batch-norm layers of frozen groups keep their statistics
     (:func:`jaxtune.frozen_batch_norm`), following the unfreezing stage: one step is built per
     distinct set of frozen batch-norm layers (so a runtime-mode run of a CNN compiles once per stage
-    that unfreezes batch norm; a model without batch norm compiles once)."""
+    that unfreezes batch norm; a model without batch norm compiles once). In a scanned model the
+    bottom layers that the rules (or a structural stage) freeze run under ``stop_gradient``
+    (:func:`jaxtune.with_frozen_layers`): no weight gradient is computed for them."""
+    structural = stages is not None and not runtime
     masks = [None] if stages is None else stages
     stage_bn = [frozen_batch_norm(variables, rules, trainable=mask) for mask in masks]
     rule_mask = trainable_mask(variables["params"], rules)
-    steps: dict[frozenset[str], Any] = {}
+    stage_models = [with_frozen_layers(with_frozen_bn(model, frozen), mask if structural else rule_mask)
+                    for frozen, mask in zip(stage_bn, masks)]
+    steps: dict[tuple[frozenset[str], int], Any] = {}
 
     def step_of(stage: int):
-        frozen = stage_bn[stage]
-        if frozen not in steps:
-            loss_fn = task.loss_fn(with_frozen_bn(model, frozen))
-            if stages is not None and not runtime:
-                steps[frozen] = StagedTrainStep(loss_fn, tx, **step_kwargs)
-            else:
-                steps[frozen] = make_train_step(loss_fn, tx, trainable=rule_mask, **step_kwargs)
-        return steps[frozen]
+        run_model = stage_models[stage]
+        key = (stage_bn[stage], getattr(run_model, "frozen_layers", 0))
+        if key not in steps:
+            loss_fn = task.loss_fn(run_model)
+            steps[key] = (StagedTrainStep(loss_fn, tx, **step_kwargs) if structural
+                          else make_train_step(loss_fn, tx, trainable=rule_mask, **step_kwargs))
+        return steps[key]
 
-    if stages is not None and not runtime:
+    if structural:
         return lambda state, batch, stage: step_of(stage)(state, batch, stages[stage])
     return lambda state, batch, stage: step_of(stage)(state, batch)
 
@@ -580,7 +585,8 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
     label_names = loader(seed=cfg.data.seed).label_names
     check_num_labels(cfg.model.num_labels, label_names, cfg.data.dataset)
     task = get_task(data_task if cfg.model.task == "auto" else cfg.model.task)
-    model, variables = load_model(cfg.model.path, task.head, _head_size(task, cfg, label_names), cfg.model.dtype)
+    model, variables = load_model(cfg.model.path, task.head, _head_size(task, cfg, label_names), cfg.model.dtype,
+                                  scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
     rules = build_rules(cfg.optim, model)
     params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
     layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None

@@ -15,6 +15,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -28,6 +29,7 @@ from jaxtune import hub
 from jaxtune.errors import UserError
 from jaxtune.lora import LoraFactors, _nest, check_factors, factors_by_path
 from jaxtune.models.family import flatten_paths
+from jaxtune.models.stacking import stack_layers, unstack_layers
 from jaxtune.rules import leaf_paths
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -54,9 +56,61 @@ def _hf_module(family: Any, config: Any, path: str, task: str | None) -> str:
     return name.removesuffix(".weight")
 
 
+def _stacks(family: Any, config: Any) -> list[tuple[str, str, int]]:
+    """The family's stacked layers of ``config`` (:attr:`ModelFamily.stacked_layers`), params paths."""
+    stacks = family.stacked_layers(config) if family.stacked_layers is not None else ()
+    return [(stacked.removeprefix("params/"), per_layer.removeprefix("params/"), count)
+            for stacked, per_layer, count in stacks]
+
+
+def per_layer_factors(adapters: Any, config: Any) -> dict[str, LoraFactors]:
+    """``{kernel path: LoraFactors}`` of ``adapters`` with the stacked factors of a scanned model
+    (``config.scan_layers``) split into one pair per layer, under the per-layer paths that PEFT
+    files name (:func:`jaxtune.models.stacking.unstack_layers`).
+
+    Example::
+
+        per_layer_factors(adapters, scanned_bert.config)["bert/encoder/layer_0/attention/self/query/kernel"]
+    """
+    stacks = _stacks(hub._family_of_config(config), config)
+    out: dict[str, LoraFactors] = {}
+    for path, f in factors_by_path(adapters).items():
+        stack = next(((stacked, per_layer) for stacked, per_layer, _ in stacks if path.startswith(stacked + "/")), None)
+        if stack is None:
+            out[path] = f
+            continue
+        a, b = unstack_layers({path: f.lora_a}, *stack), unstack_layers({path: f.lora_b}, *stack)
+        out.update({p: LoraFactors(a[p], b[p], scale=f.scale, dropout=f.dropout) for p in a})
+    return out
+
+
+def _stacked_factors(flat: dict[str, LoraFactors], config: Any, family: Any, source: Path) -> dict[str, LoraFactors]:
+    """Per-layer factors (PEFT's) stacked for a scanned model: the inverse of :func:`per_layer_factors`."""
+    for stacked, per_layer, count in _stacks(family, config):
+        kinds = stack_layers({p: np.array([f.rank, f.scale, f.dropout]) for p, f in flat.items()}, per_layer, stacked,
+                             count)
+        new = [p for p in kinds if p not in flat]
+        uneven = [p for p in new if not np.all(kinds[p] == kinds[p][0])]
+        if uneven:
+            raise UserError(f"{source}: the layers of {uneven[0]} have different LoRA ranks or alphas, which one "
+                            f"stacked kernel of a scanned model cannot hold",
+                            hint="Hint: load the adapter onto an unscanned model (scan_layers=False).")
+        a = stack_layers({p: f.lora_a for p, f in flat.items()}, per_layer, stacked, count)
+        b = stack_layers({p: f.lora_b for p, f in flat.items()}, per_layer, stacked, count)
+        flat = {p: flat[p] if p in flat else LoraFactors(a[p], b[p], scale=float(kinds[p][0, 1]),
+                                                          dropout=float(kinds[p][0, 2])) for p in kinds}
+    return flat
+
+
+def _unscanned(config: Any) -> Any:
+    """``config`` with ``scan_layers`` off (per-layer names map one tensor at a time)."""
+    return dataclasses.replace(config, scan_layers=False) if getattr(config, "scan_layers", False) else config
+
+
 def peft_module_names(adapters: Any, config: Any, task: str | None) -> list[str]:
-    """The HF module name of each kernel of ``adapters`` (in :func:`jaxtune.lora.factors_by_path`
-    order); a :class:`UserError` names a kernel PEFT cannot hold (not a Linear, stacked layers).
+    """The HF module name of each kernel of ``adapters`` (in :func:`per_layer_factors` order: a
+    scanned model's stacked factors one per layer); a :class:`UserError` names a kernel PEFT cannot
+    hold (not a Linear, stacked factors outside the family's layer stacks).
 
     Example::
 
@@ -65,11 +119,11 @@ def peft_module_names(adapters: Any, config: Any, task: str | None) -> list[str]
     """
     family = hub._family_of_config(config)
     names = []
-    for path, f in factors_by_path(adapters).items():
+    for path, f in per_layer_factors(adapters, config).items():
         if np.ndim(f.lora_a) != 2:
             raise UserError(f"PEFT export: the factors of {path} have shapes {np.shape(f.lora_a)} / "
-                            f"{np.shape(f.lora_b)}; PEFT holds one (in, rank) / (rank, out) pair per Linear, not "
-                            "stacked layers")
+                            f"{np.shape(f.lora_b)}; PEFT holds one (in, rank) / (rank, out) pair per Linear, and "
+                            f"{path} is not in a layer stack of the {family.name} family's scanned models")
         names.append(_hf_module(family, config, path, task))
     return names
 
@@ -99,7 +153,8 @@ def save_peft(adapters: Any, config: Any, directory: str | Path, task: str | Non
     onto the transformers model of ``task`` (the model :func:`jaxtune.save_pretrained` writes).
 
     ``config`` is the family config (``model.config``). Ranks or alphas that differ between kernels
-    go into ``rank_pattern`` / ``alpha_pattern``. Stacked (per-layer) factors have no PEFT form.
+    go into ``rank_pattern`` / ``alpha_pattern``. A scanned model's stacked factors are written per
+    layer, under the names the unscanned model's adapter has (the same files).
     ``modules_to_save``: Flax module paths whose weights (from ``params``) the adapter carries, as
     PEFT's ``modules_to_save``; the default is the head for classification and question answering
     (``classifier`` / ``qa_outputs``), which PEFT's model classes for those tasks always load.
@@ -110,7 +165,7 @@ def save_peft(adapters: Any, config: Any, directory: str | Path, task: str | Non
                      params=state.params.params, base_model_name_or_path="bert-base-uncased")
     """
     family = hub._family_of_config(config)
-    flat = factors_by_path(adapters)
+    flat = per_layer_factors(adapters, config)
     if not flat:
         raise UserError("save_peft: the adapters tree is empty; make it with jt.init_lora or take state.params.adapters")
     modules_to_save = list(HEADS.get(task, ()) if modules_to_save is None else modules_to_save)
@@ -193,7 +248,8 @@ def load_peft(directory: str | Path, config: Any, task: str | None = None, *,
 
     ``config`` is the family config of the base model (``model.config``); ``params`` (optional,
     plain params or abstract shapes from ``jax.eval_shape``) checks that every tensor names one of
-    its parameters with fitting shapes.
+    its parameters with fitting shapes. For a scanned model (``config.scan_layers``) the per-layer
+    factors are stacked like its layers (every layer needs factors of one rank and alpha).
 
     Example::
 
@@ -208,6 +264,7 @@ def load_peft(directory: str | Path, config: Any, task: str | None = None, *,
         raise FileNotFoundError(f"no {ADAPTER_WEIGHTS_NAME} in {directory} (found: {hub._listing(directory)})")
     tensors = hub._read_safetensors(weights)
     family = hub._family_of_config(config)
+    scanned, config = config, _unscanned(config)
     shapes = dict(zip(leaf_paths(params), (np.shape(x) for x in jax.tree_util.tree_leaves(params)))) \
         if params is not None else None
 
@@ -229,7 +286,7 @@ def load_peft(directory: str | Path, config: Any, task: str | None = None, *,
         if shapes is not None and tuple(np.shape(flatten_paths(value)[f"params/{path}"])) != tuple(shapes[path]):
             raise UserError(f"{weights}: {name} has shape {np.shape(array)}, which does not fit {path} {shapes[path]}")
         saved[path] = flatten_paths(value)[f"params/{path}"]
-    flat = {}
+    flat, modules = {}, {}
     for module, pair in sorted(pairs.items()):
         if set(pair) != {"A", "B"}:
             raise UserError(f"{weights}: module {module!r} has lora_{''.join(pair)} but not both lora_A and lora_B")
@@ -241,9 +298,11 @@ def load_peft(directory: str | Path, config: Any, task: str | None = None, *,
                             "must be (r, in) and (out, r)")
         scale = alpha / (rank ** 0.5 if cfg.get("use_rslora") else rank)
         path = _flax_path(family, config, f"{module}.weight", task, weights)
-        factors = LoraFactors(a.T.copy(), b.T.copy(), scale=float(scale), dropout=float(cfg.get("lora_dropout", 0.0)))
-        check_path(f"{module}.lora_A.weight", path)
+        flat[path] = LoraFactors(a.T.copy(), b.T.copy(), scale=float(scale), dropout=float(cfg.get("lora_dropout", 0.0)))
+        modules[path] = f"{module}.lora_A.weight"
+    flat = _stacked_factors(flat, scanned, family, weights)
+    for path, factors in flat.items():
+        check_path(modules.get(path, f"the stacked factors of {path}"), path)
         if shapes is not None:
             check_factors(path, shapes[path], factors, source=str(weights))
-        flat[path] = factors
     return _nest(flat), saved

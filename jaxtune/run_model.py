@@ -21,6 +21,7 @@ from jaxtune.config import OptimConfig
 from jaxtune.errors import UserError
 from jaxtune.lora import LoraParams, init_lora
 from jaxtune.lora_spec import check_lora
+from jaxtune.models.family import UnknownConfigField
 from jaxtune.rules import Rule, Settings
 from jaxtune.run_data import _model_dir
 from jaxtune.seeds import seed_stream
@@ -35,23 +36,33 @@ _CNN_ALIASES = {
 
 
 def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str = "pretrained",
-               rng: jax.Array | None = None):
+               rng: jax.Array | None = None, scan_layers: bool = False, remat: str = "none"):
     """``from_pretrained`` for a checkpoint directory / hub name, or one of the shipped aliases:
     ``minilm`` (all-MiniLM-L6-v2), ``mobilenet_v2_imagenet``, ``efficientnet_lite0_imagenet``.
 
     ``init="random"`` builds the same architecture with every weight freshly initialised from
     ``rng`` (a from-scratch baseline); with ``"pretrained"``, ``rng`` initialises a new head only.
+    ``scan_layers`` / ``remat`` (``model.scan_layers`` / ``model.remat``): the BERT / T5 config
+    fields of that name; a family without them refuses values other than the defaults.
 
     Example::
 
         model, variables = load_model("mobilenet_v2_imagenet", "image_classification", 10, "float32",
                                       init="random", rng=jt.seed_stream(0, "init"))
+        model, variables = load_model("minilm", "sequence_classification", 3, "float32", scan_layers=True)
     """
     from jaxtune.hub import from_pretrained, random_variables
 
     if init not in ("pretrained", "random"):
         raise ValueError(f"model.init must be 'pretrained' or 'random', got {init!r}")
     rng = jax.random.key(0) if rng is None else rng
+    overrides = {key: value for key, value, default in (("scan_layers", scan_layers, False), ("remat", remat, "none"))
+                 if value != default}
+    if path in _CNN_ALIASES and overrides:
+        key, value = next(iter(overrides.items()))
+        raise UserError(f"model.{key}={value!r}, but {path} is a CNN, which has no transformer layers to scan or "
+                        "rematerialise", hint="Hint: model.scan_layers and model.remat are for BERT and T5 "
+                                               "checkpoints; leave them at false / 'none'.")
     if path in _CNN_ALIASES:
         module_name, loader, builder, config_cls = _CNN_ALIASES[path]
         module = importlib.import_module(module_name)
@@ -62,8 +73,13 @@ def load_model(path: str, task: str, num_labels: int, dtype: str, *, init: str =
         config = dataclasses.replace(getattr(module, config_cls)(), num_labels=int(num_labels))
         model = getattr(module, builder)(config, dtype=jnp.dtype(dtype))
         return model, random_variables(model, example_images(), rng, path)[0]
-    return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
-                           init=init)
+    try:
+        return from_pretrained(_model_dir(path), task=task, num_labels=num_labels, dtype=jnp.dtype(dtype), rng=rng,
+                               init=init, **overrides)
+    except UnknownConfigField as e:
+        raise UserError(f"model.{' / model.'.join(overrides)}: {e.message}", hint="Hint: model.scan_layers and "
+                        "model.remat are for BERT and T5 checkpoints; leave them at false / 'none' for other "
+                        "families.") from None
 
 
 def _family_module(model):

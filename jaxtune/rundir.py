@@ -78,12 +78,18 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+FINGERPRINT_DEFAULTS: dict[str, Any] = {"model.scan_layers": False}
+"""Keys added to the config after runs were fingerprinted, with their defaults: a key at its default
+is left out of the fingerprint, so that the runs made before it existed keep theirs."""
+
+
 def run_fingerprint(config: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     """The run's fingerprint: a sha256 hex digest, and the flat ``{dotted_key: value}`` dict it hashes.
 
     The dict is the whole config (model, data, rules, optimizer, schedule, seeds, evaluation, early
     stopping) minus the keys that may change on resume (:func:`jaxtune.config.resumable_keys`), as
     JSON values. Two configs have the same fingerprint exactly when their runs compute the same steps.
+    A key of :data:`FINGERPRINT_DEFAULTS` at its default is left out (``model.scan_layers: false``).
 
     Example::
 
@@ -93,7 +99,9 @@ def run_fingerprint(config: ExperimentConfig) -> tuple[str, dict[str, Any]]:
         (True, 0)
     """
     skip = set(resumable_keys(config))
-    keys = json.loads(json.dumps({k: v for k, v in _flat(to_dict(config)).items() if k not in skip}))
+    flat = _flat(to_dict(config))
+    skip |= {k for k, default in FINGERPRINT_DEFAULTS.items() if flat.get(k) == default}
+    keys = json.loads(json.dumps({k: v for k, v in flat.items() if k not in skip}))
     return _digest(keys), keys
 
 

@@ -152,9 +152,11 @@ def freeze_below(params: Any, layer_ids: Callable[[str], Any], layer_id: int,
 
 
 def frozen_bottom_layers(trainable: Any, layer_ids: Callable[[str], Any]) -> int:
-    """How many bottom layers every stacked leaf of ``trainable`` keeps frozen: the leading False
-    entries of each per-layer mask (a stacked leaf is one whose ``layer_ids`` are an array), the
-    smallest count over the stacked leaves; 0 when there is none.
+    """How many bottom stacked layers ``trainable`` keeps frozen in every stacked leaf (one whose
+    ``layer_ids`` are an array): the stacked layer ids, over all stacked leaves, below the lowest id
+    that any stacked leaf trains; 0 when there is no stacked leaf. With one stack (BERT) these are
+    the leading False entries of each per-layer mask; with two (T5's encoder, then decoder, ids
+    contiguous) a count past the encoder's blocks reaches into the decoder's.
 
     Example::
 
@@ -162,14 +164,17 @@ def frozen_bottom_layers(trainable: Any, layer_ids: Callable[[str], Any]) -> int
         ...                      lambda p: np.arange(1, 4) if p.startswith("layer/") else 4)
         2
     """
-    counts = []
+    stacked_ids: set[int] = set()
+    lowest_trained = np.inf
     for path, flag in zip(leaf_paths(trainable), jax.tree_util.tree_leaves(trainable)):
         ids = _layer_id(layer_ids, path)
         if ids.ndim != 1:
             continue
         flags = np.broadcast_to(np.asarray(flag, bool), ids.shape)
-        counts.append(int(np.argmax(flags)) if flags.any() else len(flags))
-    return min(counts, default=0)
+        stacked_ids.update(int(i) for i in ids)
+        if flags.any():
+            lowest_trained = min(lowest_trained, int(ids[flags].min()))
+    return sum(i < lowest_trained for i in stacked_ids)
 
 
 def with_frozen_layers(model: Any, trainable: Any, layer_ids: Callable[[str], Any] | None = None) -> Any:

@@ -441,6 +441,17 @@ def to_flax(config: BertConfig, tensors: Mapping[str, np.ndarray], task: str | N
     return variables, {renamed[name] for name in used}
 
 
+def stacked_layers(config: BertConfig) -> tuple[tuple[str, str, int], ...]:
+    """(stacked path, per-layer path template, layer count) of the encoder a scanned model
+    (``config.scan_layers``) keeps stacked; () unscanned.
+
+    Example::
+
+        stacked_layers(BertConfig(scan_layers=True))   # (("params/bert/encoder/layer", "params/bert/encoder/layer_{i}", 12),)
+    """
+    return ((_STACKED_FLAX, f"params/{_LAYER_FLAX}", config.num_hidden_layers),) if config.scan_layers else ()
+
+
 def to_hf(config: BertConfig, variables: Mapping[str, Any], task: str | None = None) -> dict[str, np.ndarray]:
     """Flax variables -> HF tensors named as transformers saves the model of ``task``.
 
@@ -509,4 +520,5 @@ FAMILY = ModelFamily(
     head_paths=(r"params/classifier/.*", r"params/qa_outputs/.*", r"params/cls/.*",
                 r"params/bert/pooler/.*"),
     example_inputs=example_inputs,
+    stacked_layers=stacked_layers,
 )

@@ -217,6 +217,10 @@ def export_labels(label_names: Sequence[Any], num_labels: int | None, task: str 
     return tuple(str(name) for name in label_names) + tuple(f"LABEL_{i}" for i in range(len(label_names), size))
 
 
+class UnknownConfigField(UserError):
+    """An override names a field that the family's config does not have (:func:`with_config_overrides`)."""
+
+
 def with_config_overrides(config: Any, overrides: Mapping[str, Any], source: str = "from_pretrained") -> Any:
     """``config`` (a family's frozen dataclass) with the fields ``overrides`` names replaced, e.g.
     jaxtune's own ``scan_layers`` / ``remat`` / ``attention_implementation``; an unknown field or a
@@ -231,7 +235,7 @@ def with_config_overrides(config: Any, overrides: Mapping[str, Any], source: str
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise UserError(f"{source} got {', '.join(f'{k}={overrides[k]!r}' for k in unknown)}, which "
+        raise UnknownConfigField(f"{source} got {', '.join(f'{k}={overrides[k]!r}' for k in unknown)}, which "
                         f"{'is' if len(unknown) == 1 else 'are'} not a field of {type(config).__name__}",
                         hint=f"Hint: the fields it takes are {sorted(fields)}.")
     try:
@@ -260,6 +264,10 @@ class ModelFamily:
       config_for_weights: optional (config, tensors) -> config, for what ``config.json`` gets
         wrong and the weights show (T5: an untied ``lm_head`` saved with
         ``tie_word_embeddings: true``); runs before the model is built.
+      stacked_layers: optional config -> ``((stacked path, per-layer template, count), ...)``, the
+        layer stacks a scanned model (``scan_layers``) keeps as one tree with a leading layer axis,
+        e.g. ``("params/bert/encoder/layer", "params/bert/encoder/layer_{i}", 12)``; () unscanned.
+        What converts per-layer files (PEFT adapters) to and from the stacked layout reads it.
       torch_state_dict: for families whose ecosystem is PyTorch, not transformers (the torchvision
         CNNs): the file name under which ``save_pretrained`` also writes the tensors as a ``.pth``
         state dict that ``torch.load(path, weights_only=True)`` reads; ``config_to_hf`` must then
@@ -278,3 +286,4 @@ class ModelFamily:
     example_inputs: Callable[[Any, str | None], tuple]
     config_for_weights: Callable[[Any, Mapping[str, np.ndarray]], Any] | None = None
     torch_state_dict: str | None = None
+    stacked_layers: Callable[[Any], tuple[tuple[str, str, int], ...]] | None = None

@@ -16,6 +16,10 @@ Options:
   ``length`` unrolls the loop, which XLA's cost analysis needs to count every layer: it counts a
   loop's body once, whatever its trip count.
 
+:func:`run_stacked` is the scan itself, for a module that keeps its stacked variable elsewhere (a
+``setup`` declaring it with :func:`stacked_params_init`) or whose layers carry more than ``x`` (a
+decoder's key/value cache); T5's stacks use it.
+
 Example (in a module's ``@nn.compact __call__``)::
 
     layer = BertLayer(config, dtype, parent=None)
@@ -23,7 +27,7 @@ Example (in a module's ``@nn.compact __call__``)::
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -75,12 +79,55 @@ def remat_layer(layer_cls: type[nn.Module], remat: str, static_argnums: tuple[in
     return nn.remat(layer_cls, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
 
 
-def _stack_init(layer: nn.Module, length: int, args: tuple):
-    """Initialiser of the stacked variable: ``layer``'s params for ``length`` keys, stacked by ``vmap``."""
+def stacked_params_init(layer: nn.Module, length: int, args: tuple, method: Any = None):
+    """Initialiser (``rng -> tree``) of a stacked variable: ``layer``'s params for ``length`` keys,
+    stacked by ``vmap``; ``layer.init`` runs on ``args`` (and ``method``, default ``__call__``) with
+    ``deterministic=True``. For a module that declares the variable in ``setup``.
+
+    Example::
+
+        self.block = self.param("block", stacked_params_init(T5Block(cfg, False, parent=None), 6, (x, bias, mask)))
+    """
     def init(rng):
         keys = jax.random.split(rng, length)
-        return jax.vmap(lambda key: layer.init({"params": key}, *args, deterministic=True)["params"])(keys)
+        return jax.vmap(lambda key: layer.init({"params": key}, *args, deterministic=True, method=method)["params"])(keys)
     return init
+
+
+def run_stacked(fn: Callable, stacked: Any, carry: Any, *, length: int, per_layer: Any = None,
+                dropout_key: jax.Array | None = None, remat: str = "none", frozen: int = 0, unroll: int = 1) -> Any:
+    """``carry`` through ``length`` layers as one ``jax.lax.scan``: layer ``i`` runs
+    ``carry = fn(params_i, carry, per_layer_i, rngs_i)``, with ``params_i`` the slice ``i`` of the
+    stacked tree ``stacked``, ``per_layer_i`` that of ``per_layer`` (a tree of leading size
+    ``length``, or None) and ``rngs_i`` ``{"dropout": key_i}`` (one of ``length`` keys split from
+    ``dropout_key``; ``{}`` without one). ``remat``, ``frozen`` and ``unroll`` as in :func:`scan_layers`.
+
+    Example::
+
+        def fn(params, x, _, rngs):
+            return layer.apply({"params": params}, x, mask, deterministic=True, rngs=rngs)
+        x = run_stacked(fn, stacked, x, length=6, remat="full", frozen=2)
+    """
+    check_remat(remat, "remat")
+    check_unroll(unroll, "unroll")
+    if not 0 <= frozen <= length:
+        raise ValueError(f"frozen={frozen} layers of a stack of {length}; need 0 <= frozen <= {length}")
+    keys = None if dropout_key is None else jax.random.split(dropout_key, length)
+
+    def body(carry, xs):
+        params, key, extra = xs
+        return fn(params, carry, extra, {} if key is None else {"dropout": key}), None
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+
+    def run(carry, start, stop, params):
+        xs = jax.tree_util.tree_map(lambda p: p[start:stop], (params, keys, per_layer))
+        return jax.lax.scan(body, carry, xs, unroll=min(unroll, stop - start))[0]
+
+    if frozen:
+        carry = run(carry, 0, frozen, jax.lax.stop_gradient(stacked))
+    return run(carry, frozen, length, stacked) if frozen < length else carry
 
 
 def scan_layers(module: nn.Module, layer: nn.Module, x: jax.Array, *args: Any, length: int, deterministic: bool,
@@ -104,27 +151,11 @@ def scan_layers(module: nn.Module, layer: nn.Module, x: jax.Array, *args: Any, l
 
         x = scan_layers(self, BertLayer(cfg, self.dtype, parent=None), x, mask, length=6, deterministic=True)
     """
-    check_remat(remat, "remat")
-    check_unroll(unroll, "unroll")
-    if not 0 <= frozen <= length:
-        raise ValueError(f"frozen={frozen} layers of a stack of {length}; need 0 <= frozen <= {length}")
-    stacked = module.variable("params", name, lambda: _stack_init(layer, length, (x, *args))(
+    stacked = module.variable("params", name, lambda: stacked_params_init(layer, length, (x, *args))(
         module.make_rng("params"))).value
-    keys = None if deterministic else jax.random.split(module.make_rng("dropout"), length)
 
-    def body(carry, xs):
-        params, key = xs
-        rngs = {} if key is None else {"dropout": key}
-        return layer.apply({"params": params}, carry, *args, deterministic=deterministic, rngs=rngs), None
+    def fn(params, carry, _, rngs):
+        return layer.apply({"params": params}, carry, *args, deterministic=deterministic, rngs=rngs)
 
-    if remat != "none":
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
-
-    def run(carry, start, stop, params):
-        sliced = jax.tree_util.tree_map(lambda p: p[start:stop], params)
-        xs = (sliced, None if keys is None else keys[start:stop])
-        return jax.lax.scan(body, carry, xs, unroll=min(unroll, stop - start))[0]
-
-    if frozen:
-        x = run(x, 0, frozen, jax.lax.stop_gradient(stacked))
-    return run(x, frozen, length, stacked) if frozen < length else x
+    return run_stacked(fn, stacked, x, length=length, dropout_key=None if deterministic else module.make_rng("dropout"),
+                       remat=remat, frozen=frozen, unroll=unroll)

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.attention import check_implementation
-from jaxtune.models.family import ModelFamily, NameMap, NameRule
+from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
+from jaxtune.models.layer_scan import check_remat, check_unroll
+from jaxtune.models.stacking import stack_layers, unstack_layers
 from jaxtune.models.t5_layers import (_ACTIVATIONS, T5Attention, T5Block, T5DenseActDense,  # blocks re-exported
                                       T5LayerCrossAttention, T5LayerFF, T5LayerNorm, T5LayerSelfAttention, T5Stack,
                                       _dense, _normal, relative_position_bucket)
@@ -47,6 +49,7 @@ from jaxtune.rules import Settings, settings
 logger = logging.getLogger(__name__)
 
 TASKS: tuple[str | None, ...] = (None, "text_to_text")
+_JAXTUNE_FIELDS = ("attention_implementation", "scan_layers", "scan_unroll", "remat")   # never read from / written to config.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,12 @@ class T5Config:
     Example::
 
         config = T5Config.from_hf(json.load(open("flan-t5-small/config.json")))
+        scanned = dataclasses.replace(config, scan_layers=True, remat="full")   # or from_pretrained(..., scan_layers=True)
+
+    jaxtune's own fields (never in ``config.json``): ``attention_implementation``; ``scan_layers``
+    (each stack's blocks stacked on a leading axis under ``encoder/block`` / ``decoder/block`` and
+    run as one scan, the relative position bias in ``encoder/relative_attention_bias`` /
+    ``decoder/relative_attention_bias``); ``scan_unroll``; ``remat`` (as :class:`BertConfig`'s).
     """
 
     vocab_size: int = 32128
@@ -81,12 +90,21 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
-    # jaxtune's own, not a config.json field: "auto" (cuDNN on NVIDIA GPUs where it can run, else
-    # XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    # jaxtune's own, not config.json fields (_JAXTUNE_FIELDS). attention_implementation: "auto" (cuDNN
+    # on NVIDIA GPUs where it can run, else XLA), "xla" or "cudnn"; see jaxtune.models.attention.
+    # scan_layers: each stack's blocks stacked and run as one scan; scan_unroll: blocks per loop
+    # iteration; remat: "none", "full" or "dots_saveable" (jaxtune.models.layer_scan), as BertConfig's.
     attention_implementation: str = "auto"
+    scan_layers: bool = False
+    scan_unroll: int = 1
+    remat: str = "none"
 
     def __post_init__(self):
         check_implementation(self.attention_implementation, "T5Config.attention_implementation")
+        check_remat(self.remat, "T5Config.remat")
+        check_unroll(self.scan_unroll, "T5Config.scan_unroll")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"T5Config.scan_layers must be true or false, got {self.scan_layers!r}")
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or self.dense_act_fn not in _ACTIVATIONS:
             raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r} is not supported; "
@@ -112,7 +130,7 @@ class T5Config:
         names = {f.name for f in dataclasses.fields(cls)} - {"tie_word_embeddings", "scale_decoder_outputs",
                                                               "eos_token_id", "num_decoder_layers",
                                                               "decoder_start_token_id", "pad_token_id",
-                                                              "attention_implementation"}
+                                                              *_JAXTUNE_FIELDS}
         kwargs = {name: hf[name] for name in names if hf.get(name) is not None}
         tie = hf.get("tie_word_embeddings", True) is not False
         pad = hf.get("pad_token_id")
@@ -131,7 +149,7 @@ class T5Config:
 
     def to_hf(self, task: str | None = "text_to_text") -> dict[str, Any]:
         """``config.json`` dict that transformers' ``T5Model`` / ``T5ForConditionalGeneration`` loads."""
-        hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "attention_implementation"}
+        hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _JAXTUNE_FIELDS}
         hf.update(model_type="t5", is_encoder_decoder=True, dense_act_fn=self.dense_act_fn,
                   is_gated_act=self.is_gated_act,
                   architectures=["T5ForConditionalGeneration" if task == "text_to_text" else "T5Model"])
@@ -149,6 +167,10 @@ class T5Model(nn.Module):
     """T5 encoder-decoder. ``task="text_to_text"`` returns LM logits, ``task=None`` the decoder's
     last hidden states (like transformers' ``T5Model``).
 
+    ``frozen_layers`` (a scanned model's, ``config.scan_layers``): the bottom k blocks in layer-id
+    order (the encoder's, then the decoder's) run under ``stop_gradient`` in a scan of their own, so
+    that a training step computes no weight gradient for them (:func:`jaxtune.with_frozen_layers`).
+
     Example::
 
         model = T5Model(T5Config(), task="text_to_text")
@@ -161,15 +183,21 @@ class T5Model(nn.Module):
     config: T5Config
     task: str | None = "text_to_text"
     dtype: Any = jnp.float32
+    frozen_layers: int = 0
 
     def setup(self):
         if self.task not in TASKS:
             raise ValueError(f"T5 has no task {self.task!r}; supported: {list(TASKS)}")
         c = self.config
+        if not 0 <= self.frozen_layers <= c.num_layers + c.num_decoder_layers:
+            raise ValueError(f"T5Model.frozen_layers={self.frozen_layers}; need 0 <= frozen_layers <= "
+                             f"{c.num_layers + c.num_decoder_layers} (encoder then decoder blocks)")
         self.shared = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                                embedding_init=_normal(c.initializer_factor))
-        self.encoder = T5Stack(c, is_decoder=False, dtype=self.dtype)
-        self.decoder = T5Stack(c, is_decoder=True, dtype=self.dtype)
+        self.encoder = T5Stack(c, is_decoder=False, dtype=self.dtype, frozen_layers=min(self.frozen_layers,
+                                                                                         c.num_layers))
+        self.decoder = T5Stack(c, is_decoder=True, dtype=self.dtype,
+                               frozen_layers=max(self.frozen_layers - c.num_layers, 0))
         if self.task == "text_to_text" and not c.tie_word_embeddings:
             self.lm_head = _dense(c.vocab_size, c.initializer_factor, self.dtype, "lm_head")
 
@@ -223,15 +251,12 @@ class T5Model(nn.Module):
         """Generation state for :func:`jaxtune.generation.generate`: ``(memory, cache)``.
 
         ``memory`` (cross-attention keys/values, encoder mask) stays fixed while decoding; ``cache``
-        holds every decoder block's self-attention keys/values for ``max_length`` positions. Every
-        leaf of both has the batch as its leading axis.
+        holds every decoder block's self-attention keys/values for ``max_length`` positions (a scanned
+        decoder's stacked on axis 1). Every leaf of both has the batch as its leading axis.
         """
         batch, length = encoder_hidden_states.shape[:2]
         memory = self.decoder.init_memory(encoder_hidden_states, _key_mask(attention_mask, batch, length))
-        shape = (batch, max_length, self.config.num_heads, self.config.d_kv)
-        cache = [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
-                 for _ in range(self.config.num_decoder_layers)]
-        return memory, cache
+        return memory, self.decoder.init_cache(batch, max_length)
 
     def decode(self, decoder_input_ids, position, memory, cache):
         """Cached decoding of ``decoder_input_ids`` ``(batch, n)`` placed at decoder ``position``.
@@ -275,24 +300,33 @@ def t5_loss(logits, labels, ignore_id: int = -100):
 # Layer ids and default rules.
 
 _BLOCK = re.compile(r"(encoder|decoder)/block_(\d+)/.+")
+_STACKED = re.compile(r"(encoder|decoder)/(block|relative_attention_bias)/.+")   # a scanned model's
 
 
-def layer_ids(path: str, num_layers: int, num_decoder_layers: int | None = None) -> int:
+def layer_ids(path: str, num_layers: int, num_decoder_layers: int | None = None) -> int | np.ndarray:
     """Layer id of a T5 parameter path, monotone from input to output:
 
     ``shared/...`` 0; ``encoder/block_i`` i + 1; ``decoder/block_j`` num_layers + j + 1; the final
-    norms of both stacks and ``lm_head`` num_layers + num_decoder_layers + 1.
+    norms of both stacks and ``lm_head`` num_layers + num_decoder_layers + 1. A scanned model's
+    stacked ``encoder/block/...`` leaf has the ids 1 .. num_layers, one per block, a stacked
+    ``decoder/block/...`` leaf the decoder blocks' ids; a stack's own ``relative_attention_bias``
+    has the id of its first block, which owns it unscanned.
 
     Example::
 
         layer_ids("encoder/block_1/layer_0/SelfAttention/q/kernel", 6)   # 2
         layer_ids("decoder/block_0/layer_1/EncDecAttention/k/kernel", 6)  # 7
+        layer_ids("decoder/block/layer_1/EncDecAttention/k/kernel", 6)    # array([7, 8, ..., 12])
         layer_ids("lm_head/kernel", 6)                                   # 13
     """
     path = path.removeprefix("params/")
     num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
     if path.startswith("shared/"):
         return 0
+    m = _STACKED.fullmatch(path)
+    if m:
+        first, count = (1, num_layers) if m.group(1) == "encoder" else (num_layers + 1, num_decoder_layers)
+        return np.arange(first, first + count) if m.group(2) == "block" else first
     m = _BLOCK.fullmatch(path)
     if m:
         stack, i = m.group(1), int(m.group(2))
@@ -303,7 +337,8 @@ def layer_ids(path: str, num_layers: int, num_decoder_layers: int | None = None)
     if re.fullmatch(r"(encoder|decoder)/final_layer_norm/.+|lm_head/.+", path):
         return num_layers + num_decoder_layers + 1
     raise KeyError(f"T5 layer_ids: unknown parameter path {path!r}; expected shared/..., encoder/block_<i>/..., "
-                   "decoder/block_<j>/..., {encoder,decoder}/final_layer_norm/... or lm_head/... "
+                   "decoder/block_<j>/..., {encoder,decoder}/block/... or {encoder,decoder}/relative_attention_bias/... "
+                   "(scanned), {encoder,decoder}/final_layer_norm/... or lm_head/... "
                    "(paths of variables['params'] without a leading 'params/')")
 
 
@@ -372,7 +407,33 @@ def to_flax(config: T5Config, tensors: Mapping[str, np.ndarray], task: str | Non
     tensors = dict(tensors)
     if task != "text_to_text" or config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
-    return NAMES.to_flax(tensors)
+    variables, used = NAMES.to_flax(tensors)
+    if config.scan_layers:
+        flat = flatten_paths(variables)
+        for stacked, per_layer, count in stacked_layers(config):
+            stack = stacked.removesuffix("/block")
+            if f"{per_layer.format(i=0)}/{_OWN_BIAS}" in flat:
+                flat[f"{stack}/relative_attention_bias/embedding"] = flat.pop(f"{per_layer.format(i=0)}/{_OWN_BIAS}")
+            flat = stack_layers(flat, per_layer, stacked, count)
+        variables = unflatten_paths(flat)
+    return variables, used
+
+
+_OWN_BIAS = "layer_0/SelfAttention/relative_attention_bias/embedding"   # block 0's, unscanned
+
+
+def stacked_layers(config: T5Config) -> tuple[tuple[str, str, int], ...]:
+    """(stacked path, per-layer path template, layer count) of each stack a scanned model
+    (``config.scan_layers``) keeps stacked; () unscanned.
+
+    Example::
+
+        stacked_layers(T5Config(scan_layers=True))[0]   # ("params/encoder/block", "params/encoder/block_{i}", 6)
+    """
+    if not config.scan_layers:
+        return ()
+    return (("params/encoder/block", "params/encoder/block_{i}", config.num_layers),
+            ("params/decoder/block", "params/decoder/block_{i}", config.num_decoder_layers))
 
 
 def _has_own_lm_head(tensors: Mapping[str, np.ndarray]) -> bool:
@@ -398,9 +459,16 @@ def config_for_weights(config: T5Config, tensors: Mapping[str, np.ndarray]) -> T
 
 
 def to_hf(config: T5Config, variables: Mapping[str, Any], task: str | None = "text_to_text") -> dict[str, np.ndarray]:
-    """Flax variables -> HF tensors as transformers saves ``T5Model`` / ``T5ForConditionalGeneration``."""
+    """Flax variables -> HF tensors as transformers saves ``T5Model`` / ``T5ForConditionalGeneration``;
+    a scanned model's stacked blocks are written per block, under the same names."""
     _check_task(task)
-    return NAMES.to_hf(variables)
+    flat = flatten_paths(variables)
+    for stack in ("params/encoder", "params/decoder"):
+        if any(path.startswith(f"{stack}/block/") for path in flat):
+            flat = unstack_layers(flat, f"{stack}/block", f"{stack}/block_{{i}}")
+        if f"{stack}/relative_attention_bias/embedding" in flat:
+            flat[f"{stack}/block_0/{_OWN_BIAS}"] = flat.pop(f"{stack}/relative_attention_bias/embedding")
+    return NAMES.to_hf(unflatten_paths(flat))
 
 
 def build(config: T5Config, task: str | None = "text_to_text", num_labels: int | None = None,
@@ -441,4 +509,5 @@ FAMILY = ModelFamily(
     head_paths=(r"params/lm_head/.*",),
     example_inputs=example_inputs,
     config_for_weights=config_for_weights,
+    stacked_layers=stacked_layers,
 )

@@ -1,6 +1,12 @@
 """T5's building blocks in Flax linen: RMS layer norm, attention with relative position buckets,
 the (gated) feed-forward block, blocks and stacks, with the cached decoder pass that generation uses.
 The model, its config and checkpoint names are in :mod:`jaxtune.models.t5`.
+
+A stack runs its blocks unrolled (``block_0``, ``block_1``, ...; the first owns the relative
+position bias) or, with ``config.scan_layers``, as one scan over one tree ``block`` whose leaves
+have a leading layer axis (:func:`jaxtune.models.layer_scan.run_stacked`); the position bias is
+then the stack's own ``relative_attention_bias``, computed once outside the scan, and a scanned
+decoder's generation memory and cache hold every layer on axis 1 (the batch stays on axis 0).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxtune.models.attention import attention
 from jaxtune.models.dense import flat_dot_general
+from jaxtune.models.layer_scan import remat_layer, run_stacked, stacked_params_init
 
 if TYPE_CHECKING:
     from jaxtune.models.t5 import T5Config
@@ -28,7 +35,6 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": nn.silu,
     "swish": nn.silu,
 }
-
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
@@ -59,6 +65,27 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 
 def _normal(std: float) -> Callable:
     return nn.initializers.normal(stddev=std)
+
+
+def _bias_embedding(config: T5Config, dtype) -> nn.Embed:
+    """The relative position bias table: one learned scalar per (bucket, head)."""
+    return nn.Embed(config.relative_attention_num_buckets, config.num_heads, dtype=dtype, param_dtype=jnp.float32,
+                    embedding_init=_normal(config.initializer_factor * config.d_model ** -0.5))
+
+
+def relative_position_bias(table: nn.Module, config: T5Config, query_positions, key_positions,
+                           bidirectional: bool) -> jax.Array:
+    """Position bias ``(1, heads, queries, keys)`` from the bias ``table`` (an ``nn.Embed``) for
+    absolute positions of queries and keys.
+
+    Example::
+
+        bias = relative_position_bias(self.relative_attention_bias, config, jnp.arange(5), jnp.arange(5), True)
+    """
+    rel = key_positions[None, :] - query_positions[:, None]
+    buckets = relative_position_bucket(rel, bidirectional, config.relative_attention_num_buckets,
+                                       config.relative_attention_max_distance)
+    return jnp.transpose(table(buckets), (2, 0, 1))[None]
 
 
 def _dense(features: int, std: float, dtype, name: str) -> nn.Dense:
@@ -101,9 +128,7 @@ class T5Attention(nn.Module):
         self.v = dense(inner, c.d_model ** -0.5, "v")
         self.o = dense(c.d_model, inner ** -0.5, "o")
         if self.has_relative_attention_bias:
-            self.relative_attention_bias = nn.Embed(
-                c.relative_attention_num_buckets, c.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-                embedding_init=_normal(f * c.d_model ** -0.5))
+            self.relative_attention_bias = _bias_embedding(c, self.dtype)
 
     def _heads(self, x):
         return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.d_kv)
@@ -114,10 +139,8 @@ class T5Attention(nn.Module):
 
     def compute_bias(self, query_positions, key_positions, bidirectional: bool):
         """Position bias ``(1, heads, queries, keys)`` for absolute positions of queries and keys."""
-        rel = key_positions[None, :] - query_positions[:, None]
-        buckets = relative_position_bucket(rel, bidirectional, self.config.relative_attention_num_buckets,
-                                           self.config.relative_attention_max_distance)
-        return jnp.transpose(self.relative_attention_bias(buckets), (2, 0, 1))[None]
+        return relative_position_bias(self.relative_attention_bias, self.config, query_positions, key_positions,
+                                      bidirectional)
 
     def __call__(self, hidden_states, key, value, position_bias, mask, deterministic: bool = True):
         query = self._heads(self.q(hidden_states))
@@ -232,48 +255,132 @@ class T5Block(nn.Module):
         return self.layer[-1](hidden_states, deterministic), cache
 
 
+def _scan_step(block: T5Block, hidden_states, position_bias, mask, encoder_hidden_states, encoder_mask,
+               deterministic: bool):
+    """One block of a scanned stack's full-sequence pass (a decoder block projects its cross keys/values)."""
+    cross_kv = block.project_cross_kv(encoder_hidden_states) if block.is_decoder else None
+    return block(hidden_states, position_bias, mask, cross_kv, encoder_mask, None, None, deterministic)[0]
+
+
 class T5Stack(nn.Module):
-    """The encoder or decoder stack; takes embedded tokens, returns final-normed hidden states."""
+    """The encoder or decoder stack; takes embedded tokens, returns final-normed hidden states.
+
+    Unrolled, ``block_<i>`` (rematerialised with ``config.remat``); with ``config.scan_layers`` one
+    stacked ``block`` run by one scan and the stack's own ``relative_attention_bias``. ``frozen_layers``
+    (scanned only): the bottom k blocks run under ``stop_gradient`` in a scan of their own, so a step
+    computes no weight gradient for them.
+    """
 
     config: T5Config
     is_decoder: bool
     dtype: Any = jnp.float32
+    frozen_layers: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_decoder_layers if self.is_decoder else self.config.num_layers
 
     def setup(self):
-        n = self.config.num_decoder_layers if self.is_decoder else self.config.num_layers
-        self.block = [T5Block(self.config, self.is_decoder, i == 0, self.dtype) for i in range(n)]
-        self.final_layer_norm = T5LayerNorm(self.config.d_model, self.config.layer_norm_epsilon, self.dtype)
-        self.dropout = nn.Dropout(self.config.dropout_rate)
+        c = self.config
+        if c.scan_layers:
+            self.relative_attention_bias = _bias_embedding(c, self.dtype)
+            x = jnp.zeros((1, 1, c.d_model), self.dtype)
+            example = (x, jnp.zeros((1, c.num_heads, 1, 1), self.dtype), jnp.ones((1, 1, 1, 1), bool), x,
+                       jnp.ones((1, 1, 1, 1), bool))
+            self.block = self.param("block", stacked_params_init(self._scanned_block(), self.num_blocks, example,
+                                                                 method=_scan_step))
+        else:
+            block_cls = remat_layer(T5Block, c.remat, static_argnums=(8,))
+            self.block = [block_cls(c, self.is_decoder, i == 0, self.dtype) for i in range(self.num_blocks)]
+        self.final_layer_norm = T5LayerNorm(c.d_model, c.layer_norm_epsilon, self.dtype)
+        self.dropout = nn.Dropout(c.dropout_rate)
+
+    def _scanned_block(self) -> T5Block:
+        """The unbound block a scan applies to each layer's slice of the stacked ``block``."""
+        return T5Block(self.config, self.is_decoder, False, self.dtype, parent=None)
 
     def _position_bias(self, query_positions, key_positions):
+        bidirectional = not self.is_decoder
+        if self.config.scan_layers:
+            return relative_position_bias(self.relative_attention_bias, self.config, query_positions, key_positions,
+                                          bidirectional)
         attention = self.block[0].layer[0].SelfAttention
-        return attention.compute_bias(query_positions, key_positions, bidirectional=not self.is_decoder)
+        return attention.compute_bias(query_positions, key_positions, bidirectional=bidirectional)
 
     def __call__(self, embeddings, mask, encoder_hidden_states=None, encoder_mask=None, deterministic=True):
         """Full-sequence pass. ``mask``: bool, broadcastable to (batch, 1, length, length)."""
         positions = jnp.arange(embeddings.shape[1])
         bias = self._position_bias(positions, positions)
         hidden = self.dropout(embeddings, deterministic=deterministic)
-        for block in self.block:
-            cross_kv = block.project_cross_kv(encoder_hidden_states) if self.is_decoder else None
-            hidden, _ = block(hidden, bias, mask, cross_kv, encoder_mask, deterministic=deterministic)
+        if self.config.scan_layers:
+            block = self._scanned_block()
+
+            def step(params, hidden, _, rngs):
+                return block.apply({"params": params}, hidden, bias, mask, encoder_hidden_states, encoder_mask,
+                                   deterministic, rngs=rngs, method=_scan_step)
+
+            hidden = run_stacked(step, self.block, hidden, length=self.num_blocks,
+                                 dropout_key=None if deterministic else self.make_rng("dropout"),
+                                 remat=self.config.remat, frozen=self.frozen_layers, unroll=self.config.scan_unroll)
+        else:
+            for block in self.block:
+                cross_kv = block.project_cross_kv(encoder_hidden_states) if self.is_decoder else None
+                hidden, _ = block(hidden, bias, mask, cross_kv, encoder_mask, None, None, deterministic)
         return self.dropout(self.final_layer_norm(hidden), deterministic=deterministic)
 
     def init_memory(self, encoder_hidden_states, encoder_mask):
-        """Cross-attention keys/values of every decoder block, projected once."""
+        """Cross-attention keys/values of every decoder block, projected once: a list of (key, value)
+        per block, or (scanned) one (key, value) pair of ``(batch, layers, length, heads, d_kv)``."""
+        if self.config.scan_layers:
+            block = self._scanned_block()
+            project = lambda params: block.apply({"params": params}, encoder_hidden_states,
+                                                 method=T5Block.project_cross_kv)
+            return {"encoder_mask": encoder_mask, "cross": jax.vmap(project, out_axes=1)(self.block)}
         return {"encoder_mask": encoder_mask,
                 "cross": [block.project_cross_kv(encoder_hidden_states) for block in self.block]}
 
+    def init_cache(self, batch: int, max_length: int) -> Any:
+        """Empty self-attention keys/values for ``max_length`` positions: a list of ``{"key", "value"}``
+        of ``(batch, max_length, heads, d_kv)`` per block, or (scanned) one such dict of
+        ``(batch, layers, max_length, heads, d_kv)``."""
+        c = self.config
+        shape = (batch, max_length, c.num_heads, c.d_kv)
+        if c.scan_layers:
+            shape = (batch, self.num_blocks, *shape[1:])
+            return {"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+        return [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+                for _ in range(self.num_blocks)]
+
     def decode(self, embeddings, position, memory, cache):
         """Cached pass over ``embeddings`` placed at ``position``; returns (hidden, new cache)."""
-        max_length = cache[0]["key"].shape[1]
+        scanned = self.config.scan_layers
+        max_length = cache["key"].shape[2] if scanned else cache[0]["key"].shape[1]
         query_positions = position + jnp.arange(embeddings.shape[1])
         key_positions = jnp.arange(max_length)
         bias = self._position_bias(query_positions, key_positions)
         mask = (key_positions[None, :] <= query_positions[:, None])[None, None]
+        if scanned:
+            return self._scanned_decode(embeddings, position, bias, mask, memory, cache)
         hidden, new_cache = embeddings, []
         for block, cross_kv, layer_cache in zip(self.block, memory["cross"], cache):
-            hidden, layer_cache = block(hidden, bias, mask, cross_kv, memory["encoder_mask"], layer_cache, position)
+            hidden, layer_cache = block(hidden, bias, mask, cross_kv, memory["encoder_mask"], layer_cache, position,
+                                        True)
             new_cache.append(layer_cache)
         return self.final_layer_norm(hidden), new_cache
 
+    def _scanned_decode(self, embeddings, position, bias, mask, memory, cache):
+        """:meth:`decode` of a scanned decoder: layer ``i`` reads and writes index ``i`` of axis 1 of
+        the stacked cache and memory."""
+        block, cross = self._scanned_block(), memory["cross"]
+
+        def step(params, carry, i, _):
+            hidden, cache = carry
+            take = lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)
+            hidden, layer_cache = block.apply({"params": params}, hidden, bias, mask, tuple(map(take, cross)),
+                                              memory["encoder_mask"], jax.tree_util.tree_map(take, cache), position)
+            put = lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, i, axis=1)
+            return hidden, jax.tree_util.tree_map(put, cache, layer_cache)
+
+        hidden, cache = run_stacked(step, self.block, (embeddings, cache), length=self.num_blocks,
+                                    per_layer=jnp.arange(self.num_blocks), unroll=self.config.scan_unroll)
+        return self.final_layer_norm(hidden), cache
