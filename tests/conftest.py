@@ -29,21 +29,34 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A small random BERT (1 layer, hidden 16, hidden dropout 0.1) with the real all-MiniLM-L6-v2
-    tokenizer files, shared by the runner tests of members, seeds and sweeps (test_experiment and
-    test_multihost define their own, wider one)."""
+TINY_BERT = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+                 max_position_embeddings=64)
+
+
+def write_tiny_bert(directory, **config) -> str:
+    """Writes a random BERT (``BertConfig(**{**TINY_BERT, **config})``, initialised from key 0) with the
+    real all-MiniLM-L6-v2 tokenizer files into ``directory``; returns the directory as a string.
+
+    Example::
+
+        write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), hidden_size=32, max_position_embeddings=128)
+    """
     import jax
 
     import jaxtune as jt
     from jaxtune.models import bert
 
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=24, max_position_embeddings=64)
+    config = bert.BertConfig(**{**TINY_BERT, **config})
     model = bert.build(config, None)
     jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
     for name in TOKENIZER_FILES:
-        shutil.copy(jt.minilm_path() / name, directory / name)
+        shutil.copy(jt.minilm_path() / name, os.path.join(directory, name))
     return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A small random BERT (:data:`TINY_BERT`: 1 layer, hidden 16, hidden dropout 0.1) with the real
+    all-MiniLM-L6-v2 tokenizer files, shared by the runner tests of members, seeds and sweeps
+    (test_experiment defines its own, wider one; test_multihost writes a wider one with :func:`write_tiny_bert`)."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

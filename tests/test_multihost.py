@@ -2,7 +2,6 @@
 against 1 process x 4 devices, through the ``jaxtune finetune`` command, on a tiny BERT."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 
 import jaxtune as jt
+from conftest import write_tiny_bert
 from jaxtune.experiment import build
-from jaxtune.models import bert
 
 pytestmark = pytest.mark.xdist_group("multihost")  # its module fixture is expensive: one worker runs it once
 
@@ -29,7 +28,6 @@ needs_gloo = pytest.mark.skipif(not _gloo_available(), reason="the installed jax
                                                              "(make_gloo_tcp_collectives): no multi-process CPU runs")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 # One process of a test launch: runs `jaxtune finetune` on each config given (the first call joins
 # the run with the multi-process flags). JT_TEST_FAIL="PID:STEP:NAME:HOW" makes process PID, in run NAME,
@@ -86,14 +84,8 @@ sys.exit(status)
 def tiny_model_dir(tmp_path_factory):
     """A small random BERT with the real all-MiniLM-L6-v2 tokenizer (its 30522 x 32 word embeddings are
     the one array FSDP splits over the devices)."""
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    config = bert.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=37, max_position_embeddings=128)
-    model = bert.build(config, None)
-    jt.save_pretrained(model.init(jax.random.key(0), *bert.example_inputs(config, None)), config, directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy(jt.minilm_path() / name, directory / name)
-    return str(directory)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), hidden_size=32, intermediate_size=37,
+                           max_position_embeddings=128)
 
 
 def _config(model_dir, out, name, parallel, export=False):
