@@ -43,7 +43,7 @@ def old_export(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wnut(old_export):
-    cfg = jt.load_config(None, ["data.dataset=wnut_ner", "data.max_length=32", "data.train_limit=48",
+    cfg = jt.load_config(None, ["data.dataset=wnut_ner", "data.max_length=16", "data.train_limit=48",
                                 "data.eval_limit=16", "data.test_limit=16"])
     return prepare_data(cfg.data, old_export)
 
@@ -51,13 +51,13 @@ def wnut(old_export):
 def _config(model_dir, out, name, head_from, **rehearsal):
     return {
         "name": name, "output_dir": str(out), "model": {"path": model_dir},
-        "data": {"dataset": "wnut_ner", "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
+        "data": {"dataset": "wnut_ner", "max_length": 16, "batch_size": 8, "eval_batch_size": 32,
                  "train_limit": 48, "eval_limit": 16, "test_limit": 16},
         "optim": {"learning_rate": 1e-2, "schedule": "constant"},
         "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False},
         "early_stopping": {"enabled": False},
         "checkpoint": {"export_best_hf": True},
-        "rehearsal": {"data": {"dataset": "tweet_sentiment", "max_length": 32, "eval_batch_size": 32,
+        "rehearsal": {"data": {"dataset": "tweet_sentiment", "max_length": 16, "eval_batch_size": 32,
                                "train_limit": 40, "eval_limit": 16, "test_limit": 16},
                       "fraction": 0.2, "head_from": head_from, **rehearsal},
     }
