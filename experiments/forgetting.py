@@ -1,151 +1,441 @@
-"""How much of task A survives fine-tuning on task B, and what L2-SP, weight averaging and WiSE-FT keep.
+"""How much of task A survives fine-tuning on task B, and what each remedy keeps (issue #15, experiment 3).
 
-Sequential fine-tuning of all-MiniLM-L6-v2 on real data, through the experiment runner:
+all-MiniLM-L6-v2, A: tweet sentiment (``experiments/configs/tweets_minilm.yaml``, trained once, seed 0,
+best checkpoint exported), then B: WNUT-16 NER (``experiments/configs/wnut_ner_minilm.yaml``) from A's
+export, every B run with the same epochs and schedule (equal step budgets), one run per seed and method:
 
-1. **A**: tweet sentiment (3 classes), ``experiments/configs/tweets_minilm.yaml``; the best
-   checkpoint is exported (weights + tokenizer).
-2. **B**: WNUT-16 NER, ``experiments/configs/wnut_ner_minilm.yaml``, starting from A's export, four
-   ways:
-   * ``plain``   the config as it is;
-   * ``l2sp``    ``optim.l2_sp=S`` towards A's weights (the new token head exempt: ``l2_sp: 0``),
-     for each S of ``--l2-sp``;
-   * ``l2sp decoupled``  the same with ``optim.l2_sp_decoupled=true`` (``jt.anchor_decay``: pulled
-     towards A's weights after AdamW, as its weight decay), for each S of ``--l2-sp-decoupled``;
-   * ``ema``     ``optim.weight_average=ema`` (decay D): validation, test and export use the average;
-   * ``lora``    LoRA factors (rank R, alpha 2R) on every query/value kernel and the new head train,
-     the rest of the encoder stays frozen (``jt.lora``); exported merged;
-   * ``wise-ft`` no training: WiSE-FT, A's encoder interpolated with plain B's, ``α`` in 0.25/0.5/0.75
-     (B's head kept).
-3. For each B model: **A accuracy** (tweet test split, A's pooler + classifier on top of B's
-   encoder), **B entity F1** and loss (WNUT test split, B's head), and the encoder's drift from A
-   (``jt.param_drift``).
+* ``plain``           full fine-tuning; its learning rate is chosen from ``--learning-rates`` on B's
+  validation entity F1 (seed 0) and used by every method below except ``lora`` and the LP stage;
+* ``l2sp`` / ``l2sp_decoupled``  L2-SP towards A's weights (B's new head exempt), coupled (a loss term
+  through AdamW) or decoupled (``jt.anchor_decay``), strength chosen from ``--l2sp`` / ``--l2sp-decoupled``;
+* ``ema`` / ``uniform``  validation, test and export on the EMA (decay ``--ema-decay``) or on the uniform
+  average of the last half of the steps;
+* ``wiseft``          no training: A's encoder interpolated with plain B's, ``(1-α) θ_A + α θ_B`` for α in
+  ``--alphas``, scored with B's own head and with a head re-fitted on the interpolated encoder
+  (``--refit-steps`` Adam steps on the frozen token features of ``--refit-examples`` training sentences,
+  starting from B's head); α chosen per head on validation (mean over seeds);
+* ``lpft``            LP-FT: B's head trained alone on A's frozen encoder (``--lp-learning-rate``, 1 epoch),
+  then everything fine-tuned from there; the probe stage is reported too (``lp``);
+* ``lora``            LoRA (rank 8 on every query/value kernel) and B's head; learning rate from
+  ``--lora-learning-rates`` on B's validation F1 (seed 0);
+* ``rehearsal5`` / ``rehearsal20``  5% / 20% of the examples of every step are A's training tweets, trained
+  with A's head (``rehearsal:`` config section; A accuracy is that co-trained head's).
 
-B runs at ``--b-learning-rate`` 5e-4 for ``--b-epochs`` 4: at the config's 1e-4 for 3 epochs
-MiniLM's entity F1 on this small WNUT split stays near 0 (it starts finding entities after about 350
-steps at 5e-4).
+Every hyperparameter is chosen on VALIDATION only (seed 0; strengths by A validation accuracy + B
+validation entity F1); test numbers are read once per chosen setting. A accuracy: A's pooler and
+classifier on the B model's encoder, on the full tweet test split; B: entity F1 on the WNUT test split.
+Seeds (``--seeds``, ``train.seed`` of the B runs) vary B's head init, batch order and dropout.
 
-Results go to ``experiments/results/forgetting.md``. One seed; about 25 minutes on 2 CPU cores::
+Every (method, seed) result is cached as JSON under ``--cache`` (and every run under ``--work``), so an
+invocation runs only what is missing, then rewrites the whole results file (and its Pareto PNG) from
+every cached result of the requested seeds::
 
-    python experiments/forgetting.py
+    python experiments/forgetting.py                                   # everything, seeds 0, 1, 2
+    python experiments/forgetting.py --variants plain,rehearsal5 --seeds 0,1
+    python experiments/forgetting.py --quick --model TINY_BERT_DIR --work /tmp/w --cache /tmp/c --out /tmp/f.md
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import tempfile
-import time
+import shlex
+import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 import jaxtune as jt
 from jaxtune.experiment import build, epoch_batches, evaluate, finetune
+from jaxtune.models import bert
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-ENCODER = ("embeddings", "encoder")  # what task B changes under A's head (A's pooler is unused by B)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from protocol import interval_text, markdown_table, mean_std, paired_interval, pm  # noqa: E402
 
-
-def _run(config: str, name: str, out: str, overrides: list[str]) -> jt.experiment.RunResult:
-    return finetune(os.path.join(CONFIGS, config),
-                    [f"name={name}", f"output_dir={out}", "checkpoint.export_best_hf=true", "train.progress=false",
-                     *overrides])
-
-
-def _with_encoder(params: dict, encoder_from: dict) -> dict:
-    bert = dict(params["bert"], **{k: encoder_from["bert"][k] for k in ENCODER})
-    return dict(params, bert=bert)
-
-
-def _score(setup, params) -> dict[str, float]:
-    data = setup.data
-    batches = epoch_batches(data, data.test, setup.config.data.eval_batch_size, seed=None)
-    state = setup.initial_state.replace(params=params)
-    return evaluate(setup.task, setup.eval_step, state, batches, data.label_names)[0]
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "configs")
+VARIANTS = ("plain", "l2sp", "l2sp_decoupled", "ema", "uniform", "wiseft", "lpft", "lora", "rehearsal5", "rehearsal20")
+ENCODER = ("embeddings", "encoder")  # what B changes under A's head (A's pooler is unused by B)
+SELECTION_SEED = 0
+HEAD_EXEMPT = ('optim.rules=[{pattern: "classifier/.*", name: head, l2_sp: 0.0}, '
+               '{pattern: ".*/(bias|LayerNorm/scale)", name: no_decay, weight_decay: 0.0}, {pattern: ".*", name: decay}]')
+PROBE = 'optim.rules=[{pattern: "classifier/.*", name: head}, {pattern: ".*", name: frozen, frozen: true}]'
+LORA = ('optim.rules=[{pattern: ".*attention/self/(query|value)/kernel", name: lora, lora: {rank: 8}}, '
+        '{pattern: "classifier/.*", name: head}, {pattern: ".*", name: frozen, frozen: true}]')
+QUICK_A = ["data.train_limit=48", "data.eval_limit=16", "data.test_limit=24", "data.max_length=32",
+           "train.max_steps=3", "train.eval_every=3"]
+QUICK_B = ["data.train_limit=32", "data.eval_limit=16", "data.test_limit=16", "data.max_length=32",
+           "train.max_steps=3", "train.eval_every=3", "data.eval_batch_size=32"]
 
 
-def _load_params(export_dir: str, task: str) -> dict:
-    return jt.from_pretrained(export_dir, task=task)[1]["params"]
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--l2-sp", type=float, nargs="*", default=[0.1, 1.0], help="L2-SP strengths (one B run each)")
-    parser.add_argument("--l2-sp-decoupled", type=float, nargs="*", default=[],
-                        help="strengths of decoupled L2-SP (jt.anchor_decay; one B run each)")
-    parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA decay of the ema variant (0: no ema run)")
-    parser.add_argument("--lora-rank", type=int, default=8, help="rank of the lora variant (0: no lora run)")
-    parser.add_argument("--b-seed", type=int, default=0, help="train.seed of the B runs (head init, batch order, dropout)")
-    parser.add_argument("--b-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values of the B runs")
+    parser.add_argument("--learning-rates", default="2e-4,5e-4,1e-3", help="plain B's grid (B validation F1)")
+    parser.add_argument("--lora-learning-rates", default="5e-4,1e-3,2e-3")
+    parser.add_argument("--l2sp", default="0.01,0.1,1", help="coupled L2-SP strengths (validation A + B)")
+    parser.add_argument("--l2sp-decoupled", default="1,10,100", help="decoupled L2-SP strengths (validation A + B)")
+    parser.add_argument("--ema-decay", type=float, default=0.99)
+    parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
+    parser.add_argument("--refit-steps", type=int, default=300)
+    parser.add_argument("--refit-examples", type=int, default=1000, help="training sentences of the head re-fit")
+    parser.add_argument("--lp-learning-rate", type=float, default=5e-3)
     parser.add_argument("--b-epochs", type=float, default=4)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "forgetting.md"))
+    parser.add_argument("--model", default="minilm", help="A's starting checkpoint")
+    parser.add_argument("--quick", action="store_true", help="tiny data and 3-step runs: checks the pipeline only")
+    parser.add_argument("--work", default="runs/forgetting", help="run directories (checkpoints, exports)")
+    parser.add_argument("--cache", default=os.path.join(HERE, "results", "forgetting"), help="per-run result JSON")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "forgetting.md"))
     args = parser.parse_args(argv)
-    start = time.time()
-    work = tempfile.mkdtemp(prefix="jaxtune_forgetting_")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.command = shlex.join(["python", "experiments/forgetting.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
 
-    a = _run("tweets_minilm.yaml", "A_tweets", work, [])
-    a_export = a.paths["export"]
-    b_common = [f"model.path={a_export}", f"optim.learning_rate={args.b_learning_rate}", f"train.epochs={args.b_epochs}",
-                f"train.seed={args.b_seed}"]
-    head_exempt = ('optim.rules=[{pattern: "classifier/.*", name: head, l2_sp: 0.0}, '
-                   '{pattern: ".*/(bias|LayerNorm/scale)", name: no_decay, weight_decay: 0.0}, '
-                   '{pattern: ".*", name: decay}]')
-    variants = {"plain": []}
-    for strength in args.l2_sp:
-        variants[f"l2sp (S={strength:g})"] = [head_exempt, f"optim.l2_sp={strength}"]
-    for strength in args.l2_sp_decoupled:
-        variants[f"l2sp decoupled (S={strength:g})"] = [head_exempt, f"optim.l2_sp={strength}",
-                                                        "optim.l2_sp_decoupled=true"]
-    if args.ema_decay:
-        variants[f"ema (D={args.ema_decay:g})"] = ["optim.weight_average=ema", f"optim.weight_average_decay={args.ema_decay}"]
-    if args.lora_rank:
-        variants[f"lora (r={args.lora_rank} on q, v)"] = [
-            'optim.rules=[{pattern: ".*attention/self/(query|value)/kernel", name: lora, '
-            f'lora: {{rank: {args.lora_rank}}}}}, {{pattern: "classifier/.*", name: head}}, '
-            '{pattern: ".*", name: frozen, frozen: true}]']
-    b_runs = {name: _run("wnut_ner_minilm.yaml", f"B_{i}", work, b_common + overrides)
-              for i, (name, overrides) in enumerate(variants.items())}
 
-    a_setup = build(os.path.join(a.paths["run_dir"], "config.yaml"), [f"model.path={a_export}"])
-    b_setup = build(os.path.join(b_runs["plain"].paths["run_dir"], "config.yaml"))
-    a_params = a_setup.initial_state.params           # A's best weights, as exported
-    a_encoder = {"bert": {k: a_params["bert"][k] for k in ENCODER}}
-    labels = jax.tree.map(lambda _: "encoder", a_encoder)
+class Experiment:
+    """A's run and evaluation setup, the B runs' common overrides, and the result cache."""
 
-    rows = [("A only (before B)", _score(a_setup, a_params)["accuracy"], None, None, 0.0)]
-    b_params = {name: _load_params(run.paths["export"], "token_classification") for name, run in b_runs.items()}
-    for name, params in b_params.items():
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.a = self._finetune("tweets_minilm.yaml", "A_tweets", [f"model.path={args.model}",
+                                                                     *(QUICK_A if args.quick else [])])
+        self.a_export = self.a.paths["export"]
+        test_limit = [] if args.quick else ["data.test_limit=null"]    # A on the full tweet test split
+        self.a_setup = build(os.path.join(self.a.paths["run_dir"], "config.yaml"),
+                             [f"model.path={self.a_export}", *test_limit])
+        self.a_params = self.a_setup.initial_state.params
+        self.a_encoder = {"bert": {k: self.a_params["bert"][k] for k in ENCODER}}
+        self.b_common = [f"model.path={self.a_export}", f"train.epochs={args.b_epochs}",
+                         *(QUICK_B if args.quick else [])]
+        self._b_setup = None
+
+    def _finetune(self, config: str, name: str, overrides: list[str]):
+        return finetune(os.path.join(CONFIGS, config),
+                        [f"name={name}", f"output_dir={self.args.work}", "checkpoint.export_best_hf=true",
+                         "train.progress=false", *overrides])
+
+    def cached(self, key: str, compute) -> dict:
+        """The JSON record ``key`` from the cache, computed (and stored) when missing."""
+        path = os.path.join(self.args.cache, f"{key}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        record = compute()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True, default=float)
+        return record
+
+    def b_run(self, tag: str, seed: int, overrides: list[str], config: str = "wnut_ner_minilm.yaml"):
+        return self._finetune(config, f"B_{tag}_s{seed}", [*self.b_common, f"train.seed={seed}", *overrides])
+
+    @property
+    def b_setup(self):
+        if self._b_setup is None:
+            self._b_setup = build(os.path.join(CONFIGS, "wnut_ner_minilm.yaml"), self.b_common)
+        return self._b_setup
+
+    def a_scores(self, encoder_params: dict) -> dict:
+        """A accuracy (validation and test) with A's pooler and classifier on ``encoder_params``' encoder."""
+        params = with_encoder(self.a_params, encoder_params)
+        return {"a_val": score(self.a_setup, params, "validation")["accuracy"],
+                "a_test": score(self.a_setup, params, "test")["accuracy"]}
+
+    def drift(self, params: dict) -> float:
         encoder = {"bert": {k: params["bert"][k] for k in ENCODER}}
-        b_test = b_runs[name].test_metrics
-        rows.append((f"B {name}", _score(a_setup, _with_encoder(a_params, params))["accuracy"],
-                     b_test["entity_f1"], b_test["loss"], jt.param_drift(encoder, a_encoder, labels)["encoder"]))
-    plain_b = b_params["plain"]
-    plain_encoder = {"bert": {k: plain_b["bert"][k] for k in ENCODER}}
-    for alpha in (0.25, 0.5, 0.75):
-        mixed = jt.interpolate_params(a_encoder, plain_encoder, alpha)
-        b_test = _score(b_setup, _with_encoder(plain_b, mixed))
-        rows.append((f"B wise-ft (α={alpha:g}, from plain)", _score(a_setup, _with_encoder(a_params, mixed))["accuracy"],
-                     b_test["entity_f1"], b_test["loss"], jt.param_drift(mixed, a_encoder, labels)["encoder"]))
+        return jt.param_drift(encoder, self.a_encoder, jax.tree.map(lambda _: "encoder", self.a_encoder))["encoder"]
 
+    def record(self, result, rehearsal: bool = False) -> dict:
+        """A trained B run's numbers: A and B accuracy on validation and test, encoder drift, steps."""
+        params = jt.from_pretrained(result.paths["export"], task="token_classification")[1]["params"]
+        if rehearsal:   # A's head trained beside B: the runner scored it
+            a = {"a_val": result.validation_metrics["val_old_accuracy"], "a_test": result.test_metrics["old_accuracy"]}
+        else:
+            a = self.a_scores(params)
+        return {**a, "b_val": result.validation_metrics["val_entity_f1"], "b_test": result.test_metrics["entity_f1"],
+                "drift": self.drift(params), "steps": result.steps, "run": result.paths["run_dir"]}
+
+
+def with_encoder(params: dict, encoder_from: dict) -> dict:
+    return dict(params, bert=dict(params["bert"], **{k: encoder_from["bert"][k] for k in ENCODER}))
+
+
+def score(setup, params: dict, split: str) -> dict:
+    data = setup.data
+    examples = data.validation if split == "validation" else data.test
+    batches = epoch_batches(data, examples, setup.config.data.eval_batch_size, seed=None)
+    return evaluate(setup.task, setup.eval_step, setup.initial_state.replace(params=params), batches,
+                    data.label_names)[0]
+
+
+def select(exp: Experiment, name: str, candidates: dict[str, list[str]], objective: str, rehearsal=False) -> str:
+    """Runs every candidate at the selection seed (cached) and returns the label with the best validation
+    ``objective`` (``"b"``: B entity F1; ``"a+b"``: A accuracy + B entity F1)."""
+    def value(label: str) -> float:
+        r = exp.cached(f"{name}/{label}/seed{SELECTION_SEED}",
+                       lambda: exp.record(exp.b_run(f"{name}_{label}", SELECTION_SEED, candidates[label]), rehearsal))
+        return r["b_val"] + (r["a_val"] if objective == "a+b" else 0.0)
+
+    scores = {label: value(label) for label in candidates}
+    chosen = max(scores, key=lambda label: scores[label])
+    exp.cached(f"{name}/selection", lambda: {"objective": objective, "scores": scores, "chosen": chosen})
+    return chosen
+
+
+def trained_variant(exp: Experiment, name: str, candidates: dict[str, list[str]], objective: str,
+                    rehearsal: bool = False) -> None:
+    label = select(exp, name, candidates, objective, rehearsal) if len(candidates) > 1 else next(iter(candidates))
+    for seed in exp.args.seeds:
+        exp.cached(f"{name}/{label}/seed{seed}",
+                   lambda: exp.record(exp.b_run(f"{name}_{label}", seed, candidates[label]), rehearsal))
+
+
+def plain_lr(exp: Experiment) -> str:
+    grid = {f"lr{lr:g}": [f"optim.learning_rate={lr}"] for lr in _floats(exp.args.learning_rates)}
+    return select(exp, "plain", grid, "b") if len(grid) > 1 else next(iter(grid))
+
+
+def token_features(setup, params: dict, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder outputs and tags of the labelled tokens of the first ``limit`` training sentences."""
+    backbone = bert.BertBackbone(setup.model.config, add_pooling_layer=False)
+    apply = jax.jit(lambda p, b: backbone.apply({"params": p}, b["input_ids"], b["attention_mask"],
+                                                b.get("token_type_ids"), True)[0])
+    feats, tags = [], []
+    for batch in epoch_batches(setup.data, setup.data.train[:limit], setup.config.data.eval_batch_size, seed=None):
+        hidden = np.asarray(apply(params["bert"], {k: v for k, v in batch.items() if k != "example_mask"}))
+        keep = (batch["labels"] != -100) & batch["example_mask"][:, None]
+        feats.append(hidden[keep])
+        tags.append(batch["labels"][keep])
+    return np.concatenate(feats), np.concatenate(tags)
+
+
+def refit_head(head: dict, feats: np.ndarray, tags: np.ndarray, steps: int, seed: int) -> dict:
+    """B's token head re-fitted on frozen features: ``steps`` Adam steps (lr 1e-3) on batches of 512 tokens."""
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def step(head, opt_state, x, y):
+        loss = lambda h: optax.softmax_cross_entropy_with_integer_labels(x @ h["kernel"] + h["bias"], y).mean()
+        updates, opt_state = tx.update(jax.grad(loss)(head), opt_state)
+        return optax.apply_updates(head, updates), opt_state
+
+    head = jax.tree.map(jnp.asarray, head)
+    opt_state, rng = tx.init(head), np.random.default_rng(seed)
+    for _ in range(steps):
+        rows = rng.integers(0, len(tags), min(512, len(tags)))
+        head, opt_state = step(head, opt_state, feats[rows], tags[rows])
+    return jax.device_get(head)
+
+
+def wiseft_seed(exp: Experiment, plain_record: dict) -> dict:
+    """WiSE-FT of one plain B run: per α, A accuracy and B entity F1 with B's head and with a re-fitted one."""
+    b_params = jt.from_pretrained(os.path.join(plain_record["run"], "best_hf"), task="token_classification")[1]["params"]
+    b_encoder = {"bert": {k: b_params["bert"][k] for k in ENCODER}}
+    points = []
+    for alpha in _floats(exp.args.alphas):
+        mixed = with_encoder(b_params, jt.interpolate_params(exp.a_encoder, b_encoder, alpha))
+        feats, tags = token_features(exp.b_setup, mixed, exp.args.refit_examples)
+        refit = dict(mixed, classifier=refit_head(b_params["classifier"], feats, tags, exp.args.refit_steps, 0))
+        own_val, own_test = (score(exp.b_setup, mixed, s)["entity_f1"] for s in ("validation", "test"))
+        refit_val, refit_test = (score(exp.b_setup, refit, s)["entity_f1"] for s in ("validation", "test"))
+        points.append({"alpha": alpha, **exp.a_scores(mixed), "own_b_val": own_val, "own_b_test": own_test,
+                       "refit_b_val": refit_val, "refit_b_test": refit_test, "drift": exp.drift(mixed)})
+    return {"points": points}
+
+
+def run_variant(exp: Experiment, name: str, lr: str) -> None:
+    args, lr_override = exp.args, [f"optim.learning_rate={lr[2:]}"]
+    if name == "plain":
+        trained_variant(exp, "plain", {lr: lr_override}, "b")
+    elif name in ("l2sp", "l2sp_decoupled"):
+        extra = ["optim.l2_sp_decoupled=true"] if name == "l2sp_decoupled" else []
+        grid = {f"S{s:g}": [*lr_override, HEAD_EXEMPT, f"optim.l2_sp={s}", *extra]
+                for s in _floats(args.l2sp if name == "l2sp" else args.l2sp_decoupled)}
+        trained_variant(exp, name, grid, "a+b")
+    elif name == "ema":
+        trained_variant(exp, name, {f"D{args.ema_decay:g}": [*lr_override, "optim.weight_average=ema",
+                                                              f"optim.weight_average_decay={args.ema_decay}"]}, "a+b")
+    elif name == "uniform":
+        trained_variant(exp, name, {"last_half": [*lr_override, "optim.weight_average=uniform",
+                                                  "optim.weight_average_start=0.5"]}, "a+b")
+    elif name == "lora":
+        grid = {f"lr{x:g}": [f"optim.learning_rate={x}", LORA] for x in _floats(args.lora_learning_rates)}
+        trained_variant(exp, name, grid, "b")
+    elif name == "lpft":
+        for seed in args.seeds:
+            probe = exp.cached(f"lp/lr{args.lp_learning_rate:g}/seed{seed}", lambda: exp.record(exp.b_run(
+                "lp", seed, [f"optim.learning_rate={args.lp_learning_rate}", "train.epochs=1", PROBE])))
+            exp.cached(f"lpft/{lr}/seed{seed}", lambda: exp.record(exp.b_run(
+                "lpft", seed, [*lr_override, f"model.path={os.path.join(probe['run'], 'best_hf')}"])))
+    elif name.startswith("rehearsal"):
+        fraction = int(name[len("rehearsal"):]) / 100
+        a_data = jt.load_config(os.path.join(exp.a.paths["run_dir"], "config.yaml")).data
+        old = {**vars(a_data), "test_limit": a_data.test_limit if args.quick else None}
+        trained_variant(exp, name, {f"f{fraction:g}": [
+            *lr_override, f"rehearsal.fraction={fraction}", f"rehearsal.head_from={exp.a_export}",
+            *(f"rehearsal.data.{k}={json.dumps(v)}" for k, v in old.items())]}, "a+b", rehearsal=True)
+    elif name == "wiseft":
+        run_variant(exp, "plain", lr)
+        for seed in args.seeds:
+            plain = _load(os.path.join(args.cache, "plain", lr, f"seed{seed}.json"))
+            exp.cached(f"wiseft/seed{seed}", lambda: wiseft_seed(exp, plain))
+
+
+def _chosen(cache: str, name: str) -> str | None:
+    path = os.path.join(cache, name, "selection.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["chosen"]
+    folder = os.path.join(cache, name)
+    labels = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) if os.path.isdir(folder) else []
+    return labels[0] if len(labels) == 1 else None
+
+
+def _load(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+LABELS = {"plain": "plain", "l2sp": "L2-SP coupled", "l2sp_decoupled": "L2-SP decoupled", "ema": "EMA",
+          "uniform": "uniform average", "lp": "linear probe (LP stage)", "lpft": "LP-FT", "lora": "LoRA",
+          "rehearsal5": "rehearsal 5%", "rehearsal20": "rehearsal 20%"}
+
+
+def method_rows(cache: str, seeds: list[int]) -> dict[str, dict]:
+    """Every cached method: ``{label: {"setting", "seeds": {seed: record}}}`` (WiSE-FT at the α chosen on
+    validation, per head)."""
+    rows = {}
+    for name in ("plain", "l2sp", "l2sp_decoupled", "ema", "uniform", "lp", "lpft", "lora", "rehearsal5",
+                 "rehearsal20"):
+        chosen = _chosen(cache, name)
+        if chosen is None:
+            continue
+        records = {s: _load(os.path.join(cache, name, chosen, f"seed{s}.json")) for s in seeds}
+        records = {s: r for s, r in records.items() if r is not None}
+        if records:
+            rows[LABELS[name]] = {"setting": chosen, "seeds": records}
+    curves = wiseft_curves(cache, seeds)
+    for head in ("own", "refit"):
+        if curves:
+            best = max(curves, key=lambda a: np.mean([p["a_val"] + p[f"{head}_b_val"] for p in curves[a].values()]))
+            rows[f"WiSE-FT, {'B' if head == 'own' else 're-fitted'} head"] = {"setting": f"α={best:g}", "seeds": {
+                s: {"a_test": p["a_test"], "b_test": p[f"{head}_b_test"], "drift": p["drift"]}
+                for s, p in curves[best].items()}}
+    return rows
+
+
+def wiseft_curves(cache: str, seeds: list[int]) -> dict[float, dict[int, dict]]:
+    """``{alpha: {seed: point}}`` of the cached WiSE-FT seeds."""
+    curves: dict[float, dict[int, dict]] = {}
+    for s in seeds:
+        record = _load(os.path.join(cache, "wiseft", f"seed{s}.json"))
+        for point in (record or {}).get("points", []):
+            curves.setdefault(point["alpha"], {})[s] = point
+    return curves
+
+
+def write_results(exp: Experiment) -> None:
+    args, seeds = exp.args, exp.args.seeds
+    rows, curves = method_rows(args.cache, seeds), wiseft_curves(args.cache, seeds)
+    before = exp.cached("A/before", lambda: exp.a_scores(exp.a_params))
     lines = ["# Catastrophic forgetting: tweets (A) then WNUT-16 NER (B), all-MiniLM-L6-v2", "",
-             f"Written by `python experiments/forgetting.py` on {time.strftime('%Y-%m-%d')} "
-             f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}); "
-             f"{(time.time() - start) / 60:.1f} min. One seed: B runs with train.seed {args.b_seed}.", "",
-             f"A: {a.steps} steps, test accuracy {a.test_metrics['accuracy']:.4f}. "
-             f"B: from A's export, lr {args.b_learning_rate:g}, {args.b_epochs:g} epochs, best validation entity F1 "
-             "checkpoint. "
-             "A accuracy after B: A's pooler and classifier on B's encoder, tweet test split "
-             f"({len(a_setup.data.test)} tweets). Drift: ||encoder - A's encoder|| / ||A's encoder||.", "",
-             "| model | A accuracy (tweets) | B entity F1 (WNUT) | B loss | encoder drift from A |",
-             "|---|---|---|---|---|"]
-    cell = lambda x: "-" if x is None else f"{x:.4f}"
-    for name, acc, f1, loss, drift in rows:
-        lines.append(f"| {name} | {acc:.4f} | {cell(f1)} | {cell(loss)} | {drift:.4f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+             f"Written by `{args.command}` ({platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}) "
+             f"from the cached results in `{os.path.relpath(args.cache, HERE)}`. Seeds {', '.join(map(str, seeds))} "
+             "(`train.seed` of the B runs: head init, batch order, dropout); A trained once (seed 0).", "",
+             f"A before B: test accuracy {before['a_test']:.4f} on {len(exp.a_setup.data.test)} tweets (the whole "
+             f"test split{' of --quick' if args.quick else ''}). B: from A's export, {args.b_epochs:g} epochs for "
+             "every method (equal step budgets); B's best-validation-F1 checkpoint. Hyperparameters chosen on "
+             f"validation only (seed {SELECTION_SEED}; see the last table): plain's learning rate "
+             f"({rows.get('plain', {}).get('setting', 'not run')}, by B validation F1) for every method but LoRA "
+             f"(its own grid) and the LP stage ({args.lp_learning_rate:g}, 1 epoch); strengths by A validation "
+             "accuracy + B validation F1; WiSE-FT's α by the same sum, averaged over seeds. Rehearsal's A accuracy "
+             "is that of A's head trained beside B; every other method's is A's own head on the B encoder.", "",
+             "## Methods (test, mean ± sample std over seeds)", ""]
+    table = [[label, row["setting"], pm([r["a_test"] for r in row["seeds"].values()]),
+              pm([r["b_test"] for r in row["seeds"].values()]), pm([r["drift"] for r in row["seeds"].values()]),
+              ", ".join(map(str, sorted(row["seeds"])))] for label, row in rows.items()]
+    lines += markdown_table(["method", "setting", "A accuracy", "B entity F1", "encoder drift", "seeds"], table)
+    if "plain" in rows:
+        lines += ["", "## Paired differences against plain (same seeds; mean and 95% t-interval)", ""]
+        plain = rows["plain"]["seeds"]
+        diffs = []
+        for label, row in rows.items():
+            common = sorted(set(row["seeds"]) & set(plain))
+            if label == "plain" or not common:
+                continue
+            diffs.append([label, ", ".join(map(str, common)),
+                          interval_text(paired_interval([row["seeds"][s]["a_test"] for s in common],
+                                                        [plain[s]["a_test"] for s in common])),
+                          interval_text(paired_interval([row["seeds"][s]["b_test"] for s in common],
+                                                        [plain[s]["b_test"] for s in common]))])
+        lines += markdown_table(["method", "seeds", "Δ A accuracy", "Δ B entity F1"], diffs)
+    if curves:
+        lines += ["", "## WiSE-FT: A's encoder interpolated with plain B's (test, mean ± std over seeds)", ""]
+        lines += markdown_table(["α", "A accuracy", "B F1, B's head", "B F1, re-fitted head"], [
+            [f"{a:g}", pm([p["a_test"] for p in c.values()]), pm([p["own_b_test"] for p in c.values()]),
+             pm([p["refit_b_test"] for p in c.values()])] for a, c in sorted(curves.items())])
+    lines += ["", "## Selection on validation (seed 0)", ""]
+    selections = []
+    for name in sorted(os.listdir(args.cache)) if os.path.isdir(args.cache) else []:
+        sel = _load(os.path.join(args.cache, name, "selection.json"))
+        if sel:
+            selections += [[name, label, f"{v:.4f}", sel["objective"], "yes" if label == sel["chosen"] else ""]
+                           for label, v in sel["scores"].items()]
+    lines += markdown_table(["method", "candidate", "validation objective", "objective", "chosen"], selections)
+    png = os.path.splitext(args.out)[0] + ".png"
+    pareto_plot(rows, curves, before["a_test"], png)
+    lines += ["", f"![A accuracy against B entity F1]({os.path.basename(png)})"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def pareto_plot(rows: dict, curves: dict, a_before: float, path: str) -> None:
+    """A accuracy against B entity F1: one point per method (mean ± std error bars), WiSE-FT curves."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for label, row in rows.items():
+        (bx, bs), (ay, as_) = (mean_std([r[k] for r in row["seeds"].values()]) for k in ("b_test", "a_test"))
+        ax.errorbar(bx, ay, xerr=np.nan_to_num(bs), yerr=np.nan_to_num(as_), fmt="o", capsize=3, label=label)
+    for head, style in (("own", ":"), ("refit", "--")):
+        if curves:
+            xs = [np.mean([p[f"{head}_b_test"] for p in c.values()]) for _, c in sorted(curves.items())]
+            ys = [np.mean([p["a_test"] for p in c.values()]) for _, c in sorted(curves.items())]
+            ax.plot(xs, ys, style, color="grey", label=f"WiSE-FT α curve ({'B' if head == 'own' else 're-fitted'} head)")
+    ax.axhline(a_before, color="black", linewidth=0.8, label="A before B")
+    ax.set_xlabel("B: WNUT-16 entity F1 (test)")
+    ax.set_ylabel("A: tweet accuracy (test)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    exp = Experiment(args)
+    lr = plain_lr(exp) if set(args.variants) - {"lora"} else None
+    for name in args.variants:
+        run_variant(exp, name, lr)
+    write_results(exp)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from jaxtune.config import (
     ExperimentConfig,
     ModelConfig,
     OptimConfig,
+    RehearsalConfig,
     RuleConfig,
     TrainConfig,
     load_config,

@@ -25,7 +25,7 @@ from jaxtune.config_checks import (FLOAT_DTYPES, PARALLEL, SCHEDULES, TRUNCATION
                                    validate_config)
 from jaxtune.config_sections import (EXPORT_FORMATS, MODEL_INITS, CheckpointConfig, ConfigError, DataConfig,
                                      EarlyStoppingConfig, ExperimentConfig, LoraConfig, ModelConfig, OptimConfig,
-                                     RuleConfig, TrainConfig)
+                                     RehearsalConfig, RuleConfig, TrainConfig)
 
 
 RESUMABLE_KEYS: dict[str, str] = {
@@ -46,6 +46,10 @@ RESUMABLE_KEYS: dict[str, str] = {
 """The config keys that may change when a run resumes: they do not change what the steps compute, so
 they are left out of the run's fingerprint (:func:`jaxtune.run_fingerprint`). Every other key defines
 the run: model, data, rules, optimizer, schedule, seeds, evaluation and early stopping."""
+
+OPTIONAL_SECTIONS = ("rehearsal",)
+"""Sections that may be null. A null one is left out of the run's fingerprint, so runs from before the
+section existed keep their fingerprints (and resume)."""
 
 LENGTH_KEYS = ("train.max_steps", "train.epochs")
 """Keys of :data:`RESUMABLE_KEYS` that set the run's length. They may change on resume only when
@@ -77,6 +81,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        sections = [a for a in options if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # a mapping fills the one section type
+            return _convert(value, sections[0], where)
         if len(options) == 1:
             return _convert(value, options[0], where)
         for option in options:
@@ -188,7 +195,9 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         node = data
         *parents, leaf = key.strip().split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # an absent or null optional section (e.g. rehearsal) starts empty
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node[leaf] = value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from jaxtune.config_sections import EXPORT_FORMATS, ConfigError, ExperimentConfig, OptimConfig
+from jaxtune.config_sections import EXPORT_FORMATS, ConfigError, DataConfig, ExperimentConfig, OptimConfig
 from jaxtune.errors import check_choice, check_number
 
 
@@ -130,6 +130,41 @@ def _check_unfreezing(optim: OptimConfig) -> None:
                                                                                      counts.items()))
 
 
+def _check_data(section: str, data: DataConfig) -> None:
+    """A data section (``data``, or the old task's ``rehearsal.data``), errors naming ``section.key``."""
+    _check_limits(section, data, ["max_length", "image_size", "batch_size", "eval_batch_size",
+                                  "train_limit", "eval_limit", "test_limit"], low=1)
+    _check_limits(section, data, ["seed"], low=0)
+    check_choice(f"{section}.truncation", data.truncation, TRUNCATIONS, error=ConfigError)
+    _check_limits(section, data, ["doc_stride"], low=1)
+    if data.dataset == "squad" and data.doc_stride >= data.max_length:
+        raise ConfigError(f"{section}.doc_stride={data.doc_stride} must be below {section}.max_length={data.max_length}: "
+                          "consecutive QA windows share doc_stride context tokens (e.g. max_length 256, doc_stride 64)")
+
+
+def _check_rehearsal(cfg: ExperimentConfig) -> None:
+    """The ``rehearsal`` section: a share in (0, 1), the old head's checkpoint, the old data (a section,
+    or a config file whose data section is checked as it loads); neither LoRA nor data parallelism."""
+    rehearsal = cfg.rehearsal
+    check_number("rehearsal.fraction", rehearsal.fraction, low=0.0, high=1.0, low_open=True, high_open=True,
+                 error=ConfigError)
+    if not rehearsal.head_from.strip():
+        raise ConfigError("rehearsal.head_from is empty; give the old task's export, whose head rehearsal trains "
+                          "(RUN_DIR/best_hf of a run with checkpoint.export_best_hf: true)")
+    if isinstance(rehearsal.data, str):
+        if not os.path.isfile(rehearsal.data):
+            raise ConfigError(f"rehearsal.data {rehearsal.data!r} is not a config file; give the old run's config "
+                              "(e.g. runs/A/config.yaml) or a data section {dataset: tweet_sentiment, ...}")
+    else:
+        _check_data("rehearsal.data", rehearsal.data)
+    if any(r.lora is not None for r in cfg.optim.rules or ()):
+        raise ConfigError("rehearsal with LoRA rules is not supported: the old task's head would train beside "
+                          "LoRA factors of a frozen network; drop the lora rules or the rehearsal section")
+    if cfg.train.parallel is not None:
+        raise ConfigError(f"rehearsal with train.parallel={cfg.train.parallel!r} is not supported; set "
+                          "train.parallel to null (one device)")
+
+
 def validate_config(cfg: ExperimentConfig) -> None:
     """Checks every value of an experiment config, raising :class:`ConfigError` naming the key.
 
@@ -156,14 +191,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_choice("model.dtype", cfg.model.dtype, FLOAT_DTYPES, error=ConfigError)
     check_choice("model.scan_layers", cfg.model.scan_layers, (False, True), error=ConfigError)
     check_choice("model.remat", cfg.model.remat, tuple(REMAT_POLICIES), error=ConfigError)
-    _check_limits("data", cfg.data, ["max_length", "image_size", "batch_size", "eval_batch_size",
-                                     "train_limit", "eval_limit", "test_limit"], low=1)
-    _check_limits("data", cfg.data, ["seed"], low=0)
-    check_choice("data.truncation", cfg.data.truncation, TRUNCATIONS, error=ConfigError)
-    _check_limits("data", cfg.data, ["doc_stride"], low=1)
-    if cfg.data.dataset == "squad" and cfg.data.doc_stride >= cfg.data.max_length:
-        raise ConfigError(f"data.doc_stride={cfg.data.doc_stride} must be below data.max_length={cfg.data.max_length}: "
-                          "consecutive QA windows share doc_stride context tokens (e.g. max_length 256, doc_stride 64)")
+    _check_data("data", cfg.data)
     _check_optim(cfg.optim)
     check_number("train.epochs", cfg.train.epochs, low=0.0, low_open=True, error=ConfigError)
     _check_limits("train", cfg.train, ["max_steps", "eval_every", "log_every", "accumulate"], low=1)
@@ -183,6 +211,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     check_number("early_stopping.min_delta", stopping.min_delta, low=0.0, error=ConfigError)
     _check_limits("checkpoint", cfg.checkpoint, ["keep_best", "keep_latest"], low=1)
     check_choice("checkpoint.export_format", cfg.checkpoint.export_format, EXPORT_FORMATS, error=ConfigError)
+    if cfg.rehearsal is not None:
+        _check_rehearsal(cfg)
     if cfg.checkpoint.export_format == "peft" and not any(r.lora is not None for r in cfg.optim.rules or ()):
         raise ConfigError("checkpoint.export_format is 'peft' but no rule of optim.rules has lora; a PEFT adapter "
                           "holds LoRA factors: add e.g. {pattern: '.*/(query|value)/kernel', lora: {rank: 8}}, "

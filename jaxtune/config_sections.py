@@ -1,6 +1,6 @@
 """The sections of an experiment config as dataclasses (``model``, ``data``, ``optim``, ``train``,
-``early_stopping``, ``checkpoint``) and :class:`ExperimentConfig` holding them; each field's meaning is
-in its section's docstring. Their file form and checks are in :mod:`jaxtune.config`.
+``early_stopping``, ``checkpoint``, the optional ``rehearsal``) and :class:`ExperimentConfig` holding
+them; each field's meaning is in its section's docstring. Their file form and checks are in :mod:`jaxtune.config`.
 
 Example::
 
@@ -216,6 +216,23 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class RehearsalConfig:
+    """Rehearsal of an old task while training the new one (:mod:`jaxtune.run_rehearsal`). ``data``: the
+    old task's data section (``dataset``, limits, ...), or the path of the old run's config file, whose
+    ``data`` section is taken. ``fraction``: the share of old examples among those trained on, in (0, 1).
+    ``head_from``: the old task's export (``RUN_DIR/best_hf``), whose head trains on the old examples.
+
+    Example (``rehearsal: {data: runs/A/config.yaml, fraction: 0.05, head_from: runs/A/best_hf}``)::
+
+        jt.RehearsalConfig(data=jt.DataConfig(dataset="tweet_sentiment"), fraction=0.2, head_from="runs/A/best_hf")
+    """
+
+    data: DataConfig | str = dataclasses.field(default_factory=DataConfig)
+    fraction: float = 0.05
+    head_from: str = ""
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """One run: its ``name`` (the run directory is ``output_dir/name``) and one section per concern.
 
@@ -234,3 +251,4 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    rehearsal: RehearsalConfig | None = None

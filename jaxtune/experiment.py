@@ -47,6 +47,7 @@ from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, f
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
 from jaxtune.run_model import build_rules, load_model, with_adapters, with_frozen_bn
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
+from jaxtune.run_rehearsal import OLD_HEAD, old_scores, with_rehearsal, without_old_head
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
 from jaxtune.seeds import epoch_seed, seed_stream
 from jaxtune.sharding import place_global_batch, process_rows, shard_batch, shard_train_state
@@ -163,17 +164,19 @@ class Setup:
     run_dir: str
     trainable_params: int
     mesh: Any = None
+    rehearsal: Any = None   # the old task of a rehearsing run (jaxtune.run_rehearsal.OldTask)
 
     def place(self, batch: dict) -> dict:
         """``batch`` (held whole by every process) on the run's mesh; itself when there is none."""
         return batch if self.mesh is None else place_global_batch(batch, self.mesh)
 
-    def train_batch(self, chunk: np.ndarray) -> dict:
-        """The training batch of examples ``chunk`` (an entry of :func:`epoch_plan`) on the run's mesh:
-        each process builds only the rows of its own devices."""
+    def train_batch(self, chunk: np.ndarray, step: int = 0) -> dict:
+        """The training batch of examples ``chunk`` (an entry of :func:`epoch_plan`) at ``step`` on the run's
+        mesh: each process builds only the rows of its own devices. A rehearsing run adds the step's old rows."""
         size = self.config.data.batch_size
         if self.mesh is None:
-            return batch_rows(self.data, self.data.train, chunk, size)
+            batch = batch_rows(self.data, self.data.train, chunk, size)
+            return batch if self.rehearsal is None else {**batch, OLD_HEAD: self.rehearsal.batch(step)}
         return shard_batch(batch_rows(self.data, self.data.train, chunk, size, process_rows(size, self.mesh)), self.mesh)
 
     def eval_on_host(self, state: TrainState, batch: dict) -> dict:
@@ -193,7 +196,7 @@ def answer_scores(setup: Setup, state: TrainState, split: str) -> dict[str, floa
     best span over all its windows (:func:`jaxtune.qa.qa_run_scores`); ``{}`` for other tasks."""
     if setup.data.qa is None:
         return {}
-    variables = {"params": merged_params(state.params), **state.model_state}
+    variables = {"params": without_old_head(merged_params(state.params)), **state.model_state}
     variables = variables if setup.mesh is None else multihost.host_copy(variables)
     return qa_run_scores(setup.model, variables, setup.data, split, batch_size=setup.config.data.eval_batch_size)
 
@@ -239,7 +242,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
                           getattr(model, "config", None), num_labels, max(data.buckets) if data.buckets else None)
     model_state = {k: v for k, v in variables.items() if k != "params"}
     rules = build_rules(cfg.optim, model)
-    layer_ids = getattr(model, "layer_ids", None)
+    task, variables, layer_ids, old = with_rehearsal(cfg, task, model, variables, data)
     params = with_adapters(variables["params"], rules, layer_ids, cfg.train.seed)
     if cfg.checkpoint.export_best_hf and cfg.checkpoint.export_format == "peft":
         from jaxtune.lora_peft import peft_module_names
@@ -276,7 +279,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         state = shard_train_state(state, mesh, fsdp=fsdp)
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
-                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable, mesh)
+                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable, mesh, old)
 
 
 def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax.GradientTransformation,
@@ -488,7 +491,7 @@ def _train_loop(run: _Run) -> None:
                         state = state.replace(opt_state=set_trainable(state.opt_state, stages[new_stage]))
                     stage = new_stage
                 chunk = batches[batch_index]
-                state, train_metrics = run.train_step(state, setup.train_batch(chunk), max(stage, 0))
+                state, train_metrics = run.train_step(state, setup.train_batch(chunk, step), max(stage, 0))
                 step += 1
                 batch_index += 1
                 guard.record(step, train_metrics)
@@ -507,6 +510,7 @@ def _train_loop(run: _Run) -> None:
                     evaluated = evaluation_state(cfg, state)
                     scores, _, _ = evaluate(task, eval_step, evaluated,
                                             track(val_batches, f"{cfg.name}: validation", bar=bar), data.label_names)
+                    scores.update(old_scores(setup.rehearsal, evaluated, "validation"))
                     last_val = {f"val_{k}": v for k, v in scores.items()}
                     check_finite_metrics(last_val, step, last_checkpoint=ckpt.latest_step())
                     log.log(step, scores, "validation")
@@ -542,7 +546,7 @@ def _evaluate(run: _Run) -> tuple[RunResult, np.ndarray, np.ndarray]:
     test_scores, predictions, references = evaluate(
         setup.task, setup.eval_on_host, run.state,
         track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)), data.label_names)
-    test_scores.update(answer_scores(setup, run.state, "test"))
+    test_scores.update({**answer_scores(setup, run.state, "test"), **old_scores(setup.rehearsal, run.state, "test")})
     best_val = ckpt.record(best_step)["metrics"] if best_step is not None else run.last_val
     log.log(run.step, test_scores, "test")
     result = RunResult(test_metrics=test_scores, validation_metrics=best_val, best_step=best_step, steps=run.step,

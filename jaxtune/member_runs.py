@@ -94,6 +94,8 @@ def member_blocker(cfg: ExperimentConfig) -> str | None:
     """
     if cfg.optim.unfreezing is not None:
         return "optim.unfreezing (gradual unfreezing changes the frozen set during the run)"
+    if cfg.rehearsal is not None:
+        return "rehearsal (the members' step does not take the old task's rows)"
     return None
 
 

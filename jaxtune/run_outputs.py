@@ -24,6 +24,7 @@ from jaxtune import multihost
 from jaxtune.errors import UserError
 from jaxtune.lora import LoraParams, merged_params
 from jaxtune.run_data import _model_dir
+from jaxtune.run_rehearsal import without_old_head
 from jaxtune.rundir import RunDirPlan, RunResult, read_result, write_result
 from jaxtune.runlog import plot_classification_report, plot_curves
 from jaxtune.tasks import Task
@@ -66,7 +67,8 @@ def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: Run
     test_scores, best_step, step = result.test_metrics, result.best_step, result.steps
     paths = {"run_dir": run_dir, **result.paths, "tensorboard": os.path.join(run_dir, "tensorboard"),
              "config": os.path.join(run_dir, "config.yaml")}
-    exported = multihost.host_copy({"params": state.params, **state.model_state}) if cfg.checkpoint.export_best_hf else None
+    exported = (multihost.host_copy({"params": without_old_head(state.params), **state.model_state})
+                if cfg.checkpoint.export_best_hf else None)
     if multihost.is_main_process():
         paths.update(_write_run_files(setup, paths["metrics"], f"run {cfg.name}: best step {best_step} of {step}",
                                       test_scores, predictions, references, exported))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtune.config import RESUMABLE_KEYS, ExperimentConfig, resumable_keys, to_dict
+from jaxtune.config import OPTIONAL_SECTIONS, RESUMABLE_KEYS, ExperimentConfig, resumable_keys, to_dict
 from jaxtune.errors import UserError
 
 FINGERPRINT_FILE, RESULT_FILE = "fingerprint.json", "result.json"
@@ -87,9 +87,10 @@ def run_fingerprint(config: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     """The run's fingerprint: a sha256 hex digest, and the flat ``{dotted_key: value}`` dict it hashes.
 
     The dict is the whole config (model, data, rules, optimizer, schedule, seeds, evaluation, early
-    stopping) minus the keys that may change on resume (:func:`jaxtune.config.resumable_keys`), as
-    JSON values. Two configs have the same fingerprint exactly when their runs compute the same steps.
-    A key of :data:`FINGERPRINT_DEFAULTS` at its default is left out (``model.scan_layers: false``).
+    stopping) minus the keys that may change on resume (:func:`jaxtune.config.resumable_keys`) and the
+    null optional sections (:data:`jaxtune.config.OPTIONAL_SECTIONS`), as JSON values. Two configs have
+    the same fingerprint exactly when their runs compute the same steps. A key of
+    :data:`FINGERPRINT_DEFAULTS` at its default is left out (``model.scan_layers: false``).
 
     Example::
 
@@ -101,7 +102,8 @@ def run_fingerprint(config: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     skip = set(resumable_keys(config))
     flat = _flat(to_dict(config))
     skip |= {k for k, default in FINGERPRINT_DEFAULTS.items() if flat.get(k) == default}
-    keys = json.loads(json.dumps({k: v for k, v in flat.items() if k not in skip}))
+    flat = {k: v for k, v in flat.items() if k not in skip}
+    keys = json.loads(json.dumps({k: v for k, v in flat.items() if not (k in OPTIONAL_SECTIONS and v is None)}))
     return _digest(keys), keys
 
 

@@ -22,11 +22,12 @@ import jax
 import numpy as np
 
 # The fixed integer of each use; never renumber (it would change every run's randomness).
-STREAMS: dict[str, int] = {"init": 1, "data_order": 2, "dropout": 3, "lora": 4}
+STREAMS: dict[str, int] = {"init": 1, "data_order": 2, "dropout": 3, "lora": 4, "rehearsal": 5}
 
 
 def seed_stream(seed: int, name: str) -> jax.Array:
-    """The key of stream ``name`` (``"init"``, ``"data_order"``, ``"dropout"`` or ``"lora"``) of ``seed``.
+    """The key of stream ``name`` (``"init"``, ``"data_order"``, ``"dropout"``, ``"lora"`` or ``"rehearsal"``: the
+    old examples a rehearsing run trains on) of ``seed``.
 
     Example::
 

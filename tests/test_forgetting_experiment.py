@@ -1,0 +1,60 @@
+"""experiments/forgetting.py --quick (tiny BERT, tiny data, 3-step runs): the results file's structure,
+the per-run cache, reruns that only add what is missing; experiments/protocol.py's statistics."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _script(name):
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_protocol_mean_std_and_paired_interval_match_scipy():
+    protocol = _script("protocol")
+    a, b = [0.61, 0.64, 0.58, 0.66], [0.50, 0.52, 0.55, 0.49]
+    assert protocol.mean_std(a) == pytest.approx((np.mean(a), np.std(a, ddof=1)), rel=1e-12)
+    mean, low, high = protocol.paired_interval(a, b)
+    reference = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert mean == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
+    assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-9)
+    assert np.isnan(protocol.paired_interval([0.5], [0.4])[1]) and protocol.pm([0.5]) == "0.500"
+    with pytest.raises(ValueError, match="equal lengths"):
+        protocol.paired_interval([0.5, 0.6], [0.4])
+
+
+def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tiny_model_dir, tmp_path, capsys):
+    forgetting = _script("forgetting")
+    out = tmp_path / "forgetting.md"
+    common = ["--quick", "--model", tiny_model_dir, "--work", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"),
+              "--out", str(out), "--seeds", "0", "--learning-rates", "1e-3", "--alphas", "0,0.5,1",
+              "--refit-steps", "3", "--refit-examples", "8"]
+    forgetting.main([*common, "--variants", "plain,rehearsal5"])
+    text = out.read_text()
+    for heading in ("## Methods (test, mean ± sample std over seeds)", "## Paired differences against plain",
+                    "## Selection on validation"):
+        assert heading in text
+    assert "| plain | lr0.001 |" in text and "| rehearsal 5% | f0.05 |" in text and "| WiSE-FT" not in text
+    assert sorted(os.listdir(tmp_path / "cache" / "rehearsal5" / "f0.05")) == ["seed0.json"]
+    capsys.readouterr()
+
+    # A later invocation computes only what is missing (WiSE-FT from the cached plain run: no training)
+    # and rewrites the whole file, the earlier methods included.
+    forgetting.main([*common, "--variants", "wiseft"])
+    assert "strategy (" not in capsys.readouterr().out
+    again = out.read_text()
+    assert "| rehearsal 5% | f0.05 |" in again and "## WiSE-FT: A's encoder interpolated" in again
+    assert "| WiSE-FT, B head | α=" in again and "| WiSE-FT, re-fitted head | α=" in again and "| 0.5 |" in again
+    assert (tmp_path / "forgetting.png").stat().st_size > 0
+    forgetting.main([*common, "--variants", "wiseft"])   # everything cached: the same bytes
+    assert out.read_text() == again
