@@ -72,14 +72,14 @@ class Setup:
     seeds: tuple[int, ...]
     lrs: tuple[float, ...]
     batch_size: int = 64
-    epochs: int = 5                    # step budget: max(min_steps, epochs * n / batch_size)
-    min_steps: int = 300
-    evals: int = 10                    # evaluation points per run
-    dim: int = 100
-    hidden: int = 128
+    epochs: int = 1                    # step budget: max(min_steps, epochs * n / batch_size)
+    min_steps: int = 150
+    evals: int = 5                     # validation points per run
+    dim: int = 50
+    hidden: int = 64
     max_length: int = 40
     min_count: int = 2
-    max_size: int = 20000
+    max_size: int = 8000
     w2v_min_count: int = 3
     w2v_epochs: int = 10
     vector_seed: int = 0               # Word2Vec, unknown-word init and the shuffle
@@ -91,7 +91,7 @@ class Setup:
 
 
 FULL = Setup(sizes=(100, 300, 1000, 3000, None), seeds=(0, 1, 2), lrs=(1e-3, 3e-3, 1e-2))
-QUICK = Setup(sizes=(60, 200), seeds=(0, 1), lrs=(3e-3, 1e-2), batch_size=32, epochs=1, min_steps=12, evals=3,
+QUICK = Setup(sizes=(60, 200), seeds=(0, 1), lrs=(3e-3, 1e-2), batch_size=32, min_steps=12, evals=3,
               dim=16, hidden=16, max_length=24, max_size=3000, w2v_epochs=2, text_limit=1500, eval_limit=300)
 FEW_LABELS = 1000   # claims about "few labels" cover every n <= this
 
@@ -241,7 +241,7 @@ class Trainer:
     def run(self, strategy: str, table: np.ndarray | None, labelled: np.ndarray) -> dict:
         """Trains every member on the ``labelled`` training rows; returns per member (seed-major,
         then lr) the best validation accuracy and the test accuracy / macro-F1 at that point."""
-        s, model = self.setup, self.model
+        s = self.setup
         (x_train, y_train), (x_val, y_val), (x_test, y_test) = self.arrays
         frozen = strategy == "frozen"
         steps = steps_for(len(labelled), s)
@@ -259,20 +259,29 @@ class Trainer:
         share = jax.tree_util.tree_map(lambda t: not t, trainable) if frozen else None
         state, orders = jt.stack_members(states, share=share), np.stack(orders, axis=1)  # [steps, members, batch]
         every = max(1, steps // s.evals)
-        best_val = np.full(self.members, -1.0)
-        test_acc, test_f1 = np.zeros(self.members), np.zeros(self.members)
+        best_val, best = np.full(self.members, -1.0), jax.tree_util.tree_map(jnp.copy, state.params)  # steps donate
         for t in range(steps):
             state, _ = step(state, {"ids": x_train[orders[t]], "y": y_train[orders[t]]})
             if (t + 1) % every and t + 1 != steps:
                 continue
-            val_pred, test_pred = self.predict(state, x_val), self.predict(state, x_test)
-            for m in range(self.members):
-                val = metrics.accuracy(y_val, val_pred[m])
-                if val > best_val[m]:
-                    best_val[m] = val
-                    test_acc[m] = metrics.accuracy(y_test, test_pred[m])
-                    test_f1[m] = metrics.macro_f1(y_test, test_pred[m])
+            val = np.array([metrics.accuracy(y_val, p) for p in self.predict(state, x_val)])
+            improved = val > best_val
+            best_val, best = np.where(improved, val, best_val), _keep_improved(jnp.asarray(improved), best, state.params)
+        test_pred = self.predict(state.replace(params=best), x_test)   # once, at each member's best validation point
+        test_acc = np.array([metrics.accuracy(y_test, p) for p in test_pred])
+        test_f1 = np.array([metrics.macro_f1(y_test, p) for p in test_pred])
         return {"steps": steps, "val": best_val, "test": test_acc, "test_f1": test_f1}
+
+
+@jax.jit
+def _keep_improved(improved: jax.Array, best, params):
+    """Stacked parameters: member ``m``'s from ``params`` where ``improved[m]``, else from ``best``
+    (a shared leaf, leading axis 1, is the same in both)."""
+    def pick(b, p):
+        if p.shape[0] != improved.shape[0]:
+            return p + 0   # a new buffer: the step donates ``params``
+        return jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b)
+    return jax.tree_util.tree_map(pick, best, params)
 
 
 def by_lr_and_seed(values: np.ndarray, setup: Setup) -> dict[float, dict[int, float]]:
