@@ -53,7 +53,7 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import interval_text, markdown_table, mean_std, paired_interval, pm  # noqa: E402
+from protocol import format_interval, format_mean_std, markdown_table, paired_interval  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -365,8 +365,8 @@ def write_results(exp: Experiment) -> None:
              "accuracy + B validation F1; WiSE-FT's α by the same sum, averaged over seeds. Rehearsal's A accuracy "
              "is that of A's head trained beside B; every other method's is A's own head on the B encoder.", "",
              "## Methods (test, mean ± sample std over seeds)", ""]
-    table = [[label, row["setting"], pm([r["a_test"] for r in row["seeds"].values()]),
-              pm([r["b_test"] for r in row["seeds"].values()]), pm([r["drift"] for r in row["seeds"].values()]),
+    table = [[label, row["setting"], format_mean_std([r["a_test"] for r in row["seeds"].values()]),
+              format_mean_std([r["b_test"] for r in row["seeds"].values()]), format_mean_std([r["drift"] for r in row["seeds"].values()]),
               ", ".join(map(str, sorted(row["seeds"])))] for label, row in rows.items()]
     lines += markdown_table(["method", "setting", "A accuracy", "B entity F1", "encoder drift", "seeds"], table)
     if "plain" in rows:
@@ -378,16 +378,16 @@ def write_results(exp: Experiment) -> None:
             if label == "plain" or not common:
                 continue
             diffs.append([label, ", ".join(map(str, common)),
-                          interval_text(paired_interval([row["seeds"][s]["a_test"] for s in common],
+                          format_interval(*paired_interval([row["seeds"][s]["a_test"] for s in common],
                                                         [plain[s]["a_test"] for s in common])),
-                          interval_text(paired_interval([row["seeds"][s]["b_test"] for s in common],
+                          format_interval(*paired_interval([row["seeds"][s]["b_test"] for s in common],
                                                         [plain[s]["b_test"] for s in common]))])
         lines += markdown_table(["method", "seeds", "Δ A accuracy", "Δ B entity F1"], diffs)
     if curves:
         lines += ["", "## WiSE-FT: A's encoder interpolated with plain B's (test, mean ± std over seeds)", ""]
         lines += markdown_table(["α", "A accuracy", "B F1, B's head", "B F1, re-fitted head"], [
-            [f"{a:g}", pm([p["a_test"] for p in c.values()]), pm([p["own_b_test"] for p in c.values()]),
-             pm([p["refit_b_test"] for p in c.values()])] for a, c in sorted(curves.items())])
+            [f"{a:g}", format_mean_std([p["a_test"] for p in c.values()]), format_mean_std([p["own_b_test"] for p in c.values()]),
+             format_mean_std([p["refit_b_test"] for p in c.values()])] for a, c in sorted(curves.items())])
     lines += ["", "## Selection on validation (seed 0)", ""]
     selections = []
     for name in sorted(os.listdir(args.cache)) if os.path.isdir(args.cache) else []:

@@ -1,52 +1,338 @@
-"""The statistics every experiment of issue #15 reports: mean ± sample std over seeds, paired differences
-with t-intervals, and a markdown table writer. Minimal on purpose (built on :mod:`jaxtune.sweep_report`).
+"""The experiment protocol: seed statistics, selection on validation, tables, plots, headers, sidecars.
+
+Every experiment script under ``experiments/`` follows the same protocol (issue #15):
+
+* at least 3 seeds (``train.seed``: head init, data order, dropout) per grid point;
+* hyperparameters chosen on validation only (:func:`select_on_validation`: the grid point with the
+  best mean validation metric over seeds), its test values then reported once per seed;
+* test mean ± sample std (:func:`mean_std`) and paired differences between strategies with 95%
+  Student-t intervals (:func:`paired_interval`), turned into a verdict (:func:`verdict`);
+* one command writes the whole results file: a header (:func:`header_lines`), markdown tables
+  (:func:`markdown_table`), a PNG (:func:`plot_lines`) and a JSON sidecar
+  (:func:`write_sidecar`) that ``python experiments/index.py`` collects into ``experiments/RESULTS.md``.
+
+Everything here is pure numpy/scipy except the plot (matplotlib, Agg) and the header (reads the
+machine). Scripts import it as ``import protocol`` (``python experiments/NAME.py`` puts this folder
+on ``sys.path``).
 
 Example::
 
-    >>> mean_std([0.5, 0.7])
-    (0.6, 0.1414...)
-    >>> paired_interval([0.6, 0.7, 0.8], [0.5, 0.6, 0.6])[0]
-    0.1333...
+    import protocol
+    val = {1e-3: {0: 0.70, 1: 0.71, 2: 0.69}, 3e-3: {0: 0.74, 1: 0.73, 2: 0.75}}
+    test = {1e-3: {0: 0.68, 1: 0.70, 2: 0.69}, 3e-3: {0: 0.72, 1: 0.71, 2: 0.74}}
+    chosen = protocol.select_on_validation(val, test)        # chosen.point == 3e-3
+    protocol.mean_std(list(chosen.test.values()))            # (0.7233..., 0.0152...)
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from typing import Sequence
+import os
+import platform
+import sys
+import time
+from typing import Any, Hashable, Mapping, Sequence
 
-from jaxtune.sweep_report import mean_std as _mean_std
-from jaxtune.sweep_report import t_interval
+import numpy as np
+
+VERDICTS = ("shown", "not shown", "contradicted")
+SIDECAR_KEYS = ("claim", "verdict", "summary")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; NaN for a single value)."""
-    return _mean_std([float(v) for v in values])
+    """Mean and sample standard deviation (ddof=1) of ``values``; the std is NaN for one value.
+
+    Example::
+
+        >>> mean_std([1.0, 2.0, 3.0])
+        (2.0, 1.0)
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"mean_std needs a non-empty 1-D sequence of numbers, got shape {values.shape}")
+    std = float(values.std(ddof=1)) if values.size > 1 else math.nan
+    return float(values.mean()), std
 
 
 def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean_diff, low, high)``: the mean of ``a[i] - b[i]`` (values paired by seed) and its Student-t
-    ``confidence`` interval (NaN bounds with fewer than two pairs)."""
-    if len(a) != len(b):
-        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
-    diffs = [float(x) - float(y) for x, y in zip(a, b)]
-    low, high = t_interval(diffs, confidence)
-    return mean_std(diffs)[0], low, high
+    """Mean of the paired differences ``a[i] - b[i]`` (the same seed at ``i``) and its two-sided
+    Student-t ``confidence`` interval: ``(mean_diff, low, high)``; low and high are NaN for one pair.
+
+    Example::
+
+        >>> d, low, high = paired_interval([0.75, 0.76, 0.74], [0.70, 0.72, 0.71])
+        >>> round(d, 4), low < d < high
+        (0.04, True)
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_interval needs two 1-D sequences of the same non-zero length (one value per "
+                         f"seed, same seed order), got shapes {a.shape} and {b.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean, std = mean_std(a - b)
+    if a.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, a.size - 1)) * std / math.sqrt(a.size)
+    return mean, mean - half, mean + half
 
 
-def pm(values: Sequence[float], digits: int = 3) -> str:
-    """``"mean ± std"`` of ``values`` (just the value when there is one)."""
+def verdict(low: float, high: float) -> str:
+    """What an interval of ``new - baseline`` supports for the claim "new is better":
+    ``"shown"`` (entirely above 0), ``"contradicted"`` (entirely below 0), else ``"not shown"``.
+
+    Example::
+
+        >>> verdict(0.01, 0.05), verdict(-0.02, 0.03), verdict(-0.05, -0.01)
+        ('shown', 'not shown', 'contradicted')
+    """
+    if math.isnan(low) or math.isnan(high):
+        return "not shown"
+    return "shown" if low > 0 else "contradicted" if high < 0 else "not shown"
+
+
+def combined_verdict(verdicts: Sequence[str]) -> str:
+    """One verdict for a claim made over several conditions (e.g. every training-set size):
+    ``"shown"`` if shown in all, ``"contradicted"`` if contradicted in all, else ``"not shown"``.
+
+    Example::
+
+        >>> combined_verdict(["shown", "shown"]), combined_verdict(["shown", "not shown"])
+        ('shown', 'not shown')
+    """
+    unknown = sorted(set(verdicts) - set(VERDICTS))
+    if unknown or not verdicts:
+        raise ValueError(f"verdicts must be a non-empty list of {VERDICTS}, got {list(verdicts)}")
+    if all(v == "shown" for v in verdicts):
+        return "shown"
+    return "contradicted" if all(v == "contradicted" for v in verdicts) else "not shown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+    """The grid point chosen on validation and its per-seed test values (reported once)."""
+
+    point: Hashable
+    val_mean: float
+    test: dict[int, float]
+
+
+def select_on_validation(val: Mapping[Hashable, Mapping[int, float]], test: Mapping[Hashable, Mapping[int, float]],
+                         mode: str = "max") -> Selected:
+    """Chooses hyperparameters on validation only and reports the chosen point's test values.
+
+    Args:
+      val, test: ``{grid point: {seed: metric}}``, the validation and test metric of every run
+        (every point run with the same seeds).
+      mode: ``"max"`` (accuracy, F1) or ``"min"`` (a loss) of the mean validation metric.
+
+    Returns the point with the best mean validation metric over seeds (ties: the first in ``val``'s
+    order); the test values play no part in the choice.
+
+    Example::
+
+        >>> s = select_on_validation({"lr=1e-3": {0: 0.6, 1: 0.7}, "lr=1e-2": {0: 0.8, 1: 0.7}},
+        ...                          {"lr=1e-3": {0: 0.9, 1: 0.9}, "lr=1e-2": {0: 0.5, 1: 0.6}})
+        >>> s.point, s.test
+        ('lr=1e-2', {0: 0.5, 1: 0.6})
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if not val:
+        raise ValueError("select_on_validation needs at least one grid point")
+    seeds = sorted(next(iter(val.values())))
+    for point, runs in val.items():
+        if point not in test:
+            raise KeyError(f"grid point {point!r} has validation but no test values")
+        for split, values in (("validation", runs), ("test", test[point])):
+            if sorted(values) != seeds:
+                raise ValueError(f"grid point {point!r} has {split} seeds {sorted(values)}, the first point has "
+                                 f"{seeds}; run every point with the same seeds")
+    sign = 1.0 if mode == "max" else -1.0
+    means = {point: mean_std([runs[s] for s in seeds])[0] for point, runs in val.items()}
+    best = max(means, key=lambda p: -math.inf if math.isnan(means[p]) else sign * means[p])
+    return Selected(best, means[best], {s: float(test[best][s]) for s in seeds})
+
+
+def format_mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``"0.7233 ± 0.0152"`` (sample std), or the bare mean for one value.
+
+    Example::
+
+        >>> format_mean_std([0.5, 0.7])
+        '0.6000 ± 0.1414'
+    """
     mean, std = mean_std(values)
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def interval_text(diff: tuple[float, float, float], digits: int = 3) -> str:
-    """A :func:`paired_interval` as ``"+0.012 [-0.003, +0.027]"``."""
-    mean, low, high = diff
+def format_interval(mean: float, low: float, high: float, digits: int = 4) -> str:
+    """``"+0.0400 [+0.0152, +0.0648]"`` (a paired difference and its interval).
+
+    Example::
+
+        >>> format_interval(0.04, 0.01, 0.07, digits=2)
+        '+0.04 [+0.01, +0.07]'
+    """
     if math.isnan(low):
-        return f"{mean:+.{digits}f}"
+        return f"{mean:+.{digits}f} [n/a]"
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """The lines of a markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A GitHub markdown table as lines (cells through ``str``; ``|`` in a cell is escaped).
+
+    Example::
+
+        >>> markdown_table(["n", "accuracy"], [[100, "0.61 ± 0.02"]])
+        ['| n | accuracy |', '|---|---|', '| 100 | 0.61 ± 0.02 |']
+    """
+    cell = lambda value: str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"table row {list(row)} has {len(row)} cells for {len(headers)} headers {list(headers)}")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return lines
+
+
+def plot_lines(path: str, x: Sequence[float], series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+               xlabel: str, ylabel: str, title: str, log_x: bool = False) -> str:
+    """A PNG (matplotlib, Agg): one line per series, ``{name: (means, stds)}`` over ``x``, stds as
+    error bars (NaN std: none). Written without a timestamp, so the same numbers give the same
+    bytes. Returns ``path``.
+
+    Example::
+
+        plot_lines("acc.png", [100, 1000], {"random": ([0.5, 0.7], [0.02, 0.01])},
+                   xlabel="labelled tweets", ylabel="test accuracy", title="word vectors", log_x=True)
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, (means, stds) in series.items():
+        if len(means) != len(x) or len(stds) != len(x):
+            raise ValueError(f"series {name!r} has {len(means)} means and {len(stds)} stds for {len(x)} x values")
+        ax.errorbar(x, means, yerr=np.nan_to_num(np.asarray(stds, np.float64)), marker="o", capsize=3, label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def versions(*extra: str) -> str:
+    """``"python 3.11.7, jax 0.10.2, ..."``: the versions of the packages a result depends on.
+
+    Example::
+
+        versions("gensim")   # '... numpy 2.1.3, gensim 4.4.0'
+    """
+    from importlib import metadata
+
+    names = ["jax", "jaxlib", "flax", "optax", "numpy", *extra]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join([f"python {platform.python_version()}", *found])
+
+
+def header_lines(title: str, command: str, seeds: Sequence[int], started: float, load_at_start: float,
+                 extra_versions: Sequence[str] = ()) -> list[str]:
+    """The head of a results file: title, command, run line, machine, versions, seeds.
+
+    Only the ``- run:`` line (date, duration, load average) changes between two runs of the same
+    command on the same machine; :func:`strip_run_line` removes it for comparisons.
+
+    Args:
+      started: ``time.time()`` when the experiment started (the duration is measured to now).
+      load_at_start: ``os.getloadavg()[0]`` when it started.
+
+    Example::
+
+        start, load = time.time(), os.getloadavg()[0]
+        ...
+        lines = header_lines("Word vectors", "python experiments/word_vectors.py", [0, 1, 2], start, load)
+    """
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    return [f"# {title}", "",
+            f"- command: `{command}`",
+            f"- run: {when}, {(time.time() - started) / 60:.1f} min, load average {load_at_start:.2f} at the start",
+            f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores",
+            f"- versions: {versions(*extra_versions)}",
+            f"- seeds: {', '.join(map(str, seeds))} (each varies head init, data order and dropout)", ""]
+
+
+def strip_run_line(text: str) -> str:
+    """``text`` without its ``- run:`` header line: what must be bit-for-bit equal between reruns.
+
+    Example::
+
+        assert strip_run_line(open(a).read()) == strip_run_line(open(b).read())
+    """
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("- run: "))
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run: ``python experiments/<script> <args>``.
+
+    Example::
+
+        >>> command_line("word_vectors.py", ["--quick"])
+        'python experiments/word_vectors.py --quick'
+    """
+    import shlex
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"experiments/{script}", *args])
+
+
+def write_sidecar(path: str, *, title: str, command: str, results: str, claims: Sequence[Mapping[str, str]]) -> str:
+    """Writes the machine-readable summary ``experiments/results/<name>.json`` that
+    ``experiments/index.py`` lists in ``experiments/RESULTS.md``; returns ``path``.
+
+    Args:
+      title: the experiment, in a few words.
+      command: the one command that writes the results file.
+      results: the results file, relative to ``experiments/`` (e.g. ``results/word_vectors.md``).
+      claims: ``[{"claim": ..., "verdict": "shown" | "not shown" | "contradicted", "summary": ...}]``;
+        the summary gives the numbers the verdict rests on.
+
+    The file holds no date or timing, so a rerun with the same numbers rewrites the same bytes.
+
+    Example::
+
+        write_sidecar("experiments/results/x.json", title="X", command="python experiments/x.py",
+                      results="results/x.md", claims=[{"claim": "A beats B", "verdict": "shown",
+                                                        "summary": "+0.03 [+0.01, +0.05]"}])
+    """
+    checked = []
+    for i, claim in enumerate(claims):
+        missing = [k for k in SIDECAR_KEYS if not claim.get(k)]
+        if missing:
+            raise ValueError(f"claim {i} of {path} lacks {missing}; every claim needs {list(SIDECAR_KEYS)}")
+        if claim["verdict"] not in VERDICTS:
+            raise ValueError(f"claim {i} of {path} has verdict {claim['verdict']!r}; use one of {VERDICTS}")
+        checked.append({k: str(claim[k]) for k in SIDECAR_KEYS})
+    if not checked:
+        raise ValueError(f"{path}: a sidecar needs at least one claim")
+    record = {"title": title, "command": command, "results": results, "claims": checked}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return path

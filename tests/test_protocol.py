@@ -1,0 +1,159 @@
+"""experiments/protocol.py (seed statistics, selection on validation, tables, plots, headers,
+sidecars) and experiments/index.py (RESULTS.md is current). Pure numpy/scipy: no JAX work."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "experiments")
+sys.path.insert(0, EXPERIMENTS)
+
+import index  # noqa: E402  (experiments/index.py)
+import protocol  # noqa: E402  (experiments/protocol.py)
+
+
+def test_mean_std_is_the_sample_std():
+    values = [0.71, 0.74, 0.69, 0.73]
+    mean, std = protocol.mean_std(values)
+    assert mean == pytest.approx(np.mean(values), abs=1e-15)                # float64
+    assert std == pytest.approx(np.std(values, ddof=1), abs=1e-15)
+    assert math.isnan(protocol.mean_std([0.5])[1])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        protocol.mean_std([])
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_paired_interval_matches_scipy(confidence):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.7, 0.02, 5), rng.normal(0.68, 0.02, 5)
+    mean, low, high = protocol.paired_interval(a, b, confidence)
+    ci = stats.ttest_rel(a, b).confidence_interval(confidence)
+    assert mean == pytest.approx(np.mean(a - b), abs=1e-12)                 # float64
+    assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    one = stats.ttest_1samp(a - b, 0.0).confidence_interval(confidence)
+    assert (low, high) == pytest.approx((one.low, one.high), abs=1e-12)
+
+
+def test_paired_interval_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="same non-zero length"):
+        protocol.paired_interval([0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="confidence"):
+        protocol.paired_interval([0.1, 0.2], [0.0, 0.1], confidence=95)
+    mean, low, high = protocol.paired_interval([0.3], [0.1])
+    assert mean == pytest.approx(0.2) and math.isnan(low) and math.isnan(high)
+
+
+def test_verdicts():
+    assert [protocol.verdict(*i) for i in [(0.01, 0.02), (-0.01, 0.02), (-0.02, -0.01), (math.nan, math.nan)]] == [
+        "shown", "not shown", "contradicted", "not shown"]
+    assert protocol.combined_verdict(["shown", "shown"]) == "shown"
+    assert protocol.combined_verdict(["contradicted", "contradicted"]) == "contradicted"
+    assert protocol.combined_verdict(["shown", "contradicted"]) == "not shown"
+    with pytest.raises(ValueError, match="verdicts"):
+        protocol.combined_verdict(["maybe"])
+
+
+def test_select_on_validation_never_looks_at_test():
+    val = {1e-3: {0: 0.70, 1: 0.72, 2: 0.71}, 3e-3: {0: 0.75, 1: 0.74, 2: 0.76}, 1e-2: {0: 0.60, 1: 0.9, 2: 0.6}}
+    test = {1e-3: {0: 0.99, 1: 0.99, 2: 0.99}, 3e-3: {2: 0.73, 0: 0.72, 1: 0.70}, 1e-2: {0: 0.1, 1: 0.1, 2: 0.1}}
+    chosen = protocol.select_on_validation(val, test)
+    assert chosen.point == 3e-3                          # best mean validation, not the best test (1e-3)
+    assert chosen.val_mean == pytest.approx(0.75)
+    assert chosen.test == {0: 0.72, 1: 0.70, 2: 0.73}    # per seed, in seed order
+    assert protocol.select_on_validation(val, test, mode="min").point == 1e-2   # lowest mean (0.7 vs 0.71)
+
+
+def test_select_on_validation_ties_go_to_the_first_point_and_seeds_must_match():
+    val = {"a": {0: 0.5, 1: 0.7}, "b": {0: 0.7, 1: 0.5}}
+    test = {"a": {0: 0.1, 1: 0.2}, "b": {0: 0.3, 1: 0.4}}
+    assert protocol.select_on_validation(val, test).point == "a"
+    with pytest.raises(ValueError, match="grid point 'b' has validation seeds"):
+        protocol.select_on_validation({"a": {0: 0.5, 1: 0.7}, "b": {0: 0.7}}, test)
+    with pytest.raises(KeyError, match="'b' has validation but no test"):
+        protocol.select_on_validation(val, {"a": test["a"]})
+
+
+def test_formatting_and_markdown_table():
+    assert protocol.format_mean_std([0.5, 0.7]) == "0.6000 ± 0.1414"
+    assert protocol.format_mean_std([0.5]) == "0.5000"
+    assert protocol.format_interval(0.04, 0.01, 0.07, 2) == "+0.04 [+0.01, +0.07]"
+    assert protocol.format_interval(0.04, math.nan, math.nan, 2) == "+0.04 [n/a]"
+    assert protocol.markdown_table(["a", "b"], [[1, "x|y"]]) == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
+    with pytest.raises(ValueError, match="2 headers"):
+        protocol.markdown_table(["a", "b"], [[1]])
+
+
+def test_plot_is_a_png_and_the_same_numbers_give_the_same_bytes(tmp_path):
+    series = {"random": ([0.5, 0.6, 0.7], [0.02, 0.01, math.nan]), "w2v": ([0.55, 0.62, 0.7], [0.01, 0.01, 0.0])}
+    paths = [protocol.plot_lines(str(tmp_path / f"p{i}.png"), [100, 1000, 30000], series, xlabel="n",
+                                 ylabel="accuracy", title="t", log_x=True) for i in range(2)]
+    data = [open(p, "rb").read() for p in paths]
+    assert data[0][:8] == b"\x89PNG\r\n\x1a\n" and data[0] == data[1]
+    with pytest.raises(ValueError, match="series 'bad' has 1 means"):
+        protocol.plot_lines(str(tmp_path / "bad.png"), [1, 2], {"bad": ([0.1], [0.1])}, xlabel="", ylabel="",
+                            title="")
+
+
+def test_header_states_command_machine_versions_seeds_and_only_the_run_line_changes():
+    a = protocol.header_lines("T", "python experiments/x.py --quick", [0, 1, 2], 0.0, 1.5, ("scipy",))
+    b = protocol.header_lines("T", "python experiments/x.py --quick", [0, 1, 2], 3600.0, 0.25, ("scipy",))
+    text = "\n".join(a)
+    for expected in ("# T", "- command: `python experiments/x.py --quick`", "- run: 1970-01-01 00:00 UTC",
+                     "load average 1.50", f"{os.cpu_count()} CPU cores", "jax ", "numpy ", "scipy ",
+                     "- seeds: 0, 1, 2"):
+        assert expected in text
+    assert a != b and protocol.strip_run_line("\n".join(a)) == protocol.strip_run_line("\n".join(b))
+    assert protocol.command_line("x.py", ["--quick", "--out", "a b"]) == "python experiments/x.py --quick --out 'a b'"
+
+
+def test_sidecar_round_trip_and_errors(tmp_path):
+    results = tmp_path / "results"
+    claim = {"claim": "A beats B", "verdict": "shown", "summary": "+0.03 [+0.01, +0.05]"}
+    protocol.write_sidecar(str(results / "x.json"), title="X", command="python experiments/x.py",
+                           results="results/x.md", claims=[claim])
+    assert index.read_sidecar(str(results / "x.json")) == {
+        "title": "X", "command": "python experiments/x.py", "results": "results/x.md", "claims": [claim]}
+    with pytest.raises(ValueError, match="verdict 'likely'"):
+        protocol.write_sidecar(str(results / "y.json"), title="Y", command="c", results="r",
+                               claims=[{**claim, "verdict": "likely"}])
+    with pytest.raises(ValueError, match=r"lacks \['summary'\]"):
+        protocol.write_sidecar(str(results / "y.json"), title="Y", command="c", results="r",
+                               claims=[{"claim": "c", "verdict": "shown"}])
+
+
+def test_index_lists_claims_flat_sidecars_and_files_not_under_protocol(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    protocol.write_sidecar(str(results / "a.json"), title="A", command="python experiments/a.py",
+                           results="results/a.md", claims=[
+                               {"claim": "x beats y", "verdict": "shown", "summary": "+0.1 [+0.05, +0.15]"},
+                               {"claim": "y beats z", "verdict": "contradicted", "summary": "-0.2 [-0.3, -0.1]"}])
+    (results / "a.md").write_text("# A\n")
+    (results / "b.json").write_text(json.dumps({"claim": "rehearsal | helps", "verdict": "not shown",
+                                                "summary": "+0.01 [-0.02, +0.04]",
+                                                "command": "python experiments/b.py"}))
+    (results / "old.md").write_text("# Old thing\n\nWritten by `python experiments/old.py --x` ... One seed.\n")
+    (results / "three.md").write_text("# Three\n\n`jaxtune finetune c.yaml` Seeds 0, 1, 2 (init).\n")
+    text = index.render(str(tmp_path))
+    assert "| x beats y | **shown** | +0.1 [+0.05, +0.15] | `python experiments/a.py` | [results/a.md]" in text
+    assert "| y beats z | **contradicted** |" in text
+    assert "| rehearsal \\| helps | **not shown** |" in text and "[results/b.md](results/b.md)" in text
+    assert ("| [results/old.md](results/old.md) | Old thing | not under protocol (one seed) | "
+            "`python experiments/old.py --x` |") in text
+    assert "not under protocol (seeds 0, 1, 2, hyperparameters not chosen on validation)" in text
+    assert "results/a.md) | A | not under" not in text          # a.md has a sidecar: under the protocol
+    assert index.main(["--root", str(tmp_path), "--check"]) == 1
+    assert index.main(["--root", str(tmp_path)]) == 0 and index.main(["--root", str(tmp_path), "--check"]) == 0
+    (results / "bad.json").write_text('{"claim": "c", "verdict": "yes", "summary": "s", "command": "x"}')
+    with pytest.raises(ValueError, match="bad.json: claim 0 has verdict 'yes'"):
+        index.render(str(tmp_path))
+
+
+def test_results_index_is_current():
+    """experiments/RESULTS.md is what `python experiments/index.py` writes from the sidecars now."""
+    with open(os.path.join(EXPERIMENTS, "RESULTS.md"), encoding="utf-8") as f:
+        assert f.read() == index.render(EXPERIMENTS), "run: python experiments/index.py"
