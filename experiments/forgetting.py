@@ -53,7 +53,7 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import format_interval, format_mean_std, markdown_table, paired_interval  # noqa: E402
+from protocol import format_interval, format_mean_std, markdown_table, mean_std, paired_interval  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
