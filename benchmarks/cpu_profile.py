@@ -141,14 +141,19 @@ def matmul_kernels(repeats: int = 20) -> list[dict]:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         jax.block_until_ready(f(ja, jb))
         torch.mm(ta, tb)
+        # Each framework's repeats in one block: PyTorch's OpenMP threads spin for a while after an
+        # op, and would take the cores from an XLA call made right after it.
         times = {"jax": [], "torch": []}
         for _ in range(repeats):
             t0 = time.perf_counter()
             jax.block_until_ready(f(ja, jb))
-            t1 = time.perf_counter()
+            times["jax"].append(time.perf_counter() - t0)
+        time.sleep(0.5)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
             torch.mm(ta, tb)
-            times["jax"].append(t1 - t0)
-            times["torch"].append(time.perf_counter() - t1)
+            times["torch"].append(time.perf_counter() - t0)
+        time.sleep(0.5)
         flop = 2 * m * k * n
         rows.append({"shape": f"{m}x{k} @ {k}x{n}", "what": what,
                      "xla_gflops": flop / statistics.median(times["jax"]) / 1e9,
