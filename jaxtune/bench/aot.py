@@ -35,6 +35,7 @@ from jaxtune.bench.measure import attention_kernel, tree_bytes, xla_peak_bytes
 from jaxtune.bench.peers import REPO
 from jaxtune.bench.report import mib, update_results_md
 from jaxtune.bench.xla_flags import apply_environment
+from jaxtune.xla_options import step_compiler_options
 
 # Target descriptions of the GPU kinds we benchmark on: an H100 SXM (132 SMs, 228 KiB shared memory
 # per SM, 50 MiB L2, 3.35 TB/s HBM3, 80 GB) and an H200 (the same chip with 141 GB of HBM3e at 4.8 TB/s).
@@ -108,6 +109,8 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
     records = []
     for mode in modes:
         contestant = jax_contestant(case, model, mode, batch, compute_dtype)
+        # the step compiles for the described device, not for this host's CPU
+        contestant.compiler_options = step_compiler_options(next(iter(sharding.device_set)).platform)
         record = {"case": case.name, "mode": mode, "error": None}
         try:
             contestant.prepare()

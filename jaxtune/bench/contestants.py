@@ -122,6 +122,7 @@ class JaxContestant:
         self.stages: list = []
         self.compiled = self.trainable = None
         self.compile_s, self.compile_concurrency, self.recompilations = None, 1, 0
+        self.compiler_options: Any = "auto"   # jt.make_train_step's; the GPU AOT check sets its target's
 
     def prepare(self) -> None:
         """Builds the optimizer, train state and jitted step, and puts the batch on the device."""
@@ -146,7 +147,8 @@ class JaxContestant:
         if self.stages:
             state = state.replace(opt_state=jt.set_trainable(state.opt_state, self.stages[0]))
         self.state = state
-        self.step = jt.make_train_step(m.loss_fn, tx, trainable=self.trainable, compute_dtype=self.compute_dtype)
+        self.step = jt.make_train_step(m.loss_fn, tx, trainable=self.trainable, compute_dtype=self.compute_dtype,
+                                       compiler_options=self.compiler_options)
         self.batch = jax.device_put(self.host_batch)
 
     def compile(self, concurrency: int = 1) -> float:

@@ -85,6 +85,7 @@ class MemberContestant:
         self.examples_per_step = self.n * case.batch_size
         self.compiled = None
         self.compile_s, self.compile_concurrency, self.recompilations = None, 1, 0
+        self.compiler_options: Any = "auto"   # as JaxContestant's
 
     def prepare(self) -> None:
         """Builds the runtime-mode optimizer, the member (or single) state and step, puts the batch on device."""
@@ -95,11 +96,12 @@ class MemberContestant:
         if self.mode == "members":
             self.state = jt.stack_members(states)
             self.step = jt.make_member_step(m.loss_fn, tx, members=self.n, per_member_batch=True,
-                                            compute_dtype=self.compute_dtype)
+                                            compute_dtype=self.compute_dtype, compiler_options=self.compiler_options)
             self.batch = jax.device_put({k: np.stack([v] * self.n) for k, v in self.host_batch.items()})
         else:
             self.state = states[0]
-            self.step = jt.make_train_step(m.loss_fn, tx, compute_dtype=self.compute_dtype)
+            self.step = jt.make_train_step(m.loss_fn, tx, compute_dtype=self.compute_dtype,
+                                           compiler_options=self.compiler_options)
             self.batch = jax.device_put(self.host_batch)
 
     def compile(self, concurrency: int = 1) -> float:
