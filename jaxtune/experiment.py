@@ -272,7 +272,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
     fsdp = cfg.train.parallel == "fsdp"
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype,
                        **({} if mesh is None else dict(mesh=mesh, fsdp=fsdp)))
-    train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs)
+    train_step = _train_step(task, model, variables, rules, tx, stages, runtime, step_kwargs, layer_ids)
     eval_step = make_eval_step(task.eval_fn(model), compute_dtype=cfg.train.compute_dtype, mesh=mesh)
     state = TrainState.create(params, tx, model_state=model_state, rng=seed_stream(cfg.train.seed, "dropout"))
     if mesh is not None:
@@ -283,7 +283,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
 
 
 def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax.GradientTransformation,
-                stages: list | None, runtime: bool, step_kwargs: dict):
+                stages: list | None, runtime: bool, step_kwargs: dict, layer_ids: Any = None):
     """``train_step(state, batch, stage)``. Batch-norm layers of frozen groups keep their statistics
     (:func:`jaxtune.frozen_batch_norm`), following the unfreezing stage: one step is built per
     distinct set of frozen batch-norm layers (so a runtime-mode run of a CNN compiles once per stage
@@ -294,7 +294,7 @@ def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax
     masks = [None] if stages is None else stages
     stage_bn = [frozen_batch_norm(variables, rules, trainable=mask) for mask in masks]
     rule_mask = trainable_mask(variables["params"], rules)
-    stage_models = [with_frozen_layers(with_frozen_bn(model, frozen), mask if structural else rule_mask)
+    stage_models = [with_frozen_layers(with_frozen_bn(model, frozen), mask if structural else rule_mask, layer_ids)
                     for frozen, mask in zip(stage_bn, masks)]
     steps: dict[tuple[frozenset[str], int], Any] = {}
 

@@ -257,9 +257,10 @@ def build_member_group(setups: Sequence) -> MemberGroup:
     stacked = stack_members(states, share=share)
     n = len(setups)
     loss_fn = ref.task.loss_fn(with_frozen_bn(ref.model, frozen_bn.pop()))
+    # no compiler options on the member step: it runs inside _masked's jit, which has them
     member_step = make_member_step(loss_fn, tx, members=n, per_member_batch=True, donate=False,
                                    trainable=rule_mask, accumulate=ref.config.train.accumulate,
-                                   compute_dtype=ref.config.train.compute_dtype)
+                                   compute_dtype=ref.config.train.compute_dtype, compiler_options=None)
     return MemberGroup(list(setups), stacked, _masked(member_step), make_member_eval_step(ref.eval_step, members=n),
                        share, group_dir(cfgs))
 

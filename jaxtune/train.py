@@ -448,11 +448,13 @@ class StagedTrainStep:
 
 
 def make_eval_step(eval_fn: Callable[..., dict], *, compute_dtype: Any = None, mesh: Mesh | None = None,
-                   axis_name: str = DATA_AXIS, compiler_options: Any = AUTO) -> Callable:
+                   axis_name: str = DATA_AXIS, compiler_options: Any = None) -> Callable:
     """Builds the jitted ``eval_step(state, batch) -> metrics``.
 
     ``eval_fn(params, batch, *, model_state) -> dict`` of per-batch metric arrays.
-    ``compiler_options``: as for :func:`make_train_step`.
+    ``compiler_options``: as for :func:`make_train_step`, but None (XLA's defaults) by default: an
+    eval step is often called inside another jit (:func:`jaxtune.make_member_eval_step`), and JAX
+    takes compiler options on the outermost jit only.
 
     Example::
 

@@ -50,13 +50,17 @@ def test_scheduling_changes_no_number_and_no_more_memory():
 def test_eval_and_member_steps_take_the_options_too():
     params, batch = _setup()
     state = jt.TrainState.create(params, optax.sgd(0.1))
-    eval_step = jt.make_eval_step(lambda p, b, model_state: {"loss": _mlp_loss(p, b)}, compiler_options=None)
-    auto_eval = jt.make_eval_step(lambda p, b, model_state: {"loss": _mlp_loss(p, b)})
+    eval_step = jt.make_eval_step(lambda p, b, model_state: {"loss": _mlp_loss(p, b)})
+    auto_eval = jt.make_eval_step(lambda p, b, model_state: {"loss": _mlp_loss(p, b)}, compiler_options="auto")
     np.testing.assert_array_equal(np.asarray(eval_step(state, batch)["loss"]), np.asarray(auto_eval(state, batch)["loss"]))
-    member_step = jt.make_train_step(_mlp_loss, optax.sgd(0.1), members=2, compiler_options=None)
+    member_step = jt.make_train_step(_mlp_loss, optax.sgd(0.1), members=2, donate=False, compiler_options=None)
     stacked = jt.stack_members([state, state])
     _, metrics = member_step(stacked, batch)
     assert metrics["loss"].shape == (2,)
+    # an eval step nested in the member eval's jit: JAX takes compiler options on the outer jit only
+    member_eval = jt.make_member_eval_step(eval_step, members=2)
+    np.testing.assert_array_equal(np.asarray(member_eval(stacked, batch)["loss"]),
+                                  np.asarray([eval_step(state, batch)["loss"]] * 2))
 
 
 @pytest.mark.parametrize("bad, error", [("fast", ValueError), (3, TypeError)])
