@@ -30,7 +30,7 @@ def test_protocol_mean_std_and_paired_interval_match_scipy():
     assert mean == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
     assert (low, high) == pytest.approx((reference.low, reference.high), rel=1e-9)
     assert np.isnan(protocol.paired_interval([0.5], [0.4])[1]) and protocol.format_mean_std([0.5]) == "0.5000"
-    with pytest.raises(ValueError, match="equal lengths"):
+    with pytest.raises(ValueError, match="same non-zero length"):
         protocol.paired_interval([0.5, 0.6], [0.4])
 
 
