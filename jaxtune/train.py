@@ -46,9 +46,9 @@ from jaxtune.forgetting import averaged_leaves
 from jaxtune.lora import LoraParams, merged_params
 from jaxtune.lora_forward import LoraForward, lora_dropout_key
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
-from jaxtune.xla_options import AUTO, resolve_compiler_options
 from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, fsdp_gather, tree_shardings
+from jaxtune.xla_options import AUTO, resolve_compiler_options
 
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
 WEIGHT_KEY = "weight"  # metrics[WEIGHT_KEY]: the total weight of a weighted-mean loss
@@ -383,7 +383,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       donate: donate the state's buffers to the step (update in place).
       compiler_options: XLA options of the step's compilation. ``"auto"`` (default):
         :func:`jaxtune.step_compiler_options` (the memory-optimised scheduler on CPU: fewer page
-        faults, same results); None: XLA's defaults; or a dict of XLA options.
+        faults, same results); None: XLA's defaults (needed when you call the step inside another
+        jit: JAX takes compiler options on the outermost jit only); or a dict of XLA options.
       members: N: the step trains N members stacked on a leading axis (:func:`jaxtune.stack_members`)
         in one ``jax.vmap``-ped call (see :func:`jaxtune.make_member_step`); metrics get a leading
         axis of N.
