@@ -35,14 +35,19 @@ def _random_factors(adapters, seed=0, std=0.3):
                         adapters, is_leaf=lambda x: isinstance(x, jt.LoraFactors))
 
 
-def _check_round_trip(adapter_dir, adapters, config, task, params):
-    again, saved = jt.load_peft(adapter_dir, config, task, params=params)
-    mine, theirs = factors_by_path(adapters), factors_by_path(again)
+def assert_same_factors(want, got):
+    """Two adapter trees hold the same factors (exactly) and scales at the same paths."""
+    mine, theirs = factors_by_path(want), factors_by_path(got)
     assert sorted(mine) == sorted(theirs)
     for path, f in mine.items():
         np.testing.assert_array_equal(theirs[path].lora_a, f.lora_a)
         np.testing.assert_array_equal(theirs[path].lora_b, f.lora_b)
         assert theirs[path].scale == f.scale
+
+
+def _check_round_trip(adapter_dir, adapters, config, task, params):
+    again, saved = jt.load_peft(adapter_dir, config, task, params=params)
+    assert_same_factors(adapters, again)
     return saved
 
 

@@ -15,7 +15,7 @@ from jaxtune.lora_peft import per_layer_factors
 from jaxtune.models.family import flatten_paths, unflatten_paths
 from jaxtune.models.stacking import unstack_layers
 from tests._hf_fixtures import tiny_bert_config
-from tests.test_lora_peft import QV, _random_factors
+from tests.test_lora_peft import QV, _random_factors, assert_same_factors
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -55,17 +55,12 @@ def test_stacked_lora_exports_the_unrolled_models_peft_files_and_loads_back(tmp_
     assert configs[0] == configs[1]
 
     loaded, _ = jt.load_peft(tmp_path / "unrolled", scanned_model.config, task, params=scanned["params"])
-    want, got = factors_by_path(stacked), factors_by_path(loaded)
-    assert sorted(want) == sorted(got)
-    for path, f in want.items():
-        np.testing.assert_array_equal(got[path].lora_a, f.lora_a)
-        np.testing.assert_array_equal(got[path].lora_b, f.lora_b)
-        assert got[path].scale == f.scale
+    assert_same_factors(stacked, loaded)
     merged = flatten_paths(jt.merge_lora(scanned["params"], loaded))
     reference = flatten_paths(jt.merge_lora(variables["params"], unrolled))
     stacks = [(s.removeprefix("params/"), t.removeprefix("params/"))
               for s, t, _ in hub._family_of_config(scanned_model.config).stacked_layers(scanned_model.config)]
-    for path in want:   # each merged stacked kernel is the unrolled model's merged kernels, stacked
+    for path in factors_by_path(stacked):   # each merged stacked kernel is the unrolled model's merged kernels, stacked
         stack = next((s, t) for s, t in stacks if path.startswith(s + "/"))
         for layer_path, kernel in unstack_layers({path: merged[path]}, *stack).items():
             np.testing.assert_allclose(kernel, reference[layer_path], atol=ATOL, rtol=0, err_msg=layer_path)
