@@ -6,7 +6,6 @@ Usage::
     python benchmarks/compile_time.py --smoke             # a tiny random BERT and T5, seconds
     python benchmarks/compile_time.py --cases minilm-l6-s64-bs16 --rounds 7 --steps-per-round 3
     python benchmarks/compile_time.py --remat full        # add a scanned + remat layout
-    python benchmarks/compile_time.py --target h100 --cases bert-base-s128-bs32,t5-small-s128-t32-bs32   # compile only
 
 For every case, layout (``unrolled``, ``scanned``, and ``scanned-<remat>`` with ``--remat``) and
 strategy it builds the model, a structural train step (adamw, lr 2e-5, weight decay 0.01, the family's
@@ -16,12 +15,14 @@ default rules, float32 compute on CPU; BERT classifies sequences, T5 is trained 
 * ``trace_s``: tracing and lowering to StableHLO; ``compile_s``: XLA's compilation of it (the
   persistent compilation cache is switched off, so each is a real compilation);
 * ``step_s``: the median step time over ``--rounds`` timed rounds of ``--steps-per-round`` steps
-  after one warm-up round (not with ``--target h100``, which compiles for a described GPU without
-  running anything; that needs the CUDA plugin, see ``jaxtune/bench/aot.py``);
+  after one warm-up round;
 * ``flops``: XLA's cost analysis of the compiled step. It counts a loop's body once, so for a
   scanned layout ``flops_all_layers`` also compiles the step with the scan unrolled
   (``scan_unroll`` = the layer count; not timed, skipped with ``--no-all-layers-flops``) to count
   every layer; the table shows that one.
+
+The same comparison for XLA:GPU's plan (compile only, no device): ``python benchmarks/gpu_compile_check.py
+--layouts unrolled,scanned`` (``jaxtune/bench/aot.py``).
 
 Strategies: ``full`` (everything trains) and ``frozen-bottom`` (embeddings and the bottom half of
 the layers frozen: ``jt.freeze_below``, for T5 the encoder's blocks; the scanned model runs the frozen
@@ -154,15 +155,13 @@ def xla_flops(compiled) -> float:
     return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
 
 
-def measure(case: Case, layout_name: str, layout: dict, strategy: str, args, sharding) -> dict:
+def measure(case: Case, layout_name: str, layout: dict, strategy: str, args) -> dict:
     """Trace, compile and (on this machine's CPU) step times of one case, layout and strategy."""
     model, params = build(case, layout)
     state, step, run_model = train_step(model, params, strategy, args.compute_dtype)
     batch = make_batch(case, model.config.vocab_size)
-    abstract = lambda tree: tree if sharding is None else jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
     start = time.perf_counter()
-    lowered = step.lower(abstract(state), abstract(batch))
+    lowered = step.lower(state, batch)
     traced = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
@@ -174,17 +173,16 @@ def measure(case: Case, layout_name: str, layout: dict, strategy: str, args, sha
     elif args.all_layers_flops:
         unrolled = model.clone(config=all_layers_unrolled(model.config))
         state_u, step_u, _ = train_step(unrolled, params, strategy, args.compute_dtype)
-        record["flops_all_layers"] = xla_flops(step_u.lower(abstract(state_u), abstract(batch)).compile())
-    if sharding is None:
-        state, _ = compiled(state, batch)                          # warm-up round
-        times = []
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                state, metrics = compiled(state, batch)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - start)
-        record["step_s"] = statistics.median(times) / args.steps_per_round
+        record["flops_all_layers"] = xla_flops(step_u.lower(state_u, batch).compile())
+    state, _ = compiled(state, batch)                          # warm-up round
+    times = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        for _ in range(args.steps_per_round):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - start)
+    record["step_s"] = statistics.median(times) / args.steps_per_round
     return record
 
 
@@ -212,46 +210,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, of {STRATEGIES}")
     parser.add_argument("--remat", default=None, choices=[r for r in REMAT_POLICIES if r != "none"],
                         help="also a scanned layout with this remat option")
-    parser.add_argument("--target", default="cpu", choices=["cpu", "h100", "h200"],
-                        help="cpu: compile and time here; h100/h200: compile only, for a described GPU")
     parser.add_argument("--no-all-layers-flops", dest="all_layers_flops", action="store_false",
                         help="skip the extra (untimed) compilation that counts every scanned layer's FLOPs")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median; default 5)")
     parser.add_argument("--steps-per-round", type=int, default=2, help="steps per timed round (default 2)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output directory")
-    parser.add_argument("--name", default=None, help="output file stem (default compile-time-<target> / -smoke)")
+    parser.add_argument("--name", default=None, help="output file stem (default compile-time-cpu / -smoke)")
     args = parser.parse_args(argv)
     names = list(SMOKE_CASES) if args.smoke else (args.cases or ",".join(DEFAULT_CASES)).split(",")
     unknown = sorted(set(names) - set(cases())) + sorted(set(args.strategies.split(",")) - set(STRATEGIES))
     if unknown:
         parser.error(f"unknown case(s) or strateg(ies) {unknown}; cases: {sorted(cases())}, strategies: {STRATEGIES}")
     args.case_names, args.strategy_names = names, args.strategies.split(",")
-    args.compute_dtype = jnp.float32 if args.target == "cpu" else jnp.bfloat16
+    args.compute_dtype = jnp.float32
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jax.config.update("jax_enable_compilation_cache", False)     # every compilation is measured, none read back
-    sharding = None
-    if args.target != "cpu":
-        from jaxtune.bench.aot import target_sharding
-
-        sharding = target_sharding(args.target)
     layouts = {"unrolled": {"scan_layers": False}, "scanned": {"scan_layers": True}}
     if args.remat:
         layouts[f"scanned-{args.remat}"] = {"scan_layers": True, "remat": args.remat}
-    measure(cases()["bert-tiny-s16-bs4"], "warm-up", {}, "full", args, sharding)   # JAX's own first-compile costs
+    measure(cases()["bert-tiny-s16-bs4"], "warm-up", {}, "full", args)   # JAX's own first-compile costs
     rows = []
     for name in args.case_names:
         for strategy in args.strategy_names:
             for layout_name, layout in layouts.items():
-                row = measure(cases()[name], layout_name, layout, strategy, args, sharding)
+                row = measure(cases()[name], layout_name, layout, strategy, args)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    stem = args.name or f"compile-time-{'smoke' if args.smoke else args.target}"
+    stem = args.name or f"compile-time-{'smoke' if args.smoke else 'cpu'}"
     header = (f"## Compile time, unrolled vs scanned layers: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
-              f"UTC, {platform.node()} ({args.target}; jax {jax.__version__}, {jax.device_count()} device(s), "
+              f"UTC, {platform.node()} (cpu; jax {jax.__version__}, {jax.device_count()} device(s), "
               f"{jnp.dtype(args.compute_dtype).name} compute; {args.rounds} rounds x {args.steps_per_round} steps, "
               "median; adamw, the family's default rules; seed 0)")
     table = markdown(rows, header)

@@ -56,3 +56,24 @@ def test_gpu_target_attention_choice_and_missing_plugin_hint():
     except ImportError:
         with pytest.raises(RuntimeError, match="jax-cuda13-plugin"):
             bench_aot.target_sharding("h100")
+
+
+def test_layouts_compile_side_by_side_with_a_scanned_vs_unrolled_table(tmp_path):
+    rc = bench_aot.main(["--target", "cpu", "--suite", "smoke", "--cases", "bert-tiny-s16-bs4,resnet-tiny-i32-bs4",
+                         "--out", str(tmp_path), "--modes", "full", "--layouts", "unrolled,scanned",
+                         "--results-md", "none"])
+    assert rc == 0
+    env, *records = [json.loads(line) for line in (tmp_path / "compile-cpu.jsonl").read_text().splitlines()]
+    assert [(r["case"], r["layout"]) for r in records] == [
+        ("bert-tiny-s16-bs4", "unrolled"), ("bert-tiny-s16-bs4", "scanned"),
+        ("resnet-tiny-i32-bs4", "unrolled"), ("resnet-tiny-i32-bs4", "scanned")]
+    assert all(r["error"] is None for r in records)
+    pairs = bench_aot.layout_rows(records)
+    assert [(p["case"], p["mode"]) for p in pairs] == [("bert-tiny-s16-bs4", "full"), ("resnet-tiny-i32-bs4", "full")]
+    # the stacked BERT plans different buffers; a ResNet has no layers to scan and plans the same
+    assert pairs[1]["scanned"]["peak_memory_bytes"] == pairs[1]["unrolled"]["peak_memory_bytes"]
+    text = (tmp_path / "compile-cpu.md").read_text()
+    assert "| bert-tiny-s16-bs4 | full | scanned |" in text and "scanned / unrolled" in text
+    with pytest.raises(SystemExit, match="--layouts"):
+        bench_aot.main(["--target", "cpu", "--layouts", "rolled"])
+    assert bench_aot.with_layout(bench.suite_cases("smoke")[0], "scanned").config.scan_layers

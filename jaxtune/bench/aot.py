@@ -22,6 +22,7 @@ Needs the CUDA PJRT plugin of the installed jax (not needed by jaxtune itself), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -69,6 +70,8 @@ GPU_TARGETS = {
     "h200": _HOPPER.format(bandwidth=4800000000000, memory=150754820096, name="NVIDIA H200"),
 }
 TARGETS = (*GPU_TARGETS, "cpu")
+LAYOUTS = ("unrolled", "scanned")
+COMPILE_TARGET_S = 10.0   # issue #20: BERT-base's and T5-small's full step compile on the H100 plan
 
 
 def target_sharding(target: str):
@@ -100,10 +103,29 @@ def abstract_like(tree: Any, sharding: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def with_layout(case: Any, layout: str) -> Any:
+    """``case`` with its transformer layers ``unrolled`` (as built) or ``scanned`` (``scan_layers=True``:
+    one loop over stacked layer parameters); a case without layers (ResNet) stays as it is.
+
+    Example::
+
+        >>> from jaxtune.bench.cases import suite_cases
+        >>> with_layout(suite_cases("smoke")[0], "scanned").config.scan_layers
+        True
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout == "unrolled" or case.config is None or not hasattr(case.config, "scan_layers"):
+        return case
+    return dataclasses.replace(case, config=dataclasses.replace(case.config, scan_layers=True))
+
+
 def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: Any,
-                 log: Callable[[str], None] = print) -> list[dict]:
-    """Compiles each of ``modes`` of ``case`` for ``sharding``'s device; one record per mode
-    (``error`` set, other fields None, where the compilation fails)."""
+                 log: Callable[[str], None] = print, layout: str = "unrolled") -> list[dict]:
+    """Compiles each of ``modes`` of ``case`` (its layers ``layout``, see :func:`with_layout`) for
+    ``sharding``'s device; one record per mode (``error`` set, other fields None, where the
+    compilation fails)."""
+    case = with_layout(case, layout)
     model = build_model(case, compute_dtype)
     batch = make_batch(case, getattr(model.config, "vocab_size", 1000))
     records = []
@@ -111,7 +133,7 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
         contestant = jax_contestant(case, model, mode, batch, compute_dtype)
         # the step compiles for the described device, not for this host's CPU
         contestant.compiler_options = step_compiler_options(next(iter(sharding.device_set)).platform)
-        record = {"case": case.name, "mode": mode, "error": None}
+        record = {"case": case.name, "mode": mode, "layout": layout, "error": None}
         try:
             contestant.prepare()
             start = time.perf_counter()
@@ -127,23 +149,36 @@ def compile_case(case: Any, modes: Sequence[str], sharding: Any, compute_dtype: 
                           attention_kernel=None, optimizer_state_bytes=None, error=f"{type(e).__name__}: {e}"[:500])
         finally:
             contestant.close()
-        log(f"{case.name} {mode}: " + (f"peak {mib(record['peak_memory_bytes'])} MiB, compiled in "
+        log(f"{case.name} {mode} {layout}: " + (f"peak {mib(record['peak_memory_bytes'])} MiB, compiled in "
                                        f"{record['compile_s']:.1f} s" if record["error"] is None else record["error"]))
         records.append(record)
     return records
 
 
+def _key(record: dict) -> str:
+    """A record's case, with `` scanned`` appended for the scanned layout."""
+    return record["case"] + (" scanned" if record.get("layout", "unrolled") == "scanned" else "")
+
+
 def frozen_memory_ratios(records: Sequence[dict]) -> dict[str, float]:
-    """Per case: the frozen-backbone step's peak memory over the full step's (target ≤ 0.40)."""
-    peaks = {(r["case"], r["mode"]): r["peak_memory_bytes"] for r in records}
+    """Per case (and layout): the frozen-backbone step's peak memory over the full step's (target ≤ 0.40)."""
+    peaks = {(_key(r), r["mode"]): r["peak_memory_bytes"] for r in records}
     return {case: peaks[(case, "frozen_backbone")] / peaks[(case, "full")]
             for case, mode in peaks if mode == "full" and peaks[(case, mode)]
             and peaks.get((case, "frozen_backbone"))}
 
 
+def layout_rows(records: Sequence[dict]) -> list[dict]:
+    """Per case and mode compiled in both layouts: unrolled and scanned compile seconds and peak memory."""
+    ok = {(r["case"], r["mode"], r.get("layout", "unrolled")): r for r in records if r["error"] is None}
+    return [{"case": case, "mode": mode, "unrolled": ok[(case, mode, "unrolled")], "scanned": r}
+            for (case, mode, layout), r in ok.items() if layout == "scanned" and (case, mode, "unrolled") in ok]
+
+
 def markdown(records: Sequence[dict], env: dict) -> str:
-    """The RESULTS.md section of a compile check: environment, one row per case and mode, and the
-    frozen-backbone memory ratios against the 40% target."""
+    """The RESULTS.md section of a compile check: environment, one row per case, mode and layout, the
+    frozen-backbone memory ratios against the 40% target and, where both layouts compiled, scanned
+    against unrolled (full-step compile target ≤ :data:`COMPILE_TARGET_S` s)."""
     lines = [f"## Compile check `{env['target']}` (deviceless: XLA:GPU plan, nothing run)", "",
              f"{env['date']}; jax {env['jax']}; compiled on {env['host']} for {env['device']}; "
              f"compute {env['compute_dtype']}; attention `{env['attention']}`; XLA_FLAGS "
@@ -151,19 +186,29 @@ def markdown(records: Sequence[dict], env: dict) -> str:
              "assignment of one step (arguments + temporaries + outputs not aliased to donated "
              "arguments), as `peak_memory_bytes` of the gpu suite. Compile seconds are this host's, "
              "without autotuning.", "",
-             "| case | mode | peak MiB | arguments MiB | temporaries MiB | optimizer state MiB | attention | compile s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | mode | layout | peak MiB | arguments MiB | temporaries MiB | optimizer state MiB | attention "
+             "| compile s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        head = f"| {r['case']} | {r['mode']} | {r.get('layout', 'unrolled')} |"
         if r["error"] is not None:
-            lines.append(f"| {r['case']} | {r['mode']} | **failed**: {r['error'].splitlines()[0]} | | | | | |")
+            lines.append(f"{head} **failed**: {r['error'].splitlines()[0]} | | | | | |")
             continue
-        lines.append(f"| {r['case']} | {r['mode']} | {mib(r['peak_memory_bytes'])} | "
-                     f"{mib(r['argument_bytes'])} | {mib(r['temp_bytes'])} | "
+        lines.append(f"{head} {mib(r['peak_memory_bytes'])} | {mib(r['argument_bytes'])} | {mib(r['temp_bytes'])} | "
                      f"{mib(r['optimizer_state_bytes'])} | {r['attention_kernel'] or '-'} | {r['compile_s']:.1f} |")
     ratios = frozen_memory_ratios(records)
     if ratios:
         lines += ["", "| case | frozen-backbone / full peak memory | target ≤ 0.40 |", "|---|---|---|"]
         lines += [f"| {case} | {ratio:.3f} | {'met' if ratio <= 0.40 else 'missed'} |" for case, ratio in ratios.items()]
+    pairs = layout_rows(records)
+    if pairs:
+        lines += ["", f"| case | mode | compile s unrolled | scanned | scanned / unrolled | peak MiB unrolled | scanned "
+                      f"| full step ≤ {COMPILE_TARGET_S:g} s (scanned) |", "|---|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            u, s = p["unrolled"], p["scanned"]
+            target = ("met" if s["compile_s"] <= COMPILE_TARGET_S else "missed") if p["mode"] == "full" else "-"
+            lines.append(f"| {p['case']} | {p['mode']} | {u['compile_s']:.1f} | {s['compile_s']:.1f} | "
+                         f"{s['compile_s'] / u['compile_s']:.2f}x | {mib(u['peak_memory_bytes'])} | "
+                         f"{mib(s['peak_memory_bytes'])} | {target} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +218,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", choices=("gpu", "smoke"), default="gpu")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: the suite's)")
     p.add_argument("--modes", default=",".join(ALL_MODES), help="comma-separated modes")
+    p.add_argument("--layouts", default="unrolled",
+                   help=f"comma-separated, of {LAYOUTS}: the BERT/T5 layers unrolled or as one scan")
     p.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
                    help="the BERT/T5 cases' attention_implementation; auto on a GPU target is the one "
                         "the models pick on that GPU")
@@ -208,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
 
+    layouts = [x for x in args.layouts.split(",") if x]
+    if sorted(set(layouts) - set(LAYOUTS)):
+        raise SystemExit(f"--layouts {args.layouts}: choose from {', '.join(LAYOUTS)}")
     sharding = target_sharding(args.target)
     cases = suite_cases(args.suite)
     if args.cases:
@@ -223,8 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         attention = args.attention
         if attention == "auto" and args.target != "cpu" and hasattr(case.config, "attention_implementation"):
             attention = _auto_attention(case)
-        records += compile_case(with_attention(case, attention), [m for m in modes if m in case.modes],
-                                sharding, compute_dtype)
+        for layout in layouts:
+            records += compile_case(with_attention(case, attention), [m for m in modes if m in case.modes],
+                                    sharding, compute_dtype, layout=layout)
     device = sharding.mesh.devices.flat[0]
     env = {"target": args.target, "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "dropped_xla_flags": dropped,
