@@ -1,17 +1,22 @@
-"""Writes ``experiments/RESULTS.md``: every claim the experiments test, its verdict, numbers and command.
+"""Writes ``experiments/RESULTS.md`` and the README's findings: every claim the experiments test, its
+verdict, numbers and command.
 
 Each experiment under the protocol (``experiments/protocol.py``) writes, beside its results file
 ``experiments/results/<name>.md``, a sidecar ``experiments/results/<name>.json``::
 
     {"title": "...", "command": "python experiments/<name>.py", "results": "results/<name>.md",
-     "claims": [{"claim": "...", "verdict": "shown" | "not shown" | "contradicted", "summary": "..."}]}
+     "claims": [{"claim": "...", "verdict": "shown" | "not shown" | "contradicted", "summary": "...",
+                 "sentence": "..."}]}
 
-(a single claim may also be given flat: ``{"claim", "verdict", "summary", "command"}``). This
-command reads them all, one row per claim, and lists every results file without a sidecar as "not
-under protocol", with the seeds it states. Nothing in RESULTS.md is written by hand::
+(``sentence``, optional: the claim as the README states it, when the claim's own text does not read as
+one; a single claim may also be given flat: ``{"claim", "verdict", "summary", "command"}``). This
+command reads them all, one row per claim, and lists every results file without a sidecar (and the
+README's demo, :data:`DEMO`) as "not under protocol", with the seeds it states. It writes the same
+findings, one sentence per claim and one line per result not under the protocol, into README.md between
+:data:`README_START` and :data:`README_END`. Nothing in either is written by hand::
 
-    python experiments/index.py            # rewrite experiments/RESULTS.md
-    python experiments/index.py --check    # exit 1 if it is not current
+    python experiments/index.py            # rewrite experiments/RESULTS.md and README.md's findings
+    python experiments/index.py --check    # exit 1 if either is not current
 """
 from __future__ import annotations
 
@@ -19,16 +24,28 @@ import argparse
 import glob
 import json
 import os
+import posixpath
 import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VERDICTS = ("shown", "not shown", "contradicted")
 _COMMAND = re.compile(r"`((?:python|jaxtune) [^`]+)`")
+# The README's findings sit between these two lines; the rest of README.md is never touched.
+README_START = "<!-- experiment findings: written by `python experiments/index.py`; do not edit -->"
+README_END = "<!-- end of experiment findings -->"
+# The demo's table lives in the README, not under results/: one seed, learning rates set by hand.
+DEMO = {"title": "The demo: linear probe vs full fine-tuning (LLRD) of all-MiniLM-L6-v2 on tweet sentiment, "
+                 "equal steps", "seeds": "one seed", "command": "python -m jaxtune.demo --write-readme README.md",
+        "results": "../README.md#quick-start"}
+
+
+def _line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return _line(text).replace("|", "\\|")
 
 
 def read_sidecar(path: str) -> dict:
@@ -55,6 +72,8 @@ def read_sidecar(path: str) -> dict:
         missing = [k for k in ("claim", "verdict", "summary") if not claim.get(k)]
         if missing:
             raise ValueError(f"{path}: claim {i} lacks {missing}")
+        if "sentence" in claim and not (isinstance(claim["sentence"], str) and claim["sentence"].strip()):
+            raise ValueError(f"{path}: claim {i} has an empty 'sentence'; leave it out to use the claim's text")
         if claim["verdict"] not in VERDICTS:
             raise ValueError(f"{path}: claim {i} has verdict {claim['verdict']!r}; use one of {VERDICTS}")
     return record
@@ -82,12 +101,61 @@ def legacy_entry(path: str) -> dict:
             "results": f"results/{os.path.basename(path)}"}
 
 
-def render(root: str = HERE) -> str:
-    """The text of ``RESULTS.md`` for the sidecars and results files under ``root/results``."""
+def _sources(root: str) -> tuple[list[dict], list[dict]]:
+    """The checked sidecars under ``root/results`` and the entries not under the protocol (results
+    files without a sidecar, then the demo)."""
     results = os.path.join(root, "results")
     sidecars = sorted(glob.glob(os.path.join(results, "*.json")))
     covered = {os.path.splitext(p)[0] for p in sidecars}
     legacy = [p for p in sorted(glob.glob(os.path.join(results, "*.md"))) if os.path.splitext(p)[0] not in covered]
+    return [read_sidecar(p) for p in sidecars], [legacy_entry(p) for p in legacy] + [DEMO]
+
+
+def findings_markdown(root: str = HERE) -> str:
+    """The README's findings: per experiment under the protocol one line (title, command, results
+    file), then one sentence per claim with its verdict and numbers; then one line per result not
+    under the protocol. Links are relative to the README (``root``'s parent).
+
+    Example::
+
+        findings_markdown().splitlines()[1]
+        # '  - Word2Vec vectors trained on the unlabelled tweets, ...: **shown** (test accuracy ...).'
+    """
+    records, legacy = _sources(root)
+    folder = os.path.basename(os.path.normpath(root))
+    link = lambda results: re.sub(r"^README\.md#", "#", posixpath.normpath(posixpath.join(folder, results)))
+    lines = []
+    for record in records:
+        lines.append(f"- {_line(record['title'])} (`{_line(record['command'])}`, "
+                     f"[{link(record['results'])}]({link(record['results'])})):")
+        for claim in record["claims"]:
+            text = _line(claim.get("sentence") or claim["claim"]).rstrip(".")
+            lines.append(f"  - {text}: **{claim['verdict']}** ({_line(claim['summary']).rstrip('.')}).")
+    lines.append("- Not under the protocol yet (fewer than 3 seeds, or hyperparameters not chosen on validation):")
+    for entry in legacy:
+        lines.append(f"  - [{_line(entry['title'])}]({link(entry['results'])}): {entry['seeds']}; "
+                     f"`{_line(entry['command'])}`.")
+    return "\n".join(lines)
+
+
+def with_findings(readme: str, block: str, readme_path: str = "README.md") -> str:
+    """``readme``'s text with the lines between :data:`README_START` and :data:`README_END` replaced by
+    ``block``; a README without exactly one such pair is an error naming the file and the markers.
+
+    Example::
+
+        with_findings(open("README.md").read(), findings_markdown())
+    """
+    pattern = re.compile(re.escape(README_START) + r"\n.*?" + re.escape(README_END), re.S)
+    if readme.count(README_START) != 1 or readme.count(README_END) != 1 or not pattern.search(readme):
+        raise ValueError(f"{readme_path} must hold exactly one findings block: a line {README_START!r}, later a "
+                         f"line {README_END!r} (in the subsection 'The protocol and the results index')")
+    return pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", readme)
+
+
+def render(root: str = HERE) -> str:
+    """The text of ``RESULTS.md`` for the sidecars and results files under ``root/results``."""
+    records, legacy = _sources(root)
     lines = ["# Results index", "",
              "Written by `python experiments/index.py` from the JSON sidecars in `experiments/results/`; do not edit "
              "by hand. A verdict is what the experiment's own numbers support: **shown** (the 95% interval of the "
@@ -98,36 +166,48 @@ def render(root: str = HERE) -> str:
              "paired differences with 95% t-intervals.", "",
              "## Claims under the protocol", "",
              "| claim | verdict | numbers | command | results |", "|---|---|---|---|---|"]
-    for path in sidecars:
-        record = read_sidecar(path)
+    for record in records:
         for claim in record["claims"]:
             lines.append(f"| {_cell(claim['claim'])} | **{claim['verdict']}** | {_cell(claim['summary'])} | "
                          f"`{_cell(record['command'])}` | [{record['results']}]({record['results']}) |")
     lines += ["", "## Not under the protocol yet", "",
               "| results | what it measured | seeds | command |", "|---|---|---|---|"]
-    for path in legacy:
-        entry = legacy_entry(path)
+    for entry in legacy:
         lines.append(f"| [{entry['results']}]({entry['results']}) | {_cell(entry['title'])} | "
                      f"not under protocol ({entry['seeds']}) | `{_cell(entry['command'])}` |")
     return "\n".join(lines) + "\n"
 
 
+def _stale(path: str, text: str) -> bool:
+    return not os.path.exists(path) or open(path, encoding="utf-8").read() != text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md is not current, write nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if RESULTS.md or the README's findings are not current, write nothing")
     parser.add_argument("--root", default=HERE, help="the experiments folder (results/ and RESULTS.md)")
+    parser.add_argument("--readme", default=None,
+                        help="the README that holds the findings block (default: README.md beside the root)")
     args = parser.parse_args(argv)
-    text = render(args.root)
     target = os.path.join(args.root, "RESULTS.md")
+    readme = args.readme or os.path.join(os.path.dirname(os.path.abspath(args.root)), "README.md")
+    try:
+        text = render(args.root)
+        with open(readme, encoding="utf-8") as f:
+            readme_text = with_findings(f.read(), findings_markdown(args.root), readme)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stale = [path for path, new in ((target, text), (readme, readme_text)) if _stale(path, new)]
     if args.check:
-        current = open(target, encoding="utf-8").read() if os.path.exists(target) else ""
-        if current != text:
-            print(f"{target} is not current; run: python experiments/index.py", file=sys.stderr)
-            return 1
-        return 0
-    with open(target, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {target}")
+        for path in stale:
+            print(f"{path} is not current; run: python experiments/index.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, new in ((target, text), (readme, readme_text)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+        print(f"wrote {path}")
     return 0
 
 

@@ -311,7 +311,8 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
       command: the one command that writes the results file.
       results: the results file, relative to ``experiments/`` (e.g. ``results/word_vectors.md``).
       claims: ``[{"claim": ..., "verdict": "shown" | "not shown" | "contradicted", "summary": ...}]``;
-        the summary gives the numbers the verdict rests on.
+        the summary gives the numbers the verdict rests on. An optional ``"sentence"`` states the claim
+        as the README's findings should read it (default: the claim's text).
 
     The file holds no date or timing, so a rerun with the same numbers rewrites the same bytes.
 
@@ -328,7 +329,10 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
             raise ValueError(f"claim {i} of {path} lacks {missing}; every claim needs {list(SIDECAR_KEYS)}")
         if claim["verdict"] not in VERDICTS:
             raise ValueError(f"claim {i} of {path} has verdict {claim['verdict']!r}; use one of {VERDICTS}")
-        checked.append({k: str(claim[k]) for k in SIDECAR_KEYS})
+        if "sentence" in claim and not str(claim["sentence"]).strip():
+            raise ValueError(f"claim {i} of {path} has an empty 'sentence'; leave it out to use the claim's text")
+        optional = {"sentence": str(claim["sentence"])} if "sentence" in claim else {}
+        checked.append({**{k: str(claim[k]) for k in SIDECAR_KEYS}, **optional})
     if not checked:
         raise ValueError(f"{path}: a sidecar needs at least one claim")
     record = {"title": title, "command": command, "results": results, "claims": checked}

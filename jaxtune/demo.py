@@ -18,6 +18,11 @@ prints its results as the Markdown block the README shows; ``--write-readme READ
     python -m jaxtune.demo                          # about 6 min on 2 quiet CPU cores (the README block says how long it took)
     python -m jaxtune.demo --write-readme README.md # ... and regenerate the README's table
     jaxtune demo --quick                            # a few steps, as the tests run it
+    python -m jaxtune.demo --fingerprint            # the code fingerprint the README block must state
+
+The block's note states a fingerprint of the code that decides the numbers (:func:`code_fingerprint`);
+tests/test_demo_readme.py fails when it is not the current code's, so the numbers are regenerated
+whenever that code changes.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -51,6 +57,45 @@ EVAL_BATCH_SIZE = 64
 # The README block sits between these two lines; --write-readme replaces what is between them.
 README_START = "<!-- demo results: written by `python -m jaxtune.demo --write-readme README.md`; do not edit -->"
 README_END = "<!-- end of demo results -->"
+
+# The code that decides the demo's numbers: the files its two runs execute to produce them (the demo itself,
+# the runner's data, model, training and evaluation path, the BERT family, the rule table and optimizer,
+# the tweet data and text pipeline, the scores). Left out on purpose: what cannot change a number (the CLI,
+# benchmarks, logging and plots, config parsing and checks, run directories, exports) and what these runs
+# never enable (scanned layers, LoRA, members, L2-SP and averaging, gradual unfreezing, sharding).
+FINGERPRINT_FILES = (
+    "jaxtune/demo.py",
+    "jaxtune/experiment.py", "jaxtune/run_data.py", "jaxtune/run_model.py", "jaxtune/config_sections.py",
+    "jaxtune/seeds.py", "jaxtune/early_stopping.py", "jaxtune/checkpoint.py", "jaxtune/tasks.py", "jaxtune/train.py",
+    "jaxtune/rules.py", "jaxtune/tree_paths.py", "jaxtune/optim.py", "jaxtune/stage_fresh.py",
+    "jaxtune/hub.py", "jaxtune/models/family.py", "jaxtune/models/bert.py", "jaxtune/models/bert_layers.py",
+    "jaxtune/models/attention.py", "jaxtune/models/dense.py",
+    "jaxtune/data/sources.py", "jaxtune/data/text/tokenizer.py", "jaxtune/data/text/classification.py",
+    "jaxtune/data/text/batching.py", "jaxtune/metrics/classification.py",
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def code_fingerprint(root: str | os.PathLike = ROOT) -> str:
+    """8 hex digits of the sha256 over :data:`FINGERPRINT_FILES` (each file's path and bytes) under
+    ``root``: the README's demo block states it, and a changed file means its numbers must be regenerated.
+
+    Example::
+
+        code_fingerprint()   # e.g. '3f9a1c2b'; python -m jaxtune.demo --fingerprint prints it
+    """
+    digest = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        path = os.path.join(root, name)
+        try:
+            with open(path, "rb") as f:
+                source = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} (named in jaxtune.demo.FINGERPRINT_FILES) does not exist; update the "
+                                    "list to the files the demo's runs go through") from None
+        digest.update(name.encode() + b"\0" + len(source).to_bytes(8, "little") + source)
+    return digest.hexdigest()[:8]
+
 
 ROW_NAMES = {"majority": "majority class ({label})",
              "probe": "linear probe: encoder frozen by the rule table",
@@ -87,7 +132,8 @@ def results_markdown(rows: list[dict], meta: dict) -> str:
 
     ``rows``: dicts with ``model``, ``accuracy``, ``macro_f1``, ``trained`` (int) and, for trained
     rows, ``steps``, ``best_step``, ``seconds``. ``meta``: ``test``, ``train``, ``steps``, ``date``,
-    ``jax``, ``cores``, ``load`` (1-minute load average at the start), ``seconds`` (the whole demo).
+    ``jax``, ``cores``, ``load`` (1-minute load average at the start), ``fingerprint``
+    (:func:`code_fingerprint`), ``seconds`` (the whole demo).
 
     Example::
 
@@ -105,7 +151,8 @@ def results_markdown(rows: list[dict], meta: dict) -> str:
     note = (f"{meta['train']:,} training tweets, batch {DATA['batch_size']}, max {DATA['max_length']} tokens, "
             f"seed {DATA['seed']}; both trained rows take the same {meta['steps']} steps on the same batches and "
             f"are tested at their best validation step. Printed by `python -m jaxtune.demo` on {meta['date']} "
-            f"(jax {meta['jax']}, {meta['cores']} CPU cores, load average {meta['load']:.1f} at the start): "
+            f"(jax {meta['jax']}, {meta['cores']} CPU cores, load average {meta['load']:.1f} at the start, "
+            f"code fingerprint {meta['fingerprint']}): "
             f"the whole demo took {minutes} min {seconds} s.")
     return "\n".join(lines) + "\n\n" + note
 
@@ -156,7 +203,7 @@ def main(quick: bool = False, output_dir: str = "runs/demo", write_readme: str |
     rows.append(_trained_row("finetune", finetune(_config("finetune_llrd", output_dir, sizes, FINETUNE), data=data)))
     meta = {"test": len(test_labels), "train": len(train_labels), "steps": sizes["steps"],
             "date": datetime.date.today().isoformat(), "jax": jax.__version__, "cores": os.cpu_count(),
-            "load": load, "seconds": time.time() - start}
+            "load": load, "fingerprint": code_fingerprint(), "seconds": time.time() - start}
     block = results_markdown(rows, meta)
     print(f"\n{block}\n")
     print(f"runs, checkpoints, logs and plots: {output_dir}/linear_probe, {output_dir}/finetune_llrd")
@@ -172,5 +219,10 @@ if __name__ == "__main__":
     parser.add_argument("--output-dir", default="runs/demo", help="where the runs are written")
     parser.add_argument("--write-readme", metavar="README.md", default=None,
                         help="also write the results block into this file, between its demo markers (full demo only)")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="print the code fingerprint the README's demo block must state, and exit")
     args = parser.parse_args()
+    if args.fingerprint:
+        print(code_fingerprint())
+        raise SystemExit(0)
     raise SystemExit(main(args.quick, args.output_dir, args.write_readme))

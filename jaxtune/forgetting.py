@@ -185,10 +185,11 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
     follows the weights; from then on it is an exponential moving average with ``decay``, or, with
     ``decay=None``, the uniform mean of the weights since ``start_step`` (SWA). ``mask`` limits it
     to some parameters (the average costs one copy of those, the others nothing); read it with
-    :func:`averaged_params`.
-    A structural-mode step (``jt.make_train_step(trainable=...)``) drops the updates of the leaves it
-    does not train, so the average must leave them out (``mask=`` that trainable mask); the step
-    checks this.
+    :func:`averaged_params`. A stacked leaf's mask may hold one flag per layer (e.g.
+    :func:`jaxtune.freeze_below` on a scanned model): the leaf is averaged whole if any of its layers is.
+    The average follows the weights the step applies: a structural-mode step
+    (``jt.make_train_step(trainable=...)``) passes its mask as ``tx.update(..., trainable=mask)`` and
+    drops the updates of what it keeps frozen, so a frozen leaf's or layer's average stays its value.
 
     Example::
 
@@ -209,7 +210,8 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
     def init(params):
         return WeightAverageState(jnp.zeros((), jnp.int32), _copy(params))
 
-    def update(updates, state, params=None):
+    def update(updates, state, params=None, *, trainable=None, **extra_args):
+        del extra_args
         _require_params(params, "average_weights")
         count = state.count + 1
         averaged = count - start_step  # how many post-start weights the new average holds
@@ -219,14 +221,35 @@ def average_weights(decay: float | None = 0.999, *, start_step: int = 0,
             weight = jnp.asarray(1.0 - decay, jnp.float32)
         weight = jnp.where(averaged <= 1, 1.0, weight)  # before and at start: take the weights as they are
 
-        def mix(avg, p, u):
-            new = p + u.astype(p.dtype)
+        def mix(avg, p, u, applied):
+            new = p + u.astype(p.dtype) * applied
             return (avg + weight.astype(avg.dtype) * (new - avg)).astype(avg.dtype)
 
-        average = jax.tree.map(mix, state.param_average, params, updates)
+        average = jax.tree.map(mix, state.param_average, params, updates, _applied(trainable, updates))
         return updates, WeightAverageState(count, average)
 
-    return _masked(optax.GradientTransformation(init, update), mask)
+    leaf_mask = mask if mask is None or callable(mask) else jax.tree.map(lambda m: bool(np.any(m)), mask)
+    return _masked(optax.GradientTransformationExtraArgs(init, update), leaf_mask)
+
+
+def _applied(trainable: Any, updates: Any) -> Any:
+    """Per leaf of ``updates`` (which ``optax.masked`` may have cut down), the share of its update the
+    step applies: 1 without ``trainable``, else its flags (shape ``()``, or ``(L,)`` / ``(L, 1, ...)``
+    for a stacked leaf) as a 0/1 factor broadcastable to the leaf. ``trainable`` has every leaf."""
+    if trainable is None:
+        return jax.tree.map(lambda u: 1, updates)
+    slots = jax.tree.leaves(updates, is_leaf=_is_masked)     # one per parameter, MaskedNode where cut
+    flags = jax.tree.leaves(trainable)
+    if len(flags) != len(slots):
+        raise ValueError(f"trainable has {len(flags)} leaves but the parameters have {len(slots)}; build it with "
+                         "jt.trainable_mask(params, rules)")
+
+    def factor(flag, like):
+        flag = jnp.asarray(flag).astype(like.dtype)
+        return flag.reshape(flag.shape + (1,) * (like.ndim - flag.ndim))
+
+    kept = [factor(f, u) for f, u in zip(flags, slots) if not _is_masked(u)]
+    return jax.tree.unflatten(jax.tree.structure(updates), kept)
 
 
 def _is_masked(x: Any) -> bool:
@@ -251,14 +274,6 @@ def averaged_params(params: Any, opt_state: Any) -> Any:
     """
     return jax.tree.map(lambda a, p: p if _is_masked(a) else a.astype(jnp.result_type(p)), _the_average(opt_state),
                         params, is_leaf=_is_masked)
-
-
-def averaged_leaves(opt_state: Any) -> list[bool] | None:
-    """Which parameter leaves (in ``jax.tree.leaves`` order) a weight average in ``opt_state``
-    covers; ``None`` when there is no :func:`average_weights` state."""
-    if not optax.tree.get_all_with_path(opt_state, "param_average"):
-        return None
-    return [not _is_masked(a) for a in jax.tree.leaves(_the_average(opt_state), is_leaf=_is_masked)]
 
 
 def _mask_leaves(mask: Mask | None, tree: Any) -> list[bool]:

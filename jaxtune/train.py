@@ -42,11 +42,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxtune.forgetting import averaged_leaves
 from jaxtune.lora import LoraParams, merged_params
 from jaxtune.lora_forward import LoraForward, lora_dropout_key
 from jaxtune.nonfinite import FLAG, nonfinite_leaf
-from jaxtune.rules import leaf_paths
 from jaxtune.sharding import DATA_AXIS, batch_sharding, fsdp_gather, tree_shardings
 from jaxtune.xla_options import AUTO, resolve_compiler_options
 
@@ -208,18 +206,6 @@ def mask_key(trainable: Any) -> tuple:
     return tuple(_mask_flags(trainable, len(leaves)))
 
 
-def _check_average_covers_only_trained(opt_state: Any, flags: list[Any], params: Any) -> None:
-    averaged = averaged_leaves(opt_state)
-    if averaged is None:
-        return
-    untrained = [path for path, a, f in zip(leaf_paths(params), averaged, flags) if a and f is not True]
-    if untrained:
-        raise ValueError(f"the weight average covers {len(untrained)} parameter(s) this structural step does not "
-                         f"(fully) train, e.g. {untrained[:3]}; the step drops their updates, so the average would "
-                         "not follow the weights. Build it with jt.average_weights(..., mask=<this step's trainable "
-                         "mask>), or change the strategy in runtime mode (jt.make_optimizer(..., runtime=True)).")
-
-
 def _split_micro_batches(batch: Any, k: int) -> Any:
     """``(k, n/k, ...)`` micro-batches taken by stride: micro-batch j holds rows j, j+k, j+2k, ... so
     that, with the batch split over devices in contiguous blocks, every micro-batch is spread over
@@ -268,8 +254,6 @@ def train_step_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, t
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh, axis_name))
         leaves, treedef = jax.tree_util.tree_flatten(state.params)
         flags = _mask_flags(trainable, len(leaves))  # trace time only
-        if trainable is not None:
-            _check_average_covers_only_trained(state.opt_state, flags, state.params)
         train_idx = [i for i, f in enumerate(flags) if f is not False]
 
         def loss_of(train_leaves, micro_batch, rng, model_state):

@@ -14,7 +14,8 @@ README = os.path.join(ROOT, "README.md")
 ROW = re.compile(r"\| (?P<model>[^|]+) \| (?P<accuracy>\**[01]\.\d{3}\**) \| (?P<macro_f1>\**[01]\.\d{3}\**) \| "
                  r"(?P<trained>[\d,]+) \| (?P<steps>[\d,]+|-) \| (?P<best_step>[\d,]+|-) \| (?P<seconds>[\d,]+|-) \|")
 NOTE = re.compile(r"(?P<train>[\d,]+) training tweets, .*? the same (?P<steps>\d+) steps .*? on (?P<date>[\d-]+) "
-                  r"\(jax (?P<jax>[\w.]+), (?P<cores>\d+) CPU cores, load average (?P<load>[\d.]+) at the start\): "
+                  r"\(jax (?P<jax>[\w.]+), (?P<cores>\d+) CPU cores, load average (?P<load>[\d.]+) at the start, "
+                  r"code fingerprint (?P<fingerprint>[0-9a-f]{8})\): "
                   r"the whole demo took (?P<min>\d+) min (?P<sec>\d+) s\.")
 
 
@@ -42,7 +43,7 @@ def parse_block(block: str) -> tuple[list[dict], dict]:
     assert header and n, f"README demo header or note not in the demo's format ({REGENERATE}):\n{block}"
     meta = {"test": int(header[1].replace(",", "")), "train": int(n["train"].replace(",", "")),
             "steps": int(n["steps"]), "date": n["date"], "jax": n["jax"], "cores": int(n["cores"]),
-            "load": float(n["load"]), "seconds": 60 * int(n["min"]) + int(n["sec"])}
+            "load": float(n["load"]), "fingerprint": n["fingerprint"], "seconds": 60 * int(n["min"]) + int(n["sec"])}
     return rows, meta
 
 
@@ -68,11 +69,48 @@ def test_results_block_round_trips_through_the_readme_parser():
             {"model": demo.ROW_NAMES["finetune"], "accuracy": 0.742, "macro_f1": 0.715, "trained": 22714371,
              "steps": 200, "best_step": 100, "seconds": 1356}]
     meta = {"test": 3720, "train": 6400, "steps": 200, "date": "2026-11-30", "jax": "0.10.2", "cores": 2,
-            "load": 17.2, "seconds": 1720}
+            "load": 17.2, "fingerprint": "3f9a1c2b", "seconds": 1720}
     block = demo.results_markdown(rows, meta)
     assert parse_block(block) == (rows, meta)
     assert "| **0.742** | **0.715** | 22,714,371 | 200 | 100 | 1,356 |" in block  # best scores bold
-    assert block.endswith("load average 17.2 at the start): the whole demo took 28 min 40 s.")
+    assert block.endswith("load average 17.2 at the start, code fingerprint 3f9a1c2b): the whole demo took 28 min 40 s.")
+
+
+def test_readme_demo_numbers_come_from_the_current_code():
+    _, meta = parse_block(readme_block(open(README, encoding="utf-8").read()))
+    current = demo.code_fingerprint()
+    assert meta["fingerprint"] == current, (
+        f"the README's demo numbers were printed by other code (fingerprint {meta['fingerprint']}, current code "
+        f"{current}: a file in jaxtune.demo.FINGERPRINT_FILES changed); {REGENERATE}")
+
+
+def test_code_fingerprint_follows_every_listed_file_and_only_those(tmp_path):
+    for name in demo.FINGERPRINT_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    (tmp_path / "jaxtune" / "cli.py").write_text("# the CLI cannot change a number\n")
+    before = demo.code_fingerprint(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{8}", before) and demo.code_fingerprint(tmp_path) == before
+    (tmp_path / "jaxtune" / "cli.py").write_text("# edited\n")
+    assert demo.code_fingerprint(tmp_path) == before
+    for name in ("jaxtune/models/bert.py", "jaxtune/optim.py", "jaxtune/demo.py"):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "x = 1\n")
+        after = demo.code_fingerprint(tmp_path)
+        assert after != before, name
+        before = after
+    (tmp_path / "jaxtune" / "train.py").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train\.py \(named in jaxtune\.demo\.FINGERPRINT_FILES\)"):
+        demo.code_fingerprint(tmp_path)
+
+
+def test_fingerprint_files_are_the_demo_path_and_nothing_else():
+    names = set(demo.FINGERPRINT_FILES)
+    assert len(names) == len(demo.FINGERPRINT_FILES)
+    assert all(os.path.isfile(os.path.join(ROOT, name)) for name in names)
+    must = {"jaxtune/demo.py", "jaxtune/models/bert.py", "jaxtune/models/bert_layers.py", "jaxtune/train.py",
+            "jaxtune/optim.py", "jaxtune/rules.py", "jaxtune/data/text/batching.py", "jaxtune/data/sources.py"}
+    assert must <= names, must - names
+    assert not {n for n in names if n.startswith("jaxtune/bench/") or n in ("jaxtune/cli.py", "jaxtune/runlog.py")}
 
 
 def test_write_readme_block_replaces_only_the_block(tmp_path):

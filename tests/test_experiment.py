@@ -174,7 +174,7 @@ def test_cli_rules_eval_and_errors(tiny_model_dir, data, tmp_path, capsys):
 
 
 def test_demo_smoke(tmp_path, capsys):
-    from jaxtune.demo import main
+    from jaxtune.demo import code_fingerprint, main
     assert main(quick=True, output_dir=str(tmp_path)) == 0
     out = capsys.readouterr().out
     for row in ("majority class", "linear probe", "full fine-tuning"):
@@ -182,6 +182,7 @@ def test_demo_smoke(tmp_path, capsys):
     # The results block in the README's format (tests/test_demo_readme.py checks the README's copy).
     assert "| model (test: 64 tweets) | accuracy | macro-F1 | trained parameters | steps | best step | seconds |" in out
     assert "| 1,155 | 3 | 3 |" in out and "| 22,714,371 | 3 | 3 |" in out  # same steps for probe and fine-tuning
+    assert f"code fingerprint {code_fingerprint()}): the whole demo took" in out
     # Progress with an ETA through training, and a count through each evaluation (capsys: not a terminal).
     for run in ("linear_probe", "finetune_llrd"):
         assert f"{run}: 3/3 steps, loss " in out and "ETA" in out

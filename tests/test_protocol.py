@@ -125,9 +125,14 @@ def test_sidecar_round_trip_and_errors(tmp_path):
                                claims=[{"claim": "c", "verdict": "shown"}])
 
 
+def _readme(path, body="old findings\n"):
+    path.write_text(f"# R\n\n### The protocol\n\n{index.README_START}\n{body}{index.README_END}\n\n## Next\n")
+
+
 def test_index_lists_claims_flat_sidecars_and_files_not_under_protocol(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
+    root, results = tmp_path / "experiments", tmp_path / "experiments" / "results"
+    results.mkdir(parents=True)
+    _readme(tmp_path / "README.md")
     protocol.write_sidecar(str(results / "a.json"), title="A", command="python experiments/a.py",
                            results="results/a.md", claims=[
                                {"claim": "x beats y", "verdict": "shown", "summary": "+0.1 [+0.05, +0.15]"},
@@ -138,7 +143,7 @@ def test_index_lists_claims_flat_sidecars_and_files_not_under_protocol(tmp_path)
                                                 "command": "python experiments/b.py"}))
     (results / "old.md").write_text("# Old thing\n\nWritten by `python experiments/old.py --x` ... One seed.\n")
     (results / "three.md").write_text("# Three\n\n`jaxtune finetune c.yaml` Seeds 0, 1, 2 (init).\n")
-    text = index.render(str(tmp_path))
+    text = index.render(str(root))
     assert "| x beats y | **shown** | +0.1 [+0.05, +0.15] | `python experiments/a.py` | [results/a.md]" in text
     assert "| y beats z | **contradicted** |" in text
     assert "| rehearsal \\| helps | **not shown** |" in text and "[results/b.md](results/b.md)" in text
@@ -146,11 +151,59 @@ def test_index_lists_claims_flat_sidecars_and_files_not_under_protocol(tmp_path)
             "`python experiments/old.py --x` |") in text
     assert "not under protocol (seeds 0, 1, 2, hyperparameters not chosen on validation)" in text
     assert "results/a.md) | A | not under" not in text          # a.md has a sidecar: under the protocol
-    assert index.main(["--root", str(tmp_path), "--check"]) == 1
-    assert index.main(["--root", str(tmp_path)]) == 0 and index.main(["--root", str(tmp_path), "--check"]) == 0
+    assert ("| [../README.md#quick-start](../README.md#quick-start) | The demo: linear probe vs full fine-tuning"
+            in text) and "not under protocol (one seed) | `python -m jaxtune.demo --write-readme README.md` |" in text
+    assert index.main(["--root", str(root), "--check"]) == 1
+    assert index.main(["--root", str(root)]) == 0 and index.main(["--root", str(root), "--check"]) == 0
     (results / "bad.json").write_text('{"claim": "c", "verdict": "yes", "summary": "s", "command": "x"}')
     with pytest.raises(ValueError, match="bad.json: claim 0 has verdict 'yes'"):
-        index.render(str(tmp_path))
+        index.render(str(root))
+
+
+def test_readme_findings_one_sentence_per_claim_one_line_per_result_not_under_protocol(tmp_path, capsys):
+    root, results = tmp_path / "experiments", tmp_path / "experiments" / "results"
+    results.mkdir(parents=True)
+    protocol.write_sidecar(str(results / "a.json"), title="A", command="python experiments/a.py",
+                           results="results/a.md", claims=[
+                               {"claim": "x beats y", "verdict": "shown", "summary": "+0.1 [+0.05, +0.15]"},
+                               {"claim": "z (n <= 100)", "verdict": "contradicted", "summary": "-0.2 [-0.3, -0.1]",
+                                "sentence": "Freezing helps with few labels, as commonly advised."}])
+    (results / "old.md").write_text("# Old thing\n\n`python experiments/old.py` One seed.\n")
+    block = index.findings_markdown(str(root))
+    assert block.splitlines() == [
+        "- A (`python experiments/a.py`, [experiments/results/a.md](experiments/results/a.md)):",
+        "  - x beats y: **shown** (+0.1 [+0.05, +0.15]).",
+        "  - Freezing helps with few labels, as commonly advised: **contradicted** (-0.2 [-0.3, -0.1]).",
+        "- Not under the protocol yet (fewer than 3 seeds, or hyperparameters not chosen on validation):",
+        "  - [Old thing](experiments/results/old.md): one seed; `python experiments/old.py`.",
+        f"  - [{index.DEMO['title']}](#quick-start): one seed; `python -m jaxtune.demo --write-readme README.md`."]
+    assert index.read_sidecar(str(results / "a.json"))["claims"][1]["sentence"].startswith("Freezing helps")
+    readme = tmp_path / "README.md"
+    _readme(readme)
+    before = readme.read_text()
+    assert index.main(["--root", str(root)]) == 0
+    after = readme.read_text()
+    assert after == before.replace("old findings\n", block + "\n")          # only the block changed
+    assert index.main(["--root", str(root), "--check"]) == 0
+    readme.write_text(after.replace("**shown**", "**not shown**"))           # a hand edit inside the block
+    assert index.main(["--root", str(root), "--check"]) == 1
+    assert f"{readme} is not current; run: python experiments/index.py" in capsys.readouterr().err
+    readme.write_text("# R without markers\n")
+    assert index.main(["--root", str(root)]) == 2
+    assert "must hold exactly one findings block" in capsys.readouterr().err
+    assert index.main(["--root", str(root), "--readme", str(tmp_path / "nowhere.md")]) == 2
+    assert "nowhere.md" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="empty 'sentence'"):
+        protocol.write_sidecar(str(results / "c.json"), title="C", command="c", results="r",
+                               claims=[{"claim": "c", "verdict": "shown", "summary": "s", "sentence": " "}])
+
+
+def test_readme_findings_are_current():
+    """README.md's findings block is what `python experiments/index.py` writes from the sidecars now."""
+    with open(os.path.join(EXPERIMENTS, os.pardir, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert index.with_findings(readme, index.findings_markdown(EXPERIMENTS)) == readme, (
+        "README.md's experiment findings are not current; run: python experiments/index.py")
 
 
 def test_results_index_is_current():
