@@ -128,21 +128,24 @@ def run_name(key: str, lr: float, warmup: float, seed: int) -> str:
     return f"{key}/lr{lr:g}_w{warmup:g}/seed{seed}"
 
 
-def constant_baseline(data, metric: str) -> dict[str, float]:
-    """The validation and test metric of a constant prediction: for accuracy the training split's
-    majority class, for entity F1 every token ``O`` (no entity predicted: F1 0).
+def constant_baseline(data, metric: str) -> dict:
+    """The validation and test metric of a constant prediction (for accuracy the training split's
+    majority class, for entity F1 every token ``O``: no entity, F1 0), and ``prior_loss``: the test
+    cross-entropy of predicting the training label frequencies (a collapsed run's loss).
 
     Example::
 
         constant_baseline(jt.prepare_data(cfg.data, "minilm", None, "auto"), "accuracy")  # {"val": 0.43, ...}
     """
+    labels = lambda examples: np.concatenate([np.ravel(e["labels"]) for e in examples]).astype(np.int64)
+    train, test = (y[y >= 0] for y in (labels(data.train), labels(data.test)))   # tokens without a tag are < 0
+    prior = np.bincount(train, minlength=len(data.label_names)) / len(train)
+    prior_loss = float(-np.mean(np.log(np.maximum(prior[test], 1e-12))))
     if metric == "entity_f1":
-        return {"label": "every token O", "val": 0.0, "test": 0.0}
-    labels = lambda examples: np.asarray([int(e["labels"]) for e in examples])
-    majority = int(np.bincount(labels(data.train)).argmax())
-    return {"label": f"majority class {data.label_names[majority]!r}",
-            "val": float(np.mean(labels(data.validation) == majority)),
-            "test": float(np.mean(labels(data.test) == majority))}
+        return {"label": "every token O", "val": 0.0, "test": 0.0, "prior_loss": prior_loss}
+    majority = int(prior.argmax())
+    return {"label": f"majority class {data.label_names[majority]!r}", "prior_loss": prior_loss,
+            "val": float(np.mean(labels(data.validation) == majority)), "test": float(np.mean(test == majority))}
 
 
 def failed(test: float, baseline: dict) -> bool:
@@ -356,7 +359,8 @@ def setup_lines(exp: Experiment) -> list[str]:
         lines.append(f"- `{key}`: {data.description}. Every run: {steps} steps of batch {batch} "
                      f"({steps * batch:,} examples, {steps * batch / len(data.train):.2f} epochs), evaluated once at "
                      f"the last step. Constant prediction ({base['label']}): validation {base['val']:.4f}, test "
-                     f"{base['test']:.4f}; a run fails below test {base['test'] + FAILURE_MARGIN:.4f}.")
+                     f"{base['test']:.4f}; a run fails below test {base['test'] + FAILURE_MARGIN:.4f}. Test loss of predicting "
+                     f"the training label frequencies: {base['prior_loss']:.4f}.")
     cfg = exp.configs[exp.args.datasets[0]]
     lines += [f"- Model: `{exp.args.model}` ({'all-MiniLM-L6-v2, shipped weights' if exp.args.model == 'minilm' else 'given by --model'}), "
               f"new head per seed, every parameter trained; {cfg.optim.optimizer}, weight decay "
@@ -404,8 +408,8 @@ def report(exp: Experiment, grid: Grid, found: list[dict]) -> list[str]:
              *((f"diverged at step {r['diverged_at']}", "") if r["diverged_at"] is not None else
                (f"{r['train_loss']:.4f}", f"{r['test_metrics']['loss']:.4f}"))]
             for (key, lr, w), runs in grid.items() for s, r in sorted(runs.items())]
-    lines += ["A failed run that still lowers its losses is under-trained rather than unstable: the losses tell the two "
-              "apart (a collapsed run stays at the loss of the label prior).", ""]
+    lines += ["A failed run whose test loss is well below that of the training label frequencies (in the setup) "
+              "learned something but not enough in its budget (under-trained); one at that loss collapsed.", ""]
     lines += protocol.markdown_table(["data set", "learning rate", "warm-up", "seed", "validation", "test", "failed",
                                       "last logged train loss", "test loss"], rows)
     return lines
