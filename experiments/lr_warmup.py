@@ -4,7 +4,7 @@ Experiment 4 of issue #15, under the protocol of ``experiments/protocol.py``. al
 shipped weights, ``model.path=minilm``) is fully fine-tuned with AdamW at one learning rate for every
 layer, on two data sets:
 
-* ``tweets``: 3-class tweet sentiment, 1,000 training tweets, 64 steps of 16 (about one epoch), 400
+* ``tweets``: 3-class tweet sentiment, 1,000 training tweets, 64 steps of 16 (about one epoch), 300
   validation and 1,000 test tweets (``experiments/configs/lr_warmup_tweets.yaml``);
 * ``wnut``:   WNUT-16 NER (BIO tags), 1,280 training sentences, 160 steps of 8 (one epoch), the whole
   validation and test splits, 228 sentences each (``experiments/configs/lr_warmup_wnut.yaml``);
@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -275,7 +274,8 @@ def chosen_on_validation(grid: Grid, key: str, lrs, seeds) -> dict[float, protoc
 
 
 def high_lr_failures(grid: Grid, key: str, lrs, seeds) -> tuple[list[float], list[float]]:
-    """Failure indicators (1 = failed) at the learning rates >= ``HIGH_LR``, per (lr, seed), without and with warm-up."""
+    """Failure indicators (1 = failed) at the learning rates >= ``HIGH_LR``, per (lr, seed), without and
+    with warm-up."""
     high = [lr for lr in lrs if lr >= HIGH_LR]
     return tuple([float(grid[key, lr, w][s]["failed"]) for lr in high for s in seeds] for w in WARMUPS)
 
@@ -321,7 +321,7 @@ def claims(grid: Grid, datasets, lrs, seeds) -> list[dict]:
              "summary": f"{about}: " + "; ".join(s for _, s in parts)} for text, about, parts in found]
 
 
-def plot_panels(path: str, grid: Grid, titles: dict, lrs, seeds, baselines: dict) -> str:
+def plot_panels(path: str, grid: Grid, titles: dict, lrs, seeds, baselines: dict, model: str) -> str:
     """One panel per data set: test metric (mean ± std over seeds) vs learning rate (log), one line per
     warm-up, the constant prediction + 2 points dashed (below it a run fails). Same numbers, same bytes."""
     import matplotlib
@@ -342,7 +342,7 @@ def plot_panels(path: str, grid: Grid, titles: dict, lrs, seeds, baselines: dict
         ax.set_title(titles[key], fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"all-MiniLM-L6-v2, AdamW: mean ± std over seeds {list(seeds)}", fontsize=10)
+    fig.suptitle(f"{model}, AdamW: mean ± std over seeds {list(seeds)}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Software": None})
@@ -362,7 +362,8 @@ def setup_lines(exp: Experiment) -> list[str]:
                      f"{base['test']:.4f}; a run fails below test {base['test'] + FAILURE_MARGIN:.4f}. Test loss of predicting "
                      f"the training label frequencies: {base['prior_loss']:.4f}.")
     cfg = exp.configs[exp.args.datasets[0]]
-    lines += [f"- Model: `{exp.args.model}` ({'all-MiniLM-L6-v2, shipped weights' if exp.args.model == 'minilm' else 'given by --model'}), "
+    model = "all-MiniLM-L6-v2, shipped weights" if exp.args.model == "minilm" else "given by --model"
+    lines += [f"- Model: `{exp.args.model}` ({model}), "
               f"new head per seed, every parameter trained; {cfg.optim.optimizer}, weight decay "
               f"{cfg.optim.weight_decay}, one learning rate for every layer (no layer decay); schedule "
               f"`{cfg.optim.schedule}`: linear warm-up over the first warm-up fraction of the steps (0: the first step "
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += setup_lines(exp) + report(exp, grid, found)
     lines += ["", f"![test metric vs learning rate]({os.path.basename(stem)}.png)"]
     plot_panels(f"{stem}.png", grid, {key: exp.title(key) for key in args.datasets}, args.learning_rates, args.seeds,
-                exp.baselines)
+                exp.baselines, "all-MiniLM-L6-v2" if args.model == "minilm" else os.path.basename(args.model))
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     protocol.write_sidecar(f"{stem}.json", title="Learning rate x warm-up stability (experiment 4)",

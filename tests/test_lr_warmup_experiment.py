@@ -69,7 +69,8 @@ def test_quick_run_writes_everything_and_a_retrained_run_reproduces_it(tiny_mode
     assert lr_warmup.main(argv) == 0
     first = {suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")}
     runs = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.json"))
-    assert runs == sorted(f"{d}/lr0.001_w{w}/seed{s}.json" for d in ("tweets", "wnut") for w in ("0", "0.1") for s in (0, 1))
+    assert runs == sorted(f"{d}/lr0.001_w{w}/seed{s}.json"
+                          for d in ("tweets", "wnut") for w in ("0", "0.1") for s in (0, 1))
 
     # Forget one run (its numbers and its run directory): the rerun trains it again, to the same bytes.
     retrained = cache / "wnut" / "lr0.001_w0.1" / "seed1.json"
