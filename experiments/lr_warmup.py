@@ -30,14 +30,18 @@ invocation runs only what is missing, then rewrites the whole results file, PNG 
     python experiments/lr_warmup.py --datasets tweets --seeds 0,1     # a part; the rest later
     python experiments/lr_warmup.py --quick --model TINY_BERT_DIR --work /tmp/w --cache /tmp/c --out /tmp/lw.md
 
-Cost, measured 2026-11-30 on the 2-core machine under load 5-9 (shared) and extrapolated to quiet cores at
-2 CPU-seconds per second: a tweet run of 80 steps took 97 CPU-s (128 with its first compile), a WNUT run
-of 200 steps of 8 with two evaluations 185 CPU-s; at the sizes above, about 2,200 CPU-s for the 24 tweet
-runs and 3,100 for the 24 WNUT runs: about 44 minutes in all. At this budget MiniLM has not yet left
-the every-token-``O`` solution on WNUT at 3e-4 with warm-up (entity F1 0 after 240 steps of 8) nor at 1e-4
-(F1 0 after 200 steps of 8, its loss still falling); in the runner's 4-epoch WNUT run (2e-4, batch 16)
-entity F1 was 0 at step 100, 0.03 at step 200 and 0.22 at step 300. The NER failure rate therefore
-mixes instability with under-training; the per-run losses in the results tell them apart.
+Cost, measured 2026-11-30 on the 2-core machine shared with other jobs (load 5-8), one run of each data
+set at these sizes (before the evaluation batches went from 128 to 32 rows and validation from 400 to 300
+tweets): a tweet run took 82 CPU-s with its step compiled before (134 with the compiles of a new learning
+rate / warm-up), a WNUT run 146 CPU-s with its compiles. Extrapolated to quiet cores (computation on both,
+compiles on one or two): about 4,900 CPU-s for the 48 runs, 41-47 minutes, less with the compiles in the
+persistent cache.
+
+At this budget MiniLM may not leave the every-token-``O`` solution on WNUT: in trial runs it had not at
+1e-3 without warm-up (160 steps of 8), 3e-4 with warm-up (240 steps of 8; its loss flat at the label
+prior's) or 1e-4 with warm-up (200 steps of 8, its loss still falling); in a 4-epoch WNUT run of the
+runner (2e-4, batch 16) entity F1 was 0 at step 100, 0.03 at step 200, 0.22 at step 300. The NER failure
+rate therefore mixes instability with under-training; the per-run losses in the results tell them apart.
 """
 from __future__ import annotations
 
