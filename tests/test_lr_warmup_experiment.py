@@ -102,3 +102,13 @@ def test_quick_run_writes_everything_and_a_retrained_run_reproduces_it(tiny_mode
     (cache / "tweets" / "lr0.001_w0" / "seed0.json").write_text(json.dumps(stale))
     with pytest.raises(SystemExit, match="seed0.json holds a run with other settings"):
         lr_warmup.main([*argv[:-2], "--out", str(tmp_path / "other.md")])
+
+
+@pytest.mark.parametrize("key", sorted(lr_warmup.DATASETS))
+def test_the_shipped_configs_evaluate_once_at_the_end_with_one_learning_rate_for_every_layer(key):
+    import jaxtune as jt
+
+    cfg = jt.load_config(os.path.join(EXPERIMENTS, "configs", lr_warmup.DATASETS[key].config))
+    assert cfg.model.path == "minilm" and cfg.train.max_steps and cfg.train.eval_every == cfg.train.max_steps
+    assert not cfg.early_stopping.enabled and cfg.early_stopping.monitor == f"val_{lr_warmup.DATASETS[key].metric}"
+    assert cfg.optim.layer_decay is None and cfg.optim.rules is None and cfg.optim.schedule == "warmup_linear"
