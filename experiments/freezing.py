@@ -20,8 +20,8 @@ claims use.
 
 Models and data: all-MiniLM-L6-v2 on 3-class tweet sentiment (``experiments/configs/tweets_minilm.yaml``)
 and torchvision's ImageNet MobileNetV2 on MNIST digits at 64x64 (``mnist_mobilenet.yaml``), each at a
-small and a larger n (the rows ``data.train_limit=n`` would pick, ``data.seed`` 0: nested subsets, the
-same for every seed). Protocol: per (model, n, strategy) every seed x learning rate of the strategy's
+small and a larger n (the larger: the rows ``data.train_limit=n`` picks with ``data.seed`` 0; the
+smaller: a seeded subset of those, the same for every seed). Protocol: per (model, n, strategy) every seed x learning rate of the strategy's
 grid trains as a member of one vmapped step (``experiments/member_trainer.py``: the runner's model
 loading, loss, optimizer, structural masks, frozen batch norm and stage-fresh unfreezing, without its
 per-run checkpoints); ``train.seed`` drives head init, data order and dropout. Every strategy gets the
@@ -120,8 +120,10 @@ def quick(model: Model, path: str | None) -> Model:
     """A tiny version of ``model`` (a test of the script): two small sizes with the same 4 steps, one
     learning rate per strategy; ``path`` (a tiny checkpoint) replaces the real weights."""
     family = with_path(model, path).family
-    family = dataclasses.replace(family, overrides=family.overrides + QUICK_OVERRIDES[family.group], sizes=(16, 32),
-                                 lrs=family.lrs[-1:], batch_size=8, min_steps=4, evals=2)
+    quick_keys = {o.split("=")[0] for o in QUICK_OVERRIDES[family.group]}
+    overrides = tuple(o for o in family.overrides if o.split("=")[0] not in quick_keys) + QUICK_OVERRIDES[family.group]
+    family = dataclasses.replace(family, overrides=overrides, sizes=(16, 32), lrs=family.lrs[-1:], batch_size=8,
+                                 min_steps=4, evals=1)
     return dataclasses.replace(model, family=family, probe_lrs=model.probe_lrs[-1:],
                                max_length=16 if model.max_length else None)
 
@@ -172,8 +174,9 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
     from member_trainer import MemberTrainer, subset
 
     family = model.family
+    pool = max(family.sizes)
     cfg = jt.load_config(os.path.join(HERE, "configs", family.config),
-                         [*family.overrides, f"data.batch_size={family.batch_size}", "data.train_limit=null"])
+                         [*family.overrides, f"data.batch_size={family.batch_size}", f"data.train_limit={pool}"])
     trainer = None
     out = {}
     for n in family.sizes:
@@ -186,11 +189,11 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
                     out[n][strategy] = json.load(f)
                 continue
             if trainer is None:
-                data = prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
-                trainer = MemberTrainer(cfg, data, seeds, model.max_length)
+                trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
+                                        model.max_length)
             start = time.time()
-            out[n][strategy] = run_strategy(trainer, model, strategy, subset(len(trainer.data.train), n, cfg.data.seed),
-                                            steps)
+            rows = subset(len(trainer.data.train), n, cfg.data.seed)
+            out[n][strategy] = run_strategy(trainer, model, strategy, rows, steps)
             print(f"{family.name} n={n} {strategy}: val {np.round(out[n][strategy]['val'], 4).tolist()} "
                   f"({time.time() - start:.0f} s)", flush=True)
             os.makedirs(cache, exist_ok=True)
@@ -296,8 +299,9 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
               "decay^(top - id); `gradual` stages split the ids into 4 near-equal groups, top first.",
               "- `llrd`: the decay and learning rate chosen together on mean validation accuracy among the three "
               "`llrd*` strategies; the claims use it.",
-              f"- Seeds {', '.join(map(str, seeds))} vary head init, data order and dropout; `data.seed` 0 picks one "
-              "training subset per n (nested) for every seed. The seeds x learning rates of a (model, n, strategy) "
+              f"- Seeds {', '.join(map(str, seeds))} vary head init, data order and dropout; `data.seed` 0 picks the "
+              "training examples of the largest n (`data.train_limit`) and, among them, those of a smaller n (nested "
+              "subsets), the same for every seed. The seeds x learning rates of a (model, n, strategy) "
               "train as members of one vmapped step (`experiments/member_trainer.py`). Each run counts at its best "
               "validation point; per (model, n, strategy) the learning rate with the best mean validation accuracy "
               "is chosen, and its test accuracy is reported once.", ""]

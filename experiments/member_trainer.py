@@ -14,7 +14,7 @@ validation-accuracy point, where the test split is evaluated once.
 Example::
 
     trainer = MemberTrainer(cfg, data, seeds=(0, 1, 2), max_length=48)
-    rows = subset(len(data.train), 200, cfg.data.seed)                           # n=200
+    rows = subset(len(data.train), 200, cfg.data.seed)     # data: train_limit=1600 (the largest n); n=200
     out = trainer.run(rules, rows, lrs=(1e-4, 3e-4), steps=60, evals=4)          # full fine-tuning
     out = trainer.run(rules, rows, lrs=(1e-4,), steps=60, evals=4, layer_decay=0.8, name="full")  # LLRD
     out["val"], out["test"]          # [members] (seed-major, then learning rate)
@@ -60,12 +60,13 @@ def pad_rows(examples: Sequence[dict], rows: np.ndarray, max_length: int | None,
 
 
 def subset(total: int, n: int, seed: int) -> np.ndarray:
-    """The ``n`` training rows a run with ``data.train_limit=n`` and ``data.seed=seed`` trains on
-    (sorted; nested: a larger n keeps a smaller one's rows).
+    """``n`` of ``total`` training rows, sorted, as ``data.train_limit=n`` with ``data.seed=seed`` picks
+    them; nested: a larger n keeps a smaller one's rows.
 
     Example::
 
-        rows = subset(len(data.train), 200, cfg.data.seed)     # set(rows) <= set(subset(..., 1600, ...))
+        >>> subset(10, 3, 0).tolist(), set(subset(10, 3, 0)) <= set(subset(10, 6, 0))
+        ([2, 4, 6], True)
     """
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
@@ -103,7 +104,8 @@ class MemberTrainer:
       cfg: the run config (``model``, ``data``, ``optim``: optimizer adamw, schedule, warm-up,
         weight decay); its ``optim.rules`` and unfreezing are ignored (strategies are given to
         :meth:`run`).
-      data: ``prepare_data(cfg.data, ...)`` with every training example (:meth:`run` takes the rows).
+      data: ``prepare_data(cfg.data, ...)`` with every training example any run takes (:meth:`run`
+        takes the rows: :func:`subset`).
       seeds: ``train.seed`` values: head init, data order and dropout of each member.
       max_length: pad text to this length (one compiled shape); None for images.
     """

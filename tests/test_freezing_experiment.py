@@ -1,7 +1,6 @@
 """experiments/freezing.py --quick: one command writes the results file, PNG and sidecar; a rerun with
 the same seeds (its per-run cache deleted) reproduces them bit for bit (the header's run line aside).
-Real tweets and MNIST digits, tiny random models of the real depth (6 BERT layers, 17 MobileNetV2
-blocks), so the real rule tables apply; a few steps per run."""
+Real tweets and MNIST digits, tiny random models (2 BERT layers, 3 MobileNetV2 blocks), 4 steps."""
 import importlib.util
 import json
 import os
@@ -27,29 +26,37 @@ import protocol  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """(text, cnn): a random 6-layer BERT with MiniLM's tokenizer, a random 17-block MobileNetV2."""
+    """(text, cnn): a random 2-layer BERT with MiniLM's tokenizer, a random 3-block MobileNetV2."""
     import jaxtune as jt
     from jaxtune.models import mobilenet
 
-    text = write_tiny_bert(tmp_path_factory.mktemp("tiny_bert6"), num_hidden_layers=6)
-    config = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 8, 16, 1)), stem_channels=8,
+    text = write_tiny_bert(tmp_path_factory.mktemp("tiny_bert2"), num_hidden_layers=2)
+    config = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 8, 2, 2)), stem_channels=8,
                                          last_channels=16, dropout=0.0)
     model = mobilenet.mobilenet_v2(config, 10)
-    variables = model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3)))
     cnn = tmp_path_factory.mktemp("tiny_mobilenet")
-    jt.save_pretrained(variables, model.config, cnn, task="image_classification")
+    jt.save_pretrained(model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3))), model.config, cnn,
+                       task="image_classification")
     return text, str(cnn)
 
 
-def test_strategies_are_rule_tables_and_unfreezing_stages():
-    found = freezing.strategy_overrides(freezing.FULL[1], 100)
-    assert list(found) == list(freezing.STRATEGIES)
-    assert found["full"] == {} and found["llrd0.8"] == {"optim.layer_decay": 0.8}
-    assert found["gradual"] == {"optim.unfreezing": "structural", "optim.unfreeze_stages": 4,
-                                "optim.unfreeze_at": [25, 50, 75]}
-    assert found["probe"]["optim.rules"][-1] == {"pattern": ".*", "frozen": True, "name": "backbone"}
-    with pytest.raises(ValueError, match="mobilenet_v2: 3 steps are too few for 4 unfreezing stages"):
-        freezing.strategy_overrides(freezing.FULL[1], 3)
+def test_top2_freezes_every_layer_below_the_top_two_and_probe_all_but_the_head():
+    import jaxtune as jt
+    from jaxtune.models import mobilenet
+
+    model = mobilenet.mobilenet_v2(mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 8, 3, 2)),
+                                                               stem_channels=8, last_channels=16), 10)
+    params = model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3)))["params"]   # features_0..5, classifier_1
+    cnn = freezing.FULL[1]
+    trained = lambda strategy: sorted({p.split("/")[0] for p, t in zip(
+        jt.rules.leaf_paths(params), jax.tree.leaves(jt.trainable_mask(params, cnn.rules(strategy, params,
+                                                                                          model.layer_ids)))) if t})
+    assert trained("top2") == ["classifier_1", "features_4", "features_5"]
+    assert trained("probe") == ["classifier_1"]
+    assert len(trained("full")) == 7
+    assert freezing.unfreeze_at(100) == [25, 50, 75] and freezing.unfreeze_at(4) == [1, 2, 3]
+    with pytest.raises(ValueError, match="3 steps are too few for 4 unfreezing stages"):
+        freezing.unfreeze_at(3)
 
 
 def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_models, tmp_path):
@@ -61,15 +68,15 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_models, tmp_pat
         shutil.rmtree(cache, ignore_errors=True)
         assert freezing.main(argv) == 0
         written.append({suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")})
+        assert len(list(cache.glob("*.json"))) == 2 * 2 * len(freezing.STRATEGIES)   # one per (model, n, strategy)
     first, second = written
     assert first[".png"] == second[".png"] and first[".json"] == second[".json"]
     text = first[".md"].decode("utf-8")
     assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
     for expected in ("- command: `python experiments/freezing.py --quick --out", "- seeds: 0, 1",
-                     "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 40 | 5 |", "llrd (decay on val)",
+                     "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "llrd (decay on val)",
                      "probe - full", "## Claims", "![test accuracy vs training-set size, one panel per model](freezing.png)"):
         assert expected in text, expected
-    assert not list(cache.glob("*/*/checkpoints")), "the runs' checkpoints are deleted once their sweep is done"
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/freezing.md" and len(sidecar["claims"]) == 2 * len(freezing.CLAIMS)
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
