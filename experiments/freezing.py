@@ -1,6 +1,6 @@
 """Freezing strategies over training-set size: which part of a pretrained network should train, and when?
 
-Experiment 2 of issue #15, under the protocol of ``experiments/protocol.py``. Seven strategies, each a
+Experiment 2 of issue #15, under the protocol of ``experiments/protocol.py``. Five strategies, each a
 rule table or optimizer setting of the runner, fine-tune the same pretrained network:
 
 * ``probe``      linear probe: the new head alone; the backbone frozen (structural: no backward
@@ -9,14 +9,15 @@ rule table or optimizer setting of the runner, fine-tune the same pretrained net
                  MobileNetV2: the last inverted-residual block and the final 1x1 conv) and the head;
                  everything below frozen, batch norm there included;
 * ``full``       every weight, one learning rate (``optim.layer_decay: null``);
-* ``llrd0.7`` / ``llrd0.8`` / ``llrd0.9``   every weight, layer-wise learning-rate decay
-                 (``optim.layer_decay``: the learning rate x decay^(head id - layer id));
+* ``llrd``       every weight, layer-wise learning-rate decay (``optim.layer_decay``: the learning
+                 rate x decay^(head id - layer id)), the decay (0.7, 0.8 or 0.9) chosen on validation;
 * ``gradual``    gradual unfreezing (``optim.unfreezing: structural``): 4 stages of layer ids, top
                  first, a new stage every quarter of the steps (frozen layers' batch norm frozen).
 
-LLRD is reported both ways: three rows (one per decay) and ``llrd`` (the decay chosen on
-validation), which the claims use. To fit the budget, every LLRD run uses the learning rate
-validation chose for ``full`` at the same n: LLRD's grid is the three decays.
+Every strategy's grid (learning rates; for LLRD, decays x learning rates) runs with seed 0; the
+point with the best seed-0 validation accuracy is chosen (``protocol.select_on_validation`` over
+seed 0, which the protocol allows) and run with the other seeds: the test accuracy of all seeds at
+the chosen point is reported. This halves the runs of a grid x seeds.
 
 Models and data: all-MiniLM-L6-v2 on 3-class tweet sentiment (``experiments/configs/tweets_minilm.yaml``)
 and torchvision's ImageNet MobileNetV2 on MNIST digits at 64x64 (``mnist_mobilenet.yaml``), each at a
@@ -59,12 +60,11 @@ STRATEGIES = {
     "probe": "linear probe: the head alone, backbone frozen (frozen batch norm)",
     "top2": "the top 2 layers below the head and the head; the rest frozen (frozen batch norm)",
     "full": "every weight, uniform learning rate",
-    **{f"llrd{d:g}": f"every weight, layer-wise learning-rate decay {d:g}, at the learning rate chosen for `full`"
-       for d in DECAYS},
+    "llrd": f"every weight, layer-wise learning-rate decay: decay in {', '.join(f'{d:g}' for d in DECAYS)} (x the "
+            "learning-rate grid), chosen on validation",
     "gradual": f"gradual unfreezing (structural, stage-fresh optimizer state), {STAGES} stages of layer ids top "
                "first, a new one every quarter of the steps (frozen layers' batch norm frozen)",
 }
-LLRD = tuple(f"llrd{d:g}" for d in DECAYS)
 COMPARED = ("probe", "top2", "llrd", "gradual")          # each against "full"
 
 
@@ -151,30 +151,36 @@ def unfreeze_at(steps: int) -> list[int]:
     return at
 
 
-def grid(model: Model, strategy: str, done: dict, seeds: tuple[int, ...]) -> list[float]:
-    """The learning rates ``strategy`` tries: the probe's grid, the family's, or for an ``llrd*``
-    strategy the one chosen on validation for ``full`` at the same n (``done``: the strategies run)."""
+def grid(model: Model, strategy: str) -> list[tuple[float, float | None]]:
+    """The (learning rate, layer decay) points ``strategy`` tries on validation."""
     if strategy == "probe":
-        return list(model.probe_lrs)
-    if strategy in LLRD:
-        return [protocol.select_on_validation(by_point(done["full"], seeds, "val"),
-                                              by_point(done["full"], seeds, "test")).point]
-    return list(model.family.lrs)
+        return [(lr, None) for lr in model.probe_lrs]
+    if strategy == "llrd":
+        return [(lr, decay) for decay in DECAYS for lr in model.family.lrs]
+    return [(lr, None) for lr in model.family.lrs]
 
 
-def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int, lrs: list[float]) -> dict:
-    """Trains one (n, strategy): every seed x learning rate; returns ``{"lrs", "val", "test"}``."""
+def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int, seeds: tuple[int, ...]) -> dict:
+    """One (n, strategy): every grid point with the first seed, the point with the best validation
+    accuracy chosen, then the other seeds at it. Returns ``{"points", "seed0_val", "chosen", "val",
+    "test"}`` (``val`` / ``test``: the chosen point's, one per seed)."""
     kind = strategy if strategy in ("probe", "top2", "gradual") else "full"   # llrd: full's step, other multipliers
-    decay = DECAYS[LLRD.index(strategy)] if strategy in LLRD else None
-    out = trainer.run(model.rules(kind, trainer.params, trainer.layer_ids), rows, lrs, steps, model.family.evals,
-                      layer_decay=decay, unfreeze_at=unfreeze_at(steps) if strategy == "gradual" else None, name=kind)
-    return {"lrs": list(lrs), "val": out["val"].tolist(), "test": out["test"].tolist()}
+    rules = model.rules(kind, trainer.params, trainer.layer_ids)
+    at = unfreeze_at(steps) if strategy == "gradual" else None
+    points = grid(model, strategy)
+    run = lambda members: trainer.run(rules, rows, members, steps, model.family.evals, unfreeze_at=at, name=kind)
+    first = run([(seeds[0], lr, decay) for lr, decay in points])
+    chosen = protocol.select_on_validation({i: {seeds[0]: v} for i, v in enumerate(first["val"])},
+                                           {i: {seeds[0]: t} for i, t in enumerate(first["test"])}).point
+    rest = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
+    return {"points": [list(p) for p in points], "seed0_val": first["val"], "chosen": chosen,
+            "val": [first["val"][chosen], *rest["val"]], "test": [first["test"][chosen], *rest["test"]]}
 
 
 def cache_path(cache: str, model: Model, n: int, strategy: str, seeds: tuple[int, ...]) -> str:
     """The JSON file of one (model, n, strategy): named by what its numbers depend on."""
     f = model.family
-    key = json.dumps([f.overrides, f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs, seeds, STAGES])
+    key = json.dumps([f.overrides, f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs, DECAYS, seeds, STAGES])
     return os.path.join(cache, f"{f.name}_n{n}_{strategy}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
 
 
@@ -204,7 +210,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
                                         model.max_length)
             start = time.time()
             rows = subset(len(trainer.data.train), n, cfg.data.seed)
-            out[n][strategy] = run_strategy(trainer, model, strategy, rows, steps, grid(model, strategy, out[n], seeds))
+            out[n][strategy] = run_strategy(trainer, model, strategy, rows, steps, seeds)
             print(f"{family.name} n={n} {strategy}: val {np.round(out[n][strategy]['val'], 4).tolist()} "
                   f"({time.time() - start:.0f} s)", flush=True)
             os.makedirs(cache, exist_ok=True)
@@ -213,31 +219,27 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
     return out
 
 
-def by_point(raw: dict, seeds: tuple[int, ...], values: str) -> dict:
-    """Member values (seed-major, then lr) as ``{lr: {seed: value}}``."""
-    grid = np.asarray(raw[values]).reshape(len(seeds), len(raw["lrs"]))
-    return {lr: {seed: float(grid[i, j]) for i, seed in enumerate(seeds)} for j, lr in enumerate(raw["lrs"])}
-
-
-def select(raw: dict, seeds: tuple[int, ...]) -> dict:
-    """Per (n, strategy): the learning rate chosen on mean validation accuracy and its per-seed test
-    accuracy; ``llrd``: decay and learning rate chosen together among the three decays."""
+def select(raw: dict) -> dict:
+    """Per (n, strategy): the chosen learning rate and decay, and the per-seed test accuracy there."""
     out = {}
     for n, by_strategy in raw.items():
         out[n] = {"steps": by_strategy["steps"]}
-        for names in [(s,) for s in STRATEGIES] + [LLRD]:
-            val = {(s, lr): v for s in names for lr, v in by_point(by_strategy[s], seeds, "val").items()}
-            test = {(s, lr): v for s in names for lr, v in by_point(by_strategy[s], seeds, "test").items()}
-            chosen = protocol.select_on_validation(val, test)
-            key = names[0] if len(names) == 1 else "llrd"
-            out[n][key] = {"strategy": chosen.point[0], "lr": chosen.point[1], "val_mean": chosen.val_mean,
-                           "test": [chosen.test[s] for s in seeds]}
+        for s in STRATEGIES:
+            r = by_strategy[s]
+            lr, decay = r["points"][r["chosen"]]
+            out[n][s] = {"lr": lr, "decay": decay, "test": r["test"], "grid": list(zip(r["points"], r["seed0_val"])),
+                         "chosen": r["chosen"]}
     return out
 
 
 def label(strategy: str) -> str:
     """A strategy's column name (``llrd``: the decay chosen on validation)."""
     return "llrd (decay on val)" if strategy == "llrd" else strategy
+
+
+def point(lr: float, decay: float | None) -> str:
+    """``"3e-4"`` or, with a layer decay, ``"0.8, 3e-4"``."""
+    return f"{lr:g}" if decay is None else f"{decay:g}, {lr:g}"
 
 
 def differences(r: dict) -> dict[str, tuple[float, float, float]]:
@@ -276,20 +278,21 @@ def claims(results: dict[str, dict]) -> list[dict]:
 
 def report(results: dict[str, dict]) -> list[str]:
     """The results tables (test accuracy, paired differences, chosen hyperparameters) as markdown lines."""
-    columns = [*STRATEGIES, "llrd"]
     acc, diff, hp = [], [], []
     for name, by_n in results.items():
         for n, r in by_n.items():
-            acc.append([name, f"{n:,}", r["steps"], *(protocol.format_mean_std(r[s]["test"]) for s in columns)])
+            acc.append([name, f"{n:,}", r["steps"], *(protocol.format_mean_std(r[s]["test"]) for s in STRATEGIES)])
             diff.append([name, f"{n:,}", *(protocol.format_interval(*d) for d in differences(r).values())])
-            hp.append([name, f"{n:,}", *(f"{r[s]['lr']:g} ({r[s]['val_mean']:.4f})" for s in STRATEGIES),
-                       f"{r['llrd']['strategy'][4:]}, {r['llrd']['lr']:g} ({r['llrd']['val_mean']:.4f})"])
-    return ["## Test accuracy (learning rate chosen on validation; mean ± sample std over seeds)", "",
-            *protocol.markdown_table(["model", "n", "steps", *(label(s) for s in columns)], acc), "",
+            hp += [[name, f"{n:,}", s, ", ".join(f"**{point(*p)}: {v:.4f}**" if i == r[s]["chosen"] else
+                                                f"{point(*p)}: {v:.4f}" for i, (p, v) in enumerate(r[s]["grid"]))]
+                   for s in STRATEGIES]
+    return ["## Test accuracy (hyperparameters chosen on validation; mean ± sample std over seeds)", "",
+            *protocol.markdown_table(["model", "n", "steps", *(label(s) for s in STRATEGIES)], acc), "",
             "## Paired test-accuracy differences against `full` (same seed; mean [95% t-interval])", "",
             *protocol.markdown_table(["model", "n", *(f"{label(s)} - full" for s in COMPARED)], diff), "",
-            "## Chosen hyperparameters: learning rate (mean validation accuracy); for `llrd`: decay, learning rate", "",
-            *protocol.markdown_table(["model", "n", *STRATEGIES, "llrd"], hp)]
+            "## Selection: seed-0 validation accuracy per grid point (learning rate; `llrd`: decay, learning rate; "
+            "the chosen one in bold; test not shown)", "",
+            *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp)]
 
 
 def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
@@ -300,7 +303,7 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
         budgets = ", ".join(f"{steps_for(n, f)} at n={n:,}" for n in f.sizes)
         lines.append(f"- `{f.name}`: `experiments/configs/{f.config}` (its optimizer, schedule, warm-up and weight "
                      f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; n in {', '.join(f'{n:,}' for n in f.sizes)}; "
-                     f"batch {f.batch_size}; steps max({f.min_steps}, {f.epochs} epoch) for every strategy ({budgets}); "
+                     f"batch {f.batch_size}; steps per run, the same for every strategy: {budgets}; "
                      f"{f.evals} validations per run; learning rates {', '.join(f'{lr:g}' for lr in f.lrs)} (probe: "
                      f"{', '.join(f'{lr:g}' for lr in m.probe_lrs)}); head `{m.head}`; no weight decay on "
                      f"`{m.no_decay}`.")
@@ -308,23 +311,20 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
               "- Layer ids: embeddings/stem 0, block i -> i + 1 (MobileNetV2: `features_i` -> i), pooler and head "
               "top; `top2` freezes every leaf below top - 2; `llrd` multiplies a layer's learning rate by "
               "decay^(top - id); `gradual` stages split the ids into 4 near-equal groups, top first.",
-              "- `llrd`: the decay chosen on mean validation accuracy among the three `llrd*` strategies, each run at "
-              "the learning rate validation chose for `full` at that n (a budget cut: LLRD's grid is the decays, "
-              "not decays x learning rates); the claims use it.",
               f"- Seeds {', '.join(map(str, seeds))} vary head init, data order and dropout; `data.seed` 0 picks the "
               "training examples of the largest n (`data.train_limit`) and, among them, those of a smaller n (nested "
-              "subsets), the same for every seed. The seeds x learning rates of a (model, n, strategy) "
-              "train as members of one vmapped step (`experiments/member_trainer.py`). Each run counts at its best "
-              "validation point; per (model, n, strategy) the learning rate with the best mean validation accuracy "
-              "is chosen, and its test accuracy is reported once.", ""]
+              "subsets), the same for every seed. Per (model, n, strategy) every grid point runs with seed "
+              f"{seeds[0]}; the point with the best validation accuracy is chosen and run with the other seeds; "
+              "test accuracy at the chosen point is reported once per seed. The runs of one call train as members "
+              "of one vmapped step (`experiments/member_trainer.py`); each run counts at its best validation "
+              "point.", ""]
     return lines
 
 
 def plot(path: str, results: dict[str, dict], seeds: tuple[int, ...]) -> str:
     """Test accuracy vs n per strategy (``llrd``: decay chosen on validation), one panel per model."""
-    shown = ["probe", "top2", "full", "llrd", "gradual"]
     panels = {name: (list(by_n), {label(s): tuple(zip(*(protocol.mean_std(r[s]["test"]) for r in by_n.values())))
-                                  for s in shown}) for name, by_n in results.items()}
+                                  for s in STRATEGIES}) for name, by_n in results.items()}
     return protocol.plot_panels(path, panels, xlabel="training examples (log)", ylabel="test accuracy",
                                 title=f"Freezing strategies: mean ± std over seeds {list(seeds)}", log_x=True)
 
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.splitext(out)[0]
     cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
                            else os.path.join("runs", "freezing"))
-    results = {m.family.name: select(run_model(m, seeds, cache), seeds) for m in models}
+    results = {m.family.name: select(run_model(m, seeds, cache)) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Freezing strategies over training-set size", command, seeds, started, load,
                                   ("scipy", "matplotlib"))

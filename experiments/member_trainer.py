@@ -1,8 +1,8 @@
-"""Seeds x learning rates of one fine-tuning strategy, trained as members of one vmapped step.
+"""Runs of one fine-tuning strategy (seeds, learning rates, layer decays) as members of one vmapped step.
 
 The runner (``jt.finetune``) pays a model load, a compilation, checkpoints and plots per run; an
 experiment of a hundred short runs on two CPU cores cannot afford that. :class:`MemberTrainer`
-trains every (seed, learning rate) of a strategy together (``jt.make_member_step``), built from the
+trains the runs of a strategy together (``jt.make_member_step``), built from the
 same pieces as the runner: ``load_model`` (a new head from ``jt.seed_stream(seed, "init")``), the
 task's loss and evaluation, ``jt.make_optimizer`` in runtime mode (each member's learning rate,
 times its layer-decay factors, as multipliers), structural trainable masks (frozen leaves get no
@@ -15,9 +15,9 @@ Example::
 
     trainer = MemberTrainer(cfg, data, seeds=(0, 1, 2), max_length=48)
     rows = subset(len(data.train), 200, cfg.data.seed)     # data: train_limit=1600 (the largest n); n=200
-    out = trainer.run(rules, rows, lrs=(1e-4, 3e-4), steps=60, evals=4)          # full fine-tuning
-    out = trainer.run(rules, rows, lrs=(1e-4,), steps=60, evals=4, layer_decay=0.8, name="full")  # LLRD
-    out["val"], out["test"]          # [members] (seed-major, then learning rate)
+    out = trainer.run(rules, rows, [(0, 1e-4, None), (0, 3e-4, None)], steps=60, evals=4)   # full: 2 lrs
+    out = trainer.run(rules, rows, [(1, 3e-4, 0.8), (2, 3e-4, 0.8)], 60, 4, name="full")     # LLRD 0.8
+    out["val"], out["test"]          # one value per member
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _keep_improved(improved: jax.Array, best, new):
 
 
 class MemberTrainer:
-    """Trains the members (seeds x learning rates) of one strategy on a prepared data set.
+    """Trains the runs (members: seed, learning rate, layer decay) of one strategy on a prepared data set.
 
     Args:
       cfg: the run config (``model``, ``data``, ``optim``: optimizer adamw, schedule, warm-up,
@@ -163,48 +163,47 @@ class MemberTrainer:
             preds.append(np.asarray(self._evaluator(members)(state, batch))[:, :min(chunk, n - start)])
         return np.array([metrics.accuracy(labels, p) for p in np.concatenate(preds, axis=1)])
 
-    def run(self, rules, train_rows: np.ndarray, lrs: Sequence[float], steps: int, evals: int, *,
-            layer_decay: float | None = None, unfreeze_at: Sequence[int] | None = None, name: str = "") -> dict:
-        """Trains seeds x ``lrs`` members with ``rules`` on the training examples ``train_rows`` for
-        ``steps`` steps (batch ``cfg.data.batch_size``), validating ``evals`` times. ``name`` keys the
-        compiled steps: runs of one name and step count must have the same ``rules``. ``layer_decay``:
-        LLRD factors on each member's learning rate; ``unfreeze_at``: structural gradual unfreezing,
-        one more stage of layer ids (top first) than boundaries, stage k from step ``unfreeze_at[k-1]``.
-        Returns ``{"val", "test"}``, ``[members]`` (seed-major, then lr): each member's best validation
-        accuracy and its test accuracy there."""
-        members, batch_size = len(self.seeds) * len(lrs), self.cfg.data.batch_size
+    def run(self, rules, train_rows: np.ndarray, members: Sequence[tuple[int, float, float | None]], steps: int,
+            evals: int, *, unfreeze_at: Sequence[int] | None = None, name: str = "") -> dict:
+        """Trains ``members`` ``(seed, learning rate, layer decay or None)`` with ``rules`` on the
+        training examples ``train_rows`` for ``steps`` steps (batch ``cfg.data.batch_size``),
+        validating ``evals`` times. ``unfreeze_at``: structural gradual unfreezing, one more stage of
+        layer ids (top first) than boundaries, stage k from step ``unfreeze_at[k-1]``. ``name`` keys
+        the compiled steps: runs of one name and step count must have the same ``rules``.
+        Returns ``{"val", "test"}``, one value per member: its best validation accuracy and its test
+        accuracy there."""
+        count, batch_size = len(members), self.cfg.data.batch_size
         tx = self._optimizer(rules, steps)
         rule_mask = jt.trainable_mask(self.params, rules)
-        factors = jt.lr_multipliers(self.params, rules, self.layer_ids, layer_decay)
+        factors = {decay: jt.lr_multipliers(self.params, rules, self.layer_ids, decay) for _, _, decay in members}
         masks = [rule_mask] if unfreeze_at is None else jt.unfreezing_stages(self.params, self.layer_ids, rules,
                                                                               len(unfreeze_at) + 1)
         states, orders = [], []
-        for seed in self.seeds:
+        for seed, lr, decay in members:
             variables = self.variables[seed]
-            model_state = {k: v for k, v in variables.items() if k != "params"}
-            for lr in lrs:
-                state = jt.TrainState.create(variables["params"], tx, model_state=model_state,
-                                             rng=jt.seed_stream(seed, "dropout"))
-                multipliers = jax.tree_util.tree_map(lambda f: lr * f, factors)
-                states.append(state.replace(opt_state=jt.set_lr_multipliers(state.opt_state, multipliers)))
-                orders.append(train_rows[batch_order(len(train_rows), batch_size, steps, seed)])
+            state = jt.TrainState.create(variables["params"], tx, model_state={k: v for k, v in variables.items()
+                                                                               if k != "params"},
+                                         rng=jt.seed_stream(seed, "dropout"))
+            multipliers = jax.tree_util.tree_map(lambda f: lr * f, factors[decay])
+            states.append(state.replace(opt_state=jt.set_lr_multipliers(state.opt_state, multipliers)))
+            orders.append(train_rows[batch_order(len(train_rows), batch_size, steps, seed)])
         share = jax.tree_util.tree_map(lambda t: not t, rule_mask) if unfreeze_at is None else None
         state, orders = jt.stack_members(states, share=share), np.stack(orders, axis=1)   # [steps, members, batch]
         every = max(1, steps // evals)
-        best_val = np.full(members, -1.0)
+        best_val = np.full(count, -1.0)
         best = jax.tree_util.tree_map(jnp.copy, (state.params, state.model_state))   # the step donates its input
         for t in range(steps):
             stage = 0 if unfreeze_at is None else jt.unfreezing_stage(t, len(masks), at=unfreeze_at)
-            step = self._step(rules, (name, steps, members, stage), tx, masks[stage], members)
+            step = self._step(rules, (name, steps, count, stage), tx, masks[stage], count)
             rows = [pad_rows(self.data.train, orders[t, m], self.max_length, self.data.pad_token_id)
-                    for m in range(members)]
+                    for m in range(count)]
             state, _ = step(state, {k: np.stack([r[k] for r in rows]) for k in rows[0]})
             if (t + 1) % every and t + 1 != steps:
                 continue
-            val = self.accuracy(state, self.val, members)
+            val = self.accuracy(state, self.val, count)
             improved = val > best_val
             best_val = np.where(improved, val, best_val)
             best = _keep_improved(jnp.asarray(improved), best, (state.params, state.model_state))
         params, model_state = best
-        test = self.accuracy(state.replace(params=params, model_state=model_state), self.test, members)
-        return {"val": best_val, "test": test}
+        test = self.accuracy(state.replace(params=params, model_state=model_state), self.test, count)
+        return {"val": best_val.tolist(), "test": test.tolist()}
