@@ -304,7 +304,8 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
         f = m.family
         budgets = ", ".join(f"{steps_for(n, f)} at n={n:,}" for n in f.sizes)
         lines.append(f"- `{f.name}`: `experiments/configs/{f.config}` (its optimizer, schedule, warm-up and weight "
-                     f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; n in {', '.join(f'{n:,}' for n in f.sizes)}; "
+                     f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; "
+                     f"n in {', '.join(f'{n:,}' for n in f.sizes)}; "
                      f"batch {f.batch_size}; steps per run, the same for every strategy: {budgets}; "
                      f"{f.evals} validations per run; learning rates {', '.join(f'{lr:g}' for lr in f.lrs)} (probe: "
                      f"{', '.join(f'{lr:g}' for lr in m.probe_lrs)}); head `{m.head}`; no weight decay on "

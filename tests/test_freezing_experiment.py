@@ -77,7 +77,8 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_models, tmp_pat
     assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
     for expected in ("- command: `python experiments/freezing.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "llrd (decay on val)",
-                     "probe - full", "## Claims", "![test accuracy vs training-set size, one panel per model](freezing.png)"):
+                     "probe - full", "## Claims",
+                     "![test accuracy vs training-set size, one panel per model](freezing.png)"):
         assert expected in text, expected
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/freezing.md" and len(sidecar["claims"]) == 2 * len(freezing.CLAIMS)
