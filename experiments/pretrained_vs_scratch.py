@@ -26,31 +26,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import tempfile
 import time
 
 import protocol
+from runs import Family, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRATEGIES = {"pretrained": {}, "scratch": {"model.init": "random"}}
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One model of the experiment: its config, overrides, sizes, learning rates and step budget."""
-
-    name: str
-    group: str                          # "cnn" or "text" (--only)
-    config: str                         # under experiments/configs
-    overrides: tuple[str, ...]
-    sizes: tuple[int, ...]
-    lrs: tuple[float, ...]
-    batch_size: int = 32
-    epochs: int = 3
-    min_steps: int = 100
-    evals: int = 8
 
 
 FULL = (
@@ -71,11 +55,6 @@ def quick(family: Family) -> Family:
     return dataclasses.replace(family, overrides=family.overrides + QUICK_OVERRIDES[family.group],
                                sizes=family.sizes[:2], lrs=family.lrs[1:2], epochs=1, min_steps=4, evals=2,
                                batch_size=16)
-
-
-def steps_for(n: int, family: Family) -> int:
-    """The step budget of both inits at ``n`` training examples."""
-    return max(family.min_steps, family.epochs * math.ceil(n / family.batch_size))
 
 
 def run_family(family: Family, seeds: tuple[int, ...], output_dir: str, command: str, members: str) -> dict:

@@ -233,6 +233,47 @@ def plot_lines(path: str, x: Sequence[float], series: Mapping[str, tuple[Sequenc
     return path
 
 
+def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[str, tuple[Sequence[float],
+                                                                                          Sequence[float]]]]], *,
+                xlabel: str, ylabel: str, title: str, log_x: bool = False) -> str:
+    """A PNG with one panel per ``{panel title: (x, {name: (means, stds)})}``, side by side, each as
+    :func:`plot_lines` draws one (stds as error bars; the same numbers give the same bytes).
+    Returns ``path``.
+
+    Example::
+
+        plot_panels("acc.png", {"minilm": ([200, 1600], {"probe": ([0.5, 0.6], [0.02, 0.01])}),
+                                "mobilenet_v2": ([100, 2000], {"probe": ([0.7, 0.9], [0.03, 0.01])})},
+                    xlabel="training examples", ylabel="test accuracy", title="freezing", log_x=True)
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError(f"{path}: plot_panels needs at least one panel")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, (x, series)) in zip(axes[0], panels.items()):
+        for name, (means, stds) in series.items():
+            if len(means) != len(x) or len(stds) != len(x):
+                raise ValueError(f"panel {panel!r}, series {name!r} has {len(means)} means and {len(stds)} stds for "
+                                 f"{len(x)} x values")
+            ax.errorbar(x, means, yerr=np.nan_to_num(np.asarray(stds, np.float64)), marker="o", capsize=3, label=name)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
 def versions(*extra: str) -> str:
     """``"python 3.11.7, jax 0.10.2, ..."``: the versions of the packages a result depends on.
 

@@ -98,6 +98,20 @@ def test_plot_is_a_png_and_the_same_numbers_give_the_same_bytes(tmp_path):
                             title="")
 
 
+def test_panels_are_one_png_and_the_same_numbers_give_the_same_bytes(tmp_path):
+    panels = {"minilm": ([200, 1600], {"probe": ([0.5, 0.6], [0.02, math.nan]), "full": ([0.55, 0.7], [0.01, 0.0])}),
+              "mobilenet_v2": ([100, 2000], {"probe": ([0.7, 0.9], [0.03, 0.01])})}
+    paths = [protocol.plot_panels(str(tmp_path / f"p{i}.png"), panels, xlabel="n", ylabel="accuracy", title="t",
+                                  log_x=True) for i in range(2)]
+    data = [open(p, "rb").read() for p in paths]
+    assert data[0][:8] == b"\x89PNG\r\n\x1a\n" and data[0] == data[1]
+    with pytest.raises(ValueError, match="panel 'm', series 'bad' has 1 means"):
+        protocol.plot_panels(str(tmp_path / "bad.png"), {"m": ([1, 2], {"bad": ([0.1], [0.1])})}, xlabel="", ylabel="",
+                             title="")
+    with pytest.raises(ValueError, match="at least one panel"):
+        protocol.plot_panels(str(tmp_path / "none.png"), {}, xlabel="", ylabel="", title="")
+
+
 def test_header_states_command_machine_versions_seeds_and_only_the_run_line_changes():
     a = protocol.header_lines("T", "python experiments/x.py --quick", [0, 1, 2], 0.0, 1.5, ("scipy",))
     b = protocol.header_lines("T", "python experiments/x.py --quick", [0, 1, 2], 3600.0, 0.25, ("scipy",))

@@ -1,0 +1,377 @@
+"""Freezing strategies over training-set size: which part of a pretrained network should train, and when?
+
+Experiment 2 of issue #15, under the protocol of ``experiments/protocol.py``. Five strategies, each a
+rule table or optimizer setting of the runner, fine-tune the same pretrained network:
+
+* ``probe``      linear probe: the new head alone; the backbone frozen (structural: no backward
+                 through it), its batch norm keeping the ImageNet running statistics;
+* ``top2``       the top two layers below the head (MiniLM: encoder layers 4-5 and the pooler;
+                 MobileNetV2: the last inverted-residual block and the final 1x1 conv) and the head;
+                 everything below frozen, batch norm there included;
+* ``full``       every weight, one learning rate (``optim.layer_decay: null``);
+* ``llrd``       every weight, layer-wise learning-rate decay (``optim.layer_decay``: the learning
+                 rate x decay^(head id - layer id)), the decay (0.7, 0.8 or 0.9) chosen on validation;
+* ``gradual``    gradual unfreezing (``optim.unfreezing: structural``): 4 stages of layer ids, top
+                 first, a new stage every quarter of the steps (frozen layers' batch norm frozen).
+
+Every strategy's grid (learning rates; for LLRD, decays x learning rates) runs with seed 0; the
+point with the best seed-0 validation accuracy is chosen (``protocol.select_on_validation`` over
+seed 0, which the protocol allows) and run with the other seeds: the test accuracy of all seeds at
+the chosen point is reported. This halves the runs of a grid x seeds.
+
+Models and data: all-MiniLM-L6-v2 on 3-class tweet sentiment (``experiments/configs/tweets_minilm.yaml``)
+and torchvision's ImageNet MobileNetV2 on MNIST digits at 48x48 (``mnist_mobilenet.yaml``; the shipped
+weights work there: seed 0, n=100, 32 steps reach 0.74 validation accuracy, 0.88 at 64x64), each at a
+small and a larger n (the larger: the rows ``data.train_limit=n`` picks with ``data.seed`` 0; the
+smaller: a seeded subset of those; the same for every seed). Protocol: per (model, n, strategy) every
+seed x learning rate of the strategy's grid trains as a member of one vmapped step
+(``experiments/member_trainer.py``: the runner's model loading, loss, optimizer, structural masks,
+frozen batch norm and stage-fresh unfreezing, without its per-run checkpoints and plots);
+``train.seed`` drives head init, data order and dropout. Every strategy gets the same step budget per
+(model, n); each run keeps its best validation-accuracy point (test evaluated there, once); each
+strategy's grid point is chosen on seed-0 validation accuracy; test accuracy is reported as mean ±
+sample std, with paired differences (same seed) against ``full`` and 95% t-intervals. Each (model, n,
+strategy) is cached as JSON under ``--cache`` (a rerun reads it instead of training; delete it to
+train again). Writes ``experiments/results/freezing.md``, ``.png`` and ``.json``::
+
+    python experiments/freezing.py                    # everything (estimated 45-50 min on 2 quiet cores)
+    python experiments/freezing.py --only text        # MiniLM only
+    python experiments/freezing.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
+        --out /tmp/fz/freezing.md                     # tiny random models, a few steps (the test)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import protocol
+from runs import Family, steps_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DECAYS = (0.7, 0.8, 0.9)
+STAGES = 4
+STRATEGIES = {
+    "probe": "linear probe: the head alone, backbone frozen (frozen batch norm)",
+    "top2": "the top 2 layers below the head and the head; the rest frozen (frozen batch norm)",
+    "full": "every weight, uniform learning rate",
+    "llrd": f"every weight, layer-wise learning-rate decay: decay in {', '.join(f'{d:g}' for d in DECAYS)} (x the "
+            "learning-rate grid), chosen on validation",
+    "gradual": f"gradual unfreezing (structural, stage-fresh optimizer state), {STAGES} stages of layer ids top "
+               "first, a new one every quarter of the steps (frozen layers' batch norm frozen)",
+}
+COMPARED = ("probe", "top2", "llrd", "gradual")          # each against "full"
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model of the experiment: its runs (``family``: config, sizes, step budget, the learning-rate
+    grid of every strategy but the probe) and the parameter paths its rule tables name."""
+
+    family: Family
+    head: str            # the new head: all a linear probe trains
+    no_decay: str        # the family's default rules: no weight decay on these (biases, norm scales)
+    probe_lrs: tuple[float, ...]
+    max_length: int | None = None   # text: pad every batch to it (one compiled shape)
+
+    def rules(self, strategy: str, params, layer_ids) -> list:
+        """The rule table of ``strategy`` (``probe``, ``top2``, else the family's defaults) for
+        ``params`` whose layer ids (``layer_ids(path)``: embeddings/stem 0, ..., head top) say what
+        top2 freezes: every leaf below id top - 2.
+
+        Example::
+
+            FULL[1].rules("top2", params, model.layer_ids)[0]   # ('(features_0/...|...)', Settings(frozen=True))
+        """
+        import re
+
+        import jaxtune as jt
+        from jaxtune.rules import leaf_paths
+
+        defaults = [(self.no_decay, jt.settings(weight_decay=0.0, name="no_decay")), (".*", jt.settings(name="decay"))]
+        if strategy == "probe":
+            return [(self.head, jt.settings(name="head")), (".*", jt.freeze("backbone"))]
+        if strategy == "top2":
+            paths = leaf_paths(params)
+            top = max(int(layer_ids(p)) for p in paths)
+            below = "|".join(re.escape(p) for p in paths if int(layer_ids(p)) < top - 2)
+            return [(f"({below})", jt.freeze("below_top2")), *defaults]
+        return defaults
+
+
+FULL = (  # sized for about 45 min on 2 quiet cores: measured 54 (MiniLM) and 71 (MobileNetV2) CPU-s per full run
+    Model(Family("minilm", "text", "tweets_minilm.yaml", ("data.max_length=40", "data.eval_limit=200",
+                                                          "data.test_limit=500"),
+                 (100, 500), (1e-4, 3e-4), batch_size=16, epochs=1, min_steps=32, evals=2),
+          r"classifier/.*", r".*/(bias|LayerNorm/scale)", (3e-3, 1e-2), max_length=40),
+    Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("data.image_size=48", "data.eval_limit=200"),
+                 (100, 1000), (3e-4, 1e-3), batch_size=32, epochs=1, min_steps=32, evals=2),
+          r"classifier_1/.*", r".*/(bias|scale)", (3e-3, 1e-2)),
+)
+QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
+                   "cnn": ("data.image_size=16", "data.eval_limit=24", "data.test_limit=24", "data.eval_batch_size=24")}
+
+
+def quick(model: Model, path: str | None) -> Model:
+    """A tiny version of ``model`` (a test of the script): two small sizes with the same 4 steps, one
+    learning rate per strategy; ``path`` (a tiny checkpoint) replaces the real weights."""
+    family = with_path(model, path).family
+    quick_keys = {o.split("=")[0] for o in QUICK_OVERRIDES[family.group]}
+    overrides = tuple(o for o in family.overrides if o.split("=")[0] not in quick_keys) + QUICK_OVERRIDES[family.group]
+    family = dataclasses.replace(family, overrides=overrides, sizes=(16, 32), lrs=family.lrs[-1:], batch_size=8,
+                                 min_steps=4, evals=1)
+    return dataclasses.replace(model, family=family, probe_lrs=model.probe_lrs[-1:],
+                               max_length=16 if model.max_length else None)
+
+
+def with_path(model: Model, path: str | None) -> Model:
+    """``model`` with ``model.path=path`` (another checkpoint of the family), or itself for None."""
+    if path is None:
+        return model
+    return dataclasses.replace(model, family=dataclasses.replace(
+        model.family, overrides=model.family.overrides + (f"model.path={path}",)))
+
+
+def unfreeze_at(steps: int) -> list[int]:
+    """The steps where unfreezing stages 1, 2, 3 begin: every quarter of ``steps``.
+
+    Example::
+
+        >>> unfreeze_at(100)
+        [25, 50, 75]
+    """
+    at = [round(steps * k / STAGES) for k in range(1, STAGES)]
+    if len(set(at)) != len(at) or at[0] < 1:
+        raise ValueError(f"{steps} steps are too few for {STAGES} unfreezing stages; give min_steps >= {STAGES}")
+    return at
+
+
+def grid(model: Model, strategy: str) -> list[tuple[float, float | None]]:
+    """The (learning rate, layer decay) points ``strategy`` tries on validation."""
+    if strategy == "probe":
+        return [(lr, None) for lr in model.probe_lrs]
+    if strategy == "llrd":
+        return [(lr, decay) for decay in DECAYS for lr in model.family.lrs]
+    return [(lr, None) for lr in model.family.lrs]
+
+
+def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int, seeds: tuple[int, ...]) -> dict:
+    """One (n, strategy): every grid point with the first seed, the point with the best validation
+    accuracy chosen, then the other seeds at it. Returns ``{"points", "seed0_val", "chosen", "val",
+    "test"}`` (``val`` / ``test``: the chosen point's, one per seed)."""
+    kind = strategy if strategy in ("probe", "top2", "gradual") else "full"   # llrd: full's step, other multipliers
+    rules = model.rules(kind, trainer.params, trainer.layer_ids)
+    at = unfreeze_at(steps) if strategy == "gradual" else None
+    points = grid(model, strategy)
+    run = lambda members: trainer.run(rules, rows, members, steps, model.family.evals, unfreeze_at=at, name=kind)
+    first = run([(seeds[0], lr, decay) for lr, decay in points])
+    chosen = protocol.select_on_validation({i: {seeds[0]: v} for i, v in enumerate(first["val"])},
+                                           {i: {seeds[0]: t} for i, t in enumerate(first["test"])}).point
+    rest = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
+    return {"points": [list(p) for p in points], "seed0_val": first["val"], "chosen": chosen,
+            "val": [first["val"][chosen], *rest["val"]], "test": [first["test"][chosen], *rest["test"]]}
+
+
+def cache_path(cache: str, model: Model, n: int, strategy: str, seeds: tuple[int, ...]) -> str:
+    """The JSON file of one (model, n, strategy): named by what its numbers depend on."""
+    f = model.family
+    key = json.dumps([f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs,
+                      DECAYS, seeds, STAGES])
+    return os.path.join(cache, f"{f.name}_n{n}_{strategy}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+
+
+def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
+    """Every (n, strategy) of ``model`` (read from ``cache`` when there); ``{n: {"steps", strategy: raw}}``."""
+    import jaxtune as jt
+    from jaxtune.run_data import prepare_data
+    from member_trainer import MemberTrainer, subset
+
+    family = model.family
+    pool = max(family.sizes)
+    cfg = jt.load_config(os.path.join(HERE, "configs", family.config),
+                         [*family.overrides, f"data.batch_size={family.batch_size}", f"data.train_limit={pool}"])
+    trainer = None
+    out = {}
+    for n in family.sizes:
+        steps = steps_for(n, family)
+        out[n] = {"steps": steps}
+        for strategy in STRATEGIES:
+            path = cache_path(cache, model, n, strategy, seeds)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    out[n][strategy] = json.load(f)
+                continue
+            if trainer is None:
+                trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
+                                        model.max_length)
+            start = time.time()
+            rows = subset(len(trainer.data.train), n, cfg.data.seed)
+            out[n][strategy] = run_strategy(trainer, model, strategy, rows, steps, seeds)
+            print(f"{family.name} n={n} {strategy}: val {np.round(out[n][strategy]['val'], 4).tolist()} "
+                  f"({time.time() - start:.0f} s)", flush=True)
+            os.makedirs(cache, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(out[n][strategy], f)
+    return out
+
+
+def select(raw: dict) -> dict:
+    """Per (n, strategy): the chosen learning rate and decay, and the per-seed test accuracy there."""
+    out = {}
+    for n, by_strategy in raw.items():
+        out[n] = {"steps": by_strategy["steps"]}
+        for s in STRATEGIES:
+            r = by_strategy[s]
+            lr, decay = r["points"][r["chosen"]]
+            out[n][s] = {"lr": lr, "decay": decay, "test": r["test"], "grid": list(zip(r["points"], r["seed0_val"])),
+                         "chosen": r["chosen"]}
+    return out
+
+
+def label(strategy: str) -> str:
+    """A strategy's column name (``llrd``: the decay chosen on validation)."""
+    return "llrd (decay on val)" if strategy == "llrd" else strategy
+
+
+def point(lr: float, decay: float | None) -> str:
+    """``"3e-4"`` or, with a layer decay, ``"0.8, 3e-4"``."""
+    return f"{lr:g}" if decay is None else f"{decay:g}, {lr:g}"
+
+
+def differences(r: dict) -> dict[str, tuple[float, float, float]]:
+    """Paired test-accuracy differences of each compared strategy against ``full``: mean, 95% interval."""
+    return {s: protocol.paired_interval(r[s]["test"], r["full"]["test"]) for s in COMPARED}
+
+
+CLAIMS = [  # (claim, strategy compared with full, "smallest" / "largest" / "every" n, "a beats full" or the reverse)
+    ("Freezing the backbone (linear probe) beats full fine-tuning at small n", "probe", "smallest", True),
+    ("Training only the top 2 layers beats full fine-tuning at small n", "top2", "smallest", True),
+    ("Full fine-tuning beats the linear probe at the larger n", "probe", "largest", False),
+    ("Layer-wise LR decay (decay chosen on validation) beats a uniform LR at every n", "llrd", "every", True),
+    ("Gradual unfreezing beats full fine-tuning at small n", "gradual", "smallest", True),
+]
+
+
+def claims(results: dict[str, dict]) -> list[dict]:
+    """Per model and claim: the verdict of the paired test-accuracy intervals at the sizes it covers."""
+    out = []
+    for name, by_n in results.items():
+        sizes = list(by_n)
+        for text, strategy, which, a_wins in CLAIMS:
+            covered = {"smallest": sizes[:1], "largest": sizes[-1:], "every": sizes}[which]
+            parts, verdicts = [], []
+            for n in covered:
+                a, b = by_n[n][strategy]["test"], by_n[n]["full"]["test"]
+                d, low, high = protocol.paired_interval(a, b) if a_wins else protocol.paired_interval(b, a)
+                verdicts.append(protocol.verdict(low, high))
+                parts.append(f"n={n:,}: {protocol.format_interval(d, low, high, 3)}")
+            first, second = (label(strategy), "full") if a_wins else ("full", label(strategy))
+            out.append({"claim": f"{name}: {text} ({', '.join(f'n={n:,}' for n in covered)})",
+                        "verdict": protocol.combined_verdict(verdicts),
+                        "summary": f"test accuracy {first} - {second}, 95% interval: " + "; ".join(parts)})
+    return out
+
+
+def report(results: dict[str, dict]) -> list[str]:
+    """The results tables (test accuracy, paired differences, chosen hyperparameters) as markdown lines."""
+    acc, diff, hp = [], [], []
+    for name, by_n in results.items():
+        for n, r in by_n.items():
+            acc.append([name, f"{n:,}", r["steps"], *(protocol.format_mean_std(r[s]["test"]) for s in STRATEGIES)])
+            diff.append([name, f"{n:,}", *(protocol.format_interval(*d) for d in differences(r).values())])
+            hp += [[name, f"{n:,}", s, ", ".join(f"**{point(*p)}: {v:.4f}**" if i == r[s]["chosen"] else
+                                                f"{point(*p)}: {v:.4f}" for i, (p, v) in enumerate(r[s]["grid"]))]
+                   for s in STRATEGIES]
+    return ["## Test accuracy (hyperparameters chosen on validation; mean ± sample std over seeds)", "",
+            *protocol.markdown_table(["model", "n", "steps", *(label(s) for s in STRATEGIES)], acc), "",
+            "## Paired test-accuracy differences against `full` (same seed; mean [95% t-interval])", "",
+            *protocol.markdown_table(["model", "n", *(f"{label(s)} - full" for s in COMPARED)], diff), "",
+            "## Selection: seed-0 validation accuracy per grid point (learning rate; `llrd`: decay, learning rate; "
+            "the chosen one in bold; test not shown)", "",
+            *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp)]
+
+
+def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
+    """The protocol section: configs, sizes, grids, step budgets, what the seeds vary."""
+    lines = ["## Protocol"]
+    for m in models:
+        f = m.family
+        budgets = ", ".join(f"{steps_for(n, f)} at n={n:,}" for n in f.sizes)
+        lines.append(f"- `{f.name}`: `experiments/configs/{f.config}` (its optimizer, schedule, warm-up and weight "
+                     f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; "
+                     f"n in {', '.join(f'{n:,}' for n in f.sizes)}; "
+                     f"batch {f.batch_size}; steps per run, the same for every strategy: {budgets}; "
+                     f"{f.evals} validations per run; learning rates {', '.join(f'{lr:g}' for lr in f.lrs)} (probe: "
+                     f"{', '.join(f'{lr:g}' for lr in m.probe_lrs)}); head `{m.head}`; no weight decay on "
+                     f"`{m.no_decay}`.")
+    lines += [*(f"- `{name}`: {text}." for name, text in STRATEGIES.items()),
+              "- Layer ids: embeddings/stem 0, block i -> i + 1 (MobileNetV2: `features_i` -> i), pooler and head "
+              "top; `top2` freezes every leaf below top - 2; `llrd` multiplies a layer's learning rate by "
+              "decay^(top - id); `gradual` stages split the ids into 4 near-equal groups, top first.",
+              f"- Seeds {', '.join(map(str, seeds))} vary head init, data order and dropout; `data.seed` 0 picks the "
+              "training examples of the largest n (`data.train_limit`) and, among them, those of a smaller n (nested "
+              "subsets), the same for every seed. Per (model, n, strategy) every grid point runs with seed "
+              f"{seeds[0]}; the point with the best validation accuracy is chosen and run with the other seeds; "
+              "test accuracy at the chosen point is reported once per seed. The runs of one call train as members "
+              "of one vmapped step (`experiments/member_trainer.py`); each run counts at its best validation "
+              "point.", ""]
+    return lines
+
+
+def plot(path: str, results: dict[str, dict], seeds: tuple[int, ...]) -> str:
+    """Test accuracy vs n per strategy (``llrd``: decay chosen on validation), one panel per model."""
+    panels = {name: (list(by_n), {label(s): tuple(zip(*(protocol.mean_std(r[s]["test"]) for r in by_n.values())))
+                                  for s in STRATEGIES}) for name, by_n in results.items()}
+    return protocol.plot_panels(path, panels, xlabel="training examples (log)", ylabel="test accuracy",
+                                title=f"Freezing strategies: mean ± std over seeds {list(seeds)}", log_x=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("cnn", "text"), help="run one group of models")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and steps (a test of the script)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
+    parser.add_argument("--cache", help="a JSON file per (model, n, strategy), read instead of training when there "
+                                        "(default runs/freezing; with --quick a 'runs' folder beside --out)")
+    parser.add_argument("--out", help="results file (default experiments/results/freezing.md; with --quick a "
+                                      "temporary folder); .png and .json go beside it")
+    parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")
+    parser.add_argument("--cnn-model", help="model.path for MobileNetV2's runs (e.g. a tiny checkpoint for --quick)")
+    args = parser.parse_args(argv)
+    started, load = time.time(), os.getloadavg()[0]
+    command = protocol.command_line("freezing.py", argv)
+    paths = {"text": args.text_model, "cnn": args.cnn_model}
+    models = [quick(m, paths[m.family.group]) if args.quick else with_path(m, paths[m.family.group])
+              for m in FULL if args.only in (None, m.family.group)]
+    seeds = tuple(args.seeds or ((0, 1) if args.quick else (0, 1, 2)))
+    default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
+    out = args.out or os.path.join(default_dir, "freezing.md")
+    stem = os.path.splitext(out)[0]
+    cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
+                           else os.path.join("runs", "freezing"))
+    results = {m.family.name: select(run_model(m, seeds, cache)) for m in models}
+    found = claims(results)
+    lines = protocol.header_lines("Freezing strategies over training-set size", command, seeds, started, load,
+                                  ("scipy", "matplotlib"))
+    lines += protocol_lines(models, seeds)
+    lines += report(results)
+    lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]
+    plot(f"{stem}.png", results, seeds)
+    lines += ["", f"![test accuracy vs training-set size, one panel per model]({os.path.basename(stem)}.png)"]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    protocol.write_sidecar(f"{stem}.json", title="Freezing strategies over training-set size (experiment 2)",
+                           command=command, results=f"results/{os.path.basename(out)}", claims=found)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""What the experiments that fine-tune a model family over training-set sizes share: the family
+(config, overrides, sizes, learning rates) and its step budget.
+
+``experiments/pretrained_vs_scratch.py`` (experiment 1) and ``experiments/freezing.py`` (experiment
+2) both drive MobileNetV2 on MNIST and MiniLM on tweets this way.
+
+Example::
+
+    family = Family("minilm", "text", "tweets_minilm.yaml", ("data.max_length=48",), (200, 1600), (1e-4, 3e-4))
+    steps_for(200, family)     # the step budget of every strategy at n=200
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model of an experiment: its config, overrides, sizes, learning rates and step budget."""
+
+    name: str
+    group: str                          # "cnn" or "text" (--only)
+    config: str                         # under experiments/configs
+    overrides: tuple[str, ...]
+    sizes: tuple[int, ...]
+    lrs: tuple[float, ...]
+    batch_size: int = 32
+    epochs: int = 3
+    min_steps: int = 100
+    evals: int = 8
+
+
+def steps_for(n: int, family: Family) -> int:
+    """The step budget of every strategy at ``n`` training examples: ``max(min_steps, epochs x n / batch)``.
+
+    Example::
+
+        >>> steps_for(200, Family("m", "text", "c.yaml", (), (200,), (1e-4,), batch_size=16, epochs=1, min_steps=60))
+        60
+    """
+    return max(family.min_steps, family.epochs * math.ceil(n / family.batch_size))
