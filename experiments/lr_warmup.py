@@ -328,30 +328,17 @@ def claims(grid: Grid, datasets, lrs, seeds) -> list[dict]:
 def plot_panels(path: str, grid: Grid, titles: dict, lrs, seeds, baselines: dict, model: str) -> str:
     """One panel per data set: test metric (mean ± std over seeds) vs learning rate (log), one line per
     warm-up, the constant prediction + 2 points dashed (below it a run fails). Same numbers, same bytes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(titles), figsize=(5.2 * len(titles), 4.0), squeeze=False)
-    for ax, key in zip(axes[0], titles):
-        for w in WARMUPS:
-            stats = [protocol.mean_std(values(grid, key, lr, w, "test", seeds)) for lr in lrs]
-            ax.errorbar(lrs, [m for m, _ in stats], yerr=np.nan_to_num([s for _, s in stats]), marker="o", capsize=3,
-                        label=warmup_label(w))
-        ax.axhline(baselines[key]["test"] + FAILURE_MARGIN, color="grey", linestyle="--", linewidth=1,
-                   label="failure line (constant + 0.02)")
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate (log)")
-        ax.set_ylabel(f"test {DATASETS[key].metric_label}")
-        ax.set_title(titles[key], fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{model}, AdamW: mean ± std over seeds {list(seeds)}", fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    panels = {}
+    for key, title in titles.items():
+        stats = {warmup_label(w): [protocol.mean_std(values(grid, key, lr, w, "test", seeds)) for lr in lrs]
+                 for w in WARMUPS}
+        panels[title] = (list(lrs), {name: ([m for m, _ in st], [s for _, s in st]) for name, st in stats.items()})
+    return protocol.plot_panels(
+        path, panels, xlabel="peak learning rate (log)", log_x=True,
+        ylabel={title: f"test {DATASETS[key].metric_label}" for key, title in titles.items()},
+        hlines={title: (baselines[key]["test"] + FAILURE_MARGIN, "failure line (constant + 0.02)")
+                for key, title in titles.items()},
+        title=f"{model}, AdamW: mean ± std over seeds {list(seeds)}")
 
 
 def setup_lines(exp: Experiment) -> list[str]:

@@ -235,10 +235,12 @@ def plot_lines(path: str, x: Sequence[float], series: Mapping[str, tuple[Sequenc
 
 def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[str, tuple[Sequence[float],
                                                                                           Sequence[float]]]]], *,
-                xlabel: str, ylabel: str, title: str, log_x: bool = False) -> str:
+                xlabel: str, ylabel: str | Mapping[str, str], title: str, log_x: bool = False,
+                hlines: Mapping[str, tuple[float, str]] | None = None) -> str:
     """A PNG with one panel per ``{panel title: (x, {name: (means, stds)})}``, side by side, each as
     :func:`plot_lines` draws one (stds as error bars; the same numbers give the same bytes).
-    Returns ``path``.
+    ``ylabel`` may be one per panel; ``hlines``: ``{panel title: (y, label)}``, a dashed reference
+    line in that panel. Returns ``path``.
 
     Example::
 
@@ -259,10 +261,13 @@ def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[s
                 raise ValueError(f"panel {panel!r}, series {name!r} has {len(means)} means and {len(stds)} stds for "
                                  f"{len(x)} x values")
             ax.errorbar(x, means, yerr=np.nan_to_num(np.asarray(stds, np.float64)), marker="o", capsize=3, label=name)
+        if hlines and panel in hlines:
+            y, label = hlines[panel]
+            ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel[panel])
         ax.set_title(panel, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
