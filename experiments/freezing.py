@@ -364,12 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]
     plot(f"{stem}.png", results, seeds)
     lines += ["", f"![test accuracy vs training-set size, one panel per model]({os.path.basename(stem)}.png)"]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    protocol.write_sidecar(f"{stem}.json", title="Freezing strategies over training-set size (experiment 2)",
-                           command=command, results=f"results/{os.path.basename(out)}", claims=found)
-    print("\n".join(lines))
+    print(protocol.write_results(out, lines, title="Freezing strategies over training-set size (experiment 2)",
+                                 command=command, claims=found), end="")
     return 0
 
 

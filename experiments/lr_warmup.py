@@ -424,11 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"![test metric vs learning rate]({os.path.basename(stem)}.png)"]
     plot_panels(f"{stem}.png", grid, {key: exp.title(key) for key in args.datasets}, args.learning_rates, args.seeds,
                 exp.baselines, "all-MiniLM-L6-v2" if args.model == "minilm" else os.path.basename(args.model))
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    protocol.write_sidecar(f"{stem}.json", title="Learning rate x warm-up stability (experiment 4)",
-                           command=args.command, results=f"results/{os.path.basename(args.out)}", claims=found)
-    print("\n".join(lines))
+    print(protocol.write_results(args.out, lines, title="Learning rate x warm-up stability (experiment 4)",
+                                 command=args.command, claims=found), end="")
     return 0
 
 

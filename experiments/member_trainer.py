@@ -34,6 +34,7 @@ from jaxtune.experiment import with_frozen_bn
 from jaxtune.rules import frozen_batch_norm
 from jaxtune.run_model import load_model
 from jaxtune.tasks import get_task
+from runs import batch_order
 
 SCHEDULES = {"warmup_linear": jt.warmup_linear, "warmup_cosine": jt.warmup_cosine}
 
@@ -69,21 +70,6 @@ def subset(total: int, n: int, seed: int) -> np.ndarray:
         ([2, 4, 6], True)
     """
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
-
-
-def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """``[steps, batch_size]`` row indices: epoch after epoch of permutations of ``range(n)`` (epoch
-    ``e`` seeded by ``jt.epoch_seed(seed, e)``), cut into batches.
-
-    Example::
-
-        >>> batch_order(5, 2, 3, 0).shape
-        (3, 2)
-    """
-    needed, epochs = steps * batch_size, []
-    while sum(len(e) for e in epochs) < needed:
-        epochs.append(np.random.default_rng(jt.epoch_seed(seed, len(epochs))).permutation(n))
-    return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
 
 
 @jax.jit

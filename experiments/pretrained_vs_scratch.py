@@ -159,12 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             xlabel="training examples (log)", ylabel="test accuracy",
             title=f"Pretrained vs scratch ({group}): mean ± std over seeds {list(seeds)}", log_x=True)
         lines += ["", f"![{group}: test accuracy vs training-set size]({os.path.basename(png)})"]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    protocol.write_sidecar(f"{stem}.json", title="Pretrained vs from scratch over size (experiment 1)",
-                           command=command, results=f"results/{os.path.basename(out)}", claims=found)
-    print("\n".join(lines))
+    print(protocol.write_results(out, lines, title="Pretrained vs from scratch over size (experiment 1)",
+                                 command=command, claims=found), end="")
     return 0
 
 

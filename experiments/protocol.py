@@ -386,3 +386,23 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+def write_results(out: str, lines: Sequence[str], *, title: str, command: str,
+                  claims: Sequence[Mapping[str, str]]) -> str:
+    """Writes an experiment's results file ``out`` (``lines`` joined) and its sidecar (``out`` with
+    ``.json``, see :func:`write_sidecar`); returns the results text.
+
+    Example::
+
+        print(write_results("experiments/results/x.md", ["# X", "", "table"], title="X",
+                            command="python experiments/x.py", claims=[{"claim": "A beats B",
+                            "verdict": "shown", "summary": "+0.03 [+0.01, +0.05]"}]))
+    """
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text)
+    write_sidecar(os.path.splitext(out)[0] + ".json", title=title, command=command,
+                  results=f"results/{os.path.basename(out)}", claims=claims)
+    return text

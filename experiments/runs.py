@@ -1,5 +1,5 @@
-"""What the experiments that fine-tune a model family over training-set sizes share: the family
-(config, overrides, sizes, learning rates) and its step budget.
+"""What the experiments share: the family of a model fine-tuned over training-set sizes (config,
+overrides, sizes, learning rates), its step budget, and the seeded batch order of a run.
 
 ``experiments/pretrained_vs_scratch.py`` (experiment 1) and ``experiments/freezing.py`` (experiment
 2) both drive MobileNetV2 on MNIST and MiniLM on tweets this way.
@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+import numpy as np
+
+import jaxtune as jt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,3 +44,18 @@ def steps_for(n: int, family: Family) -> int:
         60
     """
     return max(family.min_steps, family.epochs * math.ceil(n / family.batch_size))
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """``[steps, batch_size]`` row indices: epoch after epoch of permutations of ``range(n)``
+    (epoch ``e`` seeded by ``jt.epoch_seed(seed, e)``), cut into batches.
+
+    Example::
+
+        >>> batch_order(5, 2, 3, 0).shape
+        (3, 2)
+    """
+    needed, epochs = steps * batch_size, []
+    while sum(len(e) for e in epochs) < needed:
+        epochs.append(np.random.default_rng(jt.epoch_seed(seed, len(epochs))).permutation(n))
+    return np.concatenate(epochs)[:needed].reshape(steps, batch_size)

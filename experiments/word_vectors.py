@@ -48,6 +48,7 @@ import optax
 
 import jaxtune as jt
 import protocol
+from runs import batch_order
 from jaxtune import metrics
 from jaxtune.data.sources import load_tweet_sentiment
 from jaxtune.embeddings import build_vocabulary, embedding_table, load_vectors, simple_tokenize
@@ -185,21 +186,6 @@ def loss_fn(model):
 def steps_for(n: int, setup: Setup) -> int:
     """The step budget of every strategy at ``n`` labelled tweets."""
     return max(setup.min_steps, setup.epochs * math.ceil(n / setup.batch_size))
-
-
-def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """``[steps, batch_size]`` row indices: epoch after epoch of permutations of ``range(n)``
-    (epoch ``e`` seeded by ``jt.epoch_seed(seed, e)``), cut into batches.
-
-    Example::
-
-        >>> batch_order(5, 2, 3, 0).shape
-        (3, 2)
-    """
-    needed, epochs = steps * batch_size, []
-    while sum(len(e) for e in epochs) < needed:
-        epochs.append(np.random.default_rng(jt.epoch_seed(seed, len(epochs))).permutation(n))
-    return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
 
 
 class Trainer:
@@ -449,11 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         s: tuple(zip(*(protocol.mean_std(chosen[n, s]["test"]) for n in sizes))) for s in STRATEGIES},
         xlabel="labelled training tweets (log)", ylabel="test accuracy",
         title=f"Tweet sentiment, bag of word vectors: mean ± std over seeds {list(setup.seeds)}", log_x=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    protocol.write_sidecar(f"{stem}.json", title="Word vectors with few labels (experiment 5)", command=command,
-                           results=f"results/{os.path.basename(out)}", claims=found_claims)
-    print("\n".join(lines))
+    print(protocol.write_results(out, lines, title="Word vectors with few labels (experiment 5)", command=command,
+                                 claims=found_claims), end="")
     return 0
 
 
