@@ -53,7 +53,8 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import format_interval, format_mean_std, markdown_table, mean_std, paired_interval  # noqa: E402
+from protocol import (format_interval, format_mean_std, markdown_table, mean_std, paired_interval, verdict,  # noqa: E402
+                      write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -348,7 +349,36 @@ def wiseft_curves(cache: str, seeds: list[int]) -> dict[float, dict[int, dict]]:
     return curves
 
 
-def write_results(exp: Experiment) -> None:
+def claims(rows: dict[str, dict]) -> list[dict]:
+    """Per method run beside plain on at least 2 common seeds, two claims with verdicts from paired 95%
+    intervals: it forgets less of A (A test accuracy, method - plain) and it learns B less well (B test
+    entity F1, plain - method): the "learns less, forgets less" pattern reported for LoRA.
+
+    Example::
+
+        claims(method_rows("experiments/results/forgetting", [0, 1, 2]))[0]["claim"]
+        # 'LoRA forgets less of A (tweet sentiment) than plain fine-tuning on B'
+    """
+    plain = rows.get("plain", {}).get("seeds", {})
+    found = []
+    for label, row in rows.items():
+        common = sorted(set(row["seeds"]) & set(plain))
+        if label == "plain" or len(common) < 2:
+            continue
+        pick = lambda seeds, key: [seeds[s][key] for s in common]
+        a = paired_interval(pick(row["seeds"], "a_test"), pick(plain, "a_test"))
+        b = paired_interval(pick(plain, "b_test"), pick(row["seeds"], "b_test"))
+        about = f"{label} at {row['setting']}, plain at {rows['plain']['setting']}, seeds {', '.join(map(str, common))}"
+        found += [{"claim": f"{label} forgets less of A (tweet sentiment) than plain fine-tuning on B",
+                   "verdict": verdict(a[1], a[2]),
+                   "summary": f"A test accuracy {label} - plain, 95% interval: {format_interval(*a)} ({about})"},
+                  {"claim": f"{label} learns B (WNUT-16 entity F1) less well than plain fine-tuning",
+                   "verdict": verdict(b[1], b[2]),
+                   "summary": f"B test entity F1 plain - {label}, 95% interval: {format_interval(*b)} ({about})"}]
+    return found
+
+
+def write_report(exp: Experiment) -> None:
     args, seeds = exp.args, exp.args.seeds
     rows, curves = method_rows(args.cache, seeds), wiseft_curves(args.cache, seeds)
     before = exp.cached("A/before", lambda: exp.a_scores(exp.a_params))
@@ -399,6 +429,12 @@ def write_results(exp: Experiment) -> None:
     png = os.path.splitext(args.out)[0] + ".png"
     pareto_plot(rows, curves, before["a_test"], png)
     lines += ["", f"![A accuracy against B entity F1]({os.path.basename(png)})"]
+    found = claims(rows)
+    if found:
+        lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]
+        print(write_results(args.out, lines, title="Catastrophic forgetting: tweets then WNUT-16 NER (experiment 3)",
+                            command=args.command, claims=found), end="")
+        return
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -435,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     lr = plain_lr(exp) if set(args.variants) - {"lora"} else None
     for name in args.variants:
         run_variant(exp, name, lr)
-    write_results(exp)
+    write_report(exp)
 
 
 if __name__ == "__main__":

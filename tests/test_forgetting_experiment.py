@@ -59,3 +59,19 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     assert (tmp_path / "forgetting.png").stat().st_size > 0
     forgetting.main([*common, "--variants", "wiseft"])   # everything cached: the same bytes
     assert out.read_text() == again
+
+
+def test_claims_pair_each_method_with_plain_on_common_seeds():
+    forgetting = _script("forgetting")
+    seeds = lambda a, b: {s: {"a_test": a[s], "b_test": b[s]} for s in range(len(a))}
+    rows = {"plain": {"setting": "lr0.0005", "seeds": seeds([0.50, 0.52, 0.51], [0.50, 0.53, 0.57])},
+            "LoRA": {"setting": "lr0.002", "seeds": seeds([0.66, 0.69, 0.67], [0.27, 0.30, 0.33])},
+            "EMA": {"setting": "D0.99", "seeds": seeds([0.60], [0.40])}}          # one seed: no claim
+    found = forgetting.claims(rows)
+    assert [c["claim"] for c in found] == ["LoRA forgets less of A (tweet sentiment) than plain fine-tuning on B",
+                                           "LoRA learns B (WNUT-16 entity F1) less well than plain fine-tuning"]
+    assert [c["verdict"] for c in found] == ["shown", "shown"]
+    assert "LoRA at lr0.002, plain at lr0.0005, seeds 0, 1, 2" in found[0]["summary"]
+    rows["LoRA"]["seeds"] = seeds([0.40, 0.60, 0.45], [0.60, 0.40, 0.70])     # mixed: no verdict either way
+    assert [c["verdict"] for c in forgetting.claims(rows)] == ["not shown", "not shown"]
+    assert forgetting.claims({"LoRA": rows["LoRA"]}) == []                    # nothing to pair with
