@@ -117,8 +117,9 @@ def test_bad_scan_settings_are_clear_errors(tmp_path):
         hub.from_pretrained(tmp_path, scan_layers=True)
 
 
-def _grads(model, params, batch):
-    loss_fn = get_task("sequence_classification").loss_fn(model)
+def task_grads(task: str, model, params, batch):
+    """The gradient of ``task``'s loss of ``model`` on ``batch`` (dropout key 0), jitted."""
+    loss_fn = get_task(task).loss_fn(model)
     return jax.jit(jax.grad(lambda p: loss_fn(p, batch, rng=jax.random.key(0), model_state={})[0]))(params)
 
 
@@ -126,11 +127,12 @@ def test_scanned_gradients_equal_the_unrolled_ones_and_frozen_layers_get_none():
     config = _tiny()
     unrolled, stacked = _unrolled_and_stacked(config)
     batch = _batch()
-    expected = flatten_paths(_grads(bert.build(config, "sequence_classification", 3), unrolled, batch))
+    model = bert.build(config, "sequence_classification", 3)
+    expected = flatten_paths(task_grads("sequence_classification", model, unrolled, batch))
     expected = stack_layers(expected, "bert/encoder/layer_{i}", STACKED, config.num_hidden_layers)
     # Layer 0 in a frozen scan of its own, layers 1 and 2 in a rematerialised scan (a loop of 2).
     model = bert.build(dataclasses.replace(config, scan_layers=True, remat="full"), "sequence_classification", 3)
-    got = flatten_paths(_grads(model.clone(frozen_layers=1), stacked, batch))
+    got = flatten_paths(task_grads("sequence_classification", model.clone(frozen_layers=1), stacked, batch))
     assert set(got) == set(expected)
     for path, g in got.items():
         want = np.array(expected[path])

@@ -21,6 +21,7 @@ from jaxtune.models import t5
 from jaxtune.models.family import flatten_paths, unflatten_paths
 from jaxtune.models.stacking import stack_layers
 from jaxtune.tasks import get_task
+from test_bert_scan import task_grads
 from test_t5 import ATOL, TINY, _batch, _pad_after_eos, _torch, checkpoints  # noqa: F401  (module fixture)
 
 torch = pytest.importorskip("torch")
@@ -175,19 +176,14 @@ def _train_batch(n: int = 3, seed: int = 1) -> dict:
     return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask), "labels": jnp.asarray(labels)}
 
 
-def _grads(model, params, batch):
-    loss_fn = get_task("text_to_text").loss_fn(model)
-    return jax.jit(jax.grad(lambda p: loss_fn(p, batch, rng=jax.random.key(0), model_state={})[0]))(params)
-
-
 def test_scanned_gradients_equal_the_unrolled_ones_and_frozen_blocks_get_none():
     config = _tiny()
     unrolled, stacked = _unrolled_and_stacked(config)
     batch = _train_batch()
-    expected = _stacked(flatten_paths(_grads(t5.build(config), unrolled, batch)))
+    expected = _stacked(flatten_paths(task_grads("text_to_text", t5.build(config), unrolled, batch)))
     # Both encoder blocks and decoder block 0 frozen (3 = 2 + 1), the rest in rematerialised scans.
     model = t5.build(dataclasses.replace(config, scan_layers=True, remat="dots_saveable")).clone(frozen_layers=3)
-    got = flatten_paths(_grads(model, stacked, batch))
+    got = flatten_paths(task_grads("text_to_text", model, stacked, batch))
     assert set(got) == set(expected)
     for path, g in got.items():
         want = np.array(expected[path])
