@@ -69,9 +69,6 @@ def _check_optim(optim: OptimConfig) -> None:
     _check_unfreezing(optim)
     check_number("optim.l2_sp", optim.l2_sp, low=0.0, error=ConfigError)
     check_choice("optim.weight_average", optim.weight_average, WEIGHT_AVERAGES, error=ConfigError)
-    if optim.weight_average is not None and optim.unfreezing == "structural":
-        raise ConfigError("optim.weight_average needs optim.unfreezing 'runtime' (or null): a structural stage "
-                          "drops the updates of the leaves it keeps frozen, which the average cannot see")
     check_number("optim.weight_average_decay", optim.weight_average_decay, low=0.0, high=1.0, high_open=True,
                  error=ConfigError)
     check_number("optim.weight_average_start", optim.weight_average_start, low=0.0, high=1.0, high_open=True,

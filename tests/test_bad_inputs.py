@@ -64,8 +64,6 @@ CONFIG_CASES = [
     ("weight_average_unknown", ["optim.weight_average=swa"], r"optim\.weight_average is 'swa'"),
     ("weight_average_decay_one", ["optim.weight_average_decay=1.0"], r"optim\.weight_average_decay must be in \[0, 1\)"),
     ("weight_average_start_one", ["optim.weight_average_start=1.0"], r"optim\.weight_average_start must be in \[0, 1\)"),
-    ("weight_average_with_structural", ["optim.weight_average=ema", "optim.unfreezing=structural",
-                                        "optim.unfreeze_every=5"], r"optim\.weight_average needs optim\.unfreezing"),
     ("rules_empty_list", ["optim.rules=[]"], r"optim\.rules is an empty list"),
     ("rule_frozen_with_lr_mult", ["optim.rules=[{pattern: 'emb.*', frozen: true, lr_mult: 2}, {pattern: '.*'}]"],
      r"optim\.rules\[0\] is frozen but also sets lr_mult"),

@@ -150,9 +150,24 @@ def test_l2_sp_and_weight_averaging_from_config(tiny_model_dir, data, tmp_path, 
     np.testing.assert_allclose(evaluate_run(averaged.paths["run_dir"])["loss"], averaged.test_metrics["loss"], rtol=1e-6)
     with pytest.raises(ValueError, match="optim.weight_average is 'swa'"):
         finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="swa"), data=data)
-    with pytest.raises(ValueError, match="needs optim.unfreezing 'runtime'"):
-        finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="ema", unfreezing="structural",
-                         unfreeze_every=1), data=data)
+
+
+def test_weight_averaging_with_structural_unfreezing(tiny_model_dir, data, tmp_path):
+    """EMA over a gradually unfrozen run: the structural step passes its stage mask to the average,
+    so a frozen group's average stays its pretrained value and the run evaluates as the runtime-mode
+    run of the same stages does (float32, rtol 1e-5)."""
+    stages = dict(layer_decay=0.9, unfreeze_every=1, unfreeze_stages=2, weight_average="ema",
+                  weight_average_decay=0.5)
+    structural = finetune(_config(tiny_model_dir, tmp_path, "ema_structural", unfreezing="structural", **stages),
+                          data=data)
+    runtime = finetune(_config(tiny_model_dir, tmp_path, "ema_runtime", unfreezing="runtime", **stages), data=data)
+    plain = finetune(_config(tiny_model_dir, tmp_path, "structural", unfreezing="structural",
+                             **{k: v for k, v in stages.items() if not k.startswith("weight_average")}), data=data)
+    assert _train_losses(structural.paths["run_dir"]) == _train_losses(plain.paths["run_dir"])  # the same training
+    assert structural.test_metrics["loss"] != plain.test_metrics["loss"]  # evaluated on the averaged weights
+    np.testing.assert_allclose(structural.test_metrics["loss"], runtime.test_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(evaluate_run(structural.paths["run_dir"])["loss"], structural.test_metrics["loss"],
+                               rtol=1e-6)
 
 
 def test_cli_rules_eval_and_errors(tiny_model_dir, data, tmp_path, capsys):
