@@ -162,20 +162,15 @@ def grid(model: Model, strategy: str) -> list[tuple[float, float | None]]:
 
 
 def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int, seeds: tuple[int, ...]) -> dict:
-    """One (n, strategy): every grid point with the first seed, the point with the best validation
-    accuracy chosen, then the other seeds at it. Returns ``{"points", "seed0_val", "chosen", "val",
-    "test"}`` (``val`` / ``test``: the chosen point's, one per seed)."""
+    """One (n, strategy): ``member_trainer.grid_then_seeds`` over the strategy's grid. Returns
+    ``{"points", "seed0_val", "chosen", "val", "test"}`` (``val`` / ``test``: the chosen point's, one per seed)."""
+    from member_trainer import grid_then_seeds
+
     kind = strategy if strategy in ("probe", "top2", "gradual") else "full"   # llrd: full's step, other multipliers
     rules = model.rules(kind, trainer.params, trainer.layer_ids)
     at = unfreeze_at(steps) if strategy == "gradual" else None
-    points = grid(model, strategy)
     run = lambda members: trainer.run(rules, rows, members, steps, model.family.evals, unfreeze_at=at, name=kind)
-    first = run([(seeds[0], lr, decay) for lr, decay in points])
-    chosen = protocol.select_on_validation({i: {seeds[0]: v} for i, v in enumerate(first["val"])},
-                                           {i: {seeds[0]: t} for i, t in enumerate(first["test"])}).point
-    rest = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
-    return {"points": [list(p) for p in points], "seed0_val": first["val"], "chosen": chosen,
-            "val": [first["val"][chosen], *rest["val"]], "test": [first["test"][chosen], *rest["test"]]}
+    return grid_then_seeds(run, grid(model, strategy), seeds)
 
 
 def cache_path(cache: str, model: Model, n: int, strategy: str, seeds: tuple[int, ...]) -> str:

@@ -21,7 +21,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 import jaxtune as jt
+import protocol
 from jaxtune import metrics
 from jaxtune.experiment import with_frozen_bn
 from jaxtune.rules import frozen_batch_norm
@@ -87,7 +88,8 @@ class MemberTrainer:
     """Trains the runs (members: seed, learning rate, layer decay) of one strategy on a prepared data set.
 
     Args:
-      cfg: the run config (``model``, ``data``, ``optim``: optimizer adamw, schedule, warm-up,
+      cfg: the run config (``model``: path, dtype and ``init`` (``random``: every weight of each seed
+        fresh from ``train.seed``), ``data``, ``optim``: optimizer adamw, schedule, warm-up,
         weight decay); its ``optim.rules`` and unfreezing are ignored (strategies are given to
         :meth:`run`).
       data: ``prepare_data(cfg.data, ...)`` with every training example any run takes (:meth:`run`
@@ -102,7 +104,8 @@ class MemberTrainer:
         self.variables = {}
         for seed in self.seeds:
             self.model, self.variables[seed] = load_model(cfg.model.path, self.task.head, len(data.label_names),
-                                                          cfg.model.dtype, rng=jt.seed_stream(seed, "init"))
+                                                          cfg.model.dtype, init=cfg.model.init,
+                                                          rng=jt.seed_stream(seed, "init"))
         self.layer_ids = self.model.layer_ids
         self._compiled: dict = {}
         pad = data.pad_token_id
@@ -193,3 +196,25 @@ class MemberTrainer:
         params, model_state = best
         test = self.accuracy(state.replace(params=params, model_state=model_state), self.test, count)
         return {"val": best_val.tolist(), "test": test.tolist()}
+
+
+def grid_then_seeds(run: Callable[[list], dict], points: Sequence[tuple], seeds: Sequence[int]) -> dict:
+    """Every grid point with the first seed, the point with the best validation accuracy chosen,
+    then the other seeds at it (``protocol.select_on_validation`` over the first seed, which the
+    protocol allows; it halves the runs of a grid x seeds). ``run(members)`` trains members
+    ``(seed, *point)`` (e.g. :meth:`MemberTrainer.run` with the rest bound) and returns ``{"val",
+    "test"}``. Returns ``{"points", "seed0_val", "chosen", "val", "test"}`` (``val`` / ``test``: the
+    chosen point's, one per seed).
+
+    Example::
+
+        run = lambda members: trainer.run(rules, rows, members, steps=60, evals=4)
+        out = grid_then_seeds(run, [(1e-4, None), (3e-4, None)], seeds=(0, 1, 2))
+        out["points"][out["chosen"]], out["test"]        # e.g. [0.0003, None], [0.71, 0.69, 0.72]
+    """
+    first = run([(seeds[0], *p) for p in points])
+    chosen = protocol.select_on_validation({i: {seeds[0]: v} for i, v in enumerate(first["val"])},
+                                           {i: {seeds[0]: t} for i, t in enumerate(first["test"])}).point
+    rest = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
+    return {"points": [list(p) for p in points], "seed0_val": first["val"], "chosen": chosen,
+            "val": [first["val"][chosen], *rest["val"]], "test": [first["test"][chosen], *rest["test"]]}

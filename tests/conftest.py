@@ -60,3 +60,22 @@ def tiny_model_dir(tmp_path_factory):
     all-MiniLM-L6-v2 tokenizer files, shared by the runner tests of members, seeds and sweeps
     (test_experiment defines its own, wider one; test_multihost writes a wider one with :func:`write_tiny_bert`)."""
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment_models(tmp_path_factory):
+    """(text, cnn) checkpoints for the experiment scripts' ``--quick`` tests: a random 2-layer BERT
+    with MiniLM's tokenizer, a random 3-block MobileNetV2 (10 labels)."""
+    import jax
+
+    import jaxtune as jt
+    from jaxtune.models import mobilenet
+
+    text = write_tiny_bert(tmp_path_factory.mktemp("tiny_bert2"), num_hidden_layers=2)
+    config = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 8, 2, 2)), stem_channels=8,
+                                         last_channels=16, dropout=0.0)
+    model = mobilenet.mobilenet_v2(config, 10)
+    cnn = tmp_path_factory.mktemp("tiny_mobilenet")
+    jt.save_pretrained(model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3))), model.config, cnn,
+                       task="image_classification")
+    return text, str(cnn)

