@@ -13,7 +13,8 @@ export, every B run with the same epochs and schedule (equal step budgets), one 
 * ``wiseft``          no training: A's encoder interpolated with plain B's, ``(1-α) θ_A + α θ_B`` for α in
   ``--alphas``, scored with B's own head and with a head re-fitted on the interpolated encoder
   (``--refit-steps`` Adam steps on the frozen token features of ``--refit-examples`` training sentences,
-  starting from B's head); α chosen per head on validation (mean over seeds);
+  starting from B's head), every α on validation; α chosen per head on validation (mean over seeds),
+  test read at the chosen α only;
 * ``lpft``            LP-FT: B's head trained alone on A's frozen encoder (``--lp-learning-rate``, 1 epoch),
   then everything fine-tuned from there; the probe stage is reported too (``lp``);
 * ``lora``            LoRA (rank 8 on every query/value kernel) and B's head; learning rate from
@@ -148,11 +149,11 @@ class Experiment:
             self._b_setup = build(os.path.join(CONFIGS, "wnut_ner_minilm.yaml"), self.b_common)
         return self._b_setup
 
-    def a_scores(self, encoder_params: dict) -> dict:
-        """A accuracy (validation and test) with A's pooler and classifier on ``encoder_params``' encoder."""
+    def a_scores(self, encoder_params: dict, splits: tuple[str, ...] = ("validation", "test")) -> dict:
+        """A accuracy (``a_val`` and / or ``a_test``) with A's pooler and classifier on ``encoder_params``' encoder."""
         params = with_encoder(self.a_params, encoder_params)
-        return {"a_val": score(self.a_setup, params, "validation")["accuracy"],
-                "a_test": score(self.a_setup, params, "test")["accuracy"]}
+        return {f"a_{'val' if split == 'validation' else split}": score(self.a_setup, params, split)["accuracy"]
+                for split in splits}
 
     def drift(self, params: dict) -> float:
         encoder = {"bert": {k: params["bert"][k] for k in ENCODER}}
@@ -240,20 +241,49 @@ def refit_head(head: dict, feats: np.ndarray, tags: np.ndarray, steps: int, seed
     return jax.device_get(head)
 
 
-def wiseft_seed(exp: Experiment, plain_record: dict) -> dict:
-    """WiSE-FT of one plain B run: per α, A accuracy and B entity F1 with B's head and with a re-fitted one."""
+def _wiseft_params(exp: Experiment, plain_record: dict, alpha: float) -> tuple[dict, dict]:
+    """``(mixed, refit)``: plain B's params with A's encoder interpolated in at ``alpha``, with B's own
+    head and with a head re-fitted on the mixed encoder's frozen token features (seed 0)."""
     b_params = jt.from_pretrained(os.path.join(plain_record["run"], "best_hf"), task="token_classification")[1]["params"]
     b_encoder = {"bert": {k: b_params["bert"][k] for k in ENCODER}}
+    mixed = with_encoder(b_params, jt.interpolate_params(exp.a_encoder, b_encoder, alpha))
+    feats, tags = token_features(exp.b_setup, mixed, exp.args.refit_examples)
+    return mixed, dict(mixed, classifier=refit_head(b_params["classifier"], feats, tags, exp.args.refit_steps, 0))
+
+
+def wiseft_seed(exp: Experiment, plain_record: dict) -> dict:
+    """WiSE-FT of one plain B run on VALIDATION: per α, A accuracy and B entity F1 with B's head and with
+    a re-fitted one (test is read only at the α chosen from these: :func:`wiseft_test`)."""
     points = []
     for alpha in _floats(exp.args.alphas):
-        mixed = with_encoder(b_params, jt.interpolate_params(exp.a_encoder, b_encoder, alpha))
-        feats, tags = token_features(exp.b_setup, mixed, exp.args.refit_examples)
-        refit = dict(mixed, classifier=refit_head(b_params["classifier"], feats, tags, exp.args.refit_steps, 0))
-        own_val, own_test = (score(exp.b_setup, mixed, s)["entity_f1"] for s in ("validation", "test"))
-        refit_val, refit_test = (score(exp.b_setup, refit, s)["entity_f1"] for s in ("validation", "test"))
-        points.append({"alpha": alpha, **exp.a_scores(mixed), "own_b_val": own_val, "own_b_test": own_test,
-                       "refit_b_val": refit_val, "refit_b_test": refit_test, "drift": exp.drift(mixed)})
+        mixed, refit = _wiseft_params(exp, plain_record, alpha)
+        points.append({"alpha": alpha, **exp.a_scores(mixed, ("validation",)),
+                       "own_b_val": score(exp.b_setup, mixed, "validation")["entity_f1"],
+                       "refit_b_val": score(exp.b_setup, refit, "validation")["entity_f1"], "drift": exp.drift(mixed)})
     return {"points": points}
+
+
+def wiseft_test(exp: Experiment, plain_record: dict, alpha: float) -> dict:
+    """Test numbers of one plain B run's WiSE-FT at ``alpha``: A accuracy (A's head: the same for both B
+    heads) and B entity F1 with B's own and the re-fitted head."""
+    mixed, refit = _wiseft_params(exp, plain_record, alpha)
+    return {"alpha": alpha, **exp.a_scores(mixed, ("test",)),
+            "own_b_test": score(exp.b_setup, mixed, "test")["entity_f1"],
+            "refit_b_test": score(exp.b_setup, refit, "test")["entity_f1"], "drift": exp.drift(mixed)}
+
+
+def chosen_alphas(curves: dict[float, dict[int, dict]]) -> dict[str, float]:
+    """Per B head (``own``, ``refit``): the α with the best validation A accuracy + B entity F1, averaged
+    over seeds.
+
+    Example::
+
+        >>> chosen_alphas({0.0: {0: {"a_val": 0.6, "own_b_val": 0.1, "refit_b_val": 0.3}},
+        ...                1.0: {0: {"a_val": 0.3, "own_b_val": 0.5, "refit_b_val": 0.5}}})
+        {'own': 1.0, 'refit': 0.0}
+    """
+    return {head: max(curves, key=lambda a: np.mean([p["a_val"] + p[f"{head}_b_val"] for p in curves[a].values()]))
+            for head in ("own", "refit")}
 
 
 def run_variant(exp: Experiment, name: str, lr: str) -> None:
@@ -289,9 +319,12 @@ def run_variant(exp: Experiment, name: str, lr: str) -> None:
             *(f"rehearsal.data.{k}={json.dumps(v)}" for k, v in old.items())]}, "a+b", rehearsal=True)
     elif name == "wiseft":
         run_variant(exp, "plain", lr)
+        plain = {seed: _load(os.path.join(args.cache, "plain", lr, f"seed{seed}.json")) for seed in args.seeds}
         for seed in args.seeds:
-            plain = _load(os.path.join(args.cache, "plain", lr, f"seed{seed}.json"))
-            exp.cached(f"wiseft/seed{seed}", lambda: wiseft_seed(exp, plain))
+            exp.cached(f"wiseft/seed{seed}", lambda: wiseft_seed(exp, plain[seed]))
+        for alpha in sorted(set(chosen_alphas(wiseft_curves(args.cache, args.seeds)).values())):
+            for seed in args.seeds:
+                exp.cached(f"wiseft/a{alpha:g}/seed{seed}", lambda: wiseft_test(exp, plain[seed], alpha))
 
 
 def _chosen(cache: str, name: str) -> str | None:
@@ -330,17 +363,18 @@ def method_rows(cache: str, seeds: list[int]) -> dict[str, dict]:
         if records:
             rows[LABELS[name]] = {"setting": chosen, "seeds": records}
     curves = wiseft_curves(cache, seeds)
-    for head in ("own", "refit"):
-        if curves:
-            best = max(curves, key=lambda a: np.mean([p["a_val"] + p[f"{head}_b_val"] for p in curves[a].values()]))
-            rows[f"WiSE-FT, {'B' if head == 'own' else 're-fitted'} head"] = {"setting": f"α={best:g}", "seeds": {
-                s: {"a_test": p["a_test"], "b_test": p[f"{head}_b_test"], "drift": p["drift"]}
-                for s, p in curves[best].items()}}
+    for head, alpha in (chosen_alphas(curves) if curves else {}).items():
+        tests = {s: _load(os.path.join(cache, "wiseft", f"a{alpha:g}", f"seed{s}.json")) for s in curves[alpha]}
+        records = {s: {"a_test": t["a_test"], "b_test": t[f"{head}_b_test"], "drift": t["drift"]}
+                   for s, t in tests.items() if t is not None}
+        if records:
+            rows[f"WiSE-FT, {'B' if head == 'own' else 're-fitted'} head"] = {"setting": f"α={alpha:g}",
+                                                                             "seeds": records}
     return rows
 
 
 def wiseft_curves(cache: str, seeds: list[int]) -> dict[float, dict[int, dict]]:
-    """``{alpha: {seed: point}}`` of the cached WiSE-FT seeds."""
+    """``{alpha: {seed: point}}`` of the cached WiSE-FT seeds (validation numbers)."""
     curves: dict[float, dict[int, dict]] = {}
     for s in seeds:
         record = _load(os.path.join(cache, "wiseft", f"seed{s}.json"))
@@ -414,10 +448,11 @@ def write_report(exp: Experiment) -> None:
                                                         [plain[s]["b_test"] for s in common]))])
         lines += markdown_table(["method", "seeds", "Δ A accuracy", "Δ B entity F1"], diffs)
     if curves:
-        lines += ["", "## WiSE-FT: A's encoder interpolated with plain B's (test, mean ± std over seeds)", ""]
+        lines += ["", "## WiSE-FT: A's encoder interpolated with plain B's (validation, mean ± std over seeds; "
+                  "test is read only at the chosen α, in the methods table)", ""]
         lines += markdown_table(["α", "A accuracy", "B F1, B's head", "B F1, re-fitted head"], [
-            [f"{a:g}", format_mean_std([p["a_test"] for p in c.values()]), format_mean_std([p["own_b_test"] for p in c.values()]),
-             format_mean_std([p["refit_b_test"] for p in c.values()])] for a, c in sorted(curves.items())])
+            [f"{a:g}", *(format_mean_std([p[k] for p in c.values()]) for k in ("a_val", "own_b_val", "refit_b_val"))]
+            for a, c in sorted(curves.items())])
     lines += ["", "## Selection on validation (seed 0)", ""]
     selections = []
     for name in sorted(os.listdir(args.cache)) if os.path.isdir(args.cache) else []:
@@ -442,24 +477,31 @@ def write_report(exp: Experiment) -> None:
 
 
 def pareto_plot(rows: dict, curves: dict, a_before: float, path: str) -> None:
-    """A accuracy against B entity F1: one point per method (mean ± std error bars), WiSE-FT curves."""
+    """Left: A accuracy against B entity F1 on test, one point per method (mean ± std error bars).
+    Right (when WiSE-FT ran): its α curves on validation, per B head."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(14 if curves else 8, 6), squeeze=False)
+    ax = axes[0][0]
     for label, row in rows.items():
         (bx, bs), (ay, as_) = (mean_std([r[k] for r in row["seeds"].values()]) for k in ("b_test", "a_test"))
         ax.errorbar(bx, ay, xerr=np.nan_to_num(bs), yerr=np.nan_to_num(as_), fmt="o", capsize=3, label=label)
-    for head, style in (("own", ":"), ("refit", "--")):
-        if curves:
-            xs = [np.mean([p[f"{head}_b_test"] for p in c.values()]) for _, c in sorted(curves.items())]
-            ys = [np.mean([p["a_test"] for p in c.values()]) for _, c in sorted(curves.items())]
-            ax.plot(xs, ys, style, color="grey", label=f"WiSE-FT α curve ({'B' if head == 'own' else 're-fitted'} head)")
     ax.axhline(a_before, color="black", linewidth=0.8, label="A before B")
-    ax.set_xlabel("B: WNUT-16 entity F1 (test)")
-    ax.set_ylabel("A: tweet accuracy (test)")
+    ax.set(xlabel="B: WNUT-16 entity F1 (test)", ylabel="A: tweet accuracy (test)", title="methods (test)")
     ax.legend(fontsize=7, loc="best")
+    if curves:
+        ax = axes[0][1]
+        for head, style in (("own", "o:"), ("refit", "s--")):
+            xs = [np.mean([p[f"{head}_b_val"] for p in c.values()]) for _, c in sorted(curves.items())]
+            ys = [np.mean([p["a_val"] for p in c.values()]) for _, c in sorted(curves.items())]
+            ax.plot(xs, ys, style, label=f"{'B' if head == 'own' else 're-fitted'} head")
+            for alpha, x, y in zip(sorted(curves), xs, ys):
+                ax.annotate(f"{alpha:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.set(xlabel="B: WNUT-16 entity F1 (validation)", ylabel="A: tweet accuracy (validation)",
+               title="WiSE-FT over α (validation, mean over seeds)")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(fig)
