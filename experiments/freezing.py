@@ -260,16 +260,11 @@ def claims(results: dict[str, dict]) -> list[dict]:
         sizes = list(by_n)
         for text, strategy, which, a_wins in CLAIMS:
             covered = {"smallest": sizes[:1], "largest": sizes[-1:], "every": sizes}[which]
-            parts, verdicts = [], []
-            for n in covered:
-                a, b = by_n[n][strategy]["test"], by_n[n]["full"]["test"]
-                d, low, high = protocol.paired_interval(a, b) if a_wins else protocol.paired_interval(b, a)
-                verdicts.append(protocol.verdict(low, high))
-                parts.append(f"n={n:,}: {protocol.format_interval(d, low, high, 3)}")
+            pairs = {n: (by_n[n][strategy]["test"], by_n[n]["full"]["test"]) for n in covered}
+            found, summary = protocol.intervals_by_size(pairs if a_wins else {n: (b, a) for n, (a, b) in pairs.items()})
             first, second = (label(strategy), "full") if a_wins else ("full", label(strategy))
-            out.append({"claim": f"{name}: {text} ({', '.join(f'n={n:,}' for n in covered)})",
-                        "verdict": protocol.combined_verdict(verdicts),
-                        "summary": f"test accuracy {first} - {second}, 95% interval: " + "; ".join(parts)})
+            out.append({"claim": f"{name}: {text} ({', '.join(f'n={n:,}' for n in covered)})", "verdict": found,
+                        "summary": f"test accuracy {first} - {second}, 95% interval: {summary}"})
     return out
 
 

@@ -149,16 +149,12 @@ def claims(results: dict[str, dict]) -> list[dict]:
     than at the largest (the per-seed gaps paired by seed)."""
     out = []
     for name, by_n in results.items():
-        parts, verdicts = [], []
-        for n, r in by_n.items():
-            d, low, high = protocol.paired_interval(r["pretrained"]["test"], r["scratch"]["test"])
-            verdicts.append(protocol.verdict(low, high))
-            parts.append(f"n={n:,}: {protocol.format_interval(d, low, high, 3)}")
+        found, summary = protocol.intervals_by_size({n: (r["pretrained"]["test"], r["scratch"]["test"])
+                                                     for n, r in by_n.items()})
         sizes = list(by_n)
         out.append({"claim": f"{name}: pretrained weights beat a random init at every training-set size "
-                             f"({', '.join(f'{n:,}' for n in sizes)})",
-                    "verdict": protocol.combined_verdict(verdicts),
-                    "summary": "test accuracy pretrained - scratch, 95% interval: " + "; ".join(parts)})
+                             f"({', '.join(f'{n:,}' for n in sizes)})", "verdict": found,
+                    "summary": f"test accuracy pretrained - scratch, 95% interval: {summary}"})
         small, large = sizes[0], sizes[-1]
         d, low, high = protocol.paired_interval(gaps(by_n[small]), gaps(by_n[large]))
         out.append({"claim": f"{name}: pretraining's advantage shrinks with more data (larger at n={small:,} than "

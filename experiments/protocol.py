@@ -32,7 +32,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -109,6 +109,25 @@ def combined_verdict(verdicts: Sequence[str]) -> str:
     if all(v == "shown" for v in verdicts):
         return "shown"
     return "contradicted" if all(v == "contradicted" for v in verdicts) else "not shown"
+
+
+def intervals_by_size(pairs: Mapping[int, tuple[Sequence[float], Sequence[float]]], digits: int = 3,
+                      size_label: Callable[[int], str] = "{:,}".format) -> tuple[str, str]:
+    """A claim over training-set sizes: ``{n: (a, b)}`` (per-seed values, paired) -> the combined
+    verdict of the ``a - b`` intervals and their summary ``"n=100: +0.030 [+0.010, +0.050]; ..."``
+    (each size written by ``size_label``).
+
+    Example::
+
+        >>> intervals_by_size({100: ([0.7, 0.72, 0.71], [0.6, 0.61, 0.62])})
+        ('shown', 'n=100: +0.100 [+0.075, +0.125]')
+    """
+    verdicts, parts = [], []
+    for n, (a, b) in pairs.items():
+        d, low, high = paired_interval(a, b)
+        verdicts.append(verdict(low, high))
+        parts.append(f"n={size_label(n)}: {format_interval(d, low, high, digits)}")
+    return combined_verdict(verdicts), "; ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

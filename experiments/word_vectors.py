@@ -315,13 +315,9 @@ def claims(chosen: dict, sizes: list[int], total: int) -> list[dict]:
             covered = [sizes[-1]]
         else:
             covered = [n for n in sizes if n <= FEW_LABELS and n != total] or sizes[:1]
-        parts, verdicts = [], []
-        for n in covered:
-            d, low, high = protocol.paired_interval(chosen[n, a]["test"], chosen[n, b]["test"])
-            verdicts.append(protocol.verdict(low, high))
-            parts.append(f"n={size_label(n, total)}: {protocol.format_interval(d, low, high, 3)}")
-        out.append({"claim": text, "verdict": protocol.combined_verdict(verdicts),
-                    "summary": f"test accuracy {a} - {b}, 95% interval: " + "; ".join(parts)})
+        found, summary = protocol.intervals_by_size({n: (chosen[n, a]["test"], chosen[n, b]["test"]) for n in covered},
+                                                    size_label=lambda n: size_label(n, total))
+        out.append({"claim": text, "verdict": found, "summary": f"test accuracy {a} - {b}, 95% interval: {summary}"})
     return out
 
 

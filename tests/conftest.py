@@ -79,3 +79,28 @@ def tiny_experiment_models(tmp_path_factory):
     jt.save_pretrained(model.init(jax.random.key(0), jax.numpy.zeros((1, 16, 16, 3))), model.config, cnn,
                        task="image_classification")
     return text, str(cnn)
+
+
+def rerun_bit_for_bit(main, argv, out, cache=None, retrain=("*.json", "*.json")) -> str:
+    """Runs an experiment script's ``main(argv)`` twice, first deleting the files of ``cache`` that
+    match ``retrain[i]`` (what run i trains again; the rest it reads), and asserts that the two runs
+    write the same ``out`` PNG and sidecar bytes and the same results file but its run line. Returns
+    the results text.
+
+    Example::
+
+        text = rerun_bit_for_bit(freezing.main, ["--quick", "--out", str(out)], out, cache, ("*.json", "*_probe_*"))
+    """
+    import protocol   # experiments/, on sys.path in the experiment tests
+
+    written = []
+    for pattern in retrain:
+        for path in (cache.glob(pattern) if cache is not None else ()):
+            path.unlink()
+        assert main(argv) == 0
+        written.append({suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")})
+    first, second = written
+    assert first[".png"] == second[".png"] and first[".json"] == second[".json"]
+    text = first[".md"].decode("utf-8")
+    assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
+    return text

