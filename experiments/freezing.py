@@ -52,7 +52,7 @@ import time
 import numpy as np
 
 import protocol
-from runs import Family, steps_for
+from runs import Family, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -292,12 +292,7 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
     lines = ["## Protocol"]
     for m in models:
         f = m.family
-        budgets = ", ".join(f"{steps_for(n, f)} at n={n:,}" for n in f.sizes)
-        lines.append(f"- `{f.name}`: `experiments/configs/{f.config}` (its optimizer, schedule, warm-up and weight "
-                     f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; "
-                     f"n in {', '.join(f'{n:,}' for n in f.sizes)}; "
-                     f"batch {f.batch_size}; steps per run, the same for every strategy: {budgets}; "
-                     f"{f.evals} validations per run; learning rates {', '.join(f'{lr:g}' for lr in f.lrs)} (probe: "
+        lines.append(f"{describe(f, 'every strategy')}; learning rates {', '.join(f'{lr:g}' for lr in f.lrs)} (probe: "
                      f"{', '.join(f'{lr:g}' for lr in m.probe_lrs)}); head `{m.head}`; no weight decay on "
                      f"`{m.no_decay}`.")
     lines += [*(f"- `{name}`: {text}." for name, text in STRATEGIES.items()),

@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 import protocol
-from runs import Family, steps_for
+from runs import Family, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -190,12 +190,7 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
     """The protocol section: configs, sizes, grids, step budgets, what the seeds vary."""
     lines = ["## Protocol"]
     for m in models:
-        f = m.family
-        budgets = ", ".join(f"{steps_for(n, f)} at n={n:,}" for n in f.sizes)
-        lines.append(f"- `{f.name}`: `experiments/configs/{f.config}` (its optimizer, schedule, warm-up and weight "
-                     f"decay) with {', '.join(f'`{o}`' for o in f.overrides)}; n in "
-                     f"{', '.join(f'{n:,}' for n in f.sizes)}; batch {f.batch_size}; steps per run, the same for both "
-                     f"inits: {budgets}; {f.evals} validations per run; learning rates: pretrained "
+        lines.append(f"{describe(m.family, 'both inits')}; learning rates: pretrained "
                      f"{', '.join(f'{lr:g}' for lr in m.lrs('pretrained'))}, scratch "
                      f"{', '.join(f'{lr:g}' for lr in m.lrs('scratch'))}; every weight trains at one rate; no weight "
                      f"decay on `{NO_DECAY}`.")

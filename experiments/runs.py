@@ -46,6 +46,23 @@ def steps_for(n: int, family: Family) -> int:
     return max(family.min_steps, family.epochs * math.ceil(n / family.batch_size))
 
 
+def describe(family: Family, same_for: str) -> str:
+    """The protocol line of ``family`` up to its learning rates: config, overrides, sizes, batch, step
+    budgets (the same for ``same_for``: e.g. "every strategy") and validations per run.
+
+    Example::
+
+        >>> describe(Family("m", "text", "c.yaml", ("data.max_length=40",), (100,), (1e-4,), batch_size=16,
+        ...                 min_steps=32), "every strategy")[:44]
+        '- `m`: `experiments/configs/c.yaml` (its opt'
+    """
+    budgets = ", ".join(f"{steps_for(n, family)} at n={n:,}" for n in family.sizes)
+    return (f"- `{family.name}`: `experiments/configs/{family.config}` (its optimizer, schedule, warm-up and weight "
+            f"decay) with {', '.join(f'`{o}`' for o in family.overrides)}; n in "
+            f"{', '.join(f'{n:,}' for n in family.sizes)}; batch {family.batch_size}; steps per run, the same for "
+            f"{same_for}: {budgets}; {family.evals} validations per run")
+
+
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     """``[steps, batch_size]`` row indices: epoch after epoch of permutations of ``range(n)``
     (epoch ``e`` seeded by ``jt.epoch_seed(seed, e)``), cut into batches.
