@@ -52,7 +52,7 @@ import time
 import numpy as np
 
 import protocol
-from runs import Family, describe, steps_for
+from runs import Cells, Family, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -181,8 +181,9 @@ def cache_path(cache: str, model: Model, n: int, strategy: str, seeds: tuple[int
     return os.path.join(cache, f"{f.name}_n{n}_{strategy}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
 
 
-def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
-    """Every (n, strategy) of ``model`` (read from ``cache`` when there); ``{n: {"steps", strategy: raw}}``."""
+def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
+    """Every (n, strategy) of ``model`` (``cells``: a :class:`runs.Cells`, read when there);
+    ``{n: {"steps", strategy: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
     from member_trainer import MemberTrainer, subset
@@ -192,27 +193,22 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
     cfg = jt.load_config(os.path.join(HERE, "configs", family.config),
                          [*family.overrides, f"data.batch_size={family.batch_size}", f"data.train_limit={pool}"])
     trainer = None
+
+    def train(n: int, strategy: str, steps: int) -> dict:
+        nonlocal trainer
+        if trainer is None:
+            trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
+                                    model.max_length)
+        rows = subset(len(trainer.data.train), n, cfg.data.seed)
+        return run_strategy(trainer, model, strategy, rows, steps, seeds)
+
     out = {}
     for n in family.sizes:
         steps = steps_for(n, family)
         out[n] = {"steps": steps}
         for strategy in STRATEGIES:
-            path = cache_path(cache, model, n, strategy, seeds)
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    out[n][strategy] = json.load(f)
-                continue
-            if trainer is None:
-                trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
-                                        model.max_length)
-            start = time.time()
-            rows = subset(len(trainer.data.train), n, cfg.data.seed)
-            out[n][strategy] = run_strategy(trainer, model, strategy, rows, steps, seeds)
-            print(f"{family.name} n={n} {strategy}: val {np.round(out[n][strategy]['val'], 4).tolist()} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-            os.makedirs(cache, exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(out[n][strategy], f)
+            out[n][strategy] = cells.get(cache_path(cells.folder, model, n, strategy, seeds),
+                                         lambda: train(n, strategy, steps), f"{family.name} n={n} {strategy}")
     return out
 
 
@@ -340,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.splitext(out)[0]
     cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
                            else os.path.join("runs", "freezing"))
-    results = {m.family.name: select(run_model(m, seeds, cache)) for m in models}
+    cells = Cells(cache)
+    results = {m.family.name: select(run_model(m, seeds, cells)) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Freezing strategies over training-set size", command, seeds, started, load,
-                                  ("scipy", "matplotlib"))
+                                  ("scipy", "matplotlib"), cells.note("(model, n, strategy) results"))
     lines += protocol_lines(models, seeds)
     lines += report(results)
     lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]

@@ -160,7 +160,8 @@ def render(root: str = HERE) -> str:
              "Written by `python experiments/index.py` from the JSON sidecars in `experiments/results/`; do not edit "
              "by hand. A verdict is what the experiment's own numbers support: **shown** (the 95% interval of the "
              "paired difference excludes zero in the claimed direction, in every condition the claim covers), "
-             "**contradicted** (it excludes zero in the other direction, in every condition), **not shown** "
+             "**contradicted** (it excludes zero in the other direction, in at least one condition the claim covers), "
+             "**not shown** "
              "(anything else). Under the protocol (`experiments/protocol.py`): at least 3 seeds varying head "
              "init, data order and dropout; hyperparameters chosen on validation only; test mean ± sample std; "
              "paired differences with 95% t-intervals.", "",

@@ -39,10 +39,8 @@ import os
 import tempfile
 import time
 
-import numpy as np
-
 import protocol
-from runs import Family, describe, steps_for
+from runs import Cells, Family, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -102,8 +100,9 @@ def cache_path(cache: str, model: Model, n: int, init: str, seeds: tuple[int, ..
     return os.path.join(cache, f"{f.name}_n{n}_{init}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
 
 
-def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
-    """Every (n, init) of ``model`` (read from ``cache`` when there); ``{n: {"steps", init: raw}}``."""
+def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
+    """Every (n, init) of ``model`` (``cells``: a :class:`runs.Cells`, read when there);
+    ``{n: {"steps", init: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
     from member_trainer import MemberTrainer, grid_then_seeds, subset
@@ -114,28 +113,23 @@ def run_model(model: Model, seeds: tuple[int, ...], cache: str) -> dict:
                                   f"data.train_limit={max(family.sizes)}",
                                   f"model.init={'random' if init == 'scratch' else 'pretrained'}"]) for init in INITS}
     cfg, data, trainers = cfgs["pretrained"], None, {}
+    rules = [(NO_DECAY, jt.settings(weight_decay=0.0, name="no_decay")), (".*", jt.settings(name="decay"))]
+
+    def train(n: int, init: str, steps: int) -> dict:
+        nonlocal data
+        if data is None:
+            data = prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
+        if init not in trainers:
+            trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length)
+        rows = subset(len(data.train), n, cfg.data.seed)
+        run = lambda members: trainers[init].run(rules, rows, members, steps, family.evals, name="full")
+        return grid_then_seeds(run, [(lr, None) for lr in model.lrs(init)], seeds)
+
     out = {n: {"steps": steps_for(n, family)} for n in family.sizes}
     for init in INITS:
         for n in family.sizes:
-            path = cache_path(cache, model, n, init, seeds)
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    out[n][init] = json.load(f)
-                continue
-            if data is None:
-                data = prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
-            if init not in trainers:
-                trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length)
-            trainer, start = trainers[init], time.time()
-            rules = [(NO_DECAY, jt.settings(weight_decay=0.0, name="no_decay")), (".*", jt.settings(name="decay"))]
-            rows, steps = subset(len(data.train), n, cfg.data.seed), out[n]["steps"]
-            run = lambda members: trainer.run(rules, rows, members, steps, family.evals, name="full")
-            out[n][init] = grid_then_seeds(run, [(lr, None) for lr in model.lrs(init)], seeds)
-            print(f"{family.name} n={n} {init}: val {np.round(out[n][init]['val'], 4).tolist()} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-            os.makedirs(cache, exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(out[n][init], f)
+            out[n][init] = cells.get(cache_path(cells.folder, model, n, init, seeds),
+                                     lambda: train(n, init, out[n]["steps"]), f"{family.name} n={n} {init}")
     return out
 
 
@@ -243,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.splitext(out)[0]
     cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
                            else os.path.join("runs", "pretrained_vs_scratch"))
-    results = {m.family.name: run_model(m, seeds, cache) for m in models}
+    cells = Cells(cache)
+    results = {m.family.name: run_model(m, seeds, cells) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Pretrained vs from scratch, over training-set size", command, seeds, started,
-                                  load, ("scipy", "matplotlib"))
+                                  load, ("scipy", "matplotlib"), cells.note("(model, n, init) results"))
     lines += protocol_lines(models, seeds)
     lines += report(results)
     lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]

@@ -95,20 +95,23 @@ def verdict(low: float, high: float) -> str:
 
 
 def combined_verdict(verdicts: Sequence[str]) -> str:
-    """One verdict for a claim made over several conditions (e.g. every training-set size):
-    ``"shown"`` if shown in all, ``"contradicted"`` if contradicted in all, else ``"not shown"``.
+    """One verdict for a claim made over several conditions (e.g. "at every training-set size"):
+    ``"shown"`` if shown in all, ``"contradicted"`` if contradicted in any (one condition where the
+    other side is significantly better refutes a claim about every condition), else ``"not shown"``.
 
     Example::
 
         >>> combined_verdict(["shown", "shown"]), combined_verdict(["shown", "not shown"])
         ('shown', 'not shown')
+        >>> combined_verdict(["not shown", "contradicted"])
+        'contradicted'
     """
     unknown = sorted(set(verdicts) - set(VERDICTS))
     if unknown or not verdicts:
         raise ValueError(f"verdicts must be a non-empty list of {VERDICTS}, got {list(verdicts)}")
     if all(v == "shown" for v in verdicts):
         return "shown"
-    return "contradicted" if all(v == "contradicted" for v in verdicts) else "not shown"
+    return "contradicted" if "contradicted" in verdicts else "not shown"
 
 
 def intervals_by_size(pairs: Mapping[int, tuple[Sequence[float], Sequence[float]]], digits: int = 3,
@@ -318,7 +321,7 @@ def versions(*extra: str) -> str:
 
 
 def header_lines(title: str, command: str, seeds: Sequence[int], started: float, load_at_start: float,
-                 extra_versions: Sequence[str] = ()) -> list[str]:
+                 extra_versions: Sequence[str] = (), cache_note: str | None = None) -> list[str]:
     """The head of a results file: title, command, run line, machine, versions, seeds.
 
     Only the ``- run:`` line (date, duration, load average) changes between two runs of the same
@@ -327,6 +330,8 @@ def header_lines(title: str, command: str, seeds: Sequence[int], started: float,
     Args:
       started: ``time.time()`` when the experiment started (the duration is measured to now).
       load_at_start: ``os.getloadavg()[0]`` when it started.
+      cache_note: what was trained now and what read from a per-run cache (e.g.
+        :meth:`runs.Cells.note`), appended to the run line.
 
     Example::
 
@@ -337,7 +342,8 @@ def header_lines(title: str, command: str, seeds: Sequence[int], started: float,
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     return [f"# {title}", "",
             f"- command: `{command}`",
-            f"- run: {when}, {(time.time() - started) / 60:.1f} min, load average {load_at_start:.2f} at the start",
+            f"- run: {when}, {(time.time() - started) / 60:.1f} min, load average {load_at_start:.2f} at the start"
+            + (f"; {cache_note}" if cache_note else ""),
             f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores",
             f"- versions: {versions(*extra_versions)}",
             f"- seeds: {', '.join(map(str, seeds))} (each varies head init, data order and dropout)", ""]

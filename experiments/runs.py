@@ -12,7 +12,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -76,3 +80,46 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     while sum(len(e) for e in epochs) < needed:
         epochs.append(np.random.default_rng(jt.epoch_seed(seed, len(epochs))).permutation(n))
     return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
+
+
+class Cells:
+    """The per-cell result cache of an experiment (one JSON file per cell, e.g. (model, n, strategy)):
+    reads a cell when its file is there, else computes and writes it, and counts both for the
+    results file's run line.
+
+    Example::
+
+        cells = Cells("runs/freezing")
+        raw = cells.get("runs/freezing/minilm_n100_probe_ab12.json", lambda: train(...), "minilm n=100 probe")
+        cells.note("(model, n, strategy) results")   # '1 (model, n, strategy) results trained now, 0 read ...'
+    """
+
+    def __init__(self, folder: str):
+        self.folder, self.trained, self.read, self.read_seconds = folder, 0, 0, []
+
+    def get(self, path: str, compute: Callable[[], dict], label: str) -> dict:
+        """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
+        seconds, then written there with its training time as ``"seconds"``)."""
+        if os.path.exists(path):
+            self.read += 1
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            self.read_seconds.append(record.get("seconds"))
+            return record
+        start = time.time()
+        record = compute()
+        record["seconds"] = round(time.time() - start, 1)
+        print(f"{label}: val {[round(v, 4) for v in record['val']]} ({record['seconds']:.0f} s)", flush=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        self.trained += 1
+        return record
+
+    def note(self, what: str) -> str:
+        """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
+        line (the cached cells' training time when every one recorded it)."""
+        note = f"{self.trained} {what} trained now, {self.read} read from the cache `{self.folder}`"
+        if self.read and None not in self.read_seconds:
+            note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
+        return note

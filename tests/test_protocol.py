@@ -52,7 +52,8 @@ def test_verdicts():
         "shown", "not shown", "contradicted", "not shown"]
     assert protocol.combined_verdict(["shown", "shown"]) == "shown"
     assert protocol.combined_verdict(["contradicted", "contradicted"]) == "contradicted"
-    assert protocol.combined_verdict(["shown", "contradicted"]) == "not shown"
+    assert protocol.combined_verdict(["shown", "contradicted"]) == "contradicted"   # one counterexample refutes it
+    assert protocol.combined_verdict(["shown", "not shown"]) == "not shown"
     with pytest.raises(ValueError, match="verdicts"):
         protocol.combined_verdict(["maybe"])
 
