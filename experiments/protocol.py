@@ -133,6 +133,26 @@ def intervals_by_size(pairs: Mapping[int, tuple[Sequence[float], Sequence[float]
     return combined_verdict(verdicts), "; ".join(parts)
 
 
+def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float]]) -> list[str]:
+    """A results-file paragraph naming every choice made at an edge of its learning-rate grid:
+    ``chosen`` holds ``(what, grid, chosen value)``; a value that is the grid's lowest or highest
+    (of more than one) may not be the optimum, which can lie outside the grid. Empty when none is.
+
+    Example::
+
+        >>> edge_lines([("minilm n=100 full", [1e-4, 3e-4], 1e-4), ("minilm n=100 top2", [1e-4, 3e-4, 1e-3], 3e-4)])
+        ['Chosen at an edge of the learning-rate grid (the best rate may lie outside it): minilm n=100 full (0.0001, the lowest).', '']
+    """
+    edges = []
+    for what, grid, value in chosen:
+        values = sorted(set(grid))
+        if len(values) > 1 and value in (values[0], values[-1]):
+            edges.append(f"{what} ({value:g}, the {'lowest' if value == values[0] else 'highest'})")
+    if not edges:
+        return []
+    return [f"Chosen at an edge of the learning-rate grid (the best rate may lie outside it): {'; '.join(edges)}.", ""]
+
+
 @dataclasses.dataclass(frozen=True)
 class Selected:
     """The grid point chosen on validation and its per-seed test values (reported once)."""
