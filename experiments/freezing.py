@@ -280,7 +280,7 @@ def report(results: dict[str, dict]) -> list[str]:
             *protocol.markdown_table(["model", "n", *(f"{label(s)} - full" for s in COMPARED)], diff), "",
             "## Selection: seed-0 validation accuracy per grid point (learning rate; `llrd`: decay, learning rate; "
             "the chosen one in bold; test not shown)", "",
-            *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp), "",
+            *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp),
             *protocol.edge_lines([(f"{name} n={n:,} {s}", [p[0] for p, _ in r[s]["grid"]], r[s]["lr"])
                                   for name, by_n in results.items() for n, r in by_n.items() for s in STRATEGIES])]
 

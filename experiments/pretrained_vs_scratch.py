@@ -5,8 +5,8 @@ trains every weight from its shipped pretrained weights (a new head from ``train
 fresh random init (``model.init: random``: every weight from ``train.seed``), on growing training sets:
 
 * ``text``: all-MiniLM-L6-v2 on 3-class tweet sentiment (``experiments/configs/tweets_minilm.yaml``),
-  n in {200, 1000, 3200} (the issue's 6,400 would raise the text runs from about 35 to about 55 min: one epoch
-  of 6,400 tweets is 400 steps per run);
+  n in {200, 1000, 3200} (the issue's 6,400 would raise the text runs from 23 to about 40 min: one epoch
+  of 6,400 tweets is 400 steps per run, against 200);
 * ``cnn``:  torchvision's ImageNet MobileNetV2 and EfficientNet-Lite0 on MNIST digits at 48x48
   (``experiments/configs/mnist_mobilenet.yaml``), n in {100, 500, 4000}.
 
@@ -23,8 +23,9 @@ differences (same seed) with 95% t-intervals, and whether the gap shrinks from t
 largest n (the per-seed gaps paired by seed). Each (model, n, init) is cached as JSON under
 ``--cache``. Writes ``experiments/results/pretrained_vs_scratch.md``, ``.png`` and ``.json``::
 
-    python experiments/pretrained_vs_scratch.py --only text      # MiniLM (about 40 min on 2 quiet cores)
-    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2 and EfficientNet-Lite0
+    python experiments/pretrained_vs_scratch.py --only text      # MiniLM (23.4 min on 2 quiet cores, 2026-11-30)
+    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2, EfficientNet-Lite0 (about 40 min:
+                                                                 # experiment 2's MobileNetV2 cells, scaled)
     python experiments/pretrained_vs_scratch.py                  # both (the cache keeps what ran)
     python experiments/pretrained_vs_scratch.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
         --out /tmp/pvs/pretrained_vs_scratch.md                  # tiny random models, a few steps (the test)
@@ -177,7 +178,7 @@ def report(results: dict[str, dict]) -> list[str]:
             *protocol.markdown_table(["model", "n", "steps", "pretrained", "lr", "scratch", "lr",
                                       "pretrained - scratch [95% interval]"], rows), "",
             "## Selection: seed-0 validation accuracy per learning rate (the chosen one in bold; test not shown)", "",
-            *protocol.markdown_table(["model", "n", "init", "learning rate: validation accuracy"], grid), "",
+            *protocol.markdown_table(["model", "n", "init", "learning rate: validation accuracy"], grid),
             *protocol.edge_lines([(f"{name} n={n:,} {init}", [p[0] for p in r[init]["points"]],
                                    r[init]["points"][r[init]["chosen"]][0])
                                   for name, by_n in results.items() for n, r in by_n.items() for init in INITS])]

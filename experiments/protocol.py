@@ -134,14 +134,14 @@ def intervals_by_size(pairs: Mapping[int, tuple[Sequence[float], Sequence[float]
 
 
 def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float]]) -> list[str]:
-    """A results-file paragraph naming every choice made at an edge of its learning-rate grid:
+    """A results-file paragraph (after a blank line) naming every choice made at an edge of its learning-rate grid:
     ``chosen`` holds ``(what, grid, chosen value)``; a value that is the grid's lowest or highest
     (of more than one) may not be the optimum, which can lie outside the grid. Empty when none is.
 
     Example::
 
         >>> edge_lines([("minilm n=100 full", [1e-4, 3e-4], 1e-4), ("minilm n=100 top2", [1e-4, 3e-4, 1e-3], 3e-4)])
-        ['Chosen at an edge of the learning-rate grid (the best rate may lie outside it): minilm n=100 full (0.0001, the lowest).', '']
+        ['', 'Chosen at an edge of the learning-rate grid (the best rate may lie outside it): minilm n=100 full (0.0001, the lowest).']
     """
     edges = []
     for what, grid, value in chosen:
@@ -150,7 +150,7 @@ def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float]]) -> list[str
             edges.append(f"{what} ({value:g}, the {'lowest' if value == values[0] else 'highest'})")
     if not edges:
         return []
-    return [f"Chosen at an edge of the learning-rate grid (the best rate may lie outside it): {'; '.join(edges)}.", ""]
+    return ["", f"Chosen at an edge of the learning-rate grid (the best rate may lie outside it): {'; '.join(edges)}."]
 
 
 @dataclasses.dataclass(frozen=True)
