@@ -27,6 +27,7 @@ largest n (the per-seed gaps paired by seed). Each (model, n, init) is cached as
     python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2, EfficientNet-Lite0 (about 40 min:
                                                                  # experiment 2's MobileNetV2 cells, scaled)
     python experiments/pretrained_vs_scratch.py                  # both (the cache keeps what ran)
+    python experiments/pretrained_vs_scratch.py --models minilm,mobilenet_v2    # some of the models
     python experiments/pretrained_vs_scratch.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
         --out /tmp/pvs/pretrained_vs_scratch.md                  # tiny random models, a few steps (the test)
 """
@@ -214,6 +215,8 @@ def plot(path: str, results: dict[str, dict], seeds: tuple[int, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("cnn", "text"), help="run one group of models")
+    parser.add_argument("--models", help="comma-separated model names to run or report, of "
+                                         f"{', '.join(m.family.name for m in FULL)} (default: all of --only's group)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and steps, the first model of each group "
                                                              "(a test of the script)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
@@ -227,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     started, load = time.time(), os.getloadavg()[0]
     command = protocol.command_line("pretrained_vs_scratch.py", argv)
     paths = {"text": args.text_model, "cnn": args.cnn_model}
-    models = [m for m in FULL if args.only in (None, m.family.group)]
+    names = [m.family.name for m in FULL]
+    wanted = args.models.split(",") if args.models else names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
+    models = [m for m in FULL if args.only in (None, m.family.group) and m.family.name in wanted]
     if args.quick:
         models = [quick(m, paths[m.family.group]) for m in models
                   if m is next(f for f in FULL if f.family.group == m.family.group)]

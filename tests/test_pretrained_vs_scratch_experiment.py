@@ -64,6 +64,10 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     assert sidecar["results"] == "results/pretrained_vs_scratch.md" and len(sidecar["claims"]) == 2 * 2
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
     assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/pretrained_vs_scratch.py --quick")
+    assert pvs.main([*argv, "--models", "minilm"]) == 0           # one model, from the cache
+    assert "| minilm | 16 |" in out.read_text() and "mobilenet_v2" not in out.read_text()
+    with pytest.raises(SystemExit):
+        pvs.main([*argv, "--models", "resnet"])
 
 
 def test_gap_claim_pairs_the_per_seed_gaps_by_seed():
