@@ -1,5 +1,6 @@
 """What the experiments share: the family of a model fine-tuned over training-set sizes (config,
-overrides, sizes, learning rates), its step budget, and the seeded batch order of a run.
+overrides, sizes, learning rates), its step budget and protocol line, the seeded batch order of a
+run, and the per-cell result cache (:class:`Cells`).
 
 ``experiments/pretrained_vs_scratch.py`` (experiment 1) and ``experiments/freezing.py`` (experiment
 2) both drive MobileNetV2 on MNIST and MiniLM on tweets this way.
