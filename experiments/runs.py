@@ -96,13 +96,12 @@ class Cells:
     """
 
     def __init__(self, folder: str):
-        self.folder, self.trained, self.read, self.read_seconds = folder, 0, 0, []
+        self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
 
     def get(self, path: str, compute: Callable[[], dict], label: str) -> dict:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
         if os.path.exists(path):
-            self.read += 1
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
             self.read_seconds.append(record.get("seconds"))
@@ -120,7 +119,7 @@ class Cells:
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
         line (the cached cells' training time when every one recorded it)."""
-        note = f"{self.trained} {what} trained now, {self.read} read from the cache `{self.folder}`"
-        if self.read and None not in self.read_seconds:
+        note = f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache `{self.folder}`"
+        if self.read_seconds and None not in self.read_seconds:
             note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
         return note
