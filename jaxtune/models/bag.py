@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxtune.models.attention import attention
 from jaxtune.models.dense import flat_dot_general
+from jaxtune.models.embed import Embed
 from jaxtune.rules import Settings, settings
 
 __all__ = ["BagClassifier", "BagConfig", "default_rules", "layer_ids", "with_embedding_table"]
@@ -140,12 +141,12 @@ class BagClassifier(nn.Module):
         """
         cfg = self.config
         mask = ids != cfg.padding_index
-        x = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
+        x = Embed(cfg.vocab_size, cfg.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                      name="embeddings")(ids)
         if cfg.encoder_layers:
             if ids.shape[1] > cfg.max_length:
                 raise ValueError(f"inputs of length {ids.shape[1]} exceed max_length={cfg.max_length}")
-            positions = nn.Embed(cfg.max_length, cfg.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
+            positions = Embed(cfg.max_length, cfg.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                                  embedding_init=nn.initializers.normal(0.02), name="position_embeddings")
             x = x + positions(jnp.arange(ids.shape[1]))[None]
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)

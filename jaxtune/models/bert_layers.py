@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxtune.models.attention import attention
 from jaxtune.models.dense import flat_dot_general
+from jaxtune.models.embed import Embed
 from jaxtune.models.layer_scan import remat_layer, scan_layers
 
 # HF ``hidden_act`` name -> activation. "gelu" is the exact (erf) GELU, as in PyTorch.
@@ -53,7 +54,7 @@ class BertEmbeddings(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
 
         def embed(num, name):
-            return nn.Embed(num, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
+            return Embed(num, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
                             embedding_init=init, name=name)
 
         positions = jnp.arange(input_ids.shape[-1])[None, :]

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.models.attention import check_implementation
+from jaxtune.models.embed import Embed
 from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
 from jaxtune.models.layer_scan import check_remat, check_unroll
 from jaxtune.models.stacking import stack_layers, unstack_layers
@@ -192,7 +193,7 @@ class T5Model(nn.Module):
         if not 0 <= self.frozen_layers <= c.num_layers + c.num_decoder_layers:
             raise ValueError(f"T5Model.frozen_layers={self.frozen_layers}; need 0 <= frozen_layers <= "
                              f"{c.num_layers + c.num_decoder_layers} (encoder then decoder blocks)")
-        self.shared = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+        self.shared = Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                                embedding_init=_normal(c.initializer_factor))
         self.encoder = T5Stack(c, is_decoder=False, dtype=self.dtype, frozen_layers=min(self.frozen_layers,
                                                                                          c.num_layers))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxtune.models.attention import attention
 from jaxtune.models.dense import flat_dot_general
+from jaxtune.models.embed import Embed
 from jaxtune.models.layer_scan import remat_layer, run_stacked, stacked_params_init
 
 if TYPE_CHECKING:
@@ -67,9 +68,9 @@ def _normal(std: float) -> Callable:
     return nn.initializers.normal(stddev=std)
 
 
-def _bias_embedding(config: T5Config, dtype) -> nn.Embed:
+def _bias_embedding(config: T5Config, dtype) -> Embed:
     """The relative position bias table: one learned scalar per (bucket, head)."""
-    return nn.Embed(config.relative_attention_num_buckets, config.num_heads, dtype=dtype, param_dtype=jnp.float32,
+    return Embed(config.relative_attention_num_buckets, config.num_heads, dtype=dtype, param_dtype=jnp.float32,
                     embedding_init=_normal(config.initializer_factor * config.d_model ** -0.5))
 
 
