@@ -80,7 +80,7 @@ def test_smoke_case_records_are_complete_and_sensible(smoke):
             assert r["compilations"] >= 1 and r["extra_compilations"] == 0, r
             assert r["recompilations"] == 0, r        # the jitted calls reused the ahead-of-time executable
             assert r["compile_s"] > 0 and r["peak_memory_bytes"] > 0
-            assert r["flops_source"] == "xla_cost_analysis"
+            assert r["flops_source"] == "xla_hlo_cost_analysis"
             assert r["attention_kernel"] == (None if r["family"] == "resnet" else "xla"), r   # no cuDNN on CPU
         else:
             assert r["flops_source"] == "torch_flop_counter"
@@ -392,3 +392,16 @@ def test_jaxtune_bench_passes_every_option_to_the_harness(monkeypatch):
     assert cli.main(["bench", *argv]) == 0 and got == [argv]
     with pytest.raises(SystemExit):
         cli.main(["eval", "run", "--no-such-option"])
+
+
+def test_xla_cost_counts_every_dot_of_a_lowered_program():
+    """FLOPs come from the lowered program: 2*m*k*n per product, before XLA's passes (float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxtune.bench.measure import xla_cost
+
+    a, b = jnp.ones((64, 32), jnp.float32), jnp.ones((32, 16), jnp.float32)
+    lowered = jax.jit(lambda a, b: (a @ b) @ b.T).lower(a, b)
+    assert xla_cost(lowered) == 2 * 64 * 32 * 16 * 2
+    assert xla_cost(lowered.compile(), "bytes accessed") > 0

@@ -24,6 +24,7 @@ import optax
 import jaxtune as jt
 from jaxtune.bench.cases import LAYER_DECAY, LEARNING_RATE, MODES, UNFREEZING_STAGES, WEIGHT_DECAY, Case
 from jaxtune.bench.measure import (
+    HLO_FLOPS_SOURCE,
     analytic_flops,
     attention_kernel,
     tree_bytes,
@@ -120,7 +121,7 @@ class JaxContestant:
         self.host_batch, self.compute_dtype = batch, compute_dtype
         self.stage = 0
         self.stages: list = []
-        self.compiled = self.trainable = None
+        self.compiled = self.lowered = self.trainable = None
         self.compile_s, self.compile_concurrency, self.recompilations = None, 1, 0
         self.compiler_options: Any = "auto"   # jt.make_train_step's; the GPU AOT check sets its target's
 
@@ -157,7 +158,8 @@ class JaxContestant:
         (recorded as ``compile_concurrency``). Later calls of the jitted step reuse this executable
         (JAX caches the lowering and the compilation)."""
         start = time.perf_counter()
-        self.compiled = self.step.lower(self.state, self.batch).compile()
+        self.lowered = self.step.lower(self.state, self.batch)
+        self.compiled = self.lowered.compile()
         self.compile_s, self.compile_concurrency = time.perf_counter() - start, concurrency
         return self.compile_s
 
@@ -165,9 +167,9 @@ class JaxContestant:
         """Static stats of the compiled step (FLOPs, memory, sizes); call after :meth:`compile`."""
         if self.compiled is None:
             raise RuntimeError(f"{self.case.name}/{self.mode}: stats() needs compile() first")
-        compiled, params, trainable = self.compiled, self.state.params, self.trainable
-        self.compiled = None
-        flops, source = xla_cost(compiled), "xla_cost_analysis"
+        compiled, lowered, params, trainable = self.compiled, self.lowered, self.state.params, self.trainable
+        self.compiled = self.lowered = None
+        flops, source = xla_cost(lowered), HLO_FLOPS_SOURCE
         leaves = jax.tree_util.tree_leaves(params)
         n_params = int(sum(np.prod(x.shape) for x in leaves))
         if trainable is not None:

@@ -33,7 +33,7 @@ import optax
 import jaxtune as jt
 from jaxtune.bench.cases import LEARNING_RATE, MEMBER_MODES, WEIGHT_DECAY, Case
 from jaxtune.bench.contestants import Model, run_steps
-from jaxtune.bench.measure import attention_kernel, tree_bytes, xla_cost, xla_peak_bytes
+from jaxtune.bench.measure import HLO_FLOPS_SOURCE, attention_kernel, tree_bytes, xla_cost, xla_peak_bytes
 
 MEMBER_LAYER_DECAYS = (1.0, 0.9, 0.8, 0.7)          # member i gets decay [i % 4]
 MEMBER_WEIGHT_DECAYS = (0.0, 0.01, 0.03, 0.1)       # member i gets weight decay [i // 4 % 4]
@@ -83,7 +83,7 @@ class MemberContestant:
         self.host_batch, self.compute_dtype = batch, compute_dtype
         self.n = case.members
         self.examples_per_step = self.n * case.batch_size
-        self.compiled = None
+        self.compiled = self.lowered = None
         self.compile_s, self.compile_concurrency, self.recompilations = None, 1, 0
         self.compiler_options: Any = "auto"   # as JaxContestant's
 
@@ -107,7 +107,8 @@ class MemberContestant:
     def compile(self, concurrency: int = 1) -> float:
         """Compiles the step ahead of time (timed); ``sequential`` counts one compilation per run."""
         start = time.perf_counter()
-        self.compiled = self.step.lower(self.state, self.batch).compile()
+        self.lowered = self.step.lower(self.state, self.batch)
+        self.compiled = self.lowered.compile()
         seconds = time.perf_counter() - start
         self.compile_s_per_run = seconds
         self.compile_s = seconds if self.mode == "members" else self.n * seconds
@@ -118,15 +119,15 @@ class MemberContestant:
         """Static stats of the compiled step; FLOPs per N-member step for both modes."""
         if self.compiled is None:
             raise RuntimeError(f"{self.case.name}/{self.mode}: stats() needs compile() first")
-        compiled, self.compiled = self.compiled, None
-        flops = xla_cost(compiled)
+        compiled, lowered, self.compiled, self.lowered = self.compiled, self.lowered, None, None
+        flops = xla_cost(lowered)
         repeats = 1 if self.mode == "members" else self.n
         n_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.model.params)))
         return {"compile_s": self.compile_s, "compile_s_per_run": self.compile_s_per_run,
                 "compile_concurrency": self.compile_concurrency,
                 "attention_kernel": attention_kernel(compiled, self.case.family),
                 "flops_per_step": flops * repeats if flops else None,
-                "flops_source": "xla_cost_analysis" if flops else "n/a",
+                "flops_source": HLO_FLOPS_SOURCE if flops else "n/a",
                 "xla_bytes_accessed": xla_cost(compiled, "bytes accessed"),
                 "peak_memory_bytes": xla_peak_bytes(compiled), "memory_source": "xla_memory_analysis",
                 "optimizer_state_bytes": tree_bytes(self.state.opt_state), "param_count": n_params,
