@@ -159,6 +159,8 @@ def read_result(run_dir: str | os.PathLike) -> RunResult | None:
     """The :class:`RunResult` of a finished run (its ``result.json``), else ``None``.
 
     ``None`` too when ``result.json`` belongs to another fingerprint than ``fingerprint.json``.
+    ``paths`` inside the run directory are given under ``run_dir`` as passed here, so they stay valid
+    from another working directory or after the directory moved.
 
     Example::
 
@@ -171,7 +173,21 @@ def read_result(run_dir: str | os.PathLike) -> RunResult | None:
     if record is None or fingerprint is None or record["fingerprint"] != fingerprint["fingerprint"]:
         return None
     fields = {f.name for f in dataclasses.fields(RunResult)}
-    return RunResult(**{k: v for k, v in record.items() if k in fields})
+    result = RunResult(**{k: v for k, v in record.items() if k in fields})
+    return dataclasses.replace(result, paths=_rebased(result.paths, run_dir))
+
+
+def _rebased(paths: dict[str, str], run_dir: str) -> dict[str, str]:
+    """``paths`` with the recorded run directory (``paths["run_dir"]``) replaced by ``run_dir``."""
+    recorded = paths.get("run_dir")
+    if recorded is None:
+        return paths
+
+    def rebase(path: str) -> str:
+        inside = os.path.relpath(path, recorded)
+        return path if inside.startswith(os.pardir) else os.path.normpath(os.path.join(run_dir, inside))
+
+    return {key: rebase(path) for key, path in paths.items()}
 
 
 def write_result(run_dir: str | os.PathLike, fingerprint: str, result: RunResult) -> str:

@@ -142,3 +142,21 @@ def test_cli_flags_resume_and_overwrite():
     assert cli._parser().parse_args(["finetune", "c.yaml", "--overwrite"]).overwrite
     with pytest.raises(SystemExit):  # one explicit choice, not both
         cli._parser().parse_args(["finetune", "c.yaml", "--resume", "--overwrite"])
+
+
+def test_result_paths_follow_the_run_directory_from_another_cwd_or_place(tmp_path, monkeypatch):
+    """A run recorded with relative paths is read back from elsewhere: its paths point into it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg("train.max_steps=4", "output_dir=runs")
+    run_dir = _written_run(tmp_path, cfg)
+    relative = os.path.relpath(run_dir, tmp_path)
+    paths = {"run_dir": relative, "metrics": os.path.join(relative, "metrics.jsonl"), "data": "/elsewhere/data.csv"}
+    result = RunResult(test_metrics={}, validation_metrics={}, best_step=4, steps=4, trainable_params=1,
+                       stopped_early=False, paths=paths, seconds=1.0)
+    write_result(run_dir, read_fingerprint(run_dir)["fingerprint"], result)
+    moved = tmp_path / "moved"
+    os.rename(tmp_path / relative, moved)
+    monkeypatch.chdir("/")
+    read = jt.read_result(moved)
+    assert read.paths == {"run_dir": str(moved), "metrics": str(moved / "metrics.jsonl"), "data": "/elsewhere/data.csv"}
+    assert os.path.isfile(read.paths["metrics"])
