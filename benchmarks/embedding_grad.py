@@ -1,6 +1,6 @@
 """Time of an embedding lookup's forward + backward: ``jnp.take`` on the compute-dtype table (what
-``flax.linen.Embed`` runs) against both paths of :func:`jaxtune.models.embed.lookup` (one-hot product,
-float32 gather), side by side in one process.
+``flax.linen.Embed`` runs) against both paths of :func:`jaxtune.embedding_lookup` (one-hot
+product, float32 gather), side by side in one process.
 
 Usage::
 
@@ -30,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxtune.bench import write_rows_and_table  # noqa: E402
-from jaxtune.models.embed import lookup  # noqa: E402
+from jaxtune.models.embed import embedding_lookup  # noqa: E402
 
 
 def cases(rng: np.random.Generator) -> dict[str, tuple[tuple[int, int], np.ndarray]]:
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = jnp.dtype(args.dtype)
     rng = np.random.default_rng(0)
     paths = {"jnp.take": lambda t, ids: jnp.take(t, ids, axis=0),
-             "lookup one-hot": lambda t, ids: lookup(t, ids, dtype, one_hot=True),
-             "lookup float32 gather": lambda t, ids: lookup(t, ids, dtype, one_hot=False)}
+             "lookup one-hot": lambda t, ids: embedding_lookup(t, ids, dtype, one_hot=True),
+             "lookup float32 gather": lambda t, ids: embedding_lookup(t, ids, dtype, one_hot=False)}
     rows = []
     for case, (shape, ids) in cases(rng).items():
         table = jnp.asarray(rng.standard_normal(shape), dtype)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtune.models.embed import Embed, lookup
+from jaxtune.models.embed import Embed, embedding_lookup
 
 
 def _table_and_ids(rows=5, features=3, dtype=jnp.float32):
@@ -19,7 +19,7 @@ def _table_and_ids(rows=5, features=3, dtype=jnp.float32):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_lookup_values_equal_take_exactly(one_hot, dtype):
     table, ids = _table_and_ids(dtype=dtype)
-    out = lookup(table, ids, one_hot=one_hot)
+    out = embedding_lookup(table, ids, one_hot=one_hot)
     assert out.dtype == dtype and out.shape == (2, 4, 3)
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(jnp.take(table, ids, axis=0), np.float32))
 
@@ -28,7 +28,7 @@ def test_lookup_values_equal_take_exactly(one_hot, dtype):
 def test_lookup_gradient_sums_repeated_rows_like_take(one_hot):
     table, ids = _table_and_ids()
     weights = jnp.arange(24, dtype=jnp.float32).reshape(2, 4, 3)
-    grad = jax.grad(lambda t: jnp.sum(lookup(t, ids, one_hot=one_hot) * weights))(table)
+    grad = jax.grad(lambda t: jnp.sum(embedding_lookup(t, ids, one_hot=one_hot) * weights))(table)
     expected = jax.grad(lambda t: jnp.sum(jnp.take(t, ids, axis=0) * weights))(table)
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=0)     # float32
     assert float(grad[3].sum()) == 0.0 and float(grad[0, 0]) == 0 + 3 + 6 + 15   # row 3 unused, row 0 thrice
@@ -38,7 +38,7 @@ def test_lookup_gradient_sums_repeated_rows_like_take(one_hot):
 def test_lookup_out_of_range_ids_follow_take(one_hot):
     table, _ = _table_and_ids()
     ids = jnp.asarray([-1, 5, -6, 2], jnp.int32)
-    out = np.asarray(lookup(table, ids, one_hot=one_hot))
+    out = np.asarray(embedding_lookup(table, ids, one_hot=one_hot))
     np.testing.assert_array_equal(out[0], np.asarray(table[4]))     # -1 counts from the end
     assert np.isnan(out[1]).all() and np.isnan(out[2]).all()      # outside [-rows, rows): NaN rows
     np.testing.assert_array_equal(out[3], np.asarray(table[2]))
@@ -46,7 +46,7 @@ def test_lookup_out_of_range_ids_follow_take(one_hot):
 
 def test_lookup_in_bfloat16_returns_requested_dtype_from_float32_table():
     table, ids = _table_and_ids()
-    out = lookup(table, ids, jnp.bfloat16, one_hot=False)
+    out = embedding_lookup(table, ids, jnp.bfloat16, one_hot=False)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_array_equal(out, jnp.take(table, ids, axis=0).astype(jnp.bfloat16))
 
@@ -54,14 +54,14 @@ def test_lookup_in_bfloat16_returns_requested_dtype_from_float32_table():
 def test_lookup_rejects_float_ids_naming_the_dtype():
     table, _ = _table_and_ids()
     with pytest.raises(ValueError, match="float32"):
-        lookup(table, jnp.zeros((2,), jnp.float32))
+        embedding_lookup(table, jnp.zeros((2,), jnp.float32))
 
 
 def test_default_path_on_cpu_is_a_gather_and_one_hot_has_no_scatter_in_its_gradient():
     table, ids = _table_and_ids(rows=2)
     ids = jnp.minimum(ids, 1)
-    auto = str(jax.make_jaxpr(jax.grad(lambda t: lookup(t, ids).sum()))(table))
-    hot = str(jax.make_jaxpr(jax.grad(lambda t: lookup(t, ids, one_hot=True).sum()))(table))
+    auto = str(jax.make_jaxpr(jax.grad(lambda t: embedding_lookup(t, ids).sum()))(table))
+    hot = str(jax.make_jaxpr(jax.grad(lambda t: embedding_lookup(t, ids, one_hot=True).sum()))(table))
     assert jax.default_backend() == "cpu" and "gather" in auto and "scatter-add" in auto
     assert "scatter" not in hot and "dot_general" in hot
 

@@ -6,8 +6,8 @@ equal (BERT's token types are all 0, T5's relative-position buckets repeat acros
 grid, padding repeats one id) the loops serialise. On an H200 four such scatters took 66-78 % of
 BERT-base's and T5-small's full bf16 step (benchmarks/results/gpu.md's profile).
 
-:func:`lookup` avoids both on accelerators: a table of at most :data:`ONE_HOT_MAX_ROWS` rows is read
-by a one-hot matrix product (its gradient is a matrix product too, no scatter), a larger one is
+:func:`embedding_lookup` avoids both on accelerators: a table of at most :data:`ONE_HOT_MAX_ROWS`
+rows is read by a one-hot matrix product (its gradient is a matrix product too, no scatter), a larger one is
 gathered from a float32 copy, so the gradient's scatter uses the hardware's float32 atomic adds. On
 CPU, where XLA's scatter is a plain loop and the one-hot product the slower one
 (``benchmarks/embedding_grad.py``), small tables keep ``jnp.take``. Forward values are
@@ -16,7 +16,7 @@ plus zeros), returned in the requested dtype.
 
 Example::
 
-    rows = lookup(table, token_type_ids, jnp.bfloat16)                # (batch, seq, hidden)
+    rows = embedding_lookup(table, token_type_ids, jnp.bfloat16)        # (batch, seq, hidden)
     embed = Embed(30522, 768, dtype=jnp.bfloat16, name="word_embeddings")   # nn.Embed's parameters
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 ONE_HOT_MAX_ROWS = 1024   # a one-hot product of this many rows costs less than a scatter's atomics
 
 
-def lookup(table: jax.Array, ids: jax.Array, dtype: Any = None, *, one_hot: bool | None = None) -> jax.Array:
+def embedding_lookup(table: jax.Array, ids: jax.Array, dtype: Any = None, *,
+                     one_hot: bool | None = None) -> jax.Array:
     """``table[ids]`` in ``dtype`` (default ``table.dtype``), with a scatter-free or float32 gradient.
 
     ``one_hot`` picks the path: True a one-hot product, False a gather from a float32 copy, None
@@ -41,7 +42,7 @@ def lookup(table: jax.Array, ids: jax.Array, dtype: Any = None, *, one_hot: bool
 
     Example::
 
-        lookup(jnp.eye(3), jnp.array([2, 0]))     # [[0, 0, 1], [1, 0, 0]]
+        embedding_lookup(jnp.eye(3), jnp.array([2, 0]))     # [[0, 0, 1], [1, 0, 0]]
     """
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"embedding ids must be integers, got dtype {ids.dtype}; cast token ids with .astype(jnp.int32)")
@@ -60,7 +61,8 @@ def lookup(table: jax.Array, ids: jax.Array, dtype: Any = None, *, one_hot: bool
 
 
 class Embed(nn.Embed):
-    """``flax.linen.Embed`` (same parameter, ``embedding``, same ``attend``) whose call is :func:`lookup`.
+    """``flax.linen.Embed`` (same parameter, ``embedding``, same ``attend``) that calls
+    :func:`embedding_lookup`.
 
     Example::
 
@@ -68,4 +70,4 @@ class Embed(nn.Embed):
     """
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        return lookup(self.embedding, inputs, self.dtype or self.embedding.dtype)
+        return embedding_lookup(self.embedding, inputs, self.dtype or self.embedding.dtype)
