@@ -16,22 +16,10 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def gflops(run, flops: float, rounds: int) -> float:
-    run()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return flops / statistics.median(times) / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import torch
 
-    from jaxtune.bench import write_rows_and_table
+    from jaxtune.bench import median_call_seconds, write_rows_and_table
 
     torch.set_num_threads(args.threads)
     m, k, n = (int(v) for v in args.shape.split(","))
@@ -59,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         product = jax.jit(jnp.matmul)
         ta, tb = torch.ones((m, k), dtype=getattr(torch, dtype)), torch.ones((k, n), dtype=getattr(torch, dtype))
         row = {"dtype": dtype, "shape": [m, k, n],
-               "jax_gflops": round(gflops(lambda: product(a, b).block_until_ready(), flops, args.rounds), 1),
-               "torch_gflops": round(gflops(lambda: ta @ tb, flops, args.rounds), 1)}
+               "jax_gflops": round(flops / median_call_seconds(lambda: product(a, b).block_until_ready(), args.rounds)
+                                   / 1e9, 1),
+               "torch_gflops": round(flops / median_call_seconds(lambda: ta @ tb, args.rounds) / 1e9, 1)}
         rows.append(row)
         print(row, flush=True)
     load = os.getloadavg()[0]

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 # Benchmark the checkout this script lives in, whichever jaxtune is installed.
@@ -29,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxtune.bench import write_rows_and_table  # noqa: E402
+from jaxtune.bench import median_call_seconds, write_rows_and_table  # noqa: E402
 from jaxtune.models.embed import embedding_lookup  # noqa: E402
 
 
@@ -45,14 +43,9 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[tuple[int, int], np.ndarr
 
 
 def time_grad(fn, table, ids, rounds: int) -> float:
+    """Median milliseconds of one jitted gradient of ``sum(fn(table, ids) ** 2)`` w.r.t. the table."""
     grad = jax.jit(jax.grad(lambda t: jnp.sum(fn(t, ids).astype(jnp.float32) ** 2)))
-    grad(table).block_until_ready()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        grad(table).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_call_seconds(lambda: grad(table).block_until_ready(), rounds) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:

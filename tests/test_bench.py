@@ -405,3 +405,11 @@ def test_xla_cost_counts_every_dot_of_a_lowered_program():
     lowered = jax.jit(lambda a, b: (a @ b) @ b.T).lower(a, b)
     assert xla_cost(lowered) == 2 * 64 * 32 * 16 * 2
     assert xla_cost(lowered.compile(), "bytes accessed") > 0
+
+
+def test_median_call_seconds_warms_up_once_then_times_each_round():
+    calls = []
+    seconds = bench.median_call_seconds(lambda: calls.append(1), rounds=5)
+    assert len(calls) == 6 and 0 <= seconds < 1
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        bench.median_call_seconds(lambda: None, rounds=0)

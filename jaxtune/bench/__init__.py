@@ -85,6 +85,7 @@ from jaxtune.bench.measure import (
     analytic_flops,
     attention_kernel,
     matmul_peak_flops,
+    median_call_seconds,
     median_step_time,
     tree_bytes,
     xla_compile_count,

@@ -12,7 +12,7 @@ import functools
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,25 @@ def median_step_time(round_times: Sequence[float], steps_per_round: int) -> floa
         raise ValueError(f"need timed rounds and steps_per_round >= 1, got {len(round_times)} rounds, "
                          f"steps_per_round={steps_per_round}")
     return statistics.median(round_times) / steps_per_round
+
+
+def median_call_seconds(call: Callable[[], Any], rounds: int) -> float:
+    """Median wall-clock seconds of ``call()`` over ``rounds`` timed calls after one untimed warm-up
+    call (compilation, caches). ``call`` must block until its work is done (``block_until_ready``).
+
+    Example::
+
+        seconds = median_call_seconds(lambda: step(x).block_until_ready(), rounds=10)
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    call()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def matmul_peak_flops(n: int | None = None, repeats: int = 5) -> tuple[float, str]:
