@@ -51,6 +51,17 @@ for name in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "torch", "tr
     except md.PackageNotFoundError:
         print(name, "not installed")
 EOF
+  # the runner's GPU threefry kernel (train.gpu_threefry_kernel) must draw the bits of JAX's default lowering
+  python3 - <<'EOF'
+import jax
+import numpy as np
+
+key, draws = jax.random.key(3), []
+for enabled in (False, True):
+    jax.config.update("jax_threefry_gpu_kernel_lowering", enabled)
+    draws.append(np.asarray(jax.jit(lambda k: jax.random.bits(k, (4096, 257)))(key)))
+print("threefry kernel draws the same bits as XLA ops:", bool(np.array_equal(*draws)))
+EOF
 } 2>&1 | tee "$log"
 
 python3 benchmarks/step_throughput.py --suite gpu --out "$OUT/results" --name "$name" --time-budget-s "$budget" \

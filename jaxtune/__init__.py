@@ -7,7 +7,7 @@ The public API is flat, like optax::
     tx = jt.make_optimizer(params, rules, learning_rate=1e-4, layer_ids=model.layer_ids, layer_decay=0.9)
 """
 from jaxtune.checkpoint import BrokenCheckpointError, CheckpointWriteError, Checkpointer
-from jaxtune.compile_cache import FirstCallWatch, use_compilation_cache
+from jaxtune.compile_cache import FirstCallWatch, use_compilation_cache, use_run_compile_settings
 from jaxtune.config import (
     RESUMABLE_KEYS,
     CheckpointConfig,
@@ -131,7 +131,7 @@ from jaxtune.unfreezing import (
     unfreezing_stages,
     with_frozen_layers,
 )
-from jaxtune.xla_options import step_compiler_options
+from jaxtune.xla_options import step_compiler_options, use_gpu_threefry_kernel
 from jaxtune.models.bert import BertConfig, mean_pool
 from jaxtune.models.t5 import T5Config, shift_right, t5_loss
 from jaxtune.models.resnet import ResNetConfig, resnet_config

@@ -1,4 +1,5 @@
-"""The runner's persistent compilation cache, and what its first training step cost to compile.
+"""The runner's compile settings (persistent compilation cache, GPU threefry lowering), and what its
+first training step cost to compile.
 
 The runner (:func:`jaxtune.finetune`, :func:`jaxtune.finetune_members`, sweeps, ``jaxtune finetune``)
 turns on JAX's persistent compilation cache before it builds anything, from ``train.compilation_cache``:
@@ -13,6 +14,10 @@ Importing jaxtune changes nothing: library users keep JAX's defaults. Programs t
 ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` or ``jax.config`` set beforehand win). The cache
 never changes what a step computes, so the key is not part of the run's fingerprint. In a
 multi-process run every process reads the cache and only process 0 writes it (JAX's rule).
+
+The runner also lowers random bits on GPU to jaxlib's threefry kernel, from
+``train.gpu_threefry_kernel`` (default true; the same bits, faster compiles:
+:func:`jaxtune.use_gpu_threefry_kernel`). :func:`use_run_compile_settings` applies both.
 
 The runner reports its first training step's compile in ``result.json`` (``compile``) and prints it:
 a second identical run shows ``from_cache: true`` and the (shorter) time. Example::
@@ -33,6 +38,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 from jaxtune.errors import UserError
+from jaxtune.xla_options import use_gpu_threefry_kernel
 
 DEFAULT_DIR = os.path.join("~", ".cache", "jaxtune", "jit")
 ENV_DIR = "JAX_COMPILATION_CACHE_DIR"
@@ -92,6 +98,19 @@ def use_compilation_cache(setting: bool | str) -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return directory
 
+
+
+def use_run_compile_settings(train: Any) -> str | None:
+    """A run's compile settings from its ``train`` section: the persistent cache
+    (``compilation_cache``, :func:`use_compilation_cache`) and the GPU threefry lowering
+    (``gpu_threefry_kernel``, :func:`jaxtune.use_gpu_threefry_kernel`); returns the cache directory.
+
+    Example::
+
+        use_run_compile_settings(jt.TrainConfig(compilation_cache=False))   # kernel lowering on, no cache
+    """
+    use_gpu_threefry_kernel(train.gpu_threefry_kernel)
+    return use_compilation_cache(train.compilation_cache)
 
 class _Counts:
     """Compiles, persistent-cache hits and compile seconds seen while it is active."""

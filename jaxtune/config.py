@@ -36,6 +36,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.log_every": "how often train metrics are logged",
     "train.progress": "whether a progress bar is drawn",
     "train.compilation_cache": "where compiled steps are cached (a cached program computes the same)",
+    "train.gpu_threefry_kernel": "how random bits are lowered on GPU (a kernel or XLA ops: the same bits)",
     "model.remat": "what the backward pass recomputes instead of storing (the same gradients, the same checkpoints)",
     "data.eval_batch_size": "how evaluation is batched (the same examples are scored)",
     "checkpoint.keep_best": "how many best checkpoints are kept",

@@ -196,6 +196,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)
     check_choice("train.parallel", cfg.train.parallel, PARALLEL, error=ConfigError)
+    check_choice("train.gpu_threefry_kernel", cfg.train.gpu_threefry_kernel, (False, True), error=ConfigError)
     if isinstance(cfg.train.compilation_cache, str) and not cfg.train.compilation_cache.strip():
         raise ConfigError("train.compilation_cache is empty; give a directory (e.g. ~/.cache/jaxtune/jit), "
                           "true for the default one, or false for no persistent cache")

@@ -196,7 +196,9 @@ class TrainConfig:
     optimizer state split over the devices too, :func:`jaxtune.fsdp_spec`). A multi-process run needs
     "dp" or "fsdp". ``compilation_cache``: JAX's persistent compilation cache for the run, true (the
     default: ``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/jaxtune/jit``), a directory, or false
-    (see :mod:`jaxtune.compile_cache`).
+    (see :mod:`jaxtune.compile_cache`). ``gpu_threefry_kernel``: on GPU, random bits (dropout) from
+    jaxlib's threefry kernel instead of XLA ops: the same bits, faster compiles (true, the default;
+    :func:`jaxtune.use_gpu_threefry_kernel`).
 
     Example::
 
@@ -213,6 +215,7 @@ class TrainConfig:
     progress: bool = True
     parallel: str | None = None
     compilation_cache: bool | str = True
+    gpu_threefry_kernel: bool = True
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ import optax
 
 from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.compile_cache import FirstCallWatch, describe, use_compilation_cache
+from jaxtune.compile_cache import FirstCallWatch, describe, use_run_compile_settings
 from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
                             unfreeze_boundaries, unfreeze_stage_count)
 from jaxtune.data.checks import check_data_fits_model, check_num_labels
@@ -416,7 +416,7 @@ def _setup(config: ExperimentConfig | str | os.PathLike | dict, overrides: Seque
     (``config.yaml``, the strategy printed). Returns ``(setup, plan)``, or the :class:`RunResult` of a
     run that had already finished (then nothing is written)."""
     cfg = _as_config(config, overrides)
-    use_compilation_cache(cfg.train.compilation_cache)
+    use_run_compile_settings(cfg.train)
     multihost.check_same_config(cfg)
     plan = check_run_dir(os.path.join(cfg.output_dir, cfg.name), cfg, resume=resume, overwrite=overwrite)
     multihost.barrier("run_dir_checked")  # every process decided before process 0 writes

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.checkpoint import Checkpointer
-from jaxtune.compile_cache import FirstCallWatch, describe, use_compilation_cache
+from jaxtune.compile_cache import FirstCallWatch, describe, use_run_compile_settings
 from jaxtune.config import ExperimentConfig, save_config
 from jaxtune.data.text import DEFAULT_PAD_VALUES
 from jaxtune.early_stopping import EarlyStopping
@@ -375,7 +375,7 @@ def finetune_members(configs: Sequence[ExperimentConfig | str | os.PathLike | di
     start = time.time()
     cfgs = [_as_config(c, ()) for c in configs]
     check_member_group(cfgs)
-    use_compilation_cache(cfgs[0].train.compilation_cache)
+    use_run_compile_settings(cfgs[0].train)
     plans = [check_run_dir(os.path.join(c.output_dir, c.name), c) for c in cfgs]
     data = data if data is not None else prepare_data(cfgs[0].data, cfgs[0].model.path, cfgs[0].model.num_labels,
                                                       cfgs[0].model.task)

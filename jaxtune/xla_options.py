@@ -1,4 +1,5 @@
-"""Per-step XLA compiler options: the memory-optimised scheduler for jaxtune's steps on CPU.
+"""Per-step XLA compiler options (the memory-optimised scheduler for jaxtune's steps on CPU) and
+the GPU lowering of JAX's threefry random bits (:func:`use_gpu_threefry_kernel`).
 
 XLA:CPU allocates one temporary buffer per execution of a program and frees it at the end, so a
 training step maps fresh pages for all its temporaries on every call and the kernel zeroes them on
@@ -74,3 +75,30 @@ def resolve_compiler_options(options: Any, mesh: Any = None) -> dict[str, Any] |
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"compiler_options must be 'auto', None or a dict, got {type(options).__name__}")
     return options
+
+
+THREEFRY_GPU_KERNEL = "jax_threefry_gpu_kernel_lowering"
+
+
+def use_gpu_threefry_kernel(enabled: bool = True) -> bool:
+    """Lowers JAX's threefry random bits (dropout masks, random inits) on GPU to jaxlib's threefry
+    kernel (``enabled``) or to XLA ops (JAX's default); returns the previous setting. Elsewhere it
+    changes nothing. The kernel computes the same threefry2x32 hash of the same counters, so the
+    bits, and with them dropout masks and whole runs, stay the same.
+
+    Why: JAX's default GPU lowering unrolls the hash's 20 rounds into every program that draws random
+    bits, and XLA:GPU compiles each draw as its own large fused kernel. On the H100 plan (deviceless,
+    2 cores, bf16; benchmarks/RESULTS.md, "Compile check") the kernel cuts T5-small's full step
+    (s256, t64, bs64, dropout 0.1) from 12.4 to 9.0 s scanned and from 40.8 to 24.4 s unrolled, and
+    BERT-base's (s128, bs128) from 21.8 to 17.0 s unrolled, for 0.5-1.8% more planned peak memory
+    (the bits are a kernel's output instead of fused into their use). The runner turns it on
+    (``train.gpu_threefry_kernel``, default true). It applies to programs traced after the call.
+
+    Example::
+
+        >>> previous = use_gpu_threefry_kernel(True)
+        >>> _ = use_gpu_threefry_kernel(previous)     # back as it was
+    """
+    previous = bool(getattr(jax.config, THREEFRY_GPU_KERNEL))
+    jax.config.update(THREEFRY_GPU_KERNEL, bool(enabled))
+    return previous

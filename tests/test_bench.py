@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -239,11 +240,31 @@ def _restore_env_after_test(monkeypatch, *names):
             monkeypatch.delenv(name, raising=False)
 
 
-def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch):
+@pytest.fixture
+def restore_threefry_lowering():
+    before = jax.config.jax_threefry_gpu_kernel_lowering
+    yield
+    jax.config.update("jax_threefry_gpu_kernel_lowering", before)
+
+
+def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch, restore_threefry_lowering):
     _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
     monkeypatch.setattr(bench.xla_flags, "_probe_xla_flags", lambda flags: True)
     assert bench.main(["--suite", "gpu", "--results-md", "none"]) == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_gpu_suite_draws_random_bits_as_the_runner_unless_told(monkeypatch, restore_threefry_lowering):
+    _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
+    monkeypatch.setattr(bench.xla_flags, "_probe_xla_flags", lambda flags: True)
+    monkeypatch.delenv(bench.xla_flags.THREEFRY_KERNEL_ENV, raising=False)
+    jax.config.update("jax_threefry_gpu_kernel_lowering", False)
+    bench.apply_environment("gpu", None)
+    assert jax.config.jax_threefry_gpu_kernel_lowering is True     # as train.gpu_threefry_kernel's default
+    jax.config.update("jax_threefry_gpu_kernel_lowering", False)
+    monkeypatch.setenv(bench.xla_flags.THREEFRY_KERNEL_ENV, "false")  # JAX read it at import: it wins
+    bench.apply_environment("gpu", None)
+    assert jax.config.jax_threefry_gpu_kernel_lowering is False
 
 
 def test_time_budget_skips_the_cases_that_do_not_fit_and_says_so(capsys, monkeypatch, tmp_path):

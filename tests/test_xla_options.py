@@ -67,3 +67,54 @@ def test_eval_and_member_steps_take_the_options_too():
 def test_a_wrong_compiler_options_value_is_named(bad, error):
     with pytest.raises(error, match="compiler_options"):
         jt.make_train_step(_mlp_loss, optax.sgd(0.1), compiler_options=bad)
+
+
+def _dropout(key, x):
+    return jnp.where(jax.random.bernoulli(key, 0.9, x.shape), x / 0.9, 0.0)
+
+
+def _lowered_text(platform: str) -> str:
+    args = (jax.random.key(0), jnp.ones((4, 8), jnp.float32))
+    return jax.jit(_dropout).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.fixture
+def restore_threefry_lowering():
+    before = jax.config.jax_threefry_gpu_kernel_lowering
+    yield
+    jax.config.update("jax_threefry_gpu_kernel_lowering", before)
+
+
+def test_gpu_threefry_kernel_replaces_the_unrolled_hash_on_gpu_only(restore_threefry_lowering):
+    jt.use_gpu_threefry_kernel(False)
+    xla_ops = _lowered_text("cuda")
+    cpu_before = _lowered_text("cpu")
+    assert jt.use_gpu_threefry_kernel(True) is False            # returns the previous setting
+    kernel = _lowered_text("cuda")
+    # the GPU program calls jaxlib's kernel instead of carrying the 20 unrolled rounds
+    assert "cu_threefry2x32_ffi" in kernel and "cu_threefry2x32_ffi" not in xla_ops
+    assert kernel.count("\n") < xla_ops.count("\n") / 2
+    assert _lowered_text("cpu") == cpu_before                    # nothing changes off GPU
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU: the kernel exists only there")
+def test_gpu_threefry_kernel_draws_the_same_bits(restore_threefry_lowering):
+    key, x = jax.random.key(3), jnp.ones((64, 1000), jnp.float32)
+    draws = []
+    for enabled in (False, True):
+        jt.use_gpu_threefry_kernel(enabled)
+        draws.append(np.asarray(jax.jit(_dropout)(key, x)))
+    np.testing.assert_array_equal(draws[0], draws[1])
+
+
+def test_runner_compile_settings_follow_the_train_section(restore_threefry_lowering):
+    jt.use_run_compile_settings(jt.TrainConfig(compilation_cache=False, gpu_threefry_kernel=False))
+    assert jax.config.jax_threefry_gpu_kernel_lowering is False
+    jt.use_run_compile_settings(jt.TrainConfig(compilation_cache=False))
+    assert jax.config.jax_threefry_gpu_kernel_lowering is True      # the default
+    with pytest.raises(jt.ConfigError, match="train.gpu_threefry_kernel"):
+        jt.load_config(None, ["train.gpu_threefry_kernel=sometimes"])
+    # the same bits either way: the key is not part of the run's fingerprint
+    on, _ = jt.run_fingerprint(jt.load_config(None, []))
+    off, _ = jt.run_fingerprint(jt.load_config(None, ["train.gpu_threefry_kernel=false"]))
+    assert on == off

@@ -182,7 +182,10 @@ def markdown(records: Sequence[dict], env: dict) -> str:
     lines = [f"## Compile check `{env['target']}` (deviceless: XLA:GPU plan, nothing run)", "",
              f"{env['date']}; jax {env['jax']}; compiled on {env['host']} for {env['device']}; "
              f"compute {env['compute_dtype']}; attention `{env['attention']}`; XLA_FLAGS "
-             f"`{env['xla_flags'] or '(none)'}`. Memory is XLA's buffer "
+             f"`{env['xla_flags'] or '(none)'}`"
+             + (f"; random bits from {'the threefry kernel' if env['threefry_gpu_kernel'] else 'XLA ops'}"
+                if "threefry_gpu_kernel" in env and env["target"] != "cpu" else "")
+             + ". Memory is XLA's buffer "
              "assignment of one step (arguments + temporaries + outputs not aliased to donated "
              "arguments), as `peak_memory_bytes` of the gpu suite. Compile seconds are this host's, "
              "without autotuning.", "",
@@ -279,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = sharding.mesh.devices.flat[0]
     env = {"target": args.target, "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
            "xla_flags": os.environ.get("XLA_FLAGS", ""), "dropped_xla_flags": dropped,
+           "threefry_gpu_kernel": bool(jax.config.jax_threefry_gpu_kernel_lowering),
            "host": f"{os.cpu_count()} CPU cores", "device": getattr(device, "device_kind", str(device)),
            "compute_dtype": jnp.dtype(compute_dtype).name, "attention": args.attention}
     name = args.name or f"compile-{args.target}"

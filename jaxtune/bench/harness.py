@@ -236,6 +236,7 @@ def environment(peak_flops: float, peak_dtype: str, suite: str, peer_device: str
         "matmul_peak_tflops": peak_flops / 1e12, "matmul_peak_dtype": peak_dtype,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "xla_flags_dropped": list(dropped_xla_flags),
         "threads": len(os.sched_getaffinity(0)),
+        "threefry_gpu_kernel": bool(jax.config.jax_threefry_gpu_kernel_lowering),
         "peer_device": peer_device, "peers_skipped_reason": peer_reason,
     }
 

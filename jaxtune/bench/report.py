@@ -175,6 +175,8 @@ def environment_markdown(env: dict) -> str:
             f"- measured matmul peak: {env['matmul_peak_tflops']:.3f} TFLOP/s ({env['matmul_peak_dtype']})\n"
             f"- versions: " + ", ".join(f"{k} {v[k]}" for k in v) + "\n"
             f"- XLA_FLAGS: `{env['xla_flags'] or '(none)'}`\n"
+            + (f"- random bits on GPU: {'threefry kernel' if env['threefry_gpu_kernel'] else 'XLA ops'}\n"
+               if env.get("backend") == "gpu" and "threefry_gpu_kernel" in env else "")
             + (f"- XLA flags dropped (this jaxlib rejects them): `{' '.join(env['xla_flags_dropped'])}`\n"
                if env.get("xla_flags_dropped") else "")
             + (f"- attention (BERT/T5): `{env['attention']}`"

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from jaxtune.xla_options import use_gpu_threefry_kernel
+
 # XLA flags for the GPU suite, each with the reason it is there. Flags already present in XLA_FLAGS
 # win; XLA exits on an unknown flag, so every entry is checked to parse with the pinned jaxlib.
 GPU_XLA_FLAGS: dict[str, tuple[str, str]] = {
@@ -38,6 +40,10 @@ GPU_ENV: dict[str, tuple[str, str]] = {
         "false", "grow JAX's pool on demand so the PyTorch peers in the same process get memory"),
     "XLA_PYTHON_CLIENT_MEM_FRACTION": ("0.7", "cap JAX's pool at 70% of the device; PyTorch gets the rest"),
 }
+# The gpu suite draws random bits as the runner does (train.gpu_threefry_kernel): from jaxlib's threefry
+# kernel. JAX reads this variable when it is imported, so setting it here would come too late; where it
+# is set (e.g. =false, to compare with JAX's default lowering) it wins.
+THREEFRY_KERNEL_ENV = "JAX_THREEFRY_GPU_KERNEL_LOWERING"
 
 
 XLA_FLAG_PROBE = "import jax; jax.devices()"     # initialising a backend parses XLA_FLAGS
@@ -82,8 +88,9 @@ def accepted_xla_flags(base: str, candidates: Sequence[str],
 
 def apply_environment(suite: str, threads: int | None, profile: bool = False) -> list[str]:
     """Flags and environment of a suite; must run before JAX initialises its backend. For the gpu
-    suite, flags the installed jaxlib rejects are dropped (and returned). ``profile`` on the CPU
-    suites adds the flag without which XLA:CPU traces no ops."""
+    suite, flags the installed jaxlib rejects are dropped (and returned), and random bits come from
+    the GPU threefry kernel unless :data:`THREEFRY_KERNEL_ENV` is set. ``profile`` on the CPU suites
+    adds the flag without which XLA:CPU traces no ops."""
     flags, env = {"gpu": (GPU_XLA_FLAGS, GPU_ENV), "smoke": (SMOKE_XLA_FLAGS, {})}.get(suite, ({}, {}))
     if profile and suite != "gpu":
         flags = {**flags, **CPU_PROFILE_XLA_FLAGS}
@@ -96,6 +103,8 @@ def apply_environment(suite: str, threads: int | None, profile: bool = False) ->
         extra, dropped = accepted_xla_flags(present, extra)
         if dropped:
             print(f"dropped XLA flags this jaxlib rejects: {' '.join(dropped)}", file=sys.stderr, flush=True)
+        if THREEFRY_KERNEL_ENV not in os.environ:
+            use_gpu_threefry_kernel(True)
     os.environ["XLA_FLAGS"] = _join_flags(present, *extra)
     if threads is not None:
         # XLA sizes its CPU thread pool from the affinity mask and the PyTorch peers take one thread
