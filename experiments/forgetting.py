@@ -102,8 +102,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.command = shlex.join(["python", "experiments/forgetting.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(["python", "experiments/forgetting.py",
+                               *without_variants(sys.argv[1:] if argv is None else argv)])
     return args
+
+
+def without_variants(argv: list[str]) -> list[str]:
+    """``argv`` without ``--variants``: the report covers every cached variant, so the command that
+    writes the whole results file is the one that runs them all (cached ones are read, not rerun).
+
+    Example::
+
+        >>> without_variants(["--variants", "lpft", "--seeds", "0,1,2", "--variants=ema"])
+        ['--seeds', '0,1,2']
+    """
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--variants":
+            skip = True
+        elif not arg.startswith("--variants="):
+            kept.append(arg)
+    return kept
 
 
 class Experiment:

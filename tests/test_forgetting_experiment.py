@@ -56,6 +56,8 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     again = out.read_text()
     assert "| rehearsal 5% | f0.05 |" in again and "## WiSE-FT: A's encoder interpolated" in again
     assert "| WiSE-FT, B head | α=" in again and "| WiSE-FT, re-fitted head | α=" in again and "| 0.5 |" in again
+    # the file names the command that writes all of it: every variant, not the last invocation's
+    assert "--variants" not in again and "python experiments/forgetting.py --quick --model" in again
     assert (tmp_path / "forgetting.png").stat().st_size > 0
     chosen = set(forgetting.chosen_alphas(forgetting.wiseft_curves(str(tmp_path / "cache"), [0])).values())
     assert sorted(os.listdir(tmp_path / "cache" / "wiseft")) == sorted(["seed0.json", *(f"a{a:g}" for a in chosen)])
