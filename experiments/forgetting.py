@@ -506,9 +506,11 @@ def pareto_plot(rows: dict, curves: dict, a_before: float, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(14 if curves else 8, 6), squeeze=False)
     ax = axes[0][0]
-    for label, row in rows.items():
+    colors, markers = plt.get_cmap("tab20").colors, "os^DvP*Xh<>p"   # one look per method, up to 20
+    for i, (label, row) in enumerate(rows.items()):
         (bx, bs), (ay, as_) = (mean_std([r[k] for r in row["seeds"].values()]) for k in ("b_test", "a_test"))
-        ax.errorbar(bx, ay, xerr=np.nan_to_num(bs), yerr=np.nan_to_num(as_), fmt="o", capsize=3, label=label)
+        ax.errorbar(bx, ay, xerr=np.nan_to_num(bs), yerr=np.nan_to_num(as_), fmt=markers[i % len(markers)],
+                    color=colors[(2 * i) % 20 + (i // 10) % 2], capsize=3, label=label)
     ax.axhline(a_before, color="black", linewidth=0.8, label="A before B")
     ax.set(xlabel="B: WNUT-16 entity F1 (test)", ylabel="A: tweet accuracy (test)", title="methods (test)")
     ax.legend(fontsize=7, loc="best")
