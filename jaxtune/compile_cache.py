@@ -99,7 +99,6 @@ def use_compilation_cache(setting: bool | str) -> str | None:
     return directory
 
 
-
 def use_run_compile_settings(train: Any) -> str | None:
     """A run's compile settings from its ``train`` section: the persistent cache
     (``compilation_cache``, :func:`use_compilation_cache`) and the GPU threefry lowering
@@ -111,6 +110,7 @@ def use_run_compile_settings(train: Any) -> str | None:
     """
     use_gpu_threefry_kernel(train.gpu_threefry_kernel)
     return use_compilation_cache(train.compilation_cache)
+
 
 class _Counts:
     """Compiles, persistent-cache hits and compile seconds seen while it is active."""

@@ -88,11 +88,12 @@ def use_gpu_threefry_kernel(enabled: bool = True) -> bool:
 
     Why: JAX's default GPU lowering unrolls the hash's 20 rounds into every program that draws random
     bits, and XLA:GPU compiles each draw as its own large fused kernel. On the H100 plan (deviceless,
-    2 cores, bf16; benchmarks/RESULTS.md, "Compile check") the kernel cuts T5-small's full step
-    (s256, t64, bs64, dropout 0.1) from 12.4 to 9.0 s scanned and from 40.8 to 24.4 s unrolled, and
-    BERT-base's (s128, bs128) from 21.8 to 17.0 s unrolled, for 0.5-1.8% more planned peak memory
-    (the bits are a kernel's output instead of fused into their use). The runner turns it on
-    (``train.gpu_threefry_kernel``, default true). It applies to programs traced after the call.
+    2 cores, bf16; benchmarks/RESULTS.md, "Random bits on the GPU plan") the kernel cuts T5-small's
+    full step (s256, t64, bs64, dropout 0.1) from 14.3 to 8.1 s scanned and from 41.2 to 21.3 s
+    unrolled, and BERT-base's (s128, bs128) from 5.5 to 4.4 s and from 17.1 to 11.3 s, for 0.5-2%
+    more planned peak memory (the bits are a kernel's output instead of fused into their use). The
+    runner turns it on (``train.gpu_threefry_kernel``, default true). It applies to programs traced
+    after the call.
 
     Example::
 
