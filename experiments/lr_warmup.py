@@ -30,12 +30,9 @@ invocation runs only what is missing, then rewrites the whole results file, PNG 
     python experiments/lr_warmup.py --datasets tweets --seeds 0,1     # a part; the rest later
     python experiments/lr_warmup.py --quick --model TINY_BERT_DIR --work /tmp/w --cache /tmp/c --out /tmp/lw.md
 
-Cost, measured 2026-11-30 on the 2-core machine shared with other jobs (load 5-8), one run of each data
-set at these sizes (before the evaluation batches went from 128 to 32 rows and validation from 400 to 300
-tweets): a tweet run took 82 CPU-s with its step compiled before (134 with the compiles of a new learning
-rate / warm-up), a WNUT run 146 CPU-s with its compiles. Extrapolated to quiet cores (computation on both,
-compiles on one or two): about 4,900 CPU-s for the 48 runs, 41-47 minutes, less with the compiles in the
-persistent cache.
+Cost on the 2-core machine: the tweets half took 22.9 min (24 runs, 2026-11-30). A WNUT run of 300 steps
+of 16 takes 118-144 s of wall time with nothing else running (2026-12-01), so the WNUT half takes about
+50 min; run it in parts with ``--seeds``.
 
 WNUT's budget is 300 steps of 16 because at smaller ones MiniLM did not leave the every-token-``O``
 solution: in trial runs it had not at 1e-3 without warm-up (160 steps of 8), 3e-4 with warm-up (240 steps
