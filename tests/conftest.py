@@ -104,3 +104,13 @@ def rerun_bit_for_bit(main, argv, out, cache=None, retrain=("*.json", "*.json"))
     text = first[".md"].decode("utf-8")
     assert protocol.strip_run_line(text) == protocol.strip_run_line(second[".md"].decode("utf-8"))
     return text
+
+
+@pytest.fixture
+def restore_threefry_lowering():
+    """Puts JAX's GPU threefry lowering setting back after a test that changes it (the runner, the gpu suite)."""
+    import jax
+
+    before = jax.config.jax_threefry_gpu_kernel_lowering
+    yield
+    jax.config.update("jax_threefry_gpu_kernel_lowering", before)

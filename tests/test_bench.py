@@ -240,13 +240,6 @@ def _restore_env_after_test(monkeypatch, *names):
             monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def restore_threefry_lowering():
-    before = jax.config.jax_threefry_gpu_kernel_lowering
-    yield
-    jax.config.update("jax_threefry_gpu_kernel_lowering", before)
-
-
 def test_gpu_suite_refuses_cpu_backend(capsys, monkeypatch, restore_threefry_lowering):
     _restore_env_after_test(monkeypatch, "XLA_FLAGS", *bench.GPU_ENV)
     monkeypatch.setattr(bench.xla_flags, "_probe_xla_flags", lambda flags: True)

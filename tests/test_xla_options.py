@@ -78,13 +78,6 @@ def _lowered_text(platform: str) -> str:
     return jax.jit(_dropout).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-@pytest.fixture
-def restore_threefry_lowering():
-    before = jax.config.jax_threefry_gpu_kernel_lowering
-    yield
-    jax.config.update("jax_threefry_gpu_kernel_lowering", before)
-
-
 def test_gpu_threefry_kernel_replaces_the_unrolled_hash_on_gpu_only(restore_threefry_lowering):
     jt.use_gpu_threefry_kernel(False)
     xla_ops = _lowered_text("cuda")
