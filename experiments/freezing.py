@@ -105,14 +105,17 @@ class Model:
         return defaults
 
 
-FULL = (  # sized for about 45 min on 2 quiet cores: measured 54 (MiniLM) and 71 (MobileNetV2) CPU-s per full run
+# Grids widened on 2026-12-01: with two points per strategy every one of the 20 choices was at an edge. MiniLM's
+# `full` chose the lowest rate and the others the highest, so its grid spans both sides; the probe's too.
+PROBE_LRS = (3e-3, 1e-2, 3e-2)
+FULL = (  # two-point grids took 43.2 min on 2 quiet cores (54 and 71 CPU-s per MiniLM / MobileNetV2 full run)
     Model(Family("minilm", "text", "tweets_minilm.yaml", ("data.max_length=40", "data.eval_limit=200",
                                                           "data.test_limit=500"),
-                 (100, 500), (1e-4, 3e-4), batch_size=16, epochs=1, min_steps=32, evals=2),
-          r"classifier/.*", r".*/(bias|LayerNorm/scale)", (3e-3, 1e-2), max_length=40),
+                 (100, 500), (3e-5, 1e-4, 3e-4, 1e-3), batch_size=16, epochs=1, min_steps=32, evals=2),
+          r"classifier/.*", r".*/(bias|LayerNorm/scale)", PROBE_LRS, max_length=40),
     Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("data.image_size=48", "data.eval_limit=200"),
-                 (100, 1000), (3e-4, 1e-3), batch_size=32, epochs=1, min_steps=32, evals=2),
-          r"classifier_1/.*", r".*/(bias|scale)", (3e-3, 1e-2)),
+                 (100, 1000), (3e-4, 1e-3, 3e-3), batch_size=32, epochs=1, min_steps=32, evals=2),
+          r"classifier_1/.*", r".*/(bias|scale)", PROBE_LRS),
 )
 QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
                    "cnn": ("data.image_size=16", "data.eval_limit=24", "data.test_limit=24", "data.eval_batch_size=24")}
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and steps (a test of the script)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
     parser.add_argument("--cache", help="a JSON file per (model, n, strategy), read instead of training when there "
-                                        "(default runs/freezing; with --quick a 'runs' folder beside --out)")
+                                        "(default experiments/results/freezing, committed; with --quick a 'runs' folder beside --out)")
     parser.add_argument("--out", help="results file (default experiments/results/freezing.md; with --quick a "
                                       "temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(default_dir, "freezing.md")
     stem = os.path.splitext(out)[0]
     cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
-                           else os.path.join("runs", "freezing"))
+                           else os.path.join(HERE, "results", "freezing"))
     cells = Cells(cache)
     results = {m.family.name: select(run_model(m, seeds, cells)) for m in models}
     found = claims(results)

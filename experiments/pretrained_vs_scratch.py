@@ -64,17 +64,20 @@ class Model:
         return self.family.lrs if init == "pretrained" else self.scratch_lrs
 
 
+# One grid for both inits, centred where the two-point grids of 2026-11-30 chose (every choice was at an edge)
+TEXT_LRS = (1e-4, 3e-4, 1e-3)
+CNN_LRS = (3e-4, 1e-3, 3e-3)
 CNN = ("data.image_size=48", "data.eval_limit=200")   # MNIST: 4,000 training, 500 validation, 500 test digits
 FULL = (
     Model(Family("minilm", "text", "tweets_minilm.yaml", ("optim.layer_decay=null", "data.max_length=40",
                                                           "data.eval_limit=200", "data.test_limit=500"),
-                 (200, 1000, 3200), (1e-4, 3e-4), batch_size=16, epochs=1, min_steps=32, evals=4),
-          (3e-4, 1e-3), max_length=40),
+                 (200, 1000, 6400), TEXT_LRS, batch_size=16, epochs=1, min_steps=32, evals=4),
+          TEXT_LRS, max_length=40),
     Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 (3e-4, 1e-3), batch_size=32, epochs=1, min_steps=32, evals=4), (1e-3, 3e-3)),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4), CNN_LRS),
     Model(Family("efficientnet_lite0", "cnn", "mnist_mobilenet.yaml",
                  ("model.path=efficientnet_lite0_imagenet", "optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 (3e-4, 1e-3), batch_size=32, epochs=1, min_steps=32, evals=4), (1e-3, 3e-3)),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4), CNN_LRS),
 )
 QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
                    "cnn": ("data.image_size=16", "data.eval_limit=24", "data.test_limit=24", "data.eval_batch_size=24")}
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              "(a test of the script)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
     parser.add_argument("--cache", help="a JSON file per (model, n, init), read instead of training when there "
-                                        "(default runs/pretrained_vs_scratch; with --quick a 'runs' folder beside --out)")
+                                        "(default experiments/results/pretrained_vs_scratch, committed; with --quick a 'runs' folder beside --out)")
     parser.add_argument("--out", help="results file (default experiments/results/pretrained_vs_scratch.md; with "
                                       "--quick a temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(default_dir, "pretrained_vs_scratch.md")
     stem = os.path.splitext(out)[0]
     cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
-                           else os.path.join("runs", "pretrained_vs_scratch"))
+                           else os.path.join(HERE, "results", "pretrained_vs_scratch"))
     cells = Cells(cache)
     results = {m.family.name: run_model(m, seeds, cells) for m in models}
     found = claims(results)

@@ -23,6 +23,8 @@ import numpy as np
 
 import jaxtune as jt
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -116,10 +118,17 @@ class Cells:
         self.trained += 1
         return record
 
+    def shown_folder(self) -> str:
+        """The cache folder as the results file names it: relative to the repository root when inside it
+        (the same on every machine), else as given."""
+        folder = os.path.abspath(self.folder)
+        inside = os.path.commonpath([folder, REPO]) == REPO
+        return os.path.relpath(folder, REPO) if inside else self.folder
+
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
         line (the cached cells' training time when every one recorded it)."""
-        note = f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache `{self.folder}`"
+        note = f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache `{self.shown_folder()}`"
         if self.read_seconds and None not in self.read_seconds:
             note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
         return note

@@ -62,3 +62,12 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     assert sidecar["results"] == "results/freezing.md" and len(sidecar["claims"]) == 2 * len(freezing.CLAIMS)
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
     assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/freezing.py --quick")
+
+
+def test_the_cache_folder_is_named_from_the_repository_root_on_every_machine(tmp_path):
+    from runs import Cells
+
+    inside = Cells(os.path.join(EXPERIMENTS, "results", "freezing"))
+    assert inside.shown_folder() == os.path.join("experiments", "results", "freezing")
+    assert "read from the cache `experiments/results/freezing`" in inside.note("cells")
+    assert Cells(str(tmp_path / "runs")).shown_folder() == str(tmp_path / "runs")
