@@ -5,13 +5,12 @@ trains every weight from its shipped pretrained weights (a new head from ``train
 fresh random init (``model.init: random``: every weight from ``train.seed``), on growing training sets:
 
 * ``text``: all-MiniLM-L6-v2 on 3-class tweet sentiment (``experiments/configs/tweets_minilm.yaml``),
-  n in {200, 1000, 3200} (the issue's 6,400 would raise the text runs from 23 to about 40 min: one epoch
-  of 6,400 tweets is 400 steps per run, against 200);
+  n in {200, 1000, 6400} (one epoch of 6,400 tweets: 400 steps per run);
 * ``cnn``:  torchvision's ImageNet MobileNetV2 and EfficientNet-Lite0 on MNIST digits at 48x48
   (``experiments/configs/mnist_mobilenet.yaml``), n in {100, 500, 4000}.
 
-Protocol: per (model, n, init) every learning rate of the init's grid (a random init gets higher
-rates) trains with seed 0, the rate with the best seed-0 validation accuracy is chosen and run with
+Protocol: per (model, n, init) every learning rate of the model's three-point grid (the same for both
+inits) trains with seed 0, the rate with the best seed-0 validation accuracy is chosen and run with
 the other seeds (``member_trainer.grid_then_seeds``); ``train.seed`` drives head init (every weight,
 for scratch), data order and dropout; ``data.seed`` 0 picks the n examples (nested subsets, the same
 for every seed). Both inits get the same step budget, ``max(min_steps, epochs x n / batch)``, one
@@ -23,9 +22,10 @@ differences (same seed) with 95% t-intervals, and whether the gap shrinks from t
 largest n (the per-seed gaps paired by seed). Each (model, n, init) is cached as JSON under
 ``--cache``. Writes ``experiments/results/pretrained_vs_scratch.md``, ``.png`` and ``.json``::
 
-    python experiments/pretrained_vs_scratch.py --only text      # MiniLM (23.4 min on 2 quiet cores, 2026-11-30)
-    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2, EfficientNet-Lite0 (about 40 min:
-                                                                 # experiment 2's MobileNetV2 cells, scaled)
+    python experiments/pretrained_vs_scratch.py --only text      # MiniLM (106 min on 2 cores shared with
+                                                                 # experiment 2, 2026-12-01; cells committed)
+    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2, EfficientNet-Lite0 (68 min with
+                                                                 # two-point grids, 2026-11-30; about 85 with three)
     python experiments/pretrained_vs_scratch.py                  # both (the cache keeps what ran)
     python experiments/pretrained_vs_scratch.py --models minilm,mobilenet_v2    # some of the models
     python experiments/pretrained_vs_scratch.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
