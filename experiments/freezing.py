@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and steps (a test of the script)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
     parser.add_argument("--cache", help="a JSON file per (model, n, strategy), read instead of training when there "
-                                        "(default experiments/results/freezing, committed; with --quick a 'runs' folder beside --out)")
+                                        "(default experiments/results/freezing, committed; with --quick a 'runs' "
+                                        "folder beside --out)")
     parser.add_argument("--out", help="results file (default experiments/results/freezing.md; with --quick a "
                                       "temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")

@@ -52,16 +52,11 @@ NO_DECAY = r".*/(bias|scale)"     # biases and norm scales (BERT's LayerNorm/sca
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A model of the experiment: its runs (``family``: config, sizes, step budget, the pretrained
-    init's learning rates) and the learning rates of the random init."""
+    """A model of the experiment: its runs (``family``: config, sizes, step budget, and the
+    learning-rate grid of both inits)."""
 
     family: Family
-    scratch_lrs: tuple[float, ...]
     max_length: int | None = None   # text: pad every batch to it (one compiled shape)
-
-    def lrs(self, init: str) -> tuple[float, ...]:
-        """The learning-rate grid of ``init`` ("pretrained" or "scratch")."""
-        return self.family.lrs if init == "pretrained" else self.scratch_lrs
 
 
 # One grid for both inits, centred where the two-point grids of 2026-11-30 chose (every choice was at an edge)
@@ -72,12 +67,12 @@ FULL = (
     Model(Family("minilm", "text", "tweets_minilm.yaml", ("optim.layer_decay=null", "data.max_length=40",
                                                           "data.eval_limit=200", "data.test_limit=500"),
                  (200, 1000, 6400), TEXT_LRS, batch_size=16, epochs=1, min_steps=32, evals=4),
-          TEXT_LRS, max_length=40),
+          max_length=40),
     Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4), CNN_LRS),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4)),
     Model(Family("efficientnet_lite0", "cnn", "mnist_mobilenet.yaml",
                  ("model.path=efficientnet_lite0_imagenet", "optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4), CNN_LRS),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4)),
 )
 QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
                    "cnn": ("data.image_size=16", "data.eval_limit=24", "data.test_limit=24", "data.eval_batch_size=24")}
@@ -93,14 +88,13 @@ def quick(model: Model, path: str | None) -> Model:
         overrides += (f"model.path={path}",)
     family = dataclasses.replace(family, overrides=overrides, sizes=(16, 32), lrs=family.lrs[-1:], batch_size=8,
                                  min_steps=4, evals=1)
-    return dataclasses.replace(model, family=family, scratch_lrs=model.scratch_lrs[-1:],
-                               max_length=16 if model.max_length else None)
+    return dataclasses.replace(model, family=family, max_length=16 if model.max_length else None)
 
 
 def cache_path(cache: str, model: Model, n: int, init: str, seeds: tuple[int, ...]) -> str:
     """The JSON file of one (model, n, init): named by what its numbers depend on."""
     f = model.family
-    key = json.dumps([f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, model.lrs(init), seeds,
+    key = json.dumps([f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, seeds,
                       NO_DECAY])
     return os.path.join(cache, f"{f.name}_n{n}_{init}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
 
@@ -128,7 +122,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
             trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length)
         rows = subset(len(data.train), n, cfg.data.seed)
         run = lambda members: trainers[init].run(rules, rows, members, steps, family.evals, name="full")
-        return grid_then_seeds(run, [(lr, None) for lr in model.lrs(init)], seeds)
+        return grid_then_seeds(run, [(lr, None) for lr in family.lrs], seeds)
 
     out = {n: {"steps": steps_for(n, family)} for n in family.sizes}
     for init in INITS:
@@ -192,9 +186,8 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
     """The protocol section: configs, sizes, grids, step budgets, what the seeds vary."""
     lines = ["## Protocol"]
     for m in models:
-        lines.append(f"{describe(m.family, 'both inits')}; learning rates: pretrained "
-                     f"{', '.join(f'{lr:g}' for lr in m.lrs('pretrained'))}, scratch "
-                     f"{', '.join(f'{lr:g}' for lr in m.lrs('scratch'))}; every weight trains at one rate; no weight "
+        lines.append(f"{describe(m.family, 'both inits')}; learning rates, for both inits: "
+                     f"{', '.join(f'{lr:g}' for lr in m.family.lrs)}; every weight trains at one rate; no weight "
                      f"decay on `{NO_DECAY}`.")
     lines += [*(f"- `{name}`: {text}." for name, text in INITS.items()),
               f"- Seeds {', '.join(map(str, seeds))} vary head init (every weight, for scratch), data order and "
@@ -224,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              "(a test of the script)")
     parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values (default 0 1 2; quick 0 1)")
     parser.add_argument("--cache", help="a JSON file per (model, n, init), read instead of training when there "
-                                        "(default experiments/results/pretrained_vs_scratch, committed; with --quick a 'runs' folder beside --out)")
+                                        "(default experiments/results/pretrained_vs_scratch, committed; with --quick a "
+                                        "'runs' folder beside --out)")
     parser.add_argument("--out", help="results file (default experiments/results/pretrained_vs_scratch.md; with "
                                       "--quick a temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")

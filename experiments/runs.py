@@ -128,7 +128,8 @@ class Cells:
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
         line (the cached cells' training time when every one recorded it)."""
-        note = f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache `{self.shown_folder()}`"
+        note = (f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache "
+                f"`{self.shown_folder()}`")
         if self.read_seconds and None not in self.read_seconds:
             note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
         return note
