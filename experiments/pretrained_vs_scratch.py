@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
     out = args.out or os.path.join(default_dir, "pretrained_vs_scratch.md")
     stem = os.path.splitext(out)[0]
-    cache = args.cache or (os.path.join(os.path.dirname(os.path.abspath(out)), "runs") if args.quick
-                           else os.path.join(HERE, "results", "pretrained_vs_scratch"))
-    cells = Cells(cache)
+    cells = Cells.for_experiment("pretrained_vs_scratch", args.cache, out, args.quick)
     results = {m.family.name: run_model(m, seeds, cells) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Pretrained vs from scratch, over training-set size", command, seeds, started,

@@ -97,6 +97,16 @@ class Cells:
         cells.note("(model, n, strategy) results")   # '1 (model, n, strategy) results trained now, 0 read ...'
     """
 
+    @classmethod
+    def for_experiment(cls, name: str, given: str | None, out: str, quick: bool) -> "Cells":
+        """The cache of experiment ``name``: ``given`` when set, else a ``runs`` folder beside the results
+        file ``out`` for a ``--quick`` run, else the committed ``experiments/results/<name>``."""
+        if given:
+            return cls(given)
+        if quick:
+            return cls(os.path.join(os.path.dirname(os.path.abspath(out)), "runs"))
+        return cls(os.path.join(REPO, "experiments", "results", name))
+
     def __init__(self, folder: str):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
 
