@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -176,12 +174,11 @@ def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: 
     return grid_then_seeds(run, grid(model, strategy), seeds)
 
 
-def cache_path(cache: str, model: Model, n: int, strategy: str, seeds: tuple[int, ...]) -> str:
-    """The JSON file of one (model, n, strategy): named by what its numbers depend on."""
+def depends_on(model: Model, n: int, seeds: tuple[int, ...]) -> list:
+    """What the numbers of a (model, n, strategy) cell depend on: the key of its cache file."""
     f = model.family
-    key = json.dumps([f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs,
-                      DECAYS, seeds, STAGES])
-    return os.path.join(cache, f"{f.name}_n{n}_{strategy}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+    return [f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs, DECAYS, seeds,
+            STAGES]
 
 
 def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
@@ -210,7 +207,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
         steps = steps_for(n, family)
         out[n] = {"steps": steps}
         for strategy in STRATEGIES:
-            out[n][strategy] = cells.get(cache_path(cells.folder, model, n, strategy, seeds),
+            out[n][strategy] = cells.get(cells.path(family.name, n, strategy, depends_on(model, n, seeds)),
                                          lambda: train(n, strategy, steps), f"{family.name} n={n} {strategy}")
     return out
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -91,12 +89,10 @@ def quick(model: Model, path: str | None) -> Model:
     return dataclasses.replace(model, family=family, max_length=16 if model.max_length else None)
 
 
-def cache_path(cache: str, model: Model, n: int, init: str, seeds: tuple[int, ...]) -> str:
-    """The JSON file of one (model, n, init): named by what its numbers depend on."""
+def depends_on(model: Model, n: int, seeds: tuple[int, ...]) -> list:
+    """What the numbers of a (model, n, init) cell depend on: the key of its cache file."""
     f = model.family
-    key = json.dumps([f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, seeds,
-                      NO_DECAY])
-    return os.path.join(cache, f"{f.name}_n{n}_{init}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+    return [f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, seeds, NO_DECAY]
 
 
 def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
@@ -127,7 +123,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     out = {n: {"steps": steps_for(n, family)} for n in family.sizes}
     for init in INITS:
         for n in family.sizes:
-            out[n][init] = cells.get(cache_path(cells.folder, model, n, init, seeds),
+            out[n][init] = cells.get(cells.path(family.name, n, init, depends_on(model, n, seeds)),
                                      lambda: train(n, init, out[n]["steps"]), f"{family.name} n={n} {init}")
     return out
 

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -93,7 +94,8 @@ class Cells:
     Example::
 
         cells = Cells("runs/freezing")
-        raw = cells.get("runs/freezing/minilm_n100_probe_ab12.json", lambda: train(...), "minilm n=100 probe")
+        path = cells.path("minilm", 100, "probe", [overrides, lrs, seeds])   # runs/freezing/minilm_n100_probe_<hash>
+        raw = cells.get(path, lambda: train(...), "minilm n=100 probe")
         cells.note("(model, n, strategy) results")   # '1 (model, n, strategy) results trained now, 0 read ...'
     """
 
@@ -109,6 +111,18 @@ class Cells:
 
     def __init__(self, folder: str):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
+
+    def path(self, name: str, n: int, arm: str, depends_on: list) -> str:
+        """The JSON file of cell (model ``name``, ``n``, ``arm``), named by a hash of ``depends_on``: what
+        its numbers depend on (overrides, grids, seeds, ...), so a changed protocol trains anew.
+
+        Example::
+
+            >>> Cells("runs").path("minilm", 100, "probe", [[1e-3], [0, 1, 2]])[:23]
+            'runs/minilm_n100_probe_'
+        """
+        digest = hashlib.sha256(json.dumps(depends_on).encode()).hexdigest()[:12]
+        return os.path.join(self.folder, f"{name}_n{n}_{arm}_{digest}.json")
 
     def get(self, path: str, compute: Callable[[], dict], label: str) -> dict:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
