@@ -34,7 +34,8 @@ sample std, with paired differences (same seed) against ``full`` and 95% t-inter
 strategy) is cached as JSON under ``--cache`` (a rerun reads it instead of training; delete it to
 train again). Writes ``experiments/results/freezing.md``, ``.png`` and ``.json``::
 
-    python experiments/freezing.py                    # everything (estimated 45-50 min on 2 quiet cores)
+    python experiments/freezing.py                    # everything (133.6 min on 2 cores shared with experiment 1,
+                                                      # 2026-12-01; cells committed)
     python experiments/freezing.py --only text        # MiniLM only
     python experiments/freezing.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
         --out /tmp/fz/freezing.md                     # tiny random models, a few steps (the test)
