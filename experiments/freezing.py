@@ -282,7 +282,8 @@ def report(results: dict[str, dict]) -> list[str]:
             "## Selection: seed-0 validation accuracy per grid point (learning rate; `llrd`: decay, learning rate; "
             "the chosen one in bold; test not shown)", "",
             *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp),
-            *protocol.edge_lines([(f"{name} n={n:,} {s}", [p[0] for p, _ in r[s]["grid"]], r[s]["lr"])
+            *protocol.edge_lines([(f"{name} n={n:,} {s}", [p[0] for p, _ in r[s]["grid"]], r[s]["lr"],
+                                   [v for _, v in r[s]["grid"]])
                                   for name, by_n in results.items() for n, r in by_n.items() for s in STRATEGIES])]
 
 

@@ -174,7 +174,7 @@ def report(results: dict[str, dict]) -> list[str]:
             "## Selection: seed-0 validation accuracy per learning rate (the chosen one in bold; test not shown)", "",
             *protocol.markdown_table(["model", "n", "init", "learning rate: validation accuracy"], grid),
             *protocol.edge_lines([(f"{name} n={n:,} {init}", [p[0] for p in r[init]["points"]],
-                                   r[init]["points"][r[init]["chosen"]][0])
+                                   r[init]["points"][r[init]["chosen"]][0], r[init]["seed0_val"])
                                   for name, by_n in results.items() for n, r in by_n.items() for init in INITS])]
 
 

@@ -133,24 +133,35 @@ def intervals_by_size(pairs: Mapping[int, tuple[Sequence[float], Sequence[float]
     return combined_verdict(verdicts), "; ".join(parts)
 
 
-def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float]]) -> list[str]:
+def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float, Sequence[float]]]) -> list[str]:
     """A results-file paragraph (after a blank line) naming every choice made at an edge of its learning-rate grid:
-    ``chosen`` holds ``(what, grid, chosen value)``; a value that is the grid's lowest or highest
-    (of more than one) may not be the optimum, which can lie outside the grid. Empty when none is.
+    ``chosen`` holds ``(what, grid, chosen value, validation value per grid point)``; a value that is the
+    grid's lowest or highest (of more than one) may not be the optimum, which can lie outside the grid.
+    A grid whose points all tied on validation (e.g. every rate stuck at chance) is named apart: its choice
+    (the first point) says nothing about the rate. Empty when there is neither.
 
     Example::
 
-        >>> edge_lines([("minilm n=100 full", [1e-4, 3e-4], 1e-4), ("minilm n=100 top2", [1e-4, 3e-4, 1e-3], 3e-4)])
-        ['', 'Chosen at an edge of the learning-rate grid (the best rate may lie outside it): minilm n=100 full (0.0001, the lowest).']
+        >>> edge_lines([("a", [1e-4, 3e-4], 1e-4, [0.7, 0.6]), ("b", [1e-4, 3e-4, 1e-3], 3e-4, [0.6, 0.7, 0.6])])
+        ['', 'Chosen at an edge of the learning-rate grid (the best rate may lie outside it): a (0.0001, the lowest).']
+        >>> edge_lines([("c", [1e-4, 3e-4], 1e-4, [0.1, 0.1])])[1]
+        'Every grid point tied on validation (the first was taken; the choice says nothing about the rate): c (0.1).'
     """
-    edges = []
-    for what, grid, value in chosen:
+    edges, ties = [], []
+    for what, grid, value, validation in chosen:
         values = sorted(set(grid))
-        if len(values) > 1 and value in (values[0], values[-1]):
+        if len(values) > 1 and len(set(validation)) == 1:
+            ties.append(f"{what} ({validation[0]:g})")
+        elif len(values) > 1 and value in (values[0], values[-1]):
             edges.append(f"{what} ({value:g}, the {'lowest' if value == values[0] else 'highest'})")
-    if not edges:
-        return []
-    return ["", f"Chosen at an edge of the learning-rate grid (the best rate may lie outside it): {'; '.join(edges)}."]
+    lines = []
+    if edges:
+        lines += ["", "Chosen at an edge of the learning-rate grid (the best rate may lie outside it): "
+                      f"{'; '.join(edges)}."]
+    if ties:
+        lines += ["", "Every grid point tied on validation (the first was taken; the choice says nothing about the "
+                      f"rate): {'; '.join(ties)}."]
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)

@@ -225,3 +225,20 @@ def test_results_index_is_current():
     """experiments/RESULTS.md is what `python experiments/index.py` writes from the sidecars now."""
     with open(os.path.join(EXPERIMENTS, "RESULTS.md"), encoding="utf-8") as f:
         assert f.read() == index.render(EXPERIMENTS), "run: python experiments/index.py"
+
+
+def test_edge_lines_name_edge_choices_and_tied_grids_apart():
+    lines = protocol.edge_lines([("low", [1e-4, 3e-4, 1e-3], 1e-4, [0.8, 0.7, 0.6]),
+                                 ("middle", [1e-4, 3e-4, 1e-3], 3e-4, [0.6, 0.8, 0.7]),
+                                 ("stuck", [1e-4, 3e-4, 1e-3], 1e-4, [0.105, 0.105, 0.105]),
+                                 ("one point", [1e-4], 1e-4, [0.5])])
+    assert len(lines) == 4 and lines[0] == lines[2] == ""
+    assert lines[1].endswith(": low (0.0001, the lowest).")
+    assert lines[3].startswith("Every grid point tied on validation") and lines[3].endswith(": stuck (0.105).")
+    assert protocol.edge_lines([("middle", [1e-4, 3e-4, 1e-3], 3e-4, [0.6, 0.8, 0.7])]) == []
+
+
+def test_protocol_docstring_examples_hold():
+    import doctest
+
+    assert doctest.testmod(protocol).failed == 0
