@@ -71,13 +71,3 @@ def test_the_cache_folder_is_named_from_the_repository_root_on_every_machine(tmp
     assert inside.shown_folder() == os.path.join("experiments", "results", "freezing")
     assert "read from the cache `experiments/results/freezing`" in inside.note("cells")
     assert Cells(str(tmp_path / "runs")).shown_folder() == str(tmp_path / "runs")
-
-
-def test_the_committed_cells_are_exactly_the_full_protocols():
-    from runs import Cells
-
-    cells = Cells(os.path.join(EXPERIMENTS, "results", "freezing"))
-    needed = {os.path.basename(cells.path(m.family.name, n, strategy, freezing.depends_on(m, n, (0, 1, 2))))
-              for m in freezing.FULL for n in m.family.sizes for strategy in freezing.STRATEGIES}
-    assert len(needed) == 20
-    assert {f for f in os.listdir(cells.folder) if f.endswith(".json")} == needed
