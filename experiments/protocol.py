@@ -291,7 +291,8 @@ def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[s
                 xlabel: str, ylabel: str | Mapping[str, str], title: str, log_x: bool = False,
                 hlines: Mapping[str, tuple[float, str]] | None = None) -> str:
     """A PNG with one panel per ``{panel title: (x, {name: (means, stds)})}``, side by side, each as
-    :func:`plot_lines` draws one (stds as error bars; the same numbers give the same bytes).
+    :func:`plot_lines` draws one (stds as error bars; the same numbers give the same bytes; with ``log_x``,
+    ticks at the panel's x values).
     ``ylabel`` may be one per panel; ``hlines``: ``{panel title: (y, label)}``, a dashed reference
     line in that panel. Returns ``path``.
 
@@ -304,6 +305,7 @@ def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[s
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     if not panels:
         raise ValueError(f"{path}: plot_panels needs at least one panel")
@@ -317,8 +319,10 @@ def plot_panels(path: str, panels: Mapping[str, tuple[Sequence[float], Mapping[s
         if hlines and panel in hlines:
             y, label = hlines[panel]
             ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
-        if log_x:
+        if log_x:   # ticks at the panel's own x values: a range under a decade would get cluttered minor labels
             ax.set_xscale("log")
+            ax.set_xticks(x, [format(v, ",g") for v in x])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel[panel])
         ax.set_title(panel, fontsize=10)
