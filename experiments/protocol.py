@@ -150,9 +150,11 @@ def edge_lines(chosen: Sequence[tuple[str, Sequence[float], float, Sequence[floa
     edges, ties = [], []
     for what, grid, value, validation in chosen:
         values = sorted(set(grid))
-        if len(values) > 1 and len(set(validation)) == 1:
+        if len(values) < 2:
+            continue
+        if len(set(validation)) == 1:
             ties.append(f"{what} ({validation[0]:g})")
-        elif len(values) > 1 and value in (values[0], values[-1]):
+        elif value in (values[0], values[-1]):
             edges.append(f"{what} ({value:g}, the {'lowest' if value == values[0] else 'highest'})")
     lines = []
     if edges:
