@@ -24,8 +24,8 @@ largest n (the per-seed gaps paired by seed). Each (model, n, init) is cached as
 
     python experiments/pretrained_vs_scratch.py --only text      # MiniLM (106 min on 2 cores shared with
                                                                  # experiment 2, 2026-12-01; cells committed)
-    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2, EfficientNet-Lite0 (68 min with
-                                                                 # two-point grids, 2026-11-30; about 85 with three)
+    python experiments/pretrained_vs_scratch.py --only cnn       # MobileNetV2 (57 min on 2 quiet cores), then
+                                                                 # EfficientNet-Lite0 (about 95), 2026-12-01
     python experiments/pretrained_vs_scratch.py                  # both (the cache keeps what ran)
     python experiments/pretrained_vs_scratch.py --models minilm,mobilenet_v2    # some of the models
     python experiments/pretrained_vs_scratch.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
