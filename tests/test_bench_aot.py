@@ -40,7 +40,7 @@ def test_a_failing_compile_is_recorded_and_the_rest_go_on(monkeypatch):
                                      "float32", log=lambda _: None)
     assert records[0]["error"] == "RuntimeError: boom in frozen" and records[0]["peak_memory_bytes"] is None
     assert records[1]["error"] is None and records[1]["peak_memory_bytes"] > 0
-    assert "**failed**: RuntimeError: boom in frozen" in bench_aot.markdown(
+    assert "**failed**: RuntimeError: boom in frozen" in bench_bench_aot.markdown(
         records, {"target": "cpu", "date": "d", "jax": "j", "host": "h", "device": "cpu", "compute_dtype": "float32",
                   "attention": "auto", "xla_flags": ""})
 
@@ -77,3 +77,17 @@ def test_layouts_compile_side_by_side_with_a_scanned_vs_unrolled_table(tmp_path)
     with pytest.raises(SystemExit, match="--layouts"):
         bench_aot.main(["--target", "cpu", "--layouts", "rolled"])
     assert bench_aot.with_layout(bench.suite_cases("smoke")[0], "scanned").config.scan_layers
+
+
+def test_both_gpu_reports_name_the_random_bits_source_only_for_gpu_runs():
+    from jaxtune.bench.report import environment_markdown
+
+    env = {"date": "d", "device": "H100", "backend": "gpu", "device_count": 1, "cpu_count": 2, "threads": 2,
+           "load_avg": [0.1, 0.1, 0.1], "matmul_peak_tflops": 1.0, "matmul_peak_dtype": "bf16", "versions": {},
+           "xla_flags": "", "peer_device": "cuda", "threefry_gpu_kernel": True}
+    assert "- random bits on GPU: the threefry kernel\n" in environment_markdown(env)
+    assert "random bits" not in environment_markdown({**env, "backend": "cpu"})
+    aot_env = {"target": "h100", "date": "d", "jax": "j", "host": "h", "device": "H100", "compute_dtype": "bf16",
+               "attention": "auto", "xla_flags": "", "threefry_gpu_kernel": False}
+    assert "; random bits from XLA ops." in bench_aot.markdown([], aot_env)
+    assert "random bits" not in bench_aot.markdown([], {**aot_env, "target": "cpu"})

@@ -34,7 +34,7 @@ from jaxtune.bench.contestants import build_model
 from jaxtune.bench.harness import jax_contestant
 from jaxtune.bench.measure import attention_kernel, tree_bytes, xla_peak_bytes
 from jaxtune.bench.peers import REPO
-from jaxtune.bench.report import mib, update_results_md
+from jaxtune.bench.report import mib, random_bits_source, update_results_md
 from jaxtune.bench.xla_flags import apply_environment
 from jaxtune.xla_options import step_compiler_options
 
@@ -179,12 +179,12 @@ def markdown(records: Sequence[dict], env: dict) -> str:
     """The RESULTS.md section of a compile check: environment, one row per case, mode and layout, the
     frozen-backbone memory ratios against the 40% target and, where both layouts compiled, scanned
     against unrolled (full-step compile target ≤ :data:`COMPILE_TARGET_S` s)."""
+    bits = random_bits_source(env, on_gpu=env["target"] != "cpu")
     lines = [f"## Compile check `{env['target']}` (deviceless: XLA:GPU plan, nothing run)", "",
              f"{env['date']}; jax {env['jax']}; compiled on {env['host']} for {env['device']}; "
              f"compute {env['compute_dtype']}; attention `{env['attention']}`; XLA_FLAGS "
              f"`{env['xla_flags'] or '(none)'}`"
-             + (f"; random bits from {'the threefry kernel' if env['threefry_gpu_kernel'] else 'XLA ops'}"
-                if "threefry_gpu_kernel" in env and env["target"] != "cpu" else "")
+             + (f"; random bits from {bits}" if bits else "")
              + ". Memory is XLA's buffer "
              "assignment of one step (arguments + temporaries + outputs not aliased to donated "
              "arguments), as `peak_memory_bytes` of the gpu suite. Compile seconds are this host's, "

@@ -168,15 +168,31 @@ def targets_table(targets: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def random_bits_source(env: dict, on_gpu: bool) -> str | None:
+    """Where a GPU run drew its random bits from (``env["threefry_gpu_kernel"]``): ``"the threefry
+    kernel"`` or ``"XLA ops"``; None off the GPU or where ``env`` did not record it.
+
+    Example::
+
+        >>> random_bits_source({"threefry_gpu_kernel": False}, on_gpu=True)
+        'XLA ops'
+        >>> random_bits_source({"threefry_gpu_kernel": True}, on_gpu=False) is None
+        True
+    """
+    if not on_gpu or "threefry_gpu_kernel" not in env:
+        return None
+    return "the threefry kernel" if env["threefry_gpu_kernel"] else "XLA ops"
+
+
 def environment_markdown(env: dict) -> str:
+    bits = random_bits_source(env, on_gpu=env.get("backend") == "gpu")
     v = env["versions"]
     return (f"- date (UTC): {env['date']}\n- device: {env['device']} ({env['backend']}, {env['device_count']} device(s), "
             f"{env['cpu_count']} CPU cores, {env['threads']} used, load average at start {', '.join(f'{x:.2f}' for x in env['load_avg'])})\n"
             f"- measured matmul peak: {env['matmul_peak_tflops']:.3f} TFLOP/s ({env['matmul_peak_dtype']})\n"
             f"- versions: " + ", ".join(f"{k} {v[k]}" for k in v) + "\n"
             f"- XLA_FLAGS: `{env['xla_flags'] or '(none)'}`\n"
-            + (f"- random bits on GPU: {'threefry kernel' if env['threefry_gpu_kernel'] else 'XLA ops'}\n"
-               if env.get("backend") == "gpu" and "threefry_gpu_kernel" in env else "")
+            + (f"- random bits on GPU: {bits}\n" if bits else "")
             + (f"- XLA flags dropped (this jaxlib rejects them): `{' '.join(env['xla_flags_dropped'])}`\n"
                if env.get("xla_flags_dropped") else "")
             + (f"- attention (BERT/T5): `{env['attention']}`"
