@@ -67,7 +67,7 @@ FINGERPRINT_FILES = (
     "jaxtune/demo.py",
     "jaxtune/experiment.py", "jaxtune/run_data.py", "jaxtune/run_model.py", "jaxtune/config_sections.py",
     "jaxtune/seeds.py", "jaxtune/early_stopping.py", "jaxtune/checkpoint.py", "jaxtune/tasks.py", "jaxtune/train.py",
-    "jaxtune/rules.py", "jaxtune/tree_paths.py", "jaxtune/optim.py", "jaxtune/stage_fresh.py",
+    "jaxtune/rules.py", "jaxtune/tree_paths.py", "jaxtune/optim.py", "jaxtune/run_optim.py", "jaxtune/stage_fresh.py",
     "jaxtune/hub.py", "jaxtune/models/family.py", "jaxtune/models/bert.py", "jaxtune/models/bert_layers.py",
     "jaxtune/models/attention.py", "jaxtune/models/dense.py", "jaxtune/models/embed.py",
     "jaxtune/data/sources.py", "jaxtune/data/text/tokenizer.py", "jaxtune/data/text/classification.py",

@@ -8,7 +8,7 @@ plot and a test report, all under ``output_dir/name``::
     result.test_metrics["accuracy"], result.paths["plot"]
 
 Each part stays usable alone: :func:`prepare_data`, :func:`jaxtune.from_pretrained`,
-:func:`build_rules`, :func:`jaxtune.make_optimizer`, :func:`jaxtune.make_train_step`. :func:`finetune`
+:func:`build_rules`, :func:`jaxtune.run_optim.run_optimizer`, :func:`jaxtune.make_train_step`. :func:`finetune`
 runs in named phases: :func:`_setup` (config, run directory, :func:`build`) -> :func:`_resume` (the state
 to train from) -> :func:`_train_loop` -> :func:`_evaluate` (best weights on the test split) -> the
 outputs (:func:`jaxtune.run_outputs.write_outputs`).
@@ -29,15 +29,15 @@ import optax
 from jaxtune import multihost
 from jaxtune.checkpoint import Checkpointer
 from jaxtune.compile_cache import FirstCallWatch, describe, use_run_compile_settings
-from jaxtune.config import (ConfigError, ExperimentConfig, OptimConfig, load_config, save_config, to_dict,
+from jaxtune.config import (ConfigError, ExperimentConfig, load_config, save_config, to_dict,
                             unfreeze_boundaries, unfreeze_stage_count)
 from jaxtune.data.checks import check_data_fits_model, check_num_labels
 from jaxtune.early_stopping import EarlyStopping
 from jaxtune.errors import UserError
-from jaxtune.forgetting import average_weights, averaged_params, param_drift
+from jaxtune.forgetting import averaged_params, param_drift
 from jaxtune.lora import merged_params
 from jaxtune.nonfinite import NonFiniteGuard, check_finite_metrics
-from jaxtune.optim import make_optimizer, set_trainable, warmup_cosine, warmup_linear
+from jaxtune.optim import set_trainable
 from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages, with_frozen_layers
 from jaxtune.rules import Rule, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
@@ -46,6 +46,7 @@ from jaxtune.run_data import (PreparedData, _dataset, batch_rows, epoch_batches,
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
 from jaxtune.run_model import build_rules, load_model, with_adapters, with_frozen_bn
+from jaxtune.run_optim import run_optimizer, uses_layer_decay
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
 from jaxtune.run_rehearsal import OLD_HEAD, old_scores, with_rehearsal, without_old_head
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track
@@ -55,36 +56,6 @@ from jaxtune.tasks import IGNORE_INDEX, Task, get_task, scored_by_generation
 from jaxtune.train import StagedTrainStep, TrainState, make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-def _uses_layer_decay(optim: OptimConfig, rules: list[Rule]) -> bool:
-    """Whether the optimizer or a rule sets a layer-wise decay (so that layer ids are needed)."""
-    return optim.layer_decay is not None or any(s.layer_decay is not None for _, s in rules)
-
-
-def _schedule(optim: OptimConfig, total_steps: int):
-    warmup = int(round(optim.warmup_fraction * total_steps))
-    if optim.schedule == "constant":
-        return optim.learning_rate
-    if optim.schedule == "warmup_linear":
-        return warmup_linear(optim.learning_rate, warmup, total_steps)
-    if optim.schedule == "warmup_cosine":
-        return warmup_cosine(optim.learning_rate, warmup, total_steps)
-    raise ValueError(f"unknown schedule {optim.schedule!r}; use constant, warmup_linear or warmup_cosine")
-
-
-def _weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.GradientTransformation | None:
-    """The weight-averaging transform of the config (its values were checked by validate_config)."""
-    if optim.weight_average is None:
-        return None
-    decay = optim.weight_average_decay if optim.weight_average == "ema" else None
-    return average_weights(decay, start_step=int(optim.weight_average_start * total_steps), mask=mask)
-
-
-def _optimizer(name: str):
-    if not hasattr(optax, name):
-        raise UserError(f"optim.optimizer {name!r} is not an optax optimizer (e.g. adamw, adam, sgd, lion)")
-    return getattr(optax, name)
 
 
 def check_monitor(monitor: str, task: Task, data: PreparedData) -> None:
@@ -248,21 +219,15 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         from jaxtune.lora_peft import peft_module_names
         peft_module_names(params.adapters, model.config, task.head)   # fails now, not after training
     variables = {**variables, "params": params}
-    table = summary(params, rules, layer_ids=layer_ids if _uses_layer_decay(cfg.optim, rules) else None,
+    table = summary(params, rules, layer_ids=layer_ids if uses_layer_decay(cfg.optim, rules) else None,
                     layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp,
                     batch_stats=variables.get("batch_stats"))
     batches_per_epoch = len(epoch_plan(data, data.train, cfg.data.batch_size, seed=0))
     total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * batches_per_epoch))
     runtime = cfg.optim.unfreezing == "runtime"
-    uses_ids = _uses_layer_decay(cfg.optim, rules) or cfg.optim.unfreezing is not None
-    tx = make_optimizer(params, rules, _optimizer(cfg.optim.optimizer), _schedule(cfg.optim, total_steps),
-                        layer_ids=layer_ids if uses_ids else None, layer_decay=cfg.optim.layer_decay,
-                        runtime=runtime, weight_decay=cfg.optim.weight_decay, l2_sp=cfg.optim.l2_sp,
-                        l2_sp_decoupled=cfg.optim.l2_sp_decoupled)
-    # Leaves the rules let train (at some unfreezing stage) are averaged; rule-frozen ones never move.
-    averaging = _weight_averaging(cfg.optim, total_steps, trainable_mask(params, rules))
-    if averaging is not None:
-        tx = optax.chain(tx, averaging)
+    uses_ids = uses_layer_decay(cfg.optim, rules) or cfg.optim.unfreezing is not None
+    tx = run_optimizer(cfg.optim, params, rules, total_steps, layer_ids=layer_ids if uses_ids else None,
+                       runtime=runtime, layer_decay=cfg.optim.layer_decay, l2_sp=cfg.optim.l2_sp)
     stages = None
     if cfg.optim.unfreezing is not None:
         stages = unfreezing_stages(params, layer_ids, rules, unfreeze_stage_count(cfg.optim),
@@ -593,6 +558,6 @@ def strategy_table(config: ExperimentConfig | str | os.PathLike | dict, override
                                   scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
     rules = build_rules(cfg.optim, model)
     params = with_adapters(variables["params"], rules, getattr(model, "layer_ids", None), cfg.train.seed)
-    layer_ids = getattr(model, "layer_ids", None) if _uses_layer_decay(cfg.optim, rules) else None
+    layer_ids = getattr(model, "layer_ids", None) if uses_layer_decay(cfg.optim, rules) else None
     return summary(params, rules, layer_ids=layer_ids, layer_decay=cfg.optim.layer_decay,
                    l2_sp=cfg.optim.l2_sp, batch_stats=variables.get("batch_stats"))

@@ -59,8 +59,9 @@ from jaxtune.errors import UserError
 from jaxtune.forgetting import param_drift
 from jaxtune.members import make_member_eval_step, make_member_step, stack_members
 from jaxtune.nonfinite import FLAG, NonFiniteGuard, check_finite_metrics
-from jaxtune.optim import (_default_weight_decay, _weight_decay_of, lr_multipliers, make_optimizer, set_l2_sp,
-                           set_lr_multipliers, set_trainable, set_weight_decay)
+from jaxtune.optim import (_default_weight_decay, _weight_decay_of, lr_multipliers, set_l2_sp, set_lr_multipliers,
+                           set_trainable, set_weight_decay)
+from jaxtune.run_optim import optax_constructor, run_optimizer, uses_layer_decay
 from jaxtune.rules import Rule, _resolve, frozen_batch_norm, l2_sp_strength, label_params, leaf_paths, trainable_mask
 from jaxtune.xla_options import step_compiler_options
 from jaxtune.rundir import RunResult, check_run_dir, finished_result, open_run_dir, run_fingerprint
@@ -192,18 +193,13 @@ def _member_opt_state(opt_state: Any, params: Any, setup, layer_ids, lr_0: float
                                                            mults))
     opt_state = set_trainable(opt_state, trainable_mask(params, rules))
     _, found, treedef = _resolve(params, rules)
-    default_wd = _default_weight_decay(_optimizer_fn(optim.optimizer), {"weight_decay": optim.weight_decay})[1]
+    default_wd = _default_weight_decay(optax_constructor(optim.optimizer), {"weight_decay": optim.weight_decay})[1]
     opt_state = set_weight_decay(opt_state, jax.tree_util.tree_unflatten(
         treedef, [_weight_decay_of(s, default_wd) for s in found]))
     if anchored:
         opt_state = set_l2_sp(opt_state, jax.tree_util.tree_unflatten(
             treedef, [0.0 if s.frozen else l2_sp_strength(s, optim.l2_sp) for s in found]))
     return opt_state
-
-
-def _optimizer_fn(name: str):
-    from jaxtune.experiment import _optimizer
-    return _optimizer(name)
 
 
 @dataclasses.dataclass
@@ -222,7 +218,7 @@ def build_member_group(setups: Sequence) -> MemberGroup:
     """One runtime-mode optimizer for all members, each member's strategy in its state's arrays,
     the states stacked (frozen identical parameters shared), the masked vmapped train step and the
     vmapped eval step. ``setups``: :func:`jaxtune.experiment.build` of each member's config."""
-    from jaxtune.experiment import _schedule, _uses_layer_decay, _weight_averaging, with_frozen_bn
+    from jaxtune.experiment import with_frozen_bn
 
     ref, cfgs = setups[0], [s.config for s in setups]
     params = ref.initial_state.params
@@ -235,16 +231,10 @@ def build_member_group(setups: Sequence) -> MemberGroup:
     if ref.config.optim.weight_average is not None and any(m != masks[0] for m in masks):
         raise MembersUnsupported("optim.weight_average averages each member's trainable leaves, and the members "
                                  "train different sets; train them as separate runs", "optim.weight_average")
-    uses_ids = any(_uses_layer_decay(c.optim, s.rules) for c, s in zip(cfgs, setups))
+    uses_ids = any(uses_layer_decay(c.optim, s.rules) for c, s in zip(cfgs, setups))
     layer_ids = ref.layer_ids if uses_ids else None
     optim = ref.config.optim
-    tx = make_optimizer(params, rules, _optimizer_fn(optim.optimizer), _schedule(optim, ref.total_steps),
-                        layer_ids=layer_ids, runtime=True, weight_decay=optim.weight_decay,
-                        l2_sp_decoupled=optim.l2_sp_decoupled)
-    averaging = _weight_averaging(optim, ref.total_steps, trainable_mask(params, ref.rules))
-    if averaging is not None:
-        import optax
-        tx = optax.chain(tx, averaging)
+    tx = run_optimizer(optim, params, rules, ref.total_steps, layer_ids=layer_ids, runtime=True)
     anchored = any(l2_sp_strength(s, 0.0) > 0 for _, s in rules if not s.frozen)
     states = []
     for s in setups:
