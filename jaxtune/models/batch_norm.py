@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -105,3 +106,40 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
         y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.astype(self.dtype)
+
+
+_MOMENTUM_FIELDS = ("bn_momentum", "batch_norm_momentum")   # MobileNetV2 / EfficientNet-Lite / VGG, ResNet
+
+
+def recompute_batch_stats(model: nn.Module, variables: dict, images: Any, batch_size: int = 256) -> dict:
+    """``variables`` with every batch-norm layer's running ``mean`` / ``var`` re-estimated over ``images``
+    (NHWC, normalised as the model expects): the average over batches of each batch's statistics, weighted
+    by batch size (unbiased variance, as training stores it); the weights are unchanged. It is PyTorch's
+    ``torch.optim.swa_utils.update_bn``, for weights whose running statistics lag behind them: after few
+    steps with a small momentum (EfficientNet-Lite keeps 0.99 of the old statistics per step), or averaged
+    weights (EMA, SWA). Frozen layers (``model.frozen_bn``) are re-estimated too.
+
+    Example::
+
+        variables = jt.recompute_batch_stats(model, variables, train_images)
+        logits = model.apply(variables, test_images)    # evaluation with the re-estimated statistics
+    """
+    config = getattr(model, "config", None)
+    field = next((f for f in _MOMENTUM_FIELDS if hasattr(config, f)), None)
+    if field is None or "batch_stats" not in variables:
+        raise UserError(f"recompute_batch_stats needs a jaxtune CNN with batch norm (a config field "
+                        f"{' or '.join(_MOMENTUM_FIELDS)} and variables['batch_stats']); got {type(model).__name__} "
+                        f"with variables {sorted(variables)}")
+    count = len(images)
+    if count == 0 or batch_size < 1:
+        raise UserError(f"recompute_batch_stats needs images and batch_size >= 1, got {count} images, "
+                        f"batch_size={batch_size}")
+    probe = model.clone(config=dataclasses.replace(config, **{field: 1.0}), frozen_bn=False)
+    total = None
+    for start in range(0, count, batch_size):
+        chunk = images[start:start + batch_size]
+        _, updates = probe.apply(variables, chunk, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(0)})
+        weighted = jax.tree.map(lambda s: s * len(chunk), updates["batch_stats"])
+        total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
+    return {**variables, "batch_stats": jax.tree.map(lambda s: s / count, total)}
