@@ -55,6 +55,7 @@ class Model:
 
     family: Family
     max_length: int | None = None   # text: pad every batch to it (one compiled shape)
+    note: str | None = None         # what a reader must know to read its numbers (the protocol section)
 
 
 # One grid for both inits, centred where the two-point grids of 2026-11-30 chose (every choice was at an edge)
@@ -70,7 +71,11 @@ FULL = (
                  CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4)),
     Model(Family("efficientnet_lite0", "cnn", "mnist_mobilenet.yaml",
                  ("model.path=efficientnet_lite0_imagenet", "optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4)),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4),
+          note="its batch norm keeps 0.99 of its running statistics per step (momentum 0.01; MobileNetV2 0.1), "
+               "and evaluation uses them: after 32 steps 72% of them are still ImageNet's (from scratch: mean 0, "
+               "variance 1). `results/bn_statistics.md` measures what that costs: read its numbers, and the "
+               "claims below about it, with that in mind"),
 )
 QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
                    "cnn": ("data.image_size=16", "data.eval_limit=24", "data.test_limit=24", "data.eval_batch_size=24")}
@@ -184,7 +189,7 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
     for m in models:
         lines.append(f"{describe(m.family, 'both inits')}; learning rates, for both inits: "
                      f"{', '.join(f'{lr:g}' for lr in m.family.lrs)}; every weight trains at one rate; no weight "
-                     f"decay on `{NO_DECAY}`.")
+                     f"decay on `{NO_DECAY}`." + (f" Note: {m.note}." if m.note else ""))
     lines += [*(f"- `{name}`: {text}." for name, text in INITS.items()),
               f"- Seeds {', '.join(map(str, seeds))} vary head init (every weight, for scratch), data order and "
               "dropout; `data.seed` 0 picks the training examples of the largest n and, among them, those of a "
