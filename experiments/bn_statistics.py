@@ -81,15 +81,14 @@ def run_cell(model: Model, init: str, seeds: tuple[int, ...], overrides: tuple[s
     cfg = jt.load_config(config, base)
     data = jt.prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
     rows = lambda split: batch_rows(data, split, np.arange(len(split)), len(split))
-    train, test = rows(data.train), rows(data.test)
+    train, test, size = rows(data.train), rows(data.test), cfg.data.eval_batch_size
     record, predict = {"val": [], "test_running": [], "test_recomputed": [], "runner_test": []}, None
     for seed in seeds:
         name = f"{model.name}_{init}_s{seed}"
         result = jt.finetune(config, [*base, f"train.seed={seed}", f"name={name}"], data=data)
         net, variables = jt.from_pretrained(result.paths["export"], task="image_classification",
                                             num_labels=len(data.label_names))
-        recomputed = jt.recompute_batch_stats(net, variables, train["images"], batch_size=cfg.data.eval_batch_size)
-        size = cfg.data.eval_batch_size
+        recomputed = jt.recompute_batch_stats(net, variables, train["images"], batch_size=size)
         predict = predict or jax.jit(lambda v, x, net=net: net.apply(v, x).argmax(-1))   # one architecture per cell
         record["val"].append(float(result.validation_metrics["val_accuracy"]))
         record["runner_test"].append(float(result.test_metrics["accuracy"]))
