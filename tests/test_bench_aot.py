@@ -40,7 +40,7 @@ def test_a_failing_compile_is_recorded_and_the_rest_go_on(monkeypatch):
                                      "float32", log=lambda _: None)
     assert records[0]["error"] == "RuntimeError: boom in frozen" and records[0]["peak_memory_bytes"] is None
     assert records[1]["error"] is None and records[1]["peak_memory_bytes"] > 0
-    assert "**failed**: RuntimeError: boom in frozen" in bench_bench_aot.markdown(
+    assert "**failed**: RuntimeError: boom in frozen" in bench_aot.markdown(
         records, {"target": "cpu", "date": "d", "jax": "j", "host": "h", "device": "cpu", "compute_dtype": "float32",
                   "attention": "auto", "xla_flags": ""})
 
