@@ -47,6 +47,8 @@ from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, f
                             read_result, run_fingerprint)  # read_result, run_fingerprint: re-exported
 from jaxtune.run_model import build_rules, load_model, with_adapters, with_frozen_bn
 from jaxtune.run_optim import run_optimizer, uses_layer_decay
+from jaxtune.run_optim import (learning_rate_schedule as _schedule, optax_constructor as _optimizer,  # re-exported
+                               uses_layer_decay as _uses_layer_decay, weight_averaging as _weight_averaging)
 from jaxtune.run_outputs import export_config, export_model, write_outputs  # export_config, export_model: re-exported
 from jaxtune.run_rehearsal import OLD_HEAD, old_scores, with_rehearsal, without_old_head
 from jaxtune.runlog import NullLogger, RunLogger, progress_bar, track

@@ -72,9 +72,19 @@ def run_optimizer(optim: OptimConfig, params: Any, rules: Sequence[Rule], total_
     tx = make_optimizer(params, rules, optax_constructor(optim.optimizer), learning_rate_schedule(optim, total_steps),
                         layer_ids=layer_ids, layer_decay=layer_decay, runtime=runtime,
                         weight_decay=optim.weight_decay, l2_sp=l2_sp, l2_sp_decoupled=optim.l2_sp_decoupled)
+    averaging = weight_averaging(optim, total_steps, trainable_mask(params, rules))
+    return tx if averaging is None else optax.chain(tx, averaging)
+
+
+def weight_averaging(optim: OptimConfig, total_steps: int, mask: Any) -> optax.GradientTransformation | None:
+    """The ``optim.weight_average`` transform (EMA with ``weight_average_decay``, or uniform) over the
+    leaves ``mask`` flags, from ``weight_average_start`` of ``total_steps``; None without averaging.
+
+    Example::
+
+        averaging = weight_averaging(cfg.optim, 1000, jt.trainable_mask(params, rules))
+    """
     if optim.weight_average is None:
-        return tx
+        return None
     decay = optim.weight_average_decay if optim.weight_average == "ema" else None
-    averaging = average_weights(decay, start_step=int(optim.weight_average_start * total_steps),
-                                mask=trainable_mask(params, rules))
-    return optax.chain(tx, averaging)
+    return average_weights(decay, start_step=int(optim.weight_average_start * total_steps), mask=mask)
