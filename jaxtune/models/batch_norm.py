@@ -135,11 +135,11 @@ def recompute_batch_stats(model: nn.Module, variables: dict, images: Any, batch_
         raise UserError(f"recompute_batch_stats needs images and batch_size >= 1, got {count} images, "
                         f"batch_size={batch_size}")
     probe = model.clone(config=dataclasses.replace(config, **{field: 1.0}), frozen_bn=False)
+    batch_stats = jax.jit(lambda x: probe.apply(variables, x, train=True, mutable=["batch_stats"],
+                                                rngs={"dropout": jax.random.key(0)})[1]["batch_stats"])
     total = None
     for start in range(0, count, batch_size):
         chunk = images[start:start + batch_size]
-        _, updates = probe.apply(variables, chunk, train=True, mutable=["batch_stats"],
-                                 rngs={"dropout": jax.random.key(0)})
-        weighted = jax.tree.map(lambda s: s * len(chunk), updates["batch_stats"])
+        weighted = jax.tree.map(lambda s: s * len(chunk), batch_stats(chunk))
         total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
     return {**variables, "batch_stats": jax.tree.map(lambda s: s / count, total)}
