@@ -138,6 +138,7 @@ from jaxtune.models.resnet import ResNetConfig, resnet_config
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD
 from jaxtune.models._cnn import normalize_images
 from jaxtune.models.batch_norm import recompute_batch_stats
+from jaxtune.models.fast_conv import conv_implementation
 from jaxtune.models.embed import Embed, embedding_lookup
 from jaxtune.models.mobilenet import mobilenet_v2_imagenet
 from jaxtune.models.efficientnet import efficientnet_lite0_imagenet

@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxtune.models.family import ModelFamily, NameMap, NameRule, flatten_paths, unflatten_paths
 from jaxtune.models.batch_norm import BatchNorm, FrozenBN
+from jaxtune.models.fast_conv import DepthwiseConv, PointwiseConv
 from jaxtune.rules import Settings, settings
 from jaxtune.torch_checkpoint import load_torch_state_dict
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD  # torchvision's ImageNet mean/std
@@ -67,7 +68,9 @@ class ConvBN(nn.Module):
     (``"SAME"`` is TensorFlow's asymmetric same-padding, as EfficientNet-Lite's TF-ported weights need).
     Batch norm is :class:`jaxtune.models.resnet.BatchNorm` (PyTorch semantics; ``bn_momentum`` is
     PyTorch's); with ``frozen_bn`` (``True``, or a set of batch-norm module paths naming this ``bn``) it
-    uses and keeps the running statistics even when ``train=True``.
+    uses and keeps the running statistics even when ``train=True``. ``groups`` is 1 or, for a depthwise
+    layer, the number of channels. Depthwise and 1x1 stride-1 layers are
+    :class:`~jaxtune.models.fast_conv.DepthwiseConv` / :class:`~jaxtune.models.fast_conv.PointwiseConv` (fast on CPU).
     Submodules are named ``conv`` and ``bn``.
     """
 
@@ -86,9 +89,17 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool = False):
         pad = (self.kernel_size - 1) // 2
         padding = ((pad, pad), (pad, pad)) if self.padding is None else self.padding
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding,
-                    feature_group_count=self.groups, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=TORCH_CONV_INIT, name="conv")(x)
+        if self.groups == 1 and self.kernel_size == 1 and self.strides == 1:
+            x = PointwiseConv(self.features, self.dtype, TORCH_CONV_INIT, name="conv")(x)
+        elif self.groups == 1:
+            x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding,
+                        use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=TORCH_CONV_INIT,
+                        name="conv")(x)
+        elif self.groups == self.features == x.shape[-1]:
+            x = DepthwiseConv(self.kernel_size, self.strides, padding, self.dtype, TORCH_CONV_INIT, name="conv")(x)
+        else:
+            raise ValueError(f"ConvBN groups={self.groups}: only 1 or depthwise (groups = features = input channels "
+                             f"= {x.shape[-1]}) are supported, got features={self.features}")
         x = BatchNorm(self.bn_epsilon, self.bn_momentum, self.dtype, self.frozen_bn, name="bn")(
             x, use_running_average=not train)
         return x if self.activation is None else self.activation(x)
