@@ -51,7 +51,7 @@ import time
 import numpy as np
 
 import protocol
-from runs import Cells, Family, describe, steps_for
+from runs import Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -115,7 +115,7 @@ FULL = (  # two-point grids took 43.2 min on 2 quiet cores (54 and 71 CPU-s per 
                  (100, 500), (3e-5, 1e-4, 3e-4, 1e-3), batch_size=16, epochs=1, min_steps=32, evals=2),
           r"classifier/.*", r".*/(bias|LayerNorm/scale)", PROBE_LRS, max_length=40),
     Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("data.image_size=48", "data.eval_limit=200"),
-                 (100, 1000), (1e-3, 3e-3, 1e-2), batch_size=32, epochs=1, min_steps=32, evals=2),
+                 (100, 1000), (1e-3, 3e-3, 1e-2), batch_size=32, epochs=1, min_steps=32, evals=2, recompute_bn=True),
           r"classifier_1/.*", r".*/(bias|scale)", (1e-2, 3e-2, 1e-1)),
 )
 QUICK_OVERRIDES = {"text": ("data.max_length=16", "data.eval_limit=24", "data.test_limit=24"),
@@ -181,7 +181,7 @@ def depends_on(model: Model, n: int, seeds: tuple[int, ...]) -> list:
     """What the numbers of a (model, n, strategy) cell depend on: the key of its cache file."""
     f = model.family
     return [f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, model.probe_lrs, DECAYS, seeds,
-            STAGES]
+            STAGES, *bn_key(f)]
 
 
 def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
@@ -201,7 +201,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
         nonlocal trainer
         if trainer is None:
             trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
-                                    model.max_length)
+                                    model.max_length, family.recompute_bn)
         rows = subset(len(trainer.data.train), n, cfg.data.seed)
         return run_strategy(trainer, model, strategy, rows, steps, seeds)
 

@@ -9,11 +9,15 @@ times its layer-decay factors, as multipliers), structural trainable masks (froz
 gradient and are stored once), frozen batch norm for frozen layers (``jt.frozen_batch_norm``) and
 stage-fresh gradual unfreezing (``jt.unfreezing_stages``: a structural step per stage). Each
 member has its own data order (``jt.epoch_seed``), dropout key and evaluation; it keeps its best
-validation-accuracy point, where the test split is evaluated once.
+validation-accuracy point, where the test split is evaluated once. With ``recompute_bn`` (CNNs),
+every evaluation first re-estimates each member's batch-norm statistics over its training examples
+(``jt.batch_statistics``, vmapped; frozen layers keep theirs), as PyTorch's ``update_bn`` does:
+after a few dozen steps the running statistics still lag far behind the weights
+(``results/bn_statistics.md``).
 
 Example::
 
-    trainer = MemberTrainer(cfg, data, seeds=(0, 1, 2), max_length=48)
+    trainer = MemberTrainer(cfg, data, seeds=(0, 1, 2), max_length=48)     # images: max_length=None, recompute_bn=True
     rows = subset(len(data.train), 200, cfg.data.seed)     # data: train_limit=1600 (the largest n); n=200
     out = trainer.run(rules, rows, [(0, 1e-4, None), (0, 3e-4, None)], steps=60, evals=4)   # full: 2 lrs
     out = trainer.run(rules, rows, [(1, 3e-4, 0.8), (2, 3e-4, 0.8)], 60, 4, name="full")     # LLRD 0.8
@@ -32,6 +36,7 @@ import jaxtune as jt
 import protocol
 from jaxtune import metrics
 from jaxtune.experiment import with_frozen_bn
+from jaxtune.models.batch_norm import average_batch_statistics
 from jaxtune.rules import frozen_batch_norm
 from jaxtune.run_model import load_model
 from jaxtune.tasks import get_task
@@ -96,10 +101,13 @@ class MemberTrainer:
         takes the rows: :func:`subset`).
       seeds: ``train.seed`` values: head init, data order and dropout of each member.
       max_length: pad text to this length (one compiled shape); None for images.
+      recompute_bn: re-estimate batch-norm statistics over the training examples before every
+        evaluation (a CNN's); the evaluated statistics are what a member's best point keeps.
     """
 
-    def __init__(self, cfg, data, seeds: Sequence[int], max_length: int | None):
+    def __init__(self, cfg, data, seeds: Sequence[int], max_length: int | None, recompute_bn: bool = False):
         self.cfg, self.data, self.seeds, self.max_length = cfg, data, tuple(seeds), max_length
+        self.recompute_bn = recompute_bn
         self.task = get_task(data.task)
         self.variables = {}
         for seed in self.seeds:
@@ -123,15 +131,29 @@ class MemberTrainer:
         return jt.make_optimizer(self.params, rules, optax.adamw, schedule, weight_decay=optim.weight_decay,
                                  runtime=True)
 
+    def _frozen_model(self, rules, mask):
+        """The model with frozen batch norm where ``mask`` freezes."""
+        return with_frozen_bn(self.model, frozen_batch_norm(self.variables[self.seeds[0]], rules, trainable=mask))
+
     def _step(self, rules, key: tuple, tx, mask, members: int):
-        """The member step of ``mask`` (cached by ``key``): frozen batch norm where ``mask`` freezes."""
+        """The member step of ``mask`` (cached by ``key``)."""
         if key not in self._compiled:
-            variables = self.variables[self.seeds[0]]
-            frozen = frozen_batch_norm(variables, rules, trainable=mask)
-            loss_fn = self.task.loss_fn(with_frozen_bn(self.model, frozen))
+            loss_fn = self.task.loss_fn(self._frozen_model(rules, mask))
             self._compiled[key] = jt.make_member_step(loss_fn, tx, members=members, per_member_batch=True,
                                                       trainable=mask)
         return self._compiled[key]
+
+    def with_recomputed_bn(self, state, rules, key: tuple, mask, images: np.ndarray, members: int):
+        """``state`` with each member's batch-norm statistics re-estimated over ``images`` (the same for
+        every member; layers ``mask`` freezes keep theirs); the statistics pass is cached by ``key``."""
+        key = ("bn", *key)
+        if key not in self._compiled:
+            stats = jt.batch_statistics(self._frozen_model(rules, mask))
+            self._compiled[key] = jt.make_member_eval_step(
+                lambda member, batch: stats({"params": member.params, **member.model_state}, batch), members=members)
+        chunk = self.cfg.data.eval_batch_size
+        batch_stats = average_batch_statistics(lambda a, b: self._compiled[key](state, images[a:b]), len(images), chunk)
+        return state.replace(model_state={**state.model_state, "batch_stats": batch_stats})
 
     def _evaluator(self, members: int):
         key = ("eval", members)
@@ -180,6 +202,7 @@ class MemberTrainer:
         state, orders = jt.stack_members(states, share=share), np.stack(orders, axis=1)   # [steps, members, batch]
         every = max(1, steps // evals)
         best_val = np.full(count, -1.0)
+        bn_images = pad_rows(self.data.train, train_rows, None, 0)["images"] if self.recompute_bn else None
         best = jax.tree_util.tree_map(jnp.copy, (state.params, state.model_state))   # the step donates its input
         for t in range(steps):
             stage = 0 if unfreeze_at is None else jt.unfreezing_stage(t, len(masks), at=unfreeze_at)
@@ -189,10 +212,12 @@ class MemberTrainer:
             state, _ = step(state, {k: np.stack([r[k] for r in rows]) for k in rows[0]})
             if (t + 1) % every and t + 1 != steps:
                 continue
-            val = self.accuracy(state, self.val, count)
+            evaluated = state if bn_images is None else self.with_recomputed_bn(
+                state, rules, (name, steps, count, stage), masks[stage], bn_images, count)
+            val = self.accuracy(evaluated, self.val, count)
             improved = val > best_val
             best_val = np.where(improved, val, best_val)
-            best = _keep_improved(jnp.asarray(improved), best, (state.params, state.model_state))
+            best = _keep_improved(jnp.asarray(improved), best, (evaluated.params, evaluated.model_state))
         params, model_state = best
         test = self.accuracy(state.replace(params=params, model_state=model_state), self.test, count)
         return {"val": best_val.tolist(), "test": test.tolist()}

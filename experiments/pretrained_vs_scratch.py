@@ -40,7 +40,7 @@ import tempfile
 import time
 
 import protocol
-from runs import Cells, Family, describe, steps_for
+from runs import Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -68,10 +68,10 @@ FULL = (
                  (200, 1000, 6400), TEXT_LRS, batch_size=16, epochs=1, min_steps=32, evals=4),
           max_length=40),
     Model(Family("mobilenet_v2", "cnn", "mnist_mobilenet.yaml", ("optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4)),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4, recompute_bn=True)),
     Model(Family("efficientnet_lite0", "cnn", "mnist_mobilenet.yaml",
                  ("model.path=efficientnet_lite0_imagenet", "optim.layer_decay=null", *CNN), (100, 500, 4000),
-                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4),
+                 CNN_LRS, batch_size=32, epochs=1, min_steps=32, evals=4, recompute_bn=True),
           note="its batch norm keeps 0.99 of its running statistics per step (momentum 0.01; MobileNetV2 0.1), "
                "and evaluation uses them: after 32 steps 72% of them are still ImageNet's (from scratch: mean 0, "
                "variance 1). `results/bn_statistics.md` measures what that costs: read its numbers, and the "
@@ -97,7 +97,7 @@ def quick(model: Model, path: str | None) -> Model:
 def depends_on(model: Model, n: int, seeds: tuple[int, ...]) -> list:
     """What the numbers of a (model, n, init) cell depend on: the key of its cache file."""
     f = model.family
-    return [f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, seeds, NO_DECAY]
+    return [f.overrides, max(f.sizes), f.batch_size, steps_for(n, f), f.evals, f.lrs, seeds, NO_DECAY, *bn_key(f)]
 
 
 def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
@@ -120,7 +120,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
         if data is None:
             data = prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
         if init not in trainers:
-            trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length)
+            trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length, family.recompute_bn)
         rows = subset(len(data.train), n, cfg.data.seed)
         run = lambda members: trainers[init].run(rules, rows, members, steps, family.evals, name="full")
         return grid_then_seeds(run, [(lr, None) for lr in family.lrs], seeds)

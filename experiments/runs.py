@@ -41,6 +41,14 @@ class Family:
     epochs: int = 3
     min_steps: int = 100
     evals: int = 8
+    recompute_bn: bool = False          # CNNs: batch-norm statistics re-estimated on the training examples
+                                        # before every evaluation (MemberTrainer)
+
+
+def bn_key(family: Family) -> list:
+    """What batch-norm re-estimation adds to a cell's cache key: nothing when off (older cells keep their
+    names)."""
+    return ["recompute_bn"] if family.recompute_bn else []
 
 
 def steps_for(n: int, family: Family) -> int:
@@ -68,7 +76,9 @@ def describe(family: Family, same_for: str) -> str:
     return (f"- `{family.name}`: `experiments/configs/{family.config}` (its optimizer, schedule, warm-up and weight "
             f"decay) with {', '.join(f'`{o}`' for o in family.overrides)}; n in "
             f"{', '.join(f'{n:,}' for n in family.sizes)}; batch {family.batch_size}; steps per run, the same for "
-            f"{same_for}: {budgets}; {family.evals} validations per run")
+            f"{same_for}: {budgets}; {family.evals} validations per run"
+            + ("; before each, every trained batch-norm layer's statistics are re-estimated on the run's training "
+               "examples (`jt.batch_statistics`)" if family.recompute_bn else ""))
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:

@@ -137,7 +137,7 @@ from jaxtune.models.t5 import T5Config, shift_right, t5_loss
 from jaxtune.models.resnet import ResNetConfig, resnet_config
 from jaxtune.data.image import IMAGENET_MEAN, IMAGENET_STD
 from jaxtune.models._cnn import normalize_images
-from jaxtune.models.batch_norm import recompute_batch_stats
+from jaxtune.models.batch_norm import batch_statistics, recompute_batch_stats
 from jaxtune.models.fast_conv import conv_implementation
 from jaxtune.models.embed import Embed, embedding_lookup
 from jaxtune.models.mobilenet import mobilenet_v2_imagenet

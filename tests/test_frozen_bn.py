@@ -259,7 +259,7 @@ def test_recomputed_statistics_make_evaluation_match_batch_norm_over_the_same_im
     images = jax.random.normal(jax.random.key(1), (64, 16, 16, 3)) * 2.0 + 1.0
     batch_mode, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
     stale_gap = float(jnp.max(jnp.abs(model.apply(variables, images) - batch_mode)))
-    fixed = jt.recompute_batch_stats(model.clone(frozen_bn=True), variables, images, batch_size=64)
+    fixed = jt.recompute_batch_stats(model, variables, images, batch_size=64)
     fixed_gap = float(jnp.max(jnp.abs(model.apply(fixed, images) - batch_mode)))
     assert stale_gap > 1e-2 and fixed_gap < 0.05 * stale_gap, (stale_gap, fixed_gap)   # measured 0.040, 0.0002
     assert jax.tree.structure(fixed) == jax.tree.structure(variables)
@@ -276,6 +276,18 @@ def test_recomputed_statistics_average_the_batches_by_size():
     expected = jax.tree.map(lambda a, b, c: (5 * a + 5 * b + 2 * c) / 12, *parts)
     for got, want in zip(jax.tree.leaves(whole), jax.tree.leaves(expected)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_recomputed_statistics_keep_the_frozen_layers_and_re_estimate_the_others():
+    # float32: a frozen layer's statistics come back bit-identical; every other layer's change.
+    model, variables = _tiny_mobilenet()
+    layers = sorted(_bn_layers(variables))
+    frozen = frozenset(layers[:2])
+    images = jax.random.normal(jax.random.key(3), (8, 16, 16, 3)) * 2.0 + 1.0
+    fixed = jt.recompute_batch_stats(model.clone(frozen_bn=frozen), variables, images)
+    assert _changed_layers(variables["batch_stats"], fixed["batch_stats"]) == set(layers) - frozen
+    everything = jt.recompute_batch_stats(model.clone(frozen_bn=False), variables, images)
+    assert _changed_layers(variables["batch_stats"], everything["batch_stats"]) == set(layers)
 
 
 def test_recompute_batch_stats_refuses_models_without_batch_norm_and_empty_images():

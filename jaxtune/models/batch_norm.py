@@ -14,7 +14,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+import functools
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -111,35 +112,70 @@ class BatchNorm(nn.Module):
 _MOMENTUM_FIELDS = ("bn_momentum", "batch_norm_momentum")   # MobileNetV2 / EfficientNet-Lite / VGG, ResNet
 
 
+def batch_statistics(model: nn.Module) -> Callable[[dict, Any], dict]:
+    """``stats(variables, images) -> batch_stats``, a pure function: every batch-norm layer's mean and
+    unbiased variance over ``images`` (train-mode batch norm, so each layer sees the activations the
+    layers below give in training), in ``variables["batch_stats"]``'s structure. Layers that
+    ``model.frozen_bn`` names keep their running statistics (they normalise with them in training too).
+    Jit or vmap it (members); :func:`recompute_batch_stats` averages it over batches.
+
+    Example::
+
+        stats = jax.jit(batch_statistics(model))
+        means = jax.tree.map(lambda s: s[..., 0], stats(variables, images))
+    """
+    config = getattr(model, "config", None)
+    field = next((f for f in _MOMENTUM_FIELDS if hasattr(config, f)), None)
+    if field is None:
+        raise UserError(f"batch statistics need a jaxtune CNN with batch norm (a config field "
+                        f"{' or '.join(_MOMENTUM_FIELDS)}); got {type(model).__name__}")
+    probe = model.clone(config=dataclasses.replace(config, **{field: 1.0}))
+
+    def stats(variables: dict, images: Any) -> dict:
+        return probe.apply(variables, images, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(0)})[1]["batch_stats"]
+
+    return stats
+
+
+def average_batch_statistics(stats: Callable[[Any], Any], count: int, batch_size: int) -> Any:
+    """The average of ``stats(start, stop)`` (a statistics tree of rows ``start:stop``) over batches of
+    ``batch_size`` of ``count`` rows, each weighted by its size: what :func:`recompute_batch_stats` and
+    the vmapped members of the experiments both compute. Raises on no rows or a batch size below 1.
+
+    Example::
+
+        average_batch_statistics(lambda a, b: stats(variables, images[a:b]), len(images), 256)
+    """
+    if count == 0 or batch_size < 1:
+        raise UserError(f"re-estimating batch-norm statistics needs images and batch_size >= 1, got {count} "
+                        f"images, batch_size={batch_size}")
+    total = None
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        weighted = jax.tree.map(lambda s: s * (stop - start), stats(start, stop))
+        total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
+    return jax.tree.map(lambda s: s / count, total)
+
+
 def recompute_batch_stats(model: nn.Module, variables: dict, images: Any, batch_size: int = 256) -> dict:
     """``variables`` with every batch-norm layer's running ``mean`` / ``var`` re-estimated over ``images``
     (NHWC, normalised as the model expects): the average over batches of each batch's statistics, weighted
     by batch size (unbiased variance, as training stores it); the weights are unchanged. It is PyTorch's
     ``torch.optim.swa_utils.update_bn``, for weights whose running statistics lag behind them: after few
     steps with a small momentum (EfficientNet-Lite keeps 0.99 of the old statistics per step), or averaged
-    weights (EMA, SWA). Frozen layers (``model.frozen_bn``) are re-estimated too.
+    weights (EMA, SWA). Layers that ``model.frozen_bn`` names keep their statistics, as in training (a
+    frozen backbone's features stay those its head learnt on); ``model.clone(frozen_bn=False)``
+    re-estimates them too.
 
     Example::
 
         variables = jt.recompute_batch_stats(model, variables, train_images)
         logits = model.apply(variables, test_images)    # evaluation with the re-estimated statistics
     """
-    config = getattr(model, "config", None)
-    field = next((f for f in _MOMENTUM_FIELDS if hasattr(config, f)), None)
-    if field is None or "batch_stats" not in variables:
-        raise UserError(f"recompute_batch_stats needs a jaxtune CNN with batch norm (a config field "
-                        f"{' or '.join(_MOMENTUM_FIELDS)} and variables['batch_stats']); got {type(model).__name__} "
-                        f"with variables {sorted(variables)}")
-    count = len(images)
-    if count == 0 or batch_size < 1:
-        raise UserError(f"recompute_batch_stats needs images and batch_size >= 1, got {count} images, "
-                        f"batch_size={batch_size}")
-    probe = model.clone(config=dataclasses.replace(config, **{field: 1.0}), frozen_bn=False)
-    batch_stats = jax.jit(lambda x: probe.apply(variables, x, train=True, mutable=["batch_stats"],
-                                                rngs={"dropout": jax.random.key(0)})[1]["batch_stats"])
-    total = None
-    for start in range(0, count, batch_size):
-        chunk = images[start:start + batch_size]
-        weighted = jax.tree.map(lambda s: s * len(chunk), batch_stats(chunk))
-        total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
-    return {**variables, "batch_stats": jax.tree.map(lambda s: s / count, total)}
+    if "batch_stats" not in variables:
+        raise UserError(f"recompute_batch_stats needs a jaxtune CNN with batch norm and variables['batch_stats']; "
+                        f"got {type(model).__name__} with variables {sorted(variables)}")
+    stats = jax.jit(functools.partial(batch_statistics(model), variables))
+    return {**variables, "batch_stats": average_batch_statistics(lambda a, b: stats(images[a:b]), len(images),
+                                                                 batch_size)}
