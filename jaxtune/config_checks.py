@@ -191,7 +191,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
     _check_data("data", cfg.data)
     _check_optim(cfg.optim)
     check_number("train.epochs", cfg.train.epochs, low=0.0, low_open=True, error=ConfigError)
-    _check_limits("train", cfg.train, ["max_steps", "eval_every", "log_every", "accumulate"], low=1)
+    _check_limits("train", cfg.train, ["max_steps", "eval_every", "log_every", "accumulate", "recompute_batch_stats"],
+                  low=1)
     _check_limits("train", cfg.train, ["seed"], low=0)
     if cfg.train.compute_dtype is not None:
         check_choice("train.compute_dtype", cfg.train.compute_dtype, FLOAT_DTYPES + (None,), error=ConfigError)

@@ -198,11 +198,15 @@ class TrainConfig:
     default: ``$JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/jaxtune/jit``), a directory, or false
     (see :mod:`jaxtune.compile_cache`). ``gpu_threefry_kernel``: on GPU, random bits (dropout) from
     jaxlib's threefry kernel instead of XLA ops: the same bits, faster compiles (true, the default;
-    :func:`jaxtune.use_gpu_threefry_kernel`).
+    :func:`jaxtune.use_gpu_threefry_kernel`). ``recompute_batch_stats``: a CNN's batch-norm statistics
+    re-estimated over the first N training examples before every evaluation and the export, as PyTorch's
+    ``update_bn`` (for few steps at a small momentum, or averaged weights; :mod:`jaxtune.run_batch_stats`);
+    None keeps the running statistics.
 
     Example::
 
         jt.TrainConfig(max_steps=500, eval_every=50, accumulate=2, seed=1, parallel="dp")
+        jt.TrainConfig(max_steps=32, recompute_batch_stats=1000)      # EfficientNet-Lite after 32 steps
     """
 
     epochs: float = 1.0
@@ -216,6 +220,7 @@ class TrainConfig:
     parallel: str | None = None
     compilation_cache: bool | str = True
     gpu_threefry_kernel: bool = True
+    recompute_batch_stats: int | None = None
 
 
 @dataclasses.dataclass

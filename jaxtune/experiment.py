@@ -41,6 +41,7 @@ from jaxtune.optim import set_trainable
 from jaxtune.qa import qa_run_scores
 from jaxtune.unfreezing import unfreezing_stage, unfreezing_stages, with_frozen_layers
 from jaxtune.rules import Rule, frozen_batch_norm, label_params, leaf_paths, summary, trainable_mask
+from jaxtune.run_batch_stats import BatchStatsRecompute
 from jaxtune.run_data import (PreparedData, _dataset, batch_rows, epoch_batches, epoch_plan,  # re-exported
                               prepare_data)
 from jaxtune.rundir import (RunDirError, RunDirPlan, RunResult, check_run_dir, finished_result, open_run_dir,
@@ -138,6 +139,14 @@ class Setup:
     trainable_params: int
     mesh: Any = None
     rehearsal: Any = None   # the old task of a rehearsing run (jaxtune.run_rehearsal.OldTask)
+    recompute_bn: Any = None   # train.recompute_batch_stats (jaxtune.run_batch_stats.BatchStatsRecompute)
+
+    def evaluated(self, state: TrainState, stage: int = -1) -> TrainState:
+        """The state that validation, test and export read at unfreezing ``stage``: the averaged weights
+        (:func:`evaluation_state`), then batch-norm statistics re-estimated when
+        ``train.recompute_batch_stats`` is set."""
+        state = evaluation_state(self.config, state)
+        return state if self.recompute_bn is None else self.recompute_bn(state, stage)
 
     def place(self, batch: dict) -> dict:
         """``batch`` (held whole by every process) on the run's mesh; itself when there is none."""
@@ -236,6 +245,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
                                    groups=cfg.optim.unfreeze_groups)
         unfreezing_stage(0, len(stages), every=cfg.optim.unfreeze_every or None,  # boundaries checked before training
                          at=unfreeze_boundaries(cfg.optim, batches_per_epoch))
+    recompute_bn = BatchStatsRecompute.for_run(cfg, model, rules, stages, data, model_state)
     fsdp = cfg.train.parallel == "fsdp"
     step_kwargs = dict(accumulate=cfg.train.accumulate, compute_dtype=cfg.train.compute_dtype,
                        **({} if mesh is None else dict(mesh=mesh, fsdp=fsdp)))
@@ -246,7 +256,7 @@ def build(config: ExperimentConfig | str | os.PathLike | dict, overrides: Sequen
         state = shard_train_state(state, mesh, fsdp=fsdp)
     n_trainable = sum(int(np.size(p)) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable_mask(params, rules))) if t)
     return Setup(cfg, data, task, model, rules, layer_ids, table, tx, total_steps, stages, train_step, eval_step,
-                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable, mesh, old)
+                 state, os.path.join(cfg.output_dir, cfg.name), n_trainable, mesh, old, recompute_bn)
 
 
 def _train_step(task: Task, model, variables: dict, rules: list[Rule], tx: optax.GradientTransformation,
@@ -474,7 +484,7 @@ def _train_loop(run: _Run) -> None:
                     bar.update(bar.tasks[0].id, completed=step)  # a live ETA between log points too
                 if step % cfg.train.eval_every == 0 or step == total_steps:
                     guard.check(last_checkpoint=ckpt.latest_step())  # every step up to here is finite
-                    evaluated = evaluation_state(cfg, state)
+                    evaluated = setup.evaluated(state, max(stage, 0))
                     scores, _, _ = evaluate(task, eval_step, evaluated,
                                             track(val_batches, f"{cfg.name}: validation", bar=bar), data.label_names)
                     scores.update(old_scores(setup.rehearsal, evaluated, "validation"))
@@ -509,7 +519,7 @@ def _evaluate(run: _Run) -> tuple[RunResult, np.ndarray, np.ndarray]:
     if best_step is not None and best_step != run.step:
         state, _ = ckpt.restore(best_step, template=state)
     test_batches = epoch_batches(data, data.test, cfg.data.eval_batch_size, seed=None)
-    run.state = evaluation_state(cfg, state)
+    run.state = setup.evaluated(state, max(run.stage, 0))
     test_scores, predictions, references = evaluate(
         setup.task, setup.eval_on_host, run.state,
         track(test_batches, f"{cfg.name}: test", disable=not (cfg.train.progress and main)), data.label_names)
@@ -544,7 +554,7 @@ def evaluate_run(run_dir: str | os.PathLike, step: int | None = None, split: str
         state, _ = ckpt.restore(step, template=setup.initial_state)
     examples = {"train": setup.data.train, "validation": setup.data.validation, "test": setup.data.test}
     batches = epoch_batches(setup.data, examples[split], setup.config.data.eval_batch_size, seed=None)
-    state = evaluation_state(setup.config, state)
+    state = setup.evaluated(state)
     scores, _, _ = evaluate(setup.task, setup.eval_on_host, state, batches, setup.data.label_names)
     return {"step": step, **scores, **answer_scores(setup, state, split)}
 

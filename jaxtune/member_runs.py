@@ -97,6 +97,8 @@ def member_blocker(cfg: ExperimentConfig) -> str | None:
         return "optim.unfreezing (gradual unfreezing changes the frozen set during the run)"
     if cfg.rehearsal is not None:
         return "rehearsal (the members' step does not take the old task's rows)"
+    if cfg.train.recompute_batch_stats is not None:
+        return "train.recompute_batch_stats (the members' evaluation keeps the running statistics)"
     return None
 
 

@@ -78,7 +78,7 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-FINGERPRINT_DEFAULTS: dict[str, Any] = {"model.scan_layers": False}
+FINGERPRINT_DEFAULTS: dict[str, Any] = {"model.scan_layers": False, "train.recompute_batch_stats": None}
 """Keys added to the config after runs were fingerprinted, with their defaults: a key at its default
 is left out of the fingerprint, so that the runs made before it existed keep theirs."""
 
