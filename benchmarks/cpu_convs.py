@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for name in args.models.split(",") for r in time_model(name, args.image_size, args.batch, args.rounds)]
     import jax
 
-    from jaxtune.bench import update_results_md, write_rows_and_table
+    from jaxtune.bench import write_rows_and_table
 
     header = (f"## Mobile CNNs on CPU, XLA convolutions vs the CPU forms: "
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()} "
@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"batch {args.batch} per run, float32, random init; median of {args.rounds}; "
               f"`python benchmarks/cpu_convs.py{' ' + ' '.join(argv) if argv else ''}`)")
     table = markdown(rows, header)
-    write_rows_and_table(args.out, args.name, rows, table)
-    if args.results_md != "none":
-        update_results_md(Path(args.results_md), args.name, table)
+    write_rows_and_table(args.out, args.name, rows, table, results_md=args.results_md)
     print(table)
     return 0
 

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy
     import torch
 
-    from jaxtune.bench import update_results_md, write_rows_and_table
+    from jaxtune.bench import write_rows_and_table
 
     header = (f"## CPU matmul libraries, fp32: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; load average "
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               f"`python benchmarks/cpu_matmul_kernels.py`)\n\nXLA_FLAGS per XLA:CPU row: "
               + "; ".join(f"{name.split(', ')[1]}: `{flags or '(none)'}`" for name, flags in XLA_VARIANTS.items()))
     table = markdown(results, shapes, header)
-    write_rows_and_table(args.out, args.name, [{"library": k, "rows": v} for k, v in results.items()], table)
-    if args.results_md != "none":
-        update_results_md(Path(args.results_md), args.name, table)
+    write_rows_and_table(args.out, args.name, [{"library": k, "rows": v} for k, v in results.items()], table, results_md=args.results_md)
     print(table)
     return 0
 

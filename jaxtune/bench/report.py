@@ -254,9 +254,11 @@ def _write_jsonl(path: Path, rows: Sequence[dict], mode: str = "w") -> None:
             f.write(json.dumps(r, default=float) + "\n")
 
 
-def write_rows_and_table(out: Path, stem: str, rows: Sequence[dict], table: str) -> dict[str, Path]:
+def write_rows_and_table(out: Path, stem: str, rows: Sequence[dict], table: str,
+                         results_md: str | Path | None = None) -> dict[str, Path]:
     """A benchmark script's outputs: ``<out>/<stem>.jsonl`` (one row per line) and ``<out>/<stem>.md``
-    (``table``); returns their paths.
+    (``table``), and the ``stem`` section of ``results_md`` (unless it is None or ``"none"``,
+    :func:`update_results_md`); returns the two paths.
 
     Example::
 
@@ -266,6 +268,8 @@ def write_rows_and_table(out: Path, stem: str, rows: Sequence[dict], table: str)
     paths = {"jsonl": out / f"{stem}.jsonl", "markdown": out / f"{stem}.md"}
     _write_jsonl(paths["jsonl"], rows)
     paths["markdown"].write_text(table)
+    if results_md is not None and str(results_md) != "none":
+        update_results_md(Path(results_md), stem, table)
     return paths
 
 
