@@ -27,15 +27,17 @@ smaller: a seeded subset of those; the same for every seed). Protocol: per (mode
 seed x learning rate of the strategy's grid trains as a member of one vmapped step
 (``experiments/member_trainer.py``: the runner's model loading, loss, optimizer, structural masks,
 frozen batch norm and stage-fresh unfreezing, without its per-run checkpoints and plots);
-``train.seed`` drives head init, data order and dropout. Every strategy gets the same step budget per
+``train.seed`` drives head init, data order and dropout. Before every evaluation a MobileNetV2 run
+re-estimates the statistics of its training batch-norm layers on its n training digits (frozen layers
+keep theirs; ``recompute_bn``, ``experiments/bn_statistics.py`` says why). Every strategy gets the same step budget per
 (model, n); each run keeps its best validation-accuracy point (test evaluated there, once); each
 strategy's grid point is chosen on seed-0 validation accuracy; test accuracy is reported as mean ±
 sample std, with paired differences (same seed) against ``full`` and 95% t-intervals. Each (model, n,
 strategy) is cached as JSON under ``--cache`` (a rerun reads it instead of training; delete it to
 train again). Writes ``experiments/results/freezing.md``, ``.png`` and ``.json``::
 
-    python experiments/freezing.py                    # everything: MiniLM's cells 55.7 min, MobileNetV2's 82.1,
-                                                      # on 2 shared cores, 2026-12-01; cells committed
+    python experiments/freezing.py                    # everything: MiniLM's cells 55.7 min on 2 shared cores,
+                                                      # MobileNetV2's 14.8, 2026-12-01; cells committed
     python experiments/freezing.py --only text        # MiniLM only
     python experiments/freezing.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
         --out /tmp/fz/freezing.md                     # tiny random models, a few steps (the test)
