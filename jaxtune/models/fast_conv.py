@@ -32,6 +32,8 @@ IMPLEMENTATIONS = ("auto", "cpu", "conv")
 """``"cpu"``: the forms written for XLA's CPU backend; ``"conv"``: ``lax.conv_general_dilated``; ``"auto"``:
 ``"cpu"`` when the default backend is the CPU, else ``"conv"``."""
 _default = ["auto"]
+Padding = str | Sequence[tuple[int, int]]
+"""``"SAME"`` / ``"VALID"`` (TensorFlow's) or ``[(top, bottom), (left, right)]``."""
 
 
 @contextlib.contextmanager
@@ -51,7 +53,6 @@ def conv_implementation(name: str) -> Iterator[None]:
         yield
     finally:
         _default.pop()
-Padding = str | Sequence[tuple[int, int]]
 
 
 def _pads(x: jax.Array, kernel_size: int, strides: int, padding: Padding) -> list[tuple[int, int]]:
