@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -176,6 +175,6 @@ def recompute_batch_stats(model: nn.Module, variables: dict, images: Any, batch_
     if "batch_stats" not in variables:
         raise UserError(f"recompute_batch_stats needs a jaxtune CNN with batch norm and variables['batch_stats']; "
                         f"got {type(model).__name__} with variables {sorted(variables)}")
-    stats = jax.jit(functools.partial(batch_statistics(model), variables))
-    return {**variables, "batch_stats": average_batch_statistics(lambda a, b: stats(images[a:b]), len(images),
-                                                                 batch_size)}
+    stats = jax.jit(batch_statistics(model))   # the weights as arguments, not constants folded into the program
+    return {**variables, "batch_stats": average_batch_statistics(lambda a, b: stats(variables, images[a:b]),
+                                                                 len(images), batch_size)}
