@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ class RunLogger:
         self._jsonl.flush()
         os.fsync(self._jsonl.fileno())
         if self._tb is not None:
+            _write_queued_events(self._tb)
             self._tb.flush()
 
     def close(self) -> None:
@@ -107,6 +108,20 @@ class NullLogger:
 
     def close(self) -> None:
         """Does nothing."""
+
+
+def _write_queued_events(writer: Any) -> None:
+    """Waits until a tensorboardX ``SummaryWriter``'s worker thread has written every queued event:
+    its ``flush()`` writes only the events that thread has already dequeued, so under load a flushed
+    file could miss the last ones. The worker is stopped (its stop signal queues behind every event)
+    and a fresh one started on the same queue and file."""
+    events = getattr(writer._get_file_writer(), "event_writer", None)
+    worker = getattr(events, "_worker", None)
+    if worker is None or getattr(events, "_closed", True):
+        return
+    worker.stop()
+    events._worker = type(worker)(events._event_queue, events._ev_writer, events._flush_secs)
+    events._worker.start()
 
 
 def tensorboard_tag(split: str, name: str) -> str:

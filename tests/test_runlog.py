@@ -148,3 +148,17 @@ def test_eta_survives_the_bursts_of_asynchronous_dispatch(capsys, monkeypatch):
             bar.update(bar.tasks[0].id, completed=step)
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == "run: 6/10 steps, elapsed 3:20, ETA 2:32"   # 5 steps in 190 s, 4 to go
+
+
+def test_flush_writes_every_queued_event_before_returning(tmp_path):
+    # tensorboardX's own flush writes only what its worker thread has dequeued; RunLogger.flush waits for
+    # the queue, so all 300 scalars logged just before it are in the file when it returns. (The race shows
+    # only under load, as in a 2-worker CI run; on a quiet machine this passes without the wait too.)
+    with jt.RunLogger(tmp_path) as log:
+        for step in range(1, 301):
+            log.log(step, {"loss": 1.0 / step})
+        log.flush()
+        steps = sorted(e.step for e in _events(tmp_path / "tensorboard") if e.summary.value)
+        assert steps == list(range(1, 301))
+        log.log(301, {"loss": 0.5})   # the fresh worker thread keeps writing
+    assert max(e.step for e in _events(tmp_path / "tensorboard") if e.summary.value) == 301
