@@ -49,11 +49,12 @@ import dataclasses
 import os
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
 import protocol
-from runs import Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND, EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -167,16 +168,13 @@ def grid(model: Model, strategy: str) -> list[tuple[float, float | None]]:
     return [(lr, None) for lr in model.family.lrs]
 
 
-def run_strategy(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int, seeds: tuple[int, ...]) -> dict:
-    """One (n, strategy): ``member_trainer.grid_then_seeds`` over the strategy's grid. Returns
-    ``{"points", "seed0_val", "chosen", "val", "test"}`` (``val`` / ``test``: the chosen point's, one per seed)."""
-    from member_trainer import grid_then_seeds
-
+def strategy_runner(trainer, model: Model, strategy: str, rows: np.ndarray, steps: int) -> Callable[[list], dict]:
+    """The ``run(members)`` of one (n, strategy) (members ``(seed, learning rate, layer decay)``), for
+    ``member_trainer.grid_then_seeds`` over the strategy's grid and ``extend_past_edges``."""
     kind = strategy if strategy in ("probe", "top2", "gradual") else "full"   # llrd: full's step, other multipliers
     rules = model.rules(kind, trainer.params, trainer.layer_ids)
     at = unfreeze_at(steps) if strategy == "gradual" else None
-    run = lambda members: trainer.run(rules, rows, members, steps, model.family.evals, unfreeze_at=at, name=kind)
-    return grid_then_seeds(run, grid(model, strategy), seeds)
+    return lambda members: trainer.run(rules, rows, members, steps, model.family.evals, unfreeze_at=at, name=kind)
 
 
 def depends_on(model: Model, n: int, seeds: tuple[int, ...]) -> list:
@@ -191,7 +189,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     ``{n: {"steps", strategy: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
-    from member_trainer import MemberTrainer, subset
+    from member_trainer import MemberTrainer, extend_past_edges, grid_then_seeds, subset
 
     family = model.family
     pool = max(family.sizes)
@@ -199,21 +197,24 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
                          [*family.overrides, f"data.batch_size={family.batch_size}", f"data.train_limit={pool}"])
     trainer = None
 
-    def train(n: int, strategy: str, steps: int) -> dict:
+    def runner(n: int, strategy: str, steps: int) -> Callable[[list], dict]:
         nonlocal trainer
         if trainer is None:
             trainer = MemberTrainer(cfg, prepare_data(cfg.data, cfg.model.path, None, cfg.model.task), seeds,
                                     model.max_length, family.recompute_bn)
         rows = subset(len(trainer.data.train), n, cfg.data.seed)
-        return run_strategy(trainer, model, strategy, rows, steps, seeds)
+        return strategy_runner(trainer, model, strategy, rows, steps)
 
     out = {}
     for n in family.sizes:
         steps = steps_for(n, family)
         out[n] = {"steps": steps}
         for strategy in STRATEGIES:
-            out[n][strategy] = cells.get(cells.path(family.name, n, strategy, depends_on(model, n, seeds)),
-                                         lambda: train(n, strategy, steps), f"{family.name} n={n} {strategy}")
+            out[n][strategy] = cells.get_extended(
+                cells.extended_paths(family.name, n, strategy, depends_on(model, n, seeds)),
+                lambda: grid_then_seeds(runner(n, strategy, steps), grid(model, strategy), seeds),
+                lambda base: extend_past_edges(runner(n, strategy, steps), base, seeds, EXTEND),
+                f"{family.name} n={n} {strategy}")
     return out
 
 
@@ -306,7 +307,8 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
               f"- Seeds {', '.join(map(str, seeds))} vary head init, data order and dropout; `data.seed` 0 picks the "
               "training examples of the largest n (`data.train_limit`) and, among them, those of a smaller n (nested "
               "subsets), the same for every seed. Per (model, n, strategy) every grid point runs with seed "
-              f"{seeds[0]}; the point with the best validation accuracy is chosen and run with the other seeds; "
+              f"{seeds[0]}; the point with the best validation accuracy is chosen ({EXTEND_TEXT}) and run with the "
+              "other seeds; "
               "test accuracy at the chosen point is reported once per seed. The runs of one call train as members "
               "of one vmapped step (`experiments/member_trainer.py`); each run counts at its best validation "
               "point.", ""]

@@ -25,6 +25,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -243,3 +244,54 @@ def grid_then_seeds(run: Callable[[list], dict], points: Sequence[tuple], seeds:
     rest = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
     return {"points": [list(p) for p in points], "seed0_val": first["val"], "chosen": chosen,
             "val": [first["val"][chosen], *rest["val"]], "test": [first["test"][chosen], *rest["test"]]}
+
+
+def next_rate(edge: float, neighbour: float) -> float:
+    """The learning rate one step past ``edge``, away from ``neighbour`` (its grid neighbour): the value
+    of the 1-3-10 sequence nearest the mirror image of ``neighbour`` in log space, and never ``edge``.
+
+    Example::
+
+        >>> next_rate(3e-3, 1e-3), next_rate(1e-4, 3e-4), next_rate(0.03, 0.01)
+        (0.01, 3e-05, 0.1)
+    """
+    mirrored = math.log10(edge) * 2 - math.log10(neighbour)
+    up = mirrored > math.log10(edge)
+    ladder = [m * 10.0 ** k for k in range(math.floor(mirrored) - 1, math.floor(mirrored) + 2) for m in (1, 3)]
+    beyond = [v for v in ladder if (v > edge * 1.0001 if up else v < edge / 1.0001)]
+    return float(f"{min(beyond, key=lambda v: abs(math.log10(v) - mirrored)):.1g}")
+
+
+def extend_past_edges(run: Callable[[list], dict], base: dict, seeds: Sequence[int], times: int) -> dict:
+    """``base`` (a :func:`grid_then_seeds` result over points ``(learning rate, *rest)``) with its grid
+    grown past an edge while the choice sits there: the next rate (:func:`next_rate`) along the chosen
+    point's line (the same ``rest``, e.g. layer decay) runs with the first seed, the best validation
+    accuracy is chosen again (ties: the earlier point), at most ``times`` times. A grid whose points
+    all tie on validation (every rate stuck at chance) stays. When the choice moves, the other seeds
+    run at the new point. Returns ``base``'s keys with the added points after the others, and
+    ``"added"``: how many.
+
+    Example::
+
+        out = extend_past_edges(run, grid_then_seeds(run, [(1e-4, None), (3e-4, None)], seeds), seeds, times=2)
+        out["points"]         # e.g. [[0.0001, None], [0.0003, None], [0.001, None]]: 3e-4 won, then 1e-3 did not
+    """
+    points, vals, chosen = [list(p) for p in base["points"]], list(base["seed0_val"]), base["chosen"]
+    first_test = {chosen: base["test"][0]}
+    for _ in range(times):
+        lr, *rest = points[chosen]
+        line = sorted(p[0] for p in points if p[1:] == rest)
+        if len(line) < 2 or len(set(vals)) == 1 or line[0] < lr < line[-1]:
+            break
+        new = [next_rate(lr, line[-2] if lr == line[-1] else line[1]), *rest]
+        out = run([(seeds[0], *new)])
+        points.append(new)
+        vals.append(out["val"][0])
+        first_test[len(points) - 1] = out["test"][0]
+        chosen = int(np.argmax(vals))
+    added = len(points) - len(base["points"])
+    if chosen == base["chosen"]:
+        return {**base, "points": points, "seed0_val": vals, "added": added}
+    others = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
+    return {"points": points, "seed0_val": vals, "chosen": chosen, "val": [vals[chosen], *others["val"]],
+            "test": [first_test[chosen], *others["test"]], "added": added}

@@ -42,7 +42,7 @@ import tempfile
 import time
 
 import protocol
-from runs import Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND, EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -107,7 +107,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     ``{n: {"steps", init: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
-    from member_trainer import MemberTrainer, grid_then_seeds, subset
+    from member_trainer import MemberTrainer, extend_past_edges, grid_then_seeds, subset
 
     family = model.family
     cfgs = {init: jt.load_config(os.path.join(HERE, "configs", family.config),
@@ -117,21 +117,24 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     cfg, data, trainers = cfgs["pretrained"], None, {}
     rules = [(NO_DECAY, jt.settings(weight_decay=0.0, name="no_decay")), (".*", jt.settings(name="decay"))]
 
-    def train(n: int, init: str, steps: int) -> dict:
+    def runner(n: int, init: str, steps: int):
         nonlocal data
         if data is None:
             data = prepare_data(cfg.data, cfg.model.path, None, cfg.model.task)
         if init not in trainers:
             trainers[init] = MemberTrainer(cfgs[init], data, seeds, model.max_length, family.recompute_bn)
         rows = subset(len(data.train), n, cfg.data.seed)
-        run = lambda members: trainers[init].run(rules, rows, members, steps, family.evals, name="full")
-        return grid_then_seeds(run, [(lr, None) for lr in family.lrs], seeds)
+        return lambda members: trainers[init].run(rules, rows, members, steps, family.evals, name="full")
 
     out = {n: {"steps": steps_for(n, family)} for n in family.sizes}
     for init in INITS:
         for n in family.sizes:
-            out[n][init] = cells.get(cells.path(family.name, n, init, depends_on(model, n, seeds)),
-                                     lambda: train(n, init, out[n]["steps"]), f"{family.name} n={n} {init}")
+            steps = out[n]["steps"]
+            out[n][init] = cells.get_extended(
+                cells.extended_paths(family.name, n, init, depends_on(model, n, seeds)),
+                lambda: grid_then_seeds(runner(n, init, steps), [(lr, None) for lr in family.lrs], seeds),
+                lambda base: extend_past_edges(runner(n, init, steps), base, seeds, EXTEND),
+                f"{family.name} n={n} {init}")
     return out
 
 
@@ -196,8 +199,8 @@ def protocol_lines(models: list[Model], seeds: tuple[int, ...]) -> list[str]:
               f"- Seeds {', '.join(map(str, seeds))} vary head init (every weight, for scratch), data order and "
               "dropout; `data.seed` 0 picks the training examples of the largest n and, among them, those of a "
               f"smaller n (nested subsets), the same for every seed. Per (model, n, init) every learning rate runs "
-              f"with seed {seeds[0]}; the one with the best validation accuracy is chosen and run with the other "
-              "seeds; test accuracy at the chosen rate is reported once per seed. The runs of one call train as "
+              f"with seed {seeds[0]}; the one with the best validation accuracy is chosen ({EXTEND_TEXT}) and run "
+              "with the other seeds; test accuracy at the chosen rate is reported once per seed. The runs of one call train as "
               "members of one vmapped step (`experiments/member_trainer.py`); each run counts at its best "
               "validation point.", ""]
     return lines

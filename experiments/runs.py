@@ -25,6 +25,10 @@ import numpy as np
 import jaxtune as jt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXTEND = 2   # how many learning rates a grid may grow past its edge (``member_trainer.extend_past_edges``)
+EXTEND_TEXT = (f"when the chosen rate is the grid's lowest or highest, the next rate of the 1-3-10 sequence beyond "
+               f"it (at the chosen decay, if any) runs with the first seed and the choice is made again, up to "
+               f"{EXTEND} times")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +155,24 @@ class Cells:
             json.dump(record, f)
         self.trained += 1
         return record
+
+    def extended_paths(self, name: str, n: int, arm: str, depends_on: list) -> tuple[str, str]:
+        """The files of a cell whose grid grows past its edges: the base grid's (keyed by
+        ``depends_on``) and the grown one's (keyed by it and :data:`EXTEND`)."""
+        return self.path(name, n, arm, depends_on), self.path(name, n, arm, [*depends_on, "extend", EXTEND])
+
+    def get_extended(self, paths: tuple[str, str], train: Callable[[], dict], extend: Callable[[dict], dict],
+                     label: str) -> dict:
+        """The grown cell at ``paths[1]``, or ``extend(base)`` where ``base`` is the base grid's cell at
+        ``paths[0]`` (read, or ``train()``): a grown grid reuses the runs of its base.
+
+        Example::
+
+            paths = cells.extended_paths("minilm", 100, "full", key)
+            raw = cells.get_extended(paths, lambda: grid_then_seeds(run, points, seeds),
+                                     lambda base: extend_past_edges(run, base, seeds, EXTEND), "minilm n=100 full")
+        """
+        return self.get(paths[1], lambda: extend(self.get(paths[0], train, f"{label} (base grid)")), label)
 
     def shown_folder(self) -> str:
         """The cache folder as the results file names it: relative to the repository root when inside it

@@ -19,8 +19,9 @@ from runs import Cells  # noqa: E402
 def test_the_committed_cells_are_the_full_protocols(script, arms):
     module = importlib.import_module(script)
     cells = Cells(os.path.join(EXPERIMENTS, "results", script))
-    needed = {m.family.name: {os.path.basename(cells.path(m.family.name, n, arm, module.depends_on(m, n, (0, 1, 2))))
-                              for n in m.family.sizes for arm in getattr(module, arms)} for m in module.FULL}
+    needed = {m.family.name: {os.path.basename(path) for n in m.family.sizes for arm in getattr(module, arms)
+                              for path in cells.extended_paths(m.family.name, n, arm, module.depends_on(m, n, (0, 1, 2)))}
+              for m in module.FULL}
     committed = {f for f in os.listdir(cells.folder) if f.endswith(".json")}
     assert committed <= set().union(*needed.values()), "stale cells: rerun the experiment and commit its new cells"
     with open(os.path.join(EXPERIMENTS, "results", f"{script}.json"), encoding="utf-8") as f:
