@@ -82,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values of the B runs")
     parser.add_argument("--learning-rates", default="2e-4,5e-4,1e-3", help="plain B's grid (B validation F1)")
-    parser.add_argument("--lora-learning-rates", default="5e-4,1e-3,2e-3")
-    parser.add_argument("--l2sp", default="0.01,0.1,1", help="coupled L2-SP strengths (validation A + B)")
+    # 4e-3 and strength 0.001 added on 2026-12-01: LoRA chose 2e-3 and coupled L2-SP 0.01, each its grid's edge
+    parser.add_argument("--lora-learning-rates", default="5e-4,1e-3,2e-3,4e-3")
+    parser.add_argument("--l2sp", default="0.001,0.01,0.1,1", help="coupled L2-SP strengths (validation A + B)")
     parser.add_argument("--l2sp-decoupled", default="1,10,100", help="decoupled L2-SP strengths (validation A + B)")
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
@@ -155,7 +156,11 @@ class Experiment:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
-        record = compute()
+        return self.write(key, compute())
+
+    def write(self, key: str, record: dict) -> dict:
+        """Stores ``record`` as the cache's JSON record ``key`` (replacing it) and returns it."""
+        path = os.path.join(self.args.cache, f"{key}.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1, sort_keys=True, default=float)
@@ -213,7 +218,7 @@ def select(exp: Experiment, name: str, candidates: dict[str, list[str]], objecti
 
     scores = {label: value(label) for label in candidates}
     chosen = max(scores, key=lambda label: scores[label])
-    exp.cached(f"{name}/selection", lambda: {"objective": objective, "scores": scores, "chosen": chosen})
+    exp.write(f"{name}/selection", {"objective": objective, "scores": scores, "chosen": chosen})   # grids may grow
     return chosen
 
 
