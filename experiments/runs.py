@@ -142,19 +142,9 @@ class Cells:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-            self.read_seconds.append(record.get("seconds"))
-            return record
+            return self._read(path)
         start = time.time()
-        record = compute()
-        record["seconds"] = round(time.time() - start, 1)
-        print(f"{label}: val {[round(v, 4) for v in record['val']]} ({record['seconds']:.0f} s)", flush=True)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        self.trained += 1
-        return record
+        return self._write(path, compute(), time.time() - start, label)
 
     def extended_paths(self, name: str, n: int, arm: str, depends_on: list) -> tuple[str, str]:
         """The files of a cell whose grid grows past its edges: the base grid's (keyed by
@@ -163,8 +153,9 @@ class Cells:
 
     def get_extended(self, paths: tuple[str, str], train: Callable[[], dict], extend: Callable[[dict], dict],
                      label: str) -> dict:
-        """The grown cell at ``paths[1]``, or ``extend(base)`` where ``base`` is the base grid's cell at
-        ``paths[0]`` (read, or ``train()``): a grown grid reuses the runs of its base.
+        """The grown cell at ``paths[1]``, or ``extend(base)`` where ``base`` is the base grid's record
+        at ``paths[0]`` (read, or ``train()`` and written there): a grown grid reuses the runs of its
+        base. One cell: its ``"seconds"`` are the base grid's and the growth's together.
 
         Example::
 
@@ -172,7 +163,37 @@ class Cells:
             raw = cells.get_extended(paths, lambda: grid_then_seeds(run, points, seeds),
                                      lambda base: extend_past_edges(run, base, seeds, EXTEND), "minilm n=100 full")
         """
-        return self.get(paths[1], lambda: extend(self.get(paths[0], train, f"{label} (base grid)")), label)
+        if os.path.exists(paths[1]):
+            return self._read(paths[1])
+        start, earlier = time.time(), 0.0
+        if os.path.exists(paths[0]):
+            with open(paths[0], encoding="utf-8") as f:
+                base = json.load(f)
+            earlier = base.get("seconds") or 0.0
+        else:
+            base = train()
+            base["seconds"] = round(time.time() - start, 1)
+            self._dump(paths[0], base)
+        return self._write(paths[1], extend(base), earlier + time.time() - start, label)
+
+    def _read(self, path: str) -> dict:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        self.read_seconds.append(record.get("seconds"))
+        return record
+
+    def _write(self, path: str, record: dict, seconds: float, label: str) -> dict:
+        record["seconds"] = round(seconds, 1)
+        print(f"{label}: val {[round(v, 4) for v in record['val']]} ({record['seconds']:.0f} s)", flush=True)
+        self._dump(path, record)
+        self.trained += 1
+        return record
+
+    @staticmethod
+    def _dump(path: str, record: dict) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f)
 
     def shown_folder(self) -> str:
         """The cache folder as the results file names it: relative to the repository root when inside it

@@ -87,10 +87,16 @@ def test_a_grown_cell_reuses_its_cached_base_grid(tmp_path):
     trained = lambda: grid_then_seeds(run, [(1e-3, None), (3e-3, None)], SEEDS)
     grow = lambda base: extend_past_edges(run, base, SEEDS, EXTEND)
     first = cells.get_extended(paths, trained, grow, "m n=100 full")
-    assert os.path.exists(paths[0]) and os.path.exists(paths[1]) and cells.trained == 2
+    assert os.path.exists(paths[0]) and os.path.exists(paths[1]) and cells.trained == 1   # one cell
+    with open(paths[0], encoding="utf-8") as f:
+        base = json.load(f)
+    base["seconds"] = 1000.0
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump(base, f)
     os.remove(paths[1])
     calls.clear()
     again = Cells(str(tmp_path)).get_extended(paths, lambda: pytest.fail("the base grid was cached"), grow, "m")
     assert [c[0][1] for c in calls] == [0.01, 0.03, 0.01]     # only the grown points and the new choice's seeds
     with open(paths[1], encoding="utf-8") as f:
         assert json.load(f)["points"] == again["points"] == first["points"]
+    assert 1000.0 <= again["seconds"] < 1010.0      # the cell's seconds: its base grid's and its growth's
