@@ -227,7 +227,7 @@ def select(raw: dict) -> dict:
             r = by_strategy[s]
             lr, decay = r["points"][r["chosen"]]
             out[n][s] = {"lr": lr, "decay": decay, "test": r["test"], "grid": list(zip(r["points"], r["seed0_val"])),
-                         "chosen": r["chosen"]}
+                         "chosen": r["chosen"], "added": r.get("added", 0)}
     return out
 
 
@@ -277,15 +277,14 @@ def report(results: dict[str, dict]) -> list[str]:
         for n, r in by_n.items():
             acc.append([name, f"{n:,}", r["steps"], *(protocol.format_mean_std(r[s]["test"]) for s in STRATEGIES)])
             diff.append([name, f"{n:,}", *(protocol.format_interval(*d) for d in differences(r).values())])
-            hp += [[name, f"{n:,}", s, ", ".join(f"**{point(*p)}: {v:.4f}**" if i == r[s]["chosen"] else
-                                                f"{point(*p)}: {v:.4f}" for i, (p, v) in enumerate(r[s]["grid"]))]
-                   for s in STRATEGIES]
+            hp += [[name, f"{n:,}", s, protocol.format_grid([p for p, _ in r[s]["grid"]], [v for _, v in r[s]["grid"]],
+                                                            r[s]["chosen"], r[s]["added"], point)] for s in STRATEGIES]
     return ["## Test accuracy (hyperparameters chosen on validation; mean ± sample std over seeds)", "",
             *protocol.markdown_table(["model", "n", "steps", *(label(s) for s in STRATEGIES)], acc), "",
             "## Paired test-accuracy differences against `full` (same seed; mean [95% t-interval])", "",
             *protocol.markdown_table(["model", "n", *(f"{label(s)} - full" for s in COMPARED)], diff), "",
             "## Selection: seed-0 validation accuracy per grid point (learning rate; `llrd`: decay, learning rate; "
-            "the chosen one in bold; test not shown)", "",
+            "the chosen one in bold, points grown past the grid's edge in italics; test not shown)", "",
             *protocol.markdown_table(["model", "n", "strategy", "grid point: validation accuracy"], hp),
             *protocol.edge_lines([(f"{name} n={n:,} {s}", [p[0] for p, _ in r[s]["grid"]], r[s]["lr"],
                                    [v for _, v in r[s]["grid"]])

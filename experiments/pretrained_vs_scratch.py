@@ -173,15 +173,15 @@ def report(results: dict[str, dict]) -> list[str]:
             row = [name, f"{n:,}", r["steps"]]
             for init in INITS:
                 row += [protocol.format_mean_std(r[init]["test"]), f"{r[init]['points'][r[init]['chosen']][0]:g}"]
-                grid.append([name, f"{n:,}", init, ", ".join(
-                    f"**{p[0]:g}: {v:.4f}**" if i == r[init]["chosen"] else f"{p[0]:g}: {v:.4f}"
-                    for i, (p, v) in enumerate(zip(r[init]["points"], r[init]["seed0_val"])))])
+                grid.append([name, f"{n:,}", init, protocol.format_grid(
+                    r[init]["points"], r[init]["seed0_val"], r[init]["chosen"], r[init].get("added", 0))])
             rows.append(row + [protocol.format_interval(*protocol.paired_interval(r["pretrained"]["test"],
                                                                                   r["scratch"]["test"]))])
     return ["## Test accuracy (learning rate chosen on validation; mean ± sample std over seeds)", "",
             *protocol.markdown_table(["model", "n", "steps", "pretrained", "lr", "scratch", "lr",
                                       "pretrained - scratch [95% interval]"], rows), "",
-            "## Selection: seed-0 validation accuracy per learning rate (the chosen one in bold; test not shown)", "",
+            "## Selection: seed-0 validation accuracy per learning rate (the chosen one in bold, rates grown past the "
+            "grid's edge in italics; test not shown)", "",
             *protocol.markdown_table(["model", "n", "init", "learning rate: validation accuracy"], grid),
             *protocol.edge_lines([(f"{name} n={n:,} {init}", [p[0] for p in r[init]["points"]],
                                    r[init]["points"][r[init]["chosen"]][0], r[init]["seed0_val"])

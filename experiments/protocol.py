@@ -237,6 +237,28 @@ def format_interval(mean: float, low: float, high: float, digits: int = 4) -> st
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+def format_grid(points: Sequence[Sequence[Any]], values: Sequence[float], chosen: int, added: int = 0,
+                label: Callable[..., str] = lambda lr, *rest: f"{lr:g}") -> str:
+    """A selection-table cell: ``label(*point): value`` per grid point, ordered by ``(rest, lr)`` of
+    points ``(lr, *rest)``; the chosen one (an index into ``points``) in bold, the last ``added``
+    (grown past the base grid's edge, ``member_trainer.extend_past_edges``) in italics.
+
+    Example::
+
+        >>> format_grid([(1e-3,), (3e-3,), (1e-2,)], [0.5, 0.6, 0.7], chosen=2, added=1)
+        '0.001: 0.5000, 0.003: 0.6000, ***0.01: 0.7000***'
+    """
+    grown = set(range(len(points) - added, len(points)))
+    order = sorted(range(len(points)), key=lambda i: (tuple(-1 if x is None else x for x in points[i][1:]),
+                                                      points[i][0]))
+    cells = []
+    for i in order:
+        text = f"{label(*points[i])}: {values[i]:.4f}"
+        marks = ("**" if i == chosen else "") + ("*" if i in grown else "")
+        cells.append(f"{marks}{text}{marks[::-1]}")
+    return ", ".join(cells)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """A GitHub markdown table as lines (cells through ``str``; ``|`` in a cell is escaped).
 

@@ -51,7 +51,7 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
             "--cnn-model", tiny_experiment_models[1]]
     # everything, then the probe's runs again (structural freezing, frozen batch norm)
     text = rerun_bit_for_bit(freezing.main, argv, out, cache, ("*.json", "*_probe_*.json"))
-    assert len(list(cache.glob("*.json"))) == 2 * 2 * len(freezing.STRATEGIES)   # one per (model, n, strategy)
+    assert len(list(cache.glob("*.json"))) == 2 * 2 * 2 * len(freezing.STRATEGIES)   # base grid + grown, per cell
     assert f"4 (model, n, strategy) results trained now, 16 read from the cache `{cache}`" in out.read_text()
     for expected in ("- command: `python experiments/freezing.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "llrd (decay on val)",

@@ -52,7 +52,7 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     argv = ["--quick", "--out", str(out), "--cache", str(cache), "--text-model", tiny_experiment_models[0],
             "--cnn-model", tiny_experiment_models[1]]
     text = rerun_bit_for_bit(pvs.main, argv, out, cache, ("*.json", "*_scratch_*.json"))  # all, then scratch again
-    assert len(list(cache.glob("*.json"))) == 2 * 2 * len(pvs.INITS)   # one per (model, n, init)
+    assert len(list(cache.glob("*.json"))) == 2 * 2 * 2 * len(pvs.INITS)   # base grid + grown, per cell
     assert f"4 (model, n, init) results trained now, 4 read from the cache `{cache}` (trained in " in out.read_text()
     for expected in ("- command: `python experiments/pretrained_vs_scratch.py --quick --out", "- seeds: 0, 1",
                      "## Test accuracy", "| minilm | 16 | 4 |", "| mobilenet_v2 | 32 | 4 |", "pretrained - scratch",
