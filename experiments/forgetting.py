@@ -82,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values of the B runs")
     parser.add_argument("--learning-rates", default="2e-4,5e-4,1e-3", help="plain B's grid (B validation F1)")
-    # 4e-3 and strength 0.001 added on 2026-12-01: LoRA chose 2e-3 and coupled L2-SP 0.01, each its grid's edge
-    parser.add_argument("--lora-learning-rates", default="5e-4,1e-3,2e-3,4e-3")
+    # Strength 0.001 and LoRA rates 4e-3 and 8e-3 added on 2026-12-01: coupled L2-SP chose 0.01 and LoRA 2e-3, then
+    # 4e-3, each at its grid's edge
+    parser.add_argument("--lora-learning-rates", default="5e-4,1e-3,2e-3,4e-3,8e-3")
     parser.add_argument("--l2sp", default="0.001,0.01,0.1,1", help="coupled L2-SP strengths (validation A + B)")
     parser.add_argument("--l2sp-decoupled", default="1,10,100", help="decoupled L2-SP strengths (validation A + B)")
     parser.add_argument("--ema-decay", type=float, default=0.99)
