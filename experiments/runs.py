@@ -167,8 +167,7 @@ class Cells:
             return self._read(paths[1])
         start, earlier = time.time(), 0.0
         if os.path.exists(paths[0]):
-            with open(paths[0], encoding="utf-8") as f:
-                base = json.load(f)
+            base = self._load(paths[0])
             earlier = base.get("seconds") or 0.0
         else:
             base = train()
@@ -177,10 +176,14 @@ class Cells:
         return self._write(paths[1], extend(base), earlier + time.time() - start, label)
 
     def _read(self, path: str) -> dict:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = self._load(path)
         self.read_seconds.append(record.get("seconds"))
         return record
+
+    @staticmethod
+    def _load(path: str) -> dict:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
 
     def _write(self, path: str, record: dict, seconds: float, label: str) -> dict:
         record["seconds"] = round(seconds, 1)
