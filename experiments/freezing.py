@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 
 import protocol
-from runs import EXTEND, EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -189,7 +189,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     ``{n: {"steps", strategy: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
-    from member_trainer import MemberTrainer, extend_past_edges, grid_then_seeds, subset
+    from member_trainer import MemberTrainer, grown_cell, subset
 
     family = model.family
     pool = max(family.sizes)
@@ -210,11 +210,9 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
         steps = steps_for(n, family)
         out[n] = {"steps": steps}
         for strategy in STRATEGIES:
-            out[n][strategy] = cells.get_extended(
-                cells.extended_paths(family.name, n, strategy, depends_on(model, n, seeds)),
-                lambda: grid_then_seeds(runner(n, strategy, steps), grid(model, strategy), seeds),
-                lambda base: extend_past_edges(runner(n, strategy, steps), base, seeds, EXTEND),
-                f"{family.name} n={n} {strategy}")
+            out[n][strategy] = grown_cell(
+                cells, cells.extended_paths(family.name, n, strategy, depends_on(model, n, seeds)),
+                lambda: runner(n, strategy, steps), grid(model, strategy), seeds, f"{family.name} n={n} {strategy}")
     return out
 
 

@@ -41,7 +41,7 @@ from jaxtune.models.batch_norm import average_batch_statistics
 from jaxtune.rules import frozen_batch_norm
 from jaxtune.run_model import load_model
 from jaxtune.tasks import get_task
-from runs import batch_order
+from runs import EXTEND, batch_order
 
 SCHEDULES = {"warmup_linear": jt.warmup_linear, "warmup_cosine": jt.warmup_cosine}
 
@@ -295,3 +295,18 @@ def extend_past_edges(run: Callable[[list], dict], base: dict, seeds: Sequence[i
     others = run([(seed, *points[chosen]) for seed in seeds[1:]]) if len(seeds) > 1 else {"val": [], "test": []}
     return {"points": points, "seed0_val": vals, "chosen": chosen, "val": [vals[chosen], *others["val"]],
             "test": [first_test[chosen], *others["test"]], "added": added}
+
+
+def grown_cell(cells, paths: tuple[str, str], make_run: Callable[[], Callable[[list], dict]], points: Sequence[tuple],
+               seeds: Sequence[int], label: str) -> dict:
+    """The cell at ``paths`` (``cells.extended_paths``, a :class:`runs.Cells`): :func:`grid_then_seeds`
+    over ``points``, then :func:`extend_past_edges` up to ``runs.EXTEND`` times, each read from the
+    cache when there. ``make_run()`` builds ``run(members)``, only when something trains.
+
+    Example::
+
+        raw = grown_cell(cells, cells.extended_paths("minilm", 100, "full", key), lambda: run, points, seeds,
+                         "minilm n=100 full")
+    """
+    return cells.get_extended(paths, lambda: grid_then_seeds(make_run(), points, seeds),
+                              lambda base: extend_past_edges(make_run(), base, seeds, EXTEND), label)

@@ -42,7 +42,7 @@ import tempfile
 import time
 
 import protocol
-from runs import EXTEND, EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -107,7 +107,7 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     ``{n: {"steps", init: raw}}``."""
     import jaxtune as jt
     from jaxtune.run_data import prepare_data
-    from member_trainer import MemberTrainer, extend_past_edges, grid_then_seeds, subset
+    from member_trainer import MemberTrainer, grown_cell, subset
 
     family = model.family
     cfgs = {init: jt.load_config(os.path.join(HERE, "configs", family.config),
@@ -130,11 +130,9 @@ def run_model(model: Model, seeds: tuple[int, ...], cells) -> dict:
     for init in INITS:
         for n in family.sizes:
             steps = out[n]["steps"]
-            out[n][init] = cells.get_extended(
-                cells.extended_paths(family.name, n, init, depends_on(model, n, seeds)),
-                lambda: grid_then_seeds(runner(n, init, steps), [(lr, None) for lr in family.lrs], seeds),
-                lambda base: extend_past_edges(runner(n, init, steps), base, seeds, EXTEND),
-                f"{family.name} n={n} {init}")
+            out[n][init] = grown_cell(cells, cells.extended_paths(family.name, n, init, depends_on(model, n, seeds)),
+                                      lambda: runner(n, init, steps), [(lr, None) for lr in family.lrs], seeds,
+                                      f"{family.name} n={n} {init}")
     return out
 
 

@@ -339,17 +339,16 @@ def report(chosen: dict, sizes: list[int], total: int, setup: Setup, verdicts: l
     lines += protocol.markdown_table(["labelled tweets", *names], [
         [label(n), *(protocol.format_mean_std(chosen[n, s]["test_f1"]) for s in names)] for n in sizes])
     lines += ["", "## Selection: mean validation accuracy per learning rate (chosen one in bold; test not shown)", ""]
-    rows = []
+    rows, edges = [], []
     for n in sizes:
         for s in names:
             c = chosen[n, s]
-            cells = [f"**{protocol.mean_std(list(c['val'][lr].values()))[0]:.4f}**" if lr == c["lr"] else
-                     f"{protocol.mean_std(list(c['val'][lr].values()))[0]:.4f}" for lr in setup.lrs]
-            rows.append([label(n), s, *cells])
+            means = [protocol.mean_std(list(c["val"][lr].values()))[0] for lr in setup.lrs]
+            rows.append([label(n), s, *(f"**{m:.4f}**" if lr == c["lr"] else f"{m:.4f}"
+                                        for lr, m in zip(setup.lrs, means))])
+            edges.append((f"n={label(n)} {s}", setup.lrs, c["lr"], means))
     lines += protocol.markdown_table(["labelled tweets", "strategy", *(f"lr {lr:g}" for lr in setup.lrs)], rows)
-    lines += protocol.edge_lines([(f"n={label(n)} {s}", setup.lrs, chosen[n, s]["lr"],
-                                   [protocol.mean_std(list(chosen[n, s]["val"][lr].values()))[0] for lr in setup.lrs])
-                                  for n in sizes for s in names])
+    lines += protocol.edge_lines(edges)
     lines += ["", "## Claims", ""]
     lines += [f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in verdicts]
     return lines
