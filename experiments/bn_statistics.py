@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 import protocol
-from runs import Cells
+from runs import Cells, add_verify_argument
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "pretrained", "scratch": "random"}   # arm -> model.init
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "beside --out)")
     parser.add_argument("--out", help="results file (default experiments/results/bn_statistics.md; with --quick a "
                                       "temporary folder); .png and .json go beside it")
+    add_verify_argument(parser)
     args = parser.parse_args(argv)
     if args.quick and not args.cnn_model:
         parser.error("--quick needs --cnn-model (a tiny MobileNetV2 checkpoint)")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
     out = args.out or os.path.join(default_dir, "bn_statistics.md")
     stem = os.path.splitext(out)[0]
-    cells = Cells.for_experiment("bn_statistics", args.cache, out, args.quick)
+    cells = Cells.for_experiment("bn_statistics", args.cache, out, args.quick, args.verify)
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for model in models:

@@ -54,7 +54,7 @@ from typing import Callable
 import numpy as np
 
 import protocol
-from runs import EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND_TEXT, Cells, Family, add_verify_argument, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECAYS = (0.7, 0.8, 0.9)
@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")
     parser.add_argument("--cnn-model", help="model.path for MobileNetV2's runs (e.g. a tiny checkpoint for --quick)")
+    add_verify_argument(parser)
     args = parser.parse_args(argv)
     started, load = time.time(), os.getloadavg()[0]
     command = protocol.command_line("freezing.py", argv)
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
     out = args.out or os.path.join(default_dir, "freezing.md")
     stem = os.path.splitext(out)[0]
-    cells = Cells.for_experiment("freezing", args.cache, out, args.quick)
+    cells = Cells.for_experiment("freezing", args.cache, out, args.quick, args.verify)
     results = {m.family.name: select(run_model(m, seeds, cells)) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Freezing strategies over training-set size", command, seeds, started, load,

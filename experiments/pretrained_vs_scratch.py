@@ -42,7 +42,7 @@ import tempfile
 import time
 
 import protocol
-from runs import EXTEND_TEXT, Cells, Family, bn_key, describe, steps_for
+from runs import EXTEND_TEXT, Cells, Family, add_verify_argument, bn_key, describe, steps_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INITS = {"pretrained": "the shipped pretrained weights, a new head from the seed",
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "--quick a temporary folder); .png and .json go beside it")
     parser.add_argument("--text-model", help="model.path for MiniLM's runs (e.g. a tiny checkpoint for --quick)")
     parser.add_argument("--cnn-model", help="model.path for the CNNs' runs with --quick (a tiny checkpoint)")
+    add_verify_argument(parser)
     args = parser.parse_args(argv)
     started, load = time.time(), os.getloadavg()[0]
     command = protocol.command_line("pretrained_vs_scratch.py", argv)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = os.path.join(tempfile.gettempdir(), "jaxtune_quick") if args.quick else os.path.join(HERE, "results")
     out = args.out or os.path.join(default_dir, "pretrained_vs_scratch.md")
     stem = os.path.splitext(out)[0]
-    cells = Cells.for_experiment("pretrained_vs_scratch", args.cache, out, args.quick)
+    cells = Cells.for_experiment("pretrained_vs_scratch", args.cache, out, args.quick, args.verify)
     results = {m.family.name: run_model(m, seeds, cells) for m in models}
     found = claims(results)
     lines = protocol.header_lines("Pretrained vs from scratch, over training-set size", command, seeds, started,

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from typing import Callable
 
@@ -100,10 +101,25 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
 
 
+def add_verify_argument(parser) -> None:
+    """``--verify REGEX``: the option of every script with a :class:`Cells` cache."""
+    parser.add_argument("--verify", metavar="REGEX",
+                        help="train the cached cells whose label matches REGEX (e.g. 'minilm n=200') again and stop "
+                             "with an error unless every number equals the cached file's")
+
+
+class CellMismatch(RuntimeError):
+    """A cached cell that, trained again, gives other numbers than its file."""
+
+
 class Cells:
     """The per-cell result cache of an experiment (one JSON file per cell, e.g. (model, n, strategy)):
     reads a cell when its file is there, else computes and writes it, and counts both for the
     results file's run line.
+
+    With ``verify`` (a regular expression), a cached cell whose label it matches is trained again and
+    must come out equal to its file, every number exactly (:class:`CellMismatch` otherwise): a check
+    that the committed cells are what the current code computes on this machine.
 
     Example::
 
@@ -114,17 +130,19 @@ class Cells:
     """
 
     @classmethod
-    def for_experiment(cls, name: str, given: str | None, out: str, quick: bool) -> "Cells":
+    def for_experiment(cls, name: str, given: str | None, out: str, quick: bool, verify: str | None = None) -> "Cells":
         """The cache of experiment ``name``: ``given`` when set, else a ``runs`` folder beside the results
         file ``out`` for a ``--quick`` run, else the committed ``experiments/results/<name>``."""
         if given:
-            return cls(given)
+            return cls(given, verify)
         if quick:
-            return cls(os.path.join(os.path.dirname(os.path.abspath(out)), "runs"))
-        return cls(os.path.join(REPO, "experiments", "results", name))
+            return cls(os.path.join(os.path.dirname(os.path.abspath(out)), "runs"), verify)
+        return cls(os.path.join(REPO, "experiments", "results", name), verify)
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, verify: str | None = None):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
+        self.verify = re.compile(verify) if verify else None
+        self.verified: list[tuple[str, float, float | None]] = []      # (label, seconds now, seconds recorded)
 
     def path(self, name: str, n: int, arm: str, depends_on: list) -> str:
         """The JSON file of cell (model ``name``, ``n``, ``arm``), named by a hash of ``depends_on``: what
@@ -142,7 +160,10 @@ class Cells:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
         if os.path.exists(path):
-            return self._read(path)
+            if not self._verifying(label):
+                return self._read(path)
+            start = time.time()
+            return self._check(path, compute(), time.time() - start, label)
         start = time.time()
         return self._write(path, compute(), time.time() - start, label)
 
@@ -163,6 +184,12 @@ class Cells:
             raw = cells.get_extended(paths, lambda: grid_then_seeds(run, points, seeds),
                                      lambda base: extend_past_edges(run, base, seeds, EXTEND), "minilm n=100 full")
         """
+        if os.path.exists(paths[1]) and self._verifying(label):
+            start = time.time()
+            base = train()
+            if os.path.exists(paths[0]):
+                self._check(paths[0], dict(base), time.time() - start, f"{label} (base grid)", count=False)
+            return self._check(paths[1], extend(base), time.time() - start, label)
         if os.path.exists(paths[1]):
             return self._read(paths[1])
         start, earlier = time.time(), 0.0
@@ -174,6 +201,26 @@ class Cells:
             base["seconds"] = round(time.time() - start, 1)
             self._dump(paths[0], base)
         return self._write(paths[1], extend(base), earlier + time.time() - start, label)
+
+    def _verifying(self, label: str) -> bool:
+        return self.verify is not None and self.verify.search(label) is not None
+
+    def _check(self, path: str, record: dict, seconds: float, label: str, count: bool = True) -> dict:
+        """The cached record at ``path`` after checking that ``record`` (just trained, in ``seconds``)
+        equals it in every number (``seconds`` aside)."""
+        cached = self._read(path) if count else self._load(path)
+        fresh = json.loads(json.dumps(record))   # as the file stores it: tuples as lists, floats round-tripped
+        differ = sorted(k for k in (set(cached) | set(fresh)) - {"seconds"} if cached.get(k) != fresh.get(k))
+        if differ:
+            raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "
+                               + "; ".join(f"{k}: now {fresh.get(k)}, file {cached.get(k)}" for k in differ)
+                               + ". The file came from other code, settings or another machine: find the change "
+                               "(git log of experiments/ and jaxtune/), or delete the file to keep the new numbers")
+        print(f"{label}: verified, the same numbers as {os.path.basename(path)} ({seconds:.0f} s now, "
+              f"{cached.get('seconds')} s recorded)", flush=True)
+        if count:
+            self.verified.append((label, round(seconds, 1), cached.get("seconds")))
+        return cached
 
     def _read(self, path: str) -> dict:
         record = self._load(path)
@@ -212,4 +259,7 @@ class Cells:
                 f"`{self.shown_folder()}`")
         if self.read_seconds and None not in self.read_seconds:
             note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
+        if self.verified:
+            note += (f"; {len(self.verified)} of them trained again to the same numbers ("
+                     + ", ".join(f"{label}: {now / 60:.1f} min" for label, now, _ in self.verified) + ")")
         return note

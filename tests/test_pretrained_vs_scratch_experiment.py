@@ -23,6 +23,7 @@ sys.path.insert(0, EXPERIMENTS)
 import index  # noqa: E402
 import pretrained_vs_scratch as pvs  # noqa: E402
 import protocol  # noqa: E402
+from runs import CellMismatch  # noqa: E402
 
 
 def test_scratch_members_start_from_fresh_weights_per_seed(tiny_experiment_models):
@@ -64,6 +65,14 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     assert sidecar["results"] == "results/pretrained_vs_scratch.md" and len(sidecar["claims"]) == 2 * 2
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
     assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/pretrained_vs_scratch.py --quick")
+    assert pvs.main([*argv, "--verify", "minilm n=16 "]) == 0      # both inits trained again: the same numbers
+    assert "2 of them trained again to the same numbers (minilm n=16 pretrained: " in out.read_text()
+    for scratch in cache.glob("minilm_n16_scratch_*.json"):    # the base grid's file and the grown cell's
+        record = json.loads(scratch.read_text())
+        scratch.write_text(json.dumps({**record, "test": [t + 1e-7 for t in record["test"]]}))
+    with pytest.raises(CellMismatch, match=r"cell 'minilm n=16 scratch \(base grid\)' .* differs from its file in "
+                                           r"test: now \[0\.\d+, 0\.\d+\], file"):
+        pvs.main([*argv, "--verify", "minilm n=16 scratch"])
     assert pvs.main([*argv, "--models", "minilm"]) == 0           # one model, from the cache
     assert "| minilm | 16 |" in out.read_text() and "mobilenet_v2" not in out.read_text()
     with pytest.raises(SystemExit):

@@ -1,0 +1,67 @@
+"""experiments/runs.py ``Cells(verify=REGEX)``: a cached cell whose label matches is trained again and
+must equal its file in every number, else ``CellMismatch`` names the cell, its file and the fields that
+differ; other cells are only read. A fake ``run`` stands in for training (values exact, no tolerance)."""
+import json
+import os
+import sys
+
+import pytest
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "experiments")
+sys.path.insert(0, EXPERIMENTS)
+
+from member_trainer import extend_past_edges, grid_then_seeds  # noqa: E402
+from runs import EXTEND, CellMismatch, Cells  # noqa: E402
+from test_grid_extension import SEEDS, fake_run  # noqa: E402
+
+
+def _rewrite(path: str, **changes) -> None:
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    record.update(changes)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+
+
+def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_path):
+    compute = lambda: {"val": [0.5, 0.25], "test": [0.125, 0.75], "points": [(1e-3, None)]}
+    cells = Cells(str(tmp_path))
+    path = cells.path("m", 100, "full", [1])
+    cells.get(path, compute, "m n=100 full")
+    _rewrite(path, seconds=600.0)
+
+    checked = Cells(str(tmp_path), verify="n=100")
+    calls = []
+    record = checked.get(path, lambda: calls.append(1) or compute(), "m n=100 full")
+    assert calls == [1] and record["seconds"] == 600.0 and checked.trained == 0
+    assert [label for label, _, recorded in checked.verified] == ["m n=100 full"]
+    assert "1 of them trained again to the same numbers (m n=100 full: 0.0 min)" in checked.note("results")
+
+    other = Cells(str(tmp_path), verify="n=500")
+    other.get(path, lambda: pytest.fail("a label the pattern does not match is only read"), "m n=100 full")
+    assert other.verified == [] and "trained again" not in other.note("results")
+
+    _rewrite(path, test=[0.125, 0.7500001])
+    with pytest.raises(CellMismatch, match=r"cell 'm n=100 full' \(.*m_n100_full_.*\.json\) trained again differs "
+                                           r"from its file in test: now \[0.125, 0.75\], file \[0.125, 0.7500001\]"):
+        Cells(str(tmp_path), verify="full").get(path, compute, "m n=100 full")
+
+
+def test_a_grown_cell_checks_its_base_grid_and_its_growth(tmp_path):
+    calls = []
+    run = fake_run(1e-2, calls)
+    trained = lambda: grid_then_seeds(run, [(1e-3, None), (3e-3, None)], SEEDS)
+    grow = lambda base: extend_past_edges(run, base, SEEDS, EXTEND)
+    cells = Cells(str(tmp_path))
+    paths = cells.extended_paths("m", 100, "full", [[1e-3, 3e-3], list(SEEDS)])
+    first = cells.get_extended(paths, trained, grow, "m n=100 full")
+
+    calls.clear()
+    checked = Cells(str(tmp_path), verify="^m ")
+    assert checked.get_extended(paths, trained, grow, "m n=100 full") == first
+    assert len(calls) == 5 and len(checked.verified) == 1       # base grid, its seeds, 2 grown points, new seeds
+
+    _rewrite(paths[0], seed0_val=[0.7, 0.8])
+    with pytest.raises(CellMismatch, match=r"'m n=100 full \(base grid\)'.* seed0_val: now \[0\.8, 0\.847712\], "
+                                           r"file \[0\.7, 0\.8\]"):
+        Cells(str(tmp_path), verify="full").get_extended(paths, trained, grow, "m n=100 full")
