@@ -43,6 +43,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -152,12 +153,14 @@ class Experiment:
                          "train.progress=false", *overrides])
 
     def cached(self, key: str, compute) -> dict:
-        """The JSON record ``key`` from the cache, computed (and stored) when missing."""
+        """The JSON record ``key`` from the cache, computed (and stored, with its ``seconds``) when missing."""
         path = os.path.join(self.args.cache, f"{key}.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
-        return self.write(key, compute())
+        start = time.time()
+        record = compute()
+        return self.write(key, {**record, "seconds": round(time.time() - start, 1)})
 
     def write(self, key: str, record: dict) -> dict:
         """Stores ``record`` as the cache's JSON record ``key`` (replacing it) and returns it."""
@@ -439,13 +442,31 @@ def claims(rows: dict[str, dict]) -> list[dict]:
     return found
 
 
+def training_time(cache: str) -> str:
+    """How many results the cache holds and what computing them took, from their ``seconds`` (records
+    written before they kept it are counted apart): the same on every rerun from the same cache.
+
+    Example::
+
+        training_time("runs/cache")   # '60 results, computed in 101.2 min (3 of them written before ...)'
+    """
+    seconds = []
+    for folder, _, files in os.walk(cache):
+        for name in sorted(f for f in files if f.endswith(".json") and f != "selection.json"):
+            seconds.append(_load(os.path.join(folder, name)).get("seconds"))
+    unrecorded = sum(s is None for s in seconds)
+    return (f"{len(seconds)} results, computed in {sum(s for s in seconds if s is not None) / 60:.1f} min"
+            + (f" ({unrecorded} of them written before results recorded their time)" if unrecorded else ""))
+
+
 def write_report(exp: Experiment) -> None:
     args, seeds = exp.args, exp.args.seeds
     rows, curves = method_rows(args.cache, seeds), wiseft_curves(args.cache, seeds)
     before = exp.cached("A/before", lambda: exp.a_scores(exp.a_params))
     lines = ["# Catastrophic forgetting: tweets (A) then WNUT-16 NER (B), all-MiniLM-L6-v2", "",
              f"Written by `{args.command}` ({platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}) "
-             f"from the cached results in `{os.path.relpath(args.cache, HERE)}`. Seeds {', '.join(map(str, seeds))} "
+             f"from the cached results in `{os.path.relpath(args.cache, HERE)}` "
+             f"({training_time(args.cache)}). Seeds {', '.join(map(str, seeds))} "
              "(`train.seed` of the B runs: head init, batch order, dropout); A trained once (seed 0).", "",
              f"A before B: test accuracy {before['a_test']:.4f} on {len(exp.a_setup.data.test)} tweets (the whole "
              f"test split{' of --quick' if args.quick else ''}). B: from A's export, {args.b_epochs:g} epochs for "

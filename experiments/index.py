@@ -164,7 +164,9 @@ def render(root: str = HERE) -> str:
              "**not shown** "
              "(anything else). Under the protocol (`experiments/protocol.py`): at least 3 seeds varying head "
              "init, data order and dropout; hyperparameters chosen on validation only; test mean ± sample std; "
-             "paired differences with 95% t-intervals.", "",
+             "paired differences with 95% t-intervals. Scripts that keep a result per cell (a JSON file under "
+             "`experiments/results/<experiment>/`) read it instead of training; with `--verify REGEX` they train "
+             "the cells whose label matches again and stop with an error unless every number equals the file's.", "",
              "## Claims under the protocol", "",
              "| claim | verdict | numbers | command | results |", "|---|---|---|---|---|"]
     for record in records:

@@ -57,6 +57,7 @@ import jaxtune as jt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import protocol  # noqa: E402
+from runs import cache_note  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -176,6 +177,7 @@ class Experiment:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.trained, self.read_seconds = 0, []   # runs trained now; read ones' seconds (for the run line)
         self.overrides, self.configs, self.data, self.baselines = {}, {}, {}, {}
         for key in args.datasets:
             spec = DATASETS[key]
@@ -205,8 +207,10 @@ class Experiment:
             if record.get("settings") != self.settings(key):
                 raise SystemExit(f"{path} holds a run with other settings than this invocation's ({key}: model, data, "
                                  "optimizer or steps differ); delete it, or pass another --cache for this setup")
+            self.read_seconds.append(record.get("seconds"))
             return record
         record = self._train(key, lr, warmup, seed, name.replace("/", "_"))
+        self.trained += 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1, sort_keys=True)
@@ -417,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     found = claims(grid, args.datasets, args.learning_rates, args.seeds)
     stem = os.path.splitext(args.out)[0]
     title = "Learning rate x warm-up: stability of MiniLM fine-tuning on tweets and WNUT-16 NER"
-    lines = protocol.header_lines(title, args.command, args.seeds, started, load, ("tokenizers", "scipy", "matplotlib"))
+    lines = protocol.header_lines(title, args.command, args.seeds, started, load, ("tokenizers", "scipy", "matplotlib"),
+                                  cache_note("runs", exp.trained, exp.read_seconds, args.cache))
     lines += setup_lines(exp) + report(exp, grid, found)
     lines += ["", f"![test metric vs learning rate]({os.path.basename(stem)}.png)"]
     plot_panels(f"{stem}.png", grid, {key: exp.title(key) for key in args.datasets}, args.learning_rates, args.seeds,

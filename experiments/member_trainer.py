@@ -7,7 +7,9 @@ same pieces as the runner: ``load_model`` (a new head from ``jt.seed_stream(seed
 task's loss and evaluation, ``jt.make_optimizer`` in runtime mode (each member's learning rate,
 times its layer-decay factors, as multipliers), structural trainable masks (frozen leaves get no
 gradient and are stored once), frozen batch norm for frozen layers (``jt.frozen_batch_norm``) and
-stage-fresh gradual unfreezing (``jt.unfreezing_stages``: a structural step per stage). Each
+stage-fresh gradual unfreezing (``jt.unfreezing_stages``: a structural step per stage), and the
+runner's compile settings (``train.compilation_cache``: a step compiled by an earlier cell or run is
+read from JAX's persistent cache; it computes the same). Each
 member has its own data order (``jt.epoch_seed``), dropout key and evaluation; it keeps its best
 validation-accuracy point, where the test split is evaluated once. With ``recompute_bn`` (CNNs),
 every evaluation first re-estimates each member's batch-norm statistics over its training examples
@@ -107,6 +109,7 @@ class MemberTrainer:
     """
 
     def __init__(self, cfg, data, seeds: Sequence[int], max_length: int | None, recompute_bn: bool = False):
+        jt.use_run_compile_settings(cfg.train)   # as the runner: compiled steps from the persistent cache
         self.cfg, self.data, self.seeds, self.max_length = cfg, data, tuple(seeds), max_length
         self.recompute_bn = recompute_bn
         self.task = get_task(data.task)

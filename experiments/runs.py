@@ -101,6 +101,39 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     return np.concatenate(epochs)[:needed].reshape(steps, batch_size)
 
 
+def shown_path(folder: str) -> str:
+    """``folder`` as a results file names it: relative to the repository root when inside it (the same
+    on every machine), else as given.
+
+    Example::
+
+        >>> shown_path(os.path.join(REPO, "experiments", "results", "lr_warmup"))
+        'experiments/results/lr_warmup'
+    """
+    absolute = os.path.abspath(folder)
+    return os.path.relpath(absolute, REPO) if os.path.commonpath([absolute, REPO]) == REPO else folder
+
+
+def cache_note(what: str, trained: int, read_seconds: list, folder: str) -> str:
+    """The run line's account of a per-run cache: how many ``what`` were trained now and read from
+    ``folder``, with the read ones' training time (``read_seconds``, None where a record has none).
+
+    Example::
+
+        >>> cache_note("runs", 1, [60.0, 120.0], "/tmp/c")
+        '1 runs trained now, 2 read from the cache `/tmp/c` (trained in 3.0 min)'
+        >>> cache_note("runs", 0, [60.0, None], "/tmp/c")
+        '0 runs trained now, 2 read from the cache `/tmp/c` (1 of them without a recorded training time)'
+    """
+    note = f"{trained} {what} trained now, {len(read_seconds)} read from the cache `{shown_path(folder)}`"
+    unrecorded = sum(s is None for s in read_seconds)
+    if read_seconds and not unrecorded:
+        note += f" (trained in {sum(read_seconds) / 60:.1f} min)"
+    elif unrecorded:
+        note += f" ({unrecorded} of them without a recorded training time)"
+    return note
+
+
 def add_verify_argument(parser) -> None:
     """``--verify REGEX``: the option of every script with a :class:`Cells` cache."""
     parser.add_argument("--verify", metavar="REGEX",
@@ -246,19 +279,13 @@ class Cells:
             json.dump(record, f)
 
     def shown_folder(self) -> str:
-        """The cache folder as the results file names it: relative to the repository root when inside it
-        (the same on every machine), else as given."""
-        folder = os.path.abspath(self.folder)
-        inside = os.path.commonpath([folder, REPO]) == REPO
-        return os.path.relpath(folder, REPO) if inside else self.folder
+        """The cache folder as the results file names it (:func:`shown_path`)."""
+        return shown_path(self.folder)
 
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
-        line (the cached cells' training time when every one recorded it)."""
-        note = (f"{self.trained} {what} trained now, {len(self.read_seconds)} read from the cache "
-                f"`{self.shown_folder()}`")
-        if self.read_seconds and None not in self.read_seconds:
-            note += f" (trained in {sum(self.read_seconds) / 60:.1f} min)"
+        line (:func:`cache_note`), and which cells ``verify`` trained again."""
+        note = cache_note(what, self.trained, self.read_seconds, self.folder)
         if self.verified:
             note += (f"; {len(self.verified)} of them trained again to the same numbers ("
                      + ", ".join(f"{label}: {now / 60:.1f} min" for label, now, _ in self.verified) + ")")

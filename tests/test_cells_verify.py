@@ -65,3 +65,13 @@ def test_a_grown_cell_checks_its_base_grid_and_its_growth(tmp_path):
     with pytest.raises(CellMismatch, match=r"'m n=100 full \(base grid\)'.* seed0_val: now \[0\.8, 0\.847712\], "
                                            r"file \[0\.7, 0\.8\]"):
         Cells(str(tmp_path), verify="full").get_extended(paths, trained, grow, "m n=100 full")
+
+
+def test_runs_docstring_examples_hold():
+    """runs.py's examples: cache paths, the cache note (read times summed, unrecorded ones counted),
+    shown paths, step budgets, batch order."""
+    import doctest
+
+    import runs
+
+    assert doctest.testmod(runs).failed == 0
