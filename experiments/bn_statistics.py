@@ -16,8 +16,8 @@ statistics re-estimated over the 500 training images (:func:`jaxtune.recompute_b
 The learning rate is not searched: the comparison is paired on the same weights, and 1e-3 is the rate
 experiment 1 chose on validation for both pretrained CNNs at n = 500. Reported: test accuracy mean ±
 sample std, paired differences (re-estimated - running, same seed) with 95% t-intervals. Each (model,
-init) is cached as JSON under ``--cache``. Writes ``experiments/results/bn_statistics.md``, ``.png``
-and ``.json``::
+init) is cached as JSON under ``--cache`` (``--verify REGEX``: trained again, it must equal its file).
+Writes ``experiments/results/bn_statistics.md``, ``.png`` and ``.json``::
 
     python experiments/bn_statistics.py                  # 12 runs
     python experiments/bn_statistics.py --quick --cnn-model TINY_MOBILENET --out /tmp/bn/bn_statistics.md

@@ -34,7 +34,8 @@ keep theirs; ``recompute_bn``, ``experiments/bn_statistics.py`` says why). Every
 strategy's grid point is chosen on seed-0 validation accuracy; test accuracy is reported as mean ±
 sample std, with paired differences (same seed) against ``full`` and 95% t-intervals. Each (model, n,
 strategy) is cached as JSON under ``--cache`` (a rerun reads it instead of training; delete it to
-train again). Writes ``experiments/results/freezing.md``, ``.png`` and ``.json``::
+train again; ``--verify REGEX`` trains the cells whose label matches again and stops unless they
+equal their files). Writes ``experiments/results/freezing.md``, ``.png`` and ``.json``::
 
     python experiments/freezing.py                    # everything: MiniLM's cells 55.7 min on 2 shared cores,
                                                       # MobileNetV2's 14.8, 2026-12-01; cells committed

@@ -30,6 +30,8 @@ largest n (the per-seed gaps paired by seed). Each (model, n, init) is cached as
                                                                  # EfficientNet-Lite0 (21 min), 2026-12-01
     python experiments/pretrained_vs_scratch.py                  # both (the cache keeps what ran)
     python experiments/pretrained_vs_scratch.py --models minilm,mobilenet_v2    # some of the models
+    python experiments/pretrained_vs_scratch.py --verify "^minilm n=200 "    # train those cells again: the
+                                                                 # same numbers as their files, or an error
     python experiments/pretrained_vs_scratch.py --quick --text-model TINY_BERT --cnn-model TINY_MOBILENET \\
         --out /tmp/pvs/pretrained_vs_scratch.md                  # tiny random models, a few steps (the test)
 """

@@ -419,17 +419,27 @@ def strip_run_line(text: str) -> str:
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
-    """The command that reproduces this run: ``python experiments/<script> <args>``.
+    """The command that reproduces this run: ``python experiments/<script> <args>``, without
+    ``--verify REGEX`` (it trains cached cells again to check them; the file it writes is the same,
+    and its run line says what was checked).
 
     Example::
 
         >>> command_line("word_vectors.py", ["--quick"])
         'python experiments/word_vectors.py --quick'
+        >>> command_line("freezing.py", ["--verify", "n=100", "--only", "cnn", "--verify=probe"])
+        'python experiments/freezing.py --only cnn'
     """
     import shlex
 
-    args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", f"experiments/{script}", *args])
+    args, kept = sys.argv[1:] if argv is None else list(argv), []
+    while args:
+        arg = args.pop(0)
+        if arg == "--verify":
+            args = args[1:]
+        elif not arg.startswith("--verify="):
+            kept.append(arg)
+    return shlex.join(["python", f"experiments/{script}", *kept])
 
 
 def write_sidecar(path: str, *, title: str, command: str, results: str, claims: Sequence[Mapping[str, str]]) -> str:

@@ -2,6 +2,7 @@
 the per-run cache, reruns that only add what is missing; experiments/protocol.py's statistics."""
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     forgetting.main([*common, "--variants", "wiseft"])
     assert "strategy (" not in capsys.readouterr().out
     again = out.read_text()
+    assert re.search(r"from the cached results in `.*` \(\d+ results, computed in \d+\.\d min\)\.", again)
     assert "| rehearsal 5% | f0.05 |" in again and "## WiSE-FT: A's encoder interpolated" in again
     assert "| WiSE-FT, B head | α=" in again and "| WiSE-FT, re-fitted head | α=" in again and "| 0.5 |" in again
     # the file names the command that writes all of it: every variant, not the last invocation's

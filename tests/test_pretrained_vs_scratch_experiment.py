@@ -67,6 +67,7 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/pretrained_vs_scratch.py --quick")
     assert pvs.main([*argv, "--verify", "minilm n=16 "]) == 0      # both inits trained again: the same numbers
     assert "2 of them trained again to the same numbers (minilm n=16 pretrained: " in out.read_text()
+    assert "--verify" not in out.read_text()     # the command that writes the file, as before
     for scratch in cache.glob("minilm_n16_scratch_*.json"):    # the base grid's file and the grown cell's
         record = json.loads(scratch.read_text())
         scratch.write_text(json.dumps({**record, "test": [t + 1e-7 for t in record["test"]]}))
