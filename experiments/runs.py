@@ -175,7 +175,7 @@ class Cells:
     def __init__(self, folder: str, verify: str | None = None):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
         self.verify = re.compile(verify) if verify else None
-        self.verified: list[tuple[str, float, float | None]] = []      # (label, seconds now, seconds recorded)
+        self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
 
     def path(self, name: str, n: int, arm: str, depends_on: list) -> str:
         """The JSON file of cell (model ``name``, ``n``, ``arm``), named by a hash of ``depends_on``: what
@@ -243,7 +243,8 @@ class Cells:
         equals it in every number (``seconds`` aside)."""
         cached = self._read(path) if count else self._load(path)
         fresh = json.loads(json.dumps(record))   # as the file stores it: tuples as lists, floats round-tripped
-        differ = sorted(k for k in (set(cached) | set(fresh)) - {"seconds"} if cached.get(k) != fresh.get(k))
+        same = lambda k: json.dumps(cached.get(k)) == json.dumps(fresh.get(k))   # NaN equals NaN, as in the file
+        differ = sorted(k for k in (set(cached) | set(fresh)) - {"seconds"} if not same(k))
         if differ:
             raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "
                                + "; ".join(f"{k}: now {fresh.get(k)}, file {cached.get(k)}" for k in differ)
@@ -252,7 +253,7 @@ class Cells:
         print(f"{label}: verified, the same numbers as {os.path.basename(path)} ({seconds:.0f} s now, "
               f"{cached.get('seconds')} s recorded)", flush=True)
         if count:
-            self.verified.append((label, round(seconds, 1), cached.get("seconds")))
+            self.verified.append((label, round(seconds, 1)))
         return cached
 
     def _read(self, path: str) -> dict:
@@ -288,5 +289,5 @@ class Cells:
         note = cache_note(what, self.trained, self.read_seconds, self.folder)
         if self.verified:
             note += (f"; {len(self.verified)} of them trained again to the same numbers ("
-                     + ", ".join(f"{label}: {now / 60:.1f} min" for label, now, _ in self.verified) + ")")
+                     + ", ".join(f"{label}: {now / 60:.1f} min" for label, now in self.verified) + ")")
         return note

@@ -34,12 +34,17 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
     calls = []
     record = checked.get(path, lambda: calls.append(1) or compute(), "m n=100 full")
     assert calls == [1] and record["seconds"] == 600.0 and checked.trained == 0
-    assert [label for label, _, recorded in checked.verified] == ["m n=100 full"]
+    assert [label for label, _ in checked.verified] == ["m n=100 full"]
     assert "1 of them trained again to the same numbers (m n=100 full: 0.0 min)" in checked.note("results")
 
     other = Cells(str(tmp_path), verify="n=500")
     other.get(path, lambda: pytest.fail("a label the pattern does not match is only read"), "m n=100 full")
     assert other.verified == [] and "trained again" not in other.note("results")
+
+    nan = lambda: {**compute(), "val": [float("nan"), 0.25]}     # JSON writes NaN; the same NaN is no change
+    nan_path = checked.path("m", 7, "nan", [1])
+    Cells(str(tmp_path)).get(nan_path, nan, "m n=7 nan")
+    assert Cells(str(tmp_path), verify="n=7").get(nan_path, nan, "m n=7 nan")["test"] == [0.125, 0.75]
 
     _rewrite(path, test=[0.125, 0.7500001])
     with pytest.raises(CellMismatch, match=r"cell 'm n=100 full' \(.*m_n100_full_.*\.json\) trained again differs "
