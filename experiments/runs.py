@@ -192,13 +192,12 @@ class Cells:
     def get(self, path: str, compute: Callable[[], dict], label: str) -> dict:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
-        if os.path.exists(path):
-            if not self._verifying(label):
-                return self._read(path)
-            start = time.time()
-            return self._check(path, compute(), time.time() - start, label)
+        cached = os.path.exists(path)
+        if cached and not self._verifying(label):
+            return self._read(path)
         start = time.time()
-        return self._write(path, compute(), time.time() - start, label)
+        record = compute()
+        return (self._check if cached else self._write)(path, record, time.time() - start, label)
 
     def extended_paths(self, name: str, n: int, arm: str, depends_on: list) -> tuple[str, str]:
         """The files of a cell whose grid grows past its edges: the base grid's (keyed by
