@@ -41,9 +41,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +53,9 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import (format_interval, format_mean_std, markdown_table, mean_std, paired_interval, verdict,  # noqa: E402
-                      write_results)
+from protocol import (command_line, format_interval, format_mean_std, markdown_table, mean_std,  # noqa: E402
+                      paired_interval, verdict, write_results)
+from runs import Cells, add_verify_argument, shown_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -99,14 +98,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", default="runs/forgetting", help="run directories (checkpoints, exports)")
     parser.add_argument("--cache", default=os.path.join(HERE, "results", "forgetting"), help="per-run result JSON")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "forgetting.md"))
+    add_verify_argument(parser)
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.command = shlex.join(["python", "experiments/forgetting.py",
-                               *without_variants(sys.argv[1:] if argv is None else argv)])
+    args.command = command_line("forgetting.py", without_variants(sys.argv[1:] if argv is None else argv))
     return args
 
 
@@ -131,12 +130,19 @@ def without_variants(argv: list[str]) -> list[str]:
 
 
 class Experiment:
-    """A's run and evaluation setup, the B runs' common overrides, and the result cache."""
+    """A's run and evaluation setup, the B runs' common overrides, and the result cache.
+
+    With ``--verify REGEX``, a cached result whose key (e.g. ``plain/lr0.0005/seed0``; ``A/before``
+    for A's own scores, which trains A again) matches is computed again, its runs started over, and
+    must equal its file (``runs.Cells``; the ``run`` directory it names may differ)."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.cells = Cells(args.cache, args.verify, unchecked=("run",))
+        self.start_over = False   # True while a --verify'd result is computed: its runs train from step 0
         self.a = self._finetune("tweets_minilm.yaml", "A_tweets", [f"model.path={args.model}",
-                                                                     *(QUICK_A if args.quick else [])])
+                                                                     *(QUICK_A if args.quick else [])],
+                                start_over=self._verifying("A/before"))
         self.a_export = self.a.paths["export"]
         test_limit = [] if args.quick else ["data.test_limit=null"]    # A on the full tweet test split
         self.a_setup = build(os.path.join(self.a.paths["run_dir"], "config.yaml"),
@@ -147,20 +153,22 @@ class Experiment:
                          *(QUICK_B if args.quick else [])]
         self._b_setup = None
 
-    def _finetune(self, config: str, name: str, overrides: list[str]):
+    def _finetune(self, config: str, name: str, overrides: list[str], start_over: bool = False):
         return finetune(os.path.join(CONFIGS, config),
                         [f"name={name}", f"output_dir={self.args.work}", "checkpoint.export_best_hf=true",
-                         "train.progress=false", *overrides])
+                         "train.progress=false", *overrides], overwrite=start_over or self.start_over)
+
+    def _verifying(self, key: str) -> bool:
+        return self.cells.verifying(key) and os.path.exists(os.path.join(self.args.cache, f"{key}.json"))
 
     def cached(self, key: str, compute) -> dict:
-        """The JSON record ``key`` from the cache, computed (and stored, with its ``seconds``) when missing."""
-        path = os.path.join(self.args.cache, f"{key}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        start = time.time()
-        record = compute()
-        return self.write(key, {**record, "seconds": round(time.time() - start, 1)})
+        """The JSON record ``key`` from the cache, computed (and stored, with its ``seconds``) when missing,
+        or computed again and checked against it when ``--verify`` matches ``key``."""
+        self.start_over = self._verifying(key)
+        try:
+            return self.cells.get(os.path.join(self.args.cache, f"{key}.json"), compute, key)
+        finally:
+            self.start_over = False
 
     def write(self, key: str, record: dict) -> dict:
         """Stores ``record`` as the cache's JSON record ``key`` (replacing it) and returns it."""
@@ -465,7 +473,7 @@ def write_report(exp: Experiment) -> None:
     before = exp.cached("A/before", lambda: exp.a_scores(exp.a_params))
     lines = ["# Catastrophic forgetting: tweets (A) then WNUT-16 NER (B), all-MiniLM-L6-v2", "",
              f"Written by `{args.command}` ({platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}) "
-             f"from the cached results in `{os.path.relpath(args.cache, HERE)}` "
+             f"from the cached results in `{shown_path(args.cache)}` "
              f"({training_time(args.cache)}). Seeds {', '.join(map(str, seeds))} "
              "(`train.seed` of the B runs: head init, batch order, dropout); A trained once (seed 0).", "",
              f"A before B: test accuracy {before['a_test']:.4f} on {len(exp.a_setup.data.test)} tweets (the whole "
@@ -564,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variants:
         run_variant(exp, name, lr)
     write_report(exp)
+    print(exp.cells.note("results"))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ invocation runs only what is missing, then rewrites the whole results file, PNG 
 
     python experiments/lr_warmup.py                                   # 48 runs; writes results/lr_warmup.*
     python experiments/lr_warmup.py --datasets tweets --seeds 0,1     # a part; the rest later
+    python experiments/lr_warmup.py --verify 'w0/seed0'                # those runs trained again: same numbers?
     python experiments/lr_warmup.py --quick --model TINY_BERT_DIR --work /tmp/w --cache /tmp/c --out /tmp/lw.md
 
 Cost on the 2-core machine: the tweets half took 22.9 min (24 runs, 2026-11-30). A WNUT run of 300 steps
@@ -57,7 +58,7 @@ import jaxtune as jt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import protocol  # noqa: E402
-from runs import cache_note  # noqa: E402
+from runs import Cells, add_verify_argument  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -101,6 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"tiny data, 10-step runs, learning rates {QUICK_LEARNING_RATES}: checks the pipeline only")
     parser.add_argument("--work", default=os.path.join("runs", "lr_warmup"), help="run directories")
     parser.add_argument("--cache", default=os.path.join(HERE, "results", "lr_warmup"), help="per-run result JSON")
+    add_verify_argument(parser)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "lr_warmup.md"),
                         help="the results file; the PNG and the JSON sidecar go beside it")
     args = parser.parse_args(argv)
@@ -177,7 +179,7 @@ class Experiment:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.trained, self.read_seconds = 0, []   # runs trained now; read ones' seconds (for the run line)
+        self.cells = Cells(args.cache, args.verify)   # labels: run names, e.g. tweets/lr0.0003_w0.1/seed2
         self.overrides, self.configs, self.data, self.baselines = {}, {}, {}, {}
         for key in args.datasets:
             spec = DATASETS[key]
@@ -198,7 +200,8 @@ class Experiment:
                                       "steps": cfg.train.max_steps}))
 
     def run(self, key: str, lr: float, warmup: float, seed: int) -> dict:
-        """The cached record of one run, trained (and stored) when missing."""
+        """The cached record of one run, trained (and stored) when missing; trained again and checked
+        against its file when ``--verify`` matches its name (its run directory started over)."""
         name = run_name(key, lr, warmup, seed)
         path = os.path.join(self.args.cache, f"{name}.json")
         if os.path.exists(path):
@@ -207,23 +210,17 @@ class Experiment:
             if record.get("settings") != self.settings(key):
                 raise SystemExit(f"{path} holds a run with other settings than this invocation's ({key}: model, data, "
                                  "optimizer or steps differ); delete it, or pass another --cache for this setup")
-            self.read_seconds.append(record.get("seconds"))
-            return record
-        record = self._train(key, lr, warmup, seed, name.replace("/", "_"))
-        self.trained += 1
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        return record
+        return self.cells.get(path, lambda: self._train(key, lr, warmup, seed, name.replace("/", "_"),
+                                                        overwrite=self.cells.verifying(name)), name)
 
-    def _train(self, key: str, lr: float, warmup: float, seed: int, name: str) -> dict:
+    def _train(self, key: str, lr: float, warmup: float, seed: int, name: str, overwrite: bool) -> dict:
         spec, baseline, start = DATASETS[key], self.baselines[key], time.time()
         overrides = [*self.overrides[key], f"name={name}", f"optim.learning_rate={lr!r}",
                      f"optim.warmup_fraction={warmup!r}", f"train.seed={seed}"]
         record = {"dataset": key, "learning_rate": lr, "warmup_fraction": warmup, "seed": seed,
                   "settings": self.settings(key)}
         try:
-            result = jt.finetune(os.path.join(CONFIGS, spec.config), overrides, data=self.data[key])
+            result = jt.finetune(os.path.join(CONFIGS, spec.config), overrides, data=self.data[key], overwrite=overwrite)
         except jt.NonFiniteError as e:   # diverged: scored as the constant prediction
             record.update(val=baseline["val"], test=baseline["test"], diverged_at=e.step, train_loss=None)
         else:
@@ -233,9 +230,8 @@ class Experiment:
                           train_loss=last_train_loss(result.paths["metrics"]),
                           test_metrics={k: float(v) for k, v in result.test_metrics.items()})
         record["failed"] = failed(record["test"], baseline)
-        record["seconds"] = round(time.time() - start, 1)
         print(f"{name}: val {record['val']:.4f} test {record['test']:.4f}{' FAILED' if record['failed'] else ''} "
-              f"({record['seconds']:.0f} s)", flush=True)
+              f"({time.time() - start:.0f} s)", flush=True)
         return record
 
 
@@ -422,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.splitext(args.out)[0]
     title = "Learning rate x warm-up: stability of MiniLM fine-tuning on tweets and WNUT-16 NER"
     lines = protocol.header_lines(title, args.command, args.seeds, started, load, ("tokenizers", "scipy", "matplotlib"),
-                                  cache_note("runs", exp.trained, exp.read_seconds, args.cache))
+                                  exp.cells.note("runs"))
     lines += setup_lines(exp) + report(exp, grid, found)
     lines += ["", f"![test metric vs learning rate]({os.path.basename(stem)}.png)"]
     plot_panels(f"{stem}.png", grid, {key: exp.title(key) for key in args.datasets}, args.learning_rates, args.seeds,

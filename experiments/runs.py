@@ -152,7 +152,8 @@ class Cells:
 
     With ``verify`` (a regular expression), a cached cell whose label it matches is trained again and
     must come out equal to its file, every number exactly (:class:`CellMismatch` otherwise): a check
-    that the committed cells are what the current code computes on this machine.
+    that the committed cells are what the current code computes on this machine. ``unchecked`` names
+    fields that are not results (e.g. a run directory's path) and may differ; ``seconds`` always may.
 
     Example::
 
@@ -172,9 +173,10 @@ class Cells:
             return cls(os.path.join(os.path.dirname(os.path.abspath(out)), "runs"), verify)
         return cls(os.path.join(REPO, "experiments", "results", name), verify)
 
-    def __init__(self, folder: str, verify: str | None = None):
+    def __init__(self, folder: str, verify: str | None = None, unchecked: tuple[str, ...] = ()):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
         self.verify = re.compile(verify) if verify else None
+        self.unchecked = {"seconds", *unchecked}
         self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
 
     def path(self, name: str, n: int, arm: str, depends_on: list) -> str:
@@ -193,7 +195,7 @@ class Cells:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
         cached = os.path.exists(path)
-        if cached and not self._verifying(label):
+        if cached and not self.verifying(label):
             return self._read(path)
         start = time.time()
         record = compute()
@@ -216,7 +218,7 @@ class Cells:
             raw = cells.get_extended(paths, lambda: grid_then_seeds(run, points, seeds),
                                      lambda base: extend_past_edges(run, base, seeds, EXTEND), "minilm n=100 full")
         """
-        if os.path.exists(paths[1]) and self._verifying(label):
+        if os.path.exists(paths[1]) and self.verifying(label):
             start = time.time()
             base = train()
             if os.path.exists(paths[0]):
@@ -234,16 +236,18 @@ class Cells:
             self._dump(paths[0], base)
         return self._write(paths[1], extend(base), earlier + time.time() - start, label)
 
-    def _verifying(self, label: str) -> bool:
+    def verifying(self, label: str) -> bool:
+        """Whether the cell ``label``, when cached, is trained again and checked (``verify`` matches it)."""
         return self.verify is not None and self.verify.search(label) is not None
 
     def _check(self, path: str, record: dict, seconds: float, label: str, count: bool = True) -> dict:
         """The cached record at ``path`` after checking that ``record`` (just trained, in ``seconds``)
-        equals it in every number (``seconds`` aside)."""
+        equals it in every number (the ``unchecked`` fields aside)."""
         cached = self._read(path) if count else self._load(path)
-        fresh = json.loads(json.dumps(record))   # as the file stores it: tuples as lists, floats round-tripped
+        fresh = json.loads(json.dumps(record, default=float))   # as the file stores it: tuples as lists, floats
+                                                                 # round-tripped, numpy scalars as floats
         same = lambda k: json.dumps(cached.get(k)) == json.dumps(fresh.get(k))   # NaN equals NaN, as in the file
-        differ = sorted(k for k in (set(cached) | set(fresh)) - {"seconds"} if not same(k))
+        differ = sorted(k for k in (set(cached) | set(fresh)) - self.unchecked if not same(k))
         if differ:
             raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "
                                + "; ".join(f"{k}: now {fresh.get(k)}, file {cached.get(k)}" for k in differ)
@@ -267,7 +271,9 @@ class Cells:
 
     def _write(self, path: str, record: dict, seconds: float, label: str) -> dict:
         record["seconds"] = round(seconds, 1)
-        print(f"{label}: val {[round(v, 4) for v in record['val']]} ({record['seconds']:.0f} s)", flush=True)
+        val = record.get("val")
+        shown = f"val {[round(v, 4) for v in val] if isinstance(val, list) else val} " if val is not None else ""
+        print(f"{label}: {shown}({record['seconds']:.0f} s)", flush=True)
         self._dump(path, record)
         self.trained += 1
         return record
@@ -276,7 +282,7 @@ class Cells:
     def _dump(path: str, record: dict) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+            json.dump(record, f, default=float)   # numpy scalars as floats
 
     def shown_folder(self) -> str:
         """The cache folder as the results file names it (:func:`shown_path`)."""

@@ -1,6 +1,7 @@
 """experiments/forgetting.py --quick (tiny BERT, tiny data, 3-step runs): the results file's structure,
 the per-run cache, reruns that only add what is missing; experiments/protocol.py's statistics."""
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -65,6 +66,21 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     assert sorted(os.listdir(tmp_path / "cache" / "wiseft")) == sorted(["seed0.json", *(f"a{a:g}" for a in chosen)])
     forgetting.main([*common, "--variants", "wiseft"])   # everything cached: the same bytes
     assert out.read_text() == again
+
+    # --verify: A and plain's run are trained again from step 0 (their run directories started over)
+    # and must give the cached numbers exactly; the file stays the same.
+    capsys.readouterr()
+    forgetting.main([*common, "--variants", "plain", "--verify", "^(A/before|plain/lr0.001/seed0)$"])
+    printed = capsys.readouterr().out
+    assert printed.count("strategy (") == 2 and "resuming" not in printed
+    assert "2 of them trained again to the same numbers (plain/lr0.001/seed0: " in printed and "A/before: " in printed
+    assert out.read_text() == again
+    plain = tmp_path / "cache" / "plain" / "lr0.001" / "seed0.json"
+    record = json.loads(plain.read_text())
+    plain.write_text(json.dumps({**record, "b_test": record["b_test"] + 1e-9}))
+    from runs import CellMismatch
+    with pytest.raises(CellMismatch, match=r"cell 'plain/lr0.001/seed0' .* differs from its file in b_test"):
+        forgetting.main([*common, "--variants", "plain", "--verify", "plain/"])
 
 
 def test_claims_pair_each_method_with_plain_on_common_seeds():

@@ -19,6 +19,7 @@ sys.path.insert(0, EXPERIMENTS)
 import index  # noqa: E402
 import lr_warmup  # noqa: E402
 import protocol  # noqa: E402
+from runs import CellMismatch  # noqa: E402
 
 LRS, SEEDS = (1e-4, 1e-3), (0, 1, 2)
 
@@ -95,6 +96,16 @@ def test_quick_run_writes_everything_and_a_retrained_run_reproduces_it(tiny_mode
     sidecar = index.read_sidecar(str(out.with_suffix(".json")))
     assert sidecar["results"] == "results/lr_warmup.md" and len(sidecar["claims"]) == 4
     assert sidecar["command"].startswith("python experiments/lr_warmup.py --quick")
+
+    # --verify trains the matching run again from step 0 (its finished run directory is not reused) and
+    # checks every number; the file names the same command.
+    assert lr_warmup.main([*argv, "--verify", "wnut/lr0.001_w0.1/seed1"]) == 0
+    verified = out.read_text()
+    assert "1 of them trained again to the same numbers (wnut/lr0.001_w0.1/seed1: " in verified
+    assert protocol.strip_run_line(verified) == protocol.strip_run_line(text)
+    retrained.write_text(json.dumps({**after, "val": after["val"] + 1e-9}))
+    with pytest.raises(CellMismatch, match=r"cell 'wnut/lr0.001_w0.1/seed1' .* differs from its file in val"):
+        lr_warmup.main([*argv, "--verify", "wnut/lr0.001_w0.1/seed1"])
 
     # A cache written under other settings is refused, naming the file.
     stale = json.loads((cache / "tweets" / "lr0.001_w0" / "seed0.json").read_text())
