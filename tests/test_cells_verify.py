@@ -36,6 +36,8 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
     assert calls == [1] and record["seconds"] == 600.0 and checked.trained == 0
     assert [label for label, _ in checked.verified] == ["m n=100 full"]
     assert "1 of them trained again to the same numbers (m n=100 full: 0.0 min)" in checked.note("results")
+    checked.get(path, lambda: pytest.fail("a cell is checked once per invocation, then read"), "m n=100 full")
+    assert len(checked.verified) == 1
 
     other = Cells(str(tmp_path), verify="n=500")
     other.get(path, lambda: pytest.fail("a label the pattern does not match is only read"), "m n=100 full")
