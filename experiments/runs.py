@@ -247,7 +247,8 @@ class Cells:
         cached = self._read(path) if count else self._load(path)
         fresh = json.loads(json.dumps(record, default=float))   # as the file stores it: tuples as lists, floats
                                                                  # round-tripped, numpy scalars as floats
-        same = lambda k: json.dumps(cached.get(k)) == json.dumps(fresh.get(k))   # NaN equals NaN, as in the file
+        same = lambda k: (json.dumps(cached.get(k), sort_keys=True)         # NaN equals NaN, as in the file;
+                          == json.dumps(fresh.get(k), sort_keys=True))      # key order aside
         differ = sorted(k for k in (set(cached) | set(fresh)) - self.unchecked if not same(k))
         if differ:
             raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "

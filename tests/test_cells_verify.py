@@ -43,6 +43,13 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
     other.get(path, lambda: pytest.fail("a label the pattern does not match is only read"), "m n=100 full")
     assert other.verified == [] and "trained again" not in other.note("results")
 
+    reordered = Cells(str(tmp_path), verify="n=3")     # a file written with sorted keys equals the same dict
+    ordered_path = reordered.path("m", 3, "keys", [1])
+    with open(ordered_path, "w", encoding="utf-8") as f:
+        json.dump({"settings": {"b": 1, "a": {"d": 2, "c": 3}}, "val": [0.5]}, f, indent=1)
+    reordered.get(ordered_path, lambda: {"val": [0.5], "settings": {"a": {"c": 3, "d": 2}, "b": 1}}, "m n=3 keys")
+    assert [label for label, _ in reordered.verified] == ["m n=3 keys"]
+
     nan = lambda: {**compute(), "val": [float("nan"), 0.25]}     # JSON writes NaN; the same NaN is no change
     nan_path = checked.path("m", 7, "nan", [1])
     Cells(str(tmp_path)).get(nan_path, nan, "m n=7 nan")
