@@ -33,6 +33,7 @@ every cached result of the requested seeds::
 
     python experiments/forgetting.py                                   # everything, seeds 0, 1, 2
     python experiments/forgetting.py --variants plain,rehearsal5 --seeds 0,1
+    python experiments/forgetting.py --variants plain --verify '^(A/before|plain/lr0.0005/seed0)$'   # same numbers?
     python experiments/forgetting.py --quick --model TINY_BERT_DIR --work /tmp/w --cache /tmp/c --out /tmp/f.md
 """
 from __future__ import annotations
