@@ -379,6 +379,32 @@ def versions(*extra: str) -> str:
     return ", ".join([f"python {platform.python_version()}", *found])
 
 
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")   # what XLA:CPU's code generation uses
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The processor as a results file names it: model and the vector extensions XLA:CPU compiles for,
+    which decide its rounding (two machines with other extensions need not agree bit for bit).
+    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None; without it, ``platform.processor()``).
+
+    Example::
+
+        >>> cpu_description("model name: AMD EPYC\\nflags: fpu sse2 avx2 fma")
+        'AMD EPYC (x86_64: avx2, fma)'
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    model = fields.get("model name") or platform.processor() or "unknown processor"
+    flags = [flag for flag in VECTOR_FLAGS if flag in fields.get("flags", "").split()]
+    return f"{model} ({platform.machine()}" + (f": {', '.join(flags)})" if flags else ")")
+
+
 def header_lines(title: str, command: str, seeds: Sequence[int], started: float, load_at_start: float,
                  extra_versions: Sequence[str] = (), cache_note: str | None = None) -> list[str]:
     """The head of a results file: title, command, run line, machine, versions, seeds.
@@ -403,7 +429,7 @@ def header_lines(title: str, command: str, seeds: Sequence[int], started: float,
             f"- command: `{command}`",
             f"- run: {when}, {(time.time() - started) / 60:.1f} min, load average {load_at_start:.2f} at the start"
             + (f"; {cache_note}" if cache_note else ""),
-            f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores",
+            f"- machine: {platform.platform()}, {cpu_description()}, {os.cpu_count()} CPU cores",
             f"- versions: {versions(*extra_versions)}",
             f"- seeds: {', '.join(map(str, seeds))} (each varies head init, data order and dropout)", ""]
 

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 import jaxtune as jt
+from protocol import cpu_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTEND = 2   # how many learning rates a grid may grow past its edge (``member_trainer.extend_past_edges``)
@@ -153,7 +154,8 @@ class Cells:
     With ``verify`` (a regular expression), a cached cell whose label it matches is trained again and
     must come out equal to its file, every number exactly (:class:`CellMismatch` otherwise): a check
     that the committed cells are what the current code computes on this machine. ``unchecked`` names
-    fields that are not results (e.g. a run directory's path) and may differ; ``seconds`` always may.
+    fields that are not results (e.g. a run directory's path) and may differ; ``seconds`` and
+    ``machine`` (the processor that computed the cell, :func:`protocol.cpu_description`) always may.
 
     Example::
 
@@ -176,7 +178,7 @@ class Cells:
     def __init__(self, folder: str, verify: str | None = None, unchecked: tuple[str, ...] = ()):
         self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
         self.verify = re.compile(verify) if verify else None
-        self.unchecked = {"seconds", *unchecked}
+        self.unchecked = {"seconds", "machine", *unchecked}
         self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
         self._checked: set[str] = set()                                  # their paths: read if asked again
 
@@ -251,10 +253,16 @@ class Cells:
                           == json.dumps(fresh.get(k), sort_keys=True))      # key order aside
         differ = sorted(k for k in (set(cached) | set(fresh)) - self.unchecked if not same(k))
         if differ:
+            here, there = cpu_description(), cached.get("machine")
+            machine = (f"It was computed on {there}, this machine is {here}: other vector extensions round "
+                       "differently. " if there and there != here else
+                       f"It was computed on this processor ({here}). " if there else
+                       f"It does not say which processor computed it (this one: {here}). ")
             raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "
                                + "; ".join(f"{k}: now {fresh.get(k)}, file {cached.get(k)}" for k in differ)
-                               + ". The file came from other code, settings or another machine: find the change "
-                               "(git log of experiments/ and jaxtune/), or delete the file to keep the new numbers")
+                               + ". " + machine + "The file came from other code, settings or another machine: "
+                               "find the change (git log of experiments/ and jaxtune/), or delete the file to "
+                               "keep the new numbers")
         print(f"{label}: verified, the same numbers as {os.path.basename(path)} ({seconds:.0f} s now, "
               f"{cached.get('seconds')} s recorded)", flush=True)
         if count:
@@ -283,6 +291,7 @@ class Cells:
 
     @staticmethod
     def _dump(path: str, record: dict) -> None:
+        record["machine"] = cpu_description()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(record, f, default=float)   # numpy scalars as floats

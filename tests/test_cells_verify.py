@@ -57,7 +57,11 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
 
     _rewrite(path, test=[0.125, 0.7500001])
     with pytest.raises(CellMismatch, match=r"cell 'm n=100 full' \(.*m_n100_full_.*\.json\) trained again differs "
-                                           r"from its file in test: now \[0.125, 0.75\], file \[0.125, 0.7500001\]"):
+                                           r"from its file in test: now \[0.125, 0.75\], file \[0.125, 0.7500001\]\. "
+                                           r"It was computed on this processor"):
+        Cells(str(tmp_path), verify="full").get(path, compute, "m n=100 full")
+    _rewrite(path, machine="Other CPU (x86_64: avx2, avx512f)")     # the file names where it was computed
+    with pytest.raises(CellMismatch, match=r"It was computed on Other CPU \(x86_64: avx2, avx512f\), this machine is "):
         Cells(str(tmp_path), verify="full").get(path, compute, "m n=100 full")
 
 
