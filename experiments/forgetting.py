@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 
 import jax
@@ -54,9 +53,9 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import (command_line, format_interval, format_mean_std, markdown_table, mean_std,  # noqa: E402
-                      paired_interval, verdict, write_results)
-from runs import Cells, add_verify_argument, shown_path  # noqa: E402
+from protocol import (command_line, cpu_description, format_interval, format_mean_std,  # noqa: E402
+                      markdown_table, mean_std, paired_interval, verdict, write_results)
+from runs import Cells, add_verify_argument, processors, shown_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -143,7 +142,7 @@ class Experiment:
         self.start_over = False   # True while a --verify'd result is computed: its runs train from step 0
         self.a = self._finetune("tweets_minilm.yaml", "A_tweets", [f"model.path={args.model}",
                                                                      *(QUICK_A if args.quick else [])],
-                                start_over=self._verifying("A/before"))
+                                start_over=self.cells.will_check(self._path("A/before"), "A/before"))
         self.a_export = self.a.paths["export"]
         test_limit = [] if args.quick else ["data.test_limit=null"]    # A on the full tweet test split
         self.a_setup = build(os.path.join(self.a.paths["run_dir"], "config.yaml"),
@@ -159,21 +158,21 @@ class Experiment:
                         [f"name={name}", f"output_dir={self.args.work}", "checkpoint.export_best_hf=true",
                          "train.progress=false", *overrides], overwrite=start_over or self.start_over)
 
-    def _verifying(self, key: str) -> bool:
-        return self.cells.verifying(key) and os.path.exists(os.path.join(self.args.cache, f"{key}.json"))
+    def _path(self, key: str) -> str:
+        return os.path.join(self.args.cache, f"{key}.json")
 
     def cached(self, key: str, compute) -> dict:
         """The JSON record ``key`` from the cache, computed (and stored, with its ``seconds``) when missing,
         or computed again and checked against it when ``--verify`` matches ``key``."""
-        self.start_over = self._verifying(key)
+        self.start_over = self.cells.will_check(self._path(key), key)
         try:
-            return self.cells.get(os.path.join(self.args.cache, f"{key}.json"), compute, key)
+            return self.cells.get(self._path(key), compute, key)
         finally:
             self.start_over = False
 
     def write(self, key: str, record: dict) -> dict:
         """Stores ``record`` as the cache's JSON record ``key`` (replacing it) and returns it."""
-        path = os.path.join(self.args.cache, f"{key}.json")
+        path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1, sort_keys=True, default=float)
@@ -452,19 +451,20 @@ def claims(rows: dict[str, dict]) -> list[dict]:
 
 
 def training_time(cache: str) -> str:
-    """How many results the cache holds and what computing them took, from their ``seconds`` (records
-    written before they kept it are counted apart): the same on every rerun from the same cache.
+    """How many results the cache holds, what computing them took, from their ``seconds`` (records
+    written before they kept it are counted apart), and on which processors (``runs.processors``):
+    the same on every rerun from the same cache.
 
     Example::
 
-        training_time("runs/cache")   # '60 results, computed in 101.2 min (3 of them written before ...)'
+        training_time("runs/cache")   # '60 results, computed in 101.2 min on AMD EPYC (x86_64: avx2, fma)'
     """
-    seconds = []
-    for folder, _, files in os.walk(cache):
-        for name in sorted(f for f in files if f.endswith(".json") and f != "selection.json"):
-            seconds.append(_load(os.path.join(folder, name)).get("seconds"))
+    records = [_load(os.path.join(folder, name)) for folder, _, files in sorted(os.walk(cache))
+               for name in sorted(f for f in files if f.endswith(".json") and f != "selection.json")]
+    seconds, machines = [r.get("seconds") for r in records], [r.get("machine") for r in records]
     unrecorded = sum(s is None for s in seconds)
     return (f"{len(seconds)} results, computed in {sum(s for s in seconds if s is not None) / 60:.1f} min"
+            + (f" {processors(machines)}" if any(machines) else "")
             + (f" ({unrecorded} of them written before results recorded their time)" if unrecorded else ""))
 
 
@@ -473,7 +473,7 @@ def write_report(exp: Experiment) -> None:
     rows, curves = method_rows(args.cache, seeds), wiseft_curves(args.cache, seeds)
     before = exp.cached("A/before", lambda: exp.a_scores(exp.a_params))
     lines = ["# Catastrophic forgetting: tweets (A) then WNUT-16 NER (B), all-MiniLM-L6-v2", "",
-             f"Written by `{args.command}` ({platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}) "
+             f"Written by `{args.command}` ({cpu_description()}, {os.cpu_count()} cores, jax {jax.__version__}) "
              f"from the cached results in `{shown_path(args.cache)}` "
              f"({training_time(args.cache)}). Seeds {', '.join(map(str, seeds))} "
              "(`train.seed` of the B runs: head init, batch order, dropout); A trained once (seed 0).", "",

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -115,24 +116,44 @@ def shown_path(folder: str) -> str:
     return os.path.relpath(absolute, REPO) if os.path.commonpath([absolute, REPO]) == REPO else folder
 
 
-def cache_note(what: str, trained: int, read_seconds: list, folder: str) -> str:
+def cache_note(what: str, trained: int, read_seconds: list, folder: str, read_machines: list = ()) -> str:
     """The run line's account of a per-run cache: how many ``what`` were trained now and read from
-    ``folder``, with the read ones' training time (``read_seconds``, None where a record has none).
+    ``folder``, with the read ones' training time (``read_seconds``, None where a record has none) and
+    the processors that computed them (``read_machines``, :func:`processors`).
 
     Example::
 
         >>> cache_note("runs", 1, [60.0, 120.0], "/tmp/c")
         '1 runs trained now, 2 read from the cache `/tmp/c` (trained in 3.0 min)'
+        >>> cache_note("runs", 0, [60.0, 60.0], "/tmp/c", ["AMD EPYC (x86_64: avx2)"] * 2)
+        '0 runs trained now, 2 read from the cache `/tmp/c` (trained in 2.0 min on AMD EPYC (x86_64: avx2))'
         >>> cache_note("runs", 0, [60.0, None], "/tmp/c")
         '0 runs trained now, 2 read from the cache `/tmp/c` (1 of them without a recorded training time)'
     """
     note = f"{trained} {what} trained now, {len(read_seconds)} read from the cache `{shown_path(folder)}`"
     unrecorded = sum(s is None for s in read_seconds)
-    if read_seconds and not unrecorded:
-        note += f" (trained in {sum(read_seconds) / 60:.1f} min)"
-    elif unrecorded:
-        note += f" ({unrecorded} of them without a recorded training time)"
-    return note
+    said = (f"{unrecorded} of them without a recorded training time;" if unrecorded else
+            f"trained in {sum(read_seconds) / 60:.1f} min" if read_seconds else "")
+    if any(read_machines):
+        said += f" {'trained ' if unrecorded else ''}{processors(read_machines)}"
+    return note + (f" ({said.strip(' ;')})" if said else "")
+
+def processors(machines: list) -> str:
+    """Which processors computed a cache's cells (each cell's ``"machine"``, None where it has none),
+    with counts when there is more than one.
+
+    Example::
+
+        >>> processors(["AMD EPYC (x86_64: avx2, fma)"] * 3)
+        'on AMD EPYC (x86_64: avx2, fma)'
+        >>> processors(["A (x86_64: avx2)", "A (x86_64: avx2)", None])
+        'on A (x86_64: avx2): 2, on a processor they do not record: 1'
+    """
+    counts = Counter(machines)
+    if len(counts) == 1 and None not in counts:
+        return f"on {machines[0]}"
+    return ", ".join(f"on {m or 'a processor they do not record'}: {k}"
+                     for m, k in sorted(counts.items(), key=lambda mk: (mk[0] is None, mk[0] or "")))
 
 
 def add_verify_argument(parser) -> None:
@@ -176,7 +197,8 @@ class Cells:
         return cls(os.path.join(REPO, "experiments", "results", name), verify)
 
     def __init__(self, folder: str, verify: str | None = None, unchecked: tuple[str, ...] = ()):
-        self.folder, self.trained, self.read_seconds = folder, 0, []   # one entry per cell read (None: unrecorded)
+        self.folder, self.trained = folder, 0
+        self.read_seconds, self.read_machines = [], []                  # one entry per cell read (None: unrecorded)
         self.verify = re.compile(verify) if verify else None
         self.unchecked = {"seconds", "machine", *unchecked}
         self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
@@ -197,12 +219,11 @@ class Cells:
     def get(self, path: str, compute: Callable[[], dict], label: str) -> dict:
         """The record at ``path``, or ``compute()`` (printed with ``label``, its validation values and
         seconds, then written there with its training time as ``"seconds"``)."""
-        cached = os.path.exists(path)
-        if cached and (path in self._checked or not self.verifying(label)):
+        if os.path.exists(path) and not self.will_check(path, label):
             return self._read(path)
         start = time.time()
         record = compute()
-        return (self._check if cached else self._write)(path, record, time.time() - start, label)
+        return (self._check if os.path.exists(path) else self._write)(path, record, time.time() - start, label)
 
     def extended_paths(self, name: str, n: int, arm: str, depends_on: list) -> tuple[str, str]:
         """The files of a cell whose grid grows past its edges: the base grid's (keyed by
@@ -243,6 +264,11 @@ class Cells:
         """Whether the cell ``label``, when cached, is trained again and checked (``verify`` matches it)."""
         return self.verify is not None and self.verify.search(label) is not None
 
+    def will_check(self, path: str, label: str) -> bool:
+        """Whether :meth:`get` of ``path`` trains the cell again to check it: its file exists, ``verify``
+        matches ``label``, and it was not checked already in this invocation (then it is read)."""
+        return os.path.exists(path) and path not in self._checked and self.verifying(label)
+
     def _check(self, path: str, record: dict, seconds: float, label: str, count: bool = True) -> dict:
         """The cached record at ``path`` after checking that ``record`` (just trained, in ``seconds``)
         equals it in every number (the ``unchecked`` fields aside)."""
@@ -273,6 +299,7 @@ class Cells:
     def _read(self, path: str) -> dict:
         record = self._load(path)
         self.read_seconds.append(record.get("seconds"))
+        self.read_machines.append(record.get("machine"))
         return record
 
     @staticmethod
@@ -303,7 +330,7 @@ class Cells:
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run
         line (:func:`cache_note`), and which cells ``verify`` trained again."""
-        note = cache_note(what, self.trained, self.read_seconds, self.folder)
+        note = cache_note(what, self.trained, self.read_seconds, self.folder, self.read_machines)
         if self.verified:
             note += (f"; {len(self.verified)} of them trained again to the same numbers ("
                      + ", ".join(f"{label}: {now / 60:.1f} min" for label, now in self.verified) + ")")

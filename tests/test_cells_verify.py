@@ -11,6 +11,7 @@ EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir
 sys.path.insert(0, EXPERIMENTS)
 
 from member_trainer import extend_past_edges, grid_then_seeds  # noqa: E402
+from protocol import cpu_description  # noqa: E402
 from runs import EXTEND, CellMismatch, Cells  # noqa: E402
 from test_grid_extension import SEEDS, fake_run  # noqa: E402
 
@@ -31,17 +32,19 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
     _rewrite(path, seconds=600.0)
 
     checked = Cells(str(tmp_path), verify="n=100")
+    assert checked.will_check(path, "m n=100 full") and not checked.will_check(path + ".missing", "m n=100 full")
     calls = []
     record = checked.get(path, lambda: calls.append(1) or compute(), "m n=100 full")
     assert calls == [1] and record["seconds"] == 600.0 and checked.trained == 0
     assert [label for label, _ in checked.verified] == ["m n=100 full"]
     assert "1 of them trained again to the same numbers (m n=100 full: 0.0 min)" in checked.note("results")
     checked.get(path, lambda: pytest.fail("a cell is checked once per invocation, then read"), "m n=100 full")
-    assert len(checked.verified) == 1
+    assert len(checked.verified) == 1 and not checked.will_check(path, "m n=100 full")
 
     other = Cells(str(tmp_path), verify="n=500")
     other.get(path, lambda: pytest.fail("a label the pattern does not match is only read"), "m n=100 full")
     assert other.verified == [] and "trained again" not in other.note("results")
+    assert other.note("results").endswith(f"(trained in 10.0 min on {cpu_description()})")   # who computed it
 
     reordered = Cells(str(tmp_path), verify="n=3")     # a file written with sorted keys equals the same dict
     ordered_path = reordered.path("m", 3, "keys", [1])

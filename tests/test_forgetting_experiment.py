@@ -56,7 +56,9 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     forgetting.main([*common, "--variants", "wiseft"])
     assert "strategy (" not in capsys.readouterr().out
     again = out.read_text()
-    assert re.search(r"from the cached results in `.*` \(\d+ results, computed in \d+\.\d min\)\.", again)
+    from protocol import cpu_description
+    assert re.search(r"from the cached results in `.*` \(\d+ results, computed in \d+\.\d min on "
+                     + re.escape(cpu_description()) + r"\)\.", again)   # and the processor that computed them
     assert "| rehearsal 5% | f0.05 |" in again and "## WiSE-FT: A's encoder interpolated" in again
     assert "| WiSE-FT, B head | α=" in again and "| WiSE-FT, re-fitted head | α=" in again and "| 0.5 |" in again
     # the file names the command that writes all of it: every variant, not the last invocation's
