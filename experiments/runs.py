@@ -176,7 +176,8 @@ class Cells:
     must come out equal to its file, every number exactly (:class:`CellMismatch` otherwise): a check
     that the committed cells are what the current code computes on this machine. ``unchecked`` names
     fields that are not results (e.g. a run directory's path) and may differ; ``seconds`` and
-    ``machine`` (the processor that computed the cell, :func:`protocol.cpu_description`) always may.
+    ``machine`` (the processor that computed the cell, :func:`protocol.cpu_description`) always may. A
+    checked cell whose file does not name its processor gets this one's, just shown to compute it.
 
     Example::
 
@@ -291,6 +292,10 @@ class Cells:
                                "keep the new numbers")
         print(f"{label}: verified, the same numbers as {os.path.basename(path)} ({seconds:.0f} s now, "
               f"{cached.get('seconds')} s recorded)", flush=True)
+        if "machine" not in cached:   # known now: this processor computes these very numbers
+            self._dump(path, cached)
+            if count:
+                self.read_machines[-1] = cached["machine"]
         if count:
             self.verified.append((label, round(seconds, 1)))
             self._checked.add(path)
@@ -320,8 +325,8 @@ class Cells:
     def _dump(path: str, record: dict) -> None:
         record["machine"] = cpu_description()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f, default=float)   # numpy scalars as floats
+        with open(path, "w", encoding="utf-8") as f:   # sorted and indented: a rerun's diff shows what moved
+            json.dump(record, f, indent=1, sort_keys=True, default=float)   # numpy scalars as floats
 
     def shown_folder(self) -> str:
         """The cache folder as the results file names it (:func:`shown_path`)."""

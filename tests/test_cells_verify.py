@@ -52,6 +52,9 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
         json.dump({"settings": {"b": 1, "a": {"d": 2, "c": 3}}, "val": [0.5]}, f, indent=1)
     reordered.get(ordered_path, lambda: {"val": [0.5], "settings": {"a": {"c": 3, "d": 2}, "b": 1}}, "m n=3 keys")
     assert [label for label, _ in reordered.verified] == ["m n=3 keys"]
+    with open(ordered_path, encoding="utf-8") as f:    # a check names the processor a file did not name
+        assert json.load(f) == {"settings": {"a": {"c": 3, "d": 2}, "b": 1}, "val": [0.5], "machine": cpu_description()}
+    assert reordered.read_machines == [cpu_description()]
 
     nan = lambda: {**compute(), "val": [float("nan"), 0.25]}     # JSON writes NaN; the same NaN is no change
     nan_path = checked.path("m", 7, "nan", [1])
