@@ -55,7 +55,7 @@ from jaxtune.models import bert
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from protocol import (command_line, cpu_description, format_interval, format_mean_std,  # noqa: E402
                       markdown_table, mean_std, paired_interval, verdict, write_results)
-from runs import Cells, add_verify_argument, processors, shown_path  # noqa: E402
+from runs import Cells, add_verify_argument, processors, shown_path, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -172,10 +172,7 @@ class Experiment:
 
     def write(self, key: str, record: dict) -> dict:
         """Stores ``record`` as the cache's JSON record ``key`` (replacing it) and returns it."""
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, sort_keys=True, default=float)
+        write_json(self._path(key), record)
         return record
 
     def b_run(self, tag: str, seed: int, overrides: list[str], config: str = "wnut_ner_minilm.yaml"):

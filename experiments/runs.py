@@ -132,11 +132,21 @@ def cache_note(what: str, trained: int, read_seconds: list, folder: str, read_ma
     """
     note = f"{trained} {what} trained now, {len(read_seconds)} read from the cache `{shown_path(folder)}`"
     unrecorded = sum(s is None for s in read_seconds)
-    said = (f"{unrecorded} of them without a recorded training time;" if unrecorded else
-            f"trained in {sum(read_seconds) / 60:.1f} min" if read_seconds else "")
-    if any(read_machines):
-        said += f" {'trained ' if unrecorded else ''}{processors(read_machines)}"
-    return note + (f" ({said.strip(' ;')})" if said else "")
+    where = processors(read_machines) if any(read_machines) else ""
+    if unrecorded:
+        note += f" ({unrecorded} of them without a recorded training time{f'; trained {where}' if where else ''})"
+    elif read_seconds:
+        note += f" (trained in {sum(read_seconds) / 60:.1f} min{f' {where}' if where else ''})"
+    return note
+
+
+def write_json(path: str, record: dict) -> None:
+    """``record`` as sorted, indented JSON at ``path`` (numpy scalars as floats): a rerun's diff shows
+    which numbers moved."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True, default=float)
+
 
 def processors(machines: list) -> str:
     """Which processors computed a cache's cells (each cell's ``"machine"``, None where it has none),
@@ -324,9 +334,7 @@ class Cells:
     @staticmethod
     def _dump(path: str, record: dict) -> None:
         record["machine"] = cpu_description()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:   # sorted and indented: a rerun's diff shows what moved
-            json.dump(record, f, indent=1, sort_keys=True, default=float)   # numpy scalars as floats
+        write_json(path, record)
 
     def shown_folder(self) -> str:
         """The cache folder as the results file names it (:func:`shown_path`)."""
