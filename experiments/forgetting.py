@@ -276,32 +276,32 @@ def refit_head(head: dict, feats: np.ndarray, tags: np.ndarray, steps: int, seed
     return jax.device_get(head)
 
 
-def _wiseft_params(exp: Experiment, plain_record: dict, alpha: float) -> tuple[dict, dict]:
-    """``(mixed, refit)``: plain B's params with A's encoder interpolated in at ``alpha``, with B's own
-    head and with a head re-fitted on the mixed encoder's frozen token features (seed 0)."""
-    b_params = jt.from_pretrained(os.path.join(plain_record["run"], "best_hf"), task="token_classification")[1]["params"]
+def _wiseft_params(exp: Experiment, plain_export: str, alpha: float) -> tuple[dict, dict]:
+    """``(mixed, refit)``: plain B's params (its export) with A's encoder interpolated in at ``alpha``, with
+    B's own head and with a head re-fitted on the mixed encoder's frozen token features (seed 0)."""
+    b_params = jt.from_pretrained(plain_export, task="token_classification")[1]["params"]
     b_encoder = {"bert": {k: b_params["bert"][k] for k in ENCODER}}
     mixed = with_encoder(b_params, jt.interpolate_params(exp.a_encoder, b_encoder, alpha))
     feats, tags = token_features(exp.b_setup, mixed, exp.args.refit_examples)
     return mixed, dict(mixed, classifier=refit_head(b_params["classifier"], feats, tags, exp.args.refit_steps, 0))
 
 
-def wiseft_seed(exp: Experiment, plain_record: dict) -> dict:
+def wiseft_seed(exp: Experiment, plain_export: str) -> dict:
     """WiSE-FT of one plain B run on VALIDATION: per α, A accuracy and B entity F1 with B's head and with
     a re-fitted one (test is read only at the α chosen from these: :func:`wiseft_test`)."""
     points = []
     for alpha in _floats(exp.args.alphas):
-        mixed, refit = _wiseft_params(exp, plain_record, alpha)
+        mixed, refit = _wiseft_params(exp, plain_export, alpha)
         points.append({"alpha": alpha, **exp.a_scores(mixed, ("validation",)),
                        "own_b_val": score(exp.b_setup, mixed, "validation")["entity_f1"],
                        "refit_b_val": score(exp.b_setup, refit, "validation")["entity_f1"], "drift": exp.drift(mixed)})
     return {"points": points}
 
 
-def wiseft_test(exp: Experiment, plain_record: dict, alpha: float) -> dict:
+def wiseft_test(exp: Experiment, plain_export: str, alpha: float) -> dict:
     """Test numbers of one plain B run's WiSE-FT at ``alpha``: A accuracy (A's head: the same for both B
     heads) and B entity F1 with B's own and the re-fitted head."""
-    mixed, refit = _wiseft_params(exp, plain_record, alpha)
+    mixed, refit = _wiseft_params(exp, plain_export, alpha)
     return {"alpha": alpha, **exp.a_scores(mixed, ("test",)),
             "own_b_test": score(exp.b_setup, mixed, "test")["entity_f1"],
             "refit_b_test": score(exp.b_setup, refit, "test")["entity_f1"], "drift": exp.drift(mixed)}
@@ -354,12 +354,13 @@ def run_variant(exp: Experiment, name: str, lr: str) -> None:
             *(f"rehearsal.data.{k}={json.dumps(v)}" for k, v in old.items())]}, "a+b", rehearsal=True)
     elif name == "wiseft":
         run_variant(exp, "plain", lr)
-        plain = {seed: _load(os.path.join(args.cache, "plain", lr, f"seed{seed}.json")) for seed in args.seeds}
+        # plain's runs again: a finished run is read back, one missing (a cache from another machine) trains again
+        plain = lambda seed: exp.b_run(f"plain_{lr}", seed, lr_override).paths["export"]
         for seed in args.seeds:
-            exp.cached(f"wiseft/seed{seed}", lambda: wiseft_seed(exp, plain[seed]))
+            exp.cached(f"wiseft/seed{seed}", lambda: wiseft_seed(exp, plain(seed)))
         for alpha in sorted(set(chosen_alphas(wiseft_curves(args.cache, args.seeds)).values())):
             for seed in args.seeds:
-                exp.cached(f"wiseft/a{alpha:g}/seed{seed}", lambda: wiseft_test(exp, plain[seed], alpha))
+                exp.cached(f"wiseft/a{alpha:g}/seed{seed}", lambda: wiseft_test(exp, plain(seed), alpha))
 
 
 def _chosen(cache: str, name: str) -> str | None:

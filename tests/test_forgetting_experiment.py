@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     assert sorted(os.listdir(tmp_path / "cache" / "wiseft")) == sorted(["seed0.json", *(f"a{a:g}" for a in chosen)])
     forgetting.main([*common, "--variants", "wiseft"])   # everything cached: the same bytes
     assert out.read_text() == again
+
+    # A cache without its run directories (committed, read on another machine): WiSE-FT trains plain's run
+    # again for its weights, and gets the same numbers.
+    wiseft_cells = sorted((tmp_path / "cache" / "wiseft").rglob("*.json"))
+    numbers = lambda: [{k: v for k, v in json.loads(p.read_text()).items() if k != "seconds"} for p in wiseft_cells]
+    before = numbers()
+    shutil.rmtree(tmp_path / "runs" / "B_plain_lr0.001_s0")
+    for p in wiseft_cells:
+        p.unlink()
+    capsys.readouterr()
+    forgetting.main([*common, "--variants", "wiseft"])
+    assert capsys.readouterr().out.count("strategy (B_plain_lr0.001_s0)") == 1 and numbers() == before
 
     # --verify: A and plain's run are trained again from step 0 (their run directories started over)
     # and must give the cached numbers exactly; the file stays the same.
