@@ -166,7 +166,9 @@ def render(root: str = HERE) -> str:
              "init, data order and dropout; hyperparameters chosen on validation only; test mean ± sample std; "
              "paired differences with 95% t-intervals. Scripts that keep a result per cell (a JSON file under "
              "`experiments/results/<experiment>/`) read it instead of training; with `--verify REGEX` they train "
-             "the cells whose label matches again and stop with an error unless every number equals the file's.", "",
+             "the cells whose label matches again and stop with an error unless every number equals the file's "
+             "(bit for bit when the cell names this processor; within a relative 1e-4 when it names another, or "
+             "none, since other vector extensions round differently).", "",
              "## Claims under the protocol", "",
              "| claim | verdict | numbers | command | results |", "|---|---|---|---|---|"]
     for record in records:

@@ -166,11 +166,40 @@ def processors(machines: list) -> str:
                      for m, k in sorted(counts.items(), key=lambda mk: (mk[0] is None, mk[0] or "")))
 
 
+ROUNDING_RTOL = 1e-4   # how far a cell trained again on another processor may move and still agree with its file
+
+
+def relative_difference(a, b) -> float:
+    """The largest relative difference ``|x - y| / max(|x|, |y|)`` between the numbers of two JSON
+    values of the same shape (0 where they are equal, NaN equal to NaN); ``inf`` where anything else
+    differs: a string, a boolean, an integer, a length, a key.
+
+    Example::
+
+        >>> relative_difference({"loss": 0.5, "val": [0.25, 1.0]}, {"loss": 0.50001, "val": [0.25, 1.0]}) < 2e-5
+        True
+        >>> relative_difference({"steps": 464}, {"steps": 463})
+        inf
+    """
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if number(a) and number(b) and float in (type(a), type(b)):      # two integers must be equal
+        if a == b or (math.isnan(a) and math.isnan(b)):
+            return 0.0
+        return abs(a - b) / max(abs(a), abs(b)) if math.isfinite(a) and math.isfinite(b) else math.inf
+    if isinstance(a, dict) and isinstance(b, dict):
+        return max((relative_difference(a[k], b[k]) if k in b else math.inf for k in a), default=0.0) if (
+            set(a) == set(b)) else math.inf
+    if isinstance(a, list) and isinstance(b, list):
+        return max(map(relative_difference, a, b), default=0.0) if len(a) == len(b) else math.inf
+    return 0.0 if type(a) is type(b) and a == b else math.inf
+
+
 def add_verify_argument(parser) -> None:
     """``--verify REGEX``: the option of every script with a :class:`Cells` cache."""
     parser.add_argument("--verify", metavar="REGEX",
                         help="train the cached cells whose label matches REGEX (e.g. 'minilm n=200') again and stop "
-                             "with an error unless every number equals the cached file's")
+                             "with an error unless every number equals the cached file's (within a relative "
+                             f"{ROUNDING_RTOL:g} for a cell computed on another processor)")
 
 
 class CellMismatch(RuntimeError):
@@ -188,6 +217,9 @@ class Cells:
     fields that are not results (e.g. a run directory's path) and may differ; ``seconds`` and
     ``machine`` (the processor that computed the cell, :func:`protocol.cpu_description`) always may. A
     checked cell whose file does not name its processor gets this one's, just shown to compute it.
+    A cell from another processor (or one its file does not name), whose vector extensions round
+    differently, need not agree bit for bit: it passes when every number is within a relative
+    :data:`ROUNDING_RTOL` of its file's and nothing else differs, and the run line says so apart.
 
     Example::
 
@@ -213,6 +245,8 @@ class Cells:
         self.verify = re.compile(verify) if verify else None
         self.unchecked = {"seconds", "machine", *unchecked}
         self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
+        self.rounded: list[tuple[str, float]] = []                      # (label, largest relative difference):
+                                                                         # other processors' cells within rounding
         self._checked: set[str] = set()                                  # their paths: read if asked again
 
     def path(self, name: str, n: int, arm: str, depends_on: list) -> str:
@@ -289,8 +323,18 @@ class Cells:
         same = lambda k: (json.dumps(cached.get(k), sort_keys=True)         # NaN equals NaN, as in the file;
                           == json.dumps(fresh.get(k), sort_keys=True))      # key order aside
         differ = sorted(k for k in (set(cached) | set(fresh)) - self.unchecked if not same(k))
+        here, there = cpu_description(), cached.get("machine")
+        if differ and there != here:
+            worst = relative_difference({k: cached.get(k) for k in differ}, {k: fresh.get(k) for k in differ})
+            if worst <= ROUNDING_RTOL:
+                print(f"{label}: within rounding of {os.path.basename(path)}, computed on "
+                      f"{there or 'a processor it does not name'} (this one: {here}): largest relative difference "
+                      f"{worst:.1e} ({', '.join(differ)}), at most {ROUNDING_RTOL:g} ({seconds:.0f} s now)", flush=True)
+                if count:
+                    self.rounded.append((label, worst))
+                    self._checked.add(path)
+                return cached
         if differ:
-            here, there = cpu_description(), cached.get("machine")
             machine = (f"It was computed on {there}, this machine is {here}: other vector extensions round "
                        "differently. " if there and there != here else
                        f"It was computed on this processor ({here}). " if there else
@@ -347,4 +391,8 @@ class Cells:
         if self.verified:
             note += (f"; {len(self.verified)} of them trained again to the same numbers ("
                      + ", ".join(f"{label}: {now / 60:.1f} min" for label, now in self.verified) + ")")
+        if self.rounded:
+            note += (f"; {len(self.rounded)} computed on another processor trained again to numbers within a "
+                     f"relative {ROUNDING_RTOL:g} of theirs (" + ", ".join(
+                         f"{label}: {worst:.1e}" for label, worst in self.rounded) + ")")
         return note

@@ -1,6 +1,7 @@
 """experiments/runs.py ``Cells(verify=REGEX)``: a cached cell whose label matches is trained again and
-must equal its file in every number, else ``CellMismatch`` names the cell, its file and the fields that
-differ; other cells are only read. A fake ``run`` stands in for training (values exact, no tolerance)."""
+must equal its file in every number (within a relative 1e-4 when another processor computed it), else
+``CellMismatch`` names the cell, its file and the fields that differ; other cells are only read. A fake
+``run`` stands in for training."""
 import json
 import os
 import sys
@@ -66,9 +67,27 @@ def test_a_matching_cached_cell_is_trained_again_and_must_equal_its_file(tmp_pat
                                            r"from its file in test: now \[0.125, 0.75\], file \[0.125, 0.7500001\]\. "
                                            r"It was computed on this processor"):
         Cells(str(tmp_path), verify="full").get(path, compute, "m n=100 full")
-    _rewrite(path, machine="Other CPU (x86_64: avx2, avx512f)")     # the file names where it was computed
+    # Computed on another processor, whose vector extensions round differently: within a relative 1e-4
+    # the cell agrees (the file keeps its numbers and processor, and the run line counts it apart) ...
+    _rewrite(path, machine="Other CPU (x86_64: avx2, avx512f)")
+    rounded = Cells(str(tmp_path), verify="full")
+    assert rounded.get(path, compute, "m n=100 full")["test"] == [0.125, 0.7500001]
+    assert rounded.verified == [] and [label for label, _ in rounded.rounded] == ["m n=100 full"]
+    assert rounded.note("results").endswith("; 1 computed on another processor trained again to numbers within a "
+                                            "relative 0.0001 of theirs (m n=100 full: 1.3e-07)")
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f)["machine"] == "Other CPU (x86_64: avx2, avx512f)"
+    # ... and beyond it, or in anything but a float, it differs, and the error names both processors.
+    _rewrite(path, test=[0.125, 0.7501])
     with pytest.raises(CellMismatch, match=r"It was computed on Other CPU \(x86_64: avx2, avx512f\), this machine is "):
         Cells(str(tmp_path), verify="full").get(path, compute, "m n=100 full")
+    unnamed = checked.path("m", 9, "unnamed", [1])
+    with open(unnamed, "w", encoding="utf-8") as f:
+        json.dump({**compute(), "steps": 464}, f)        # no "machine": treated as another processor's
+    with pytest.raises(CellMismatch, match=r"in steps: now 463, file 464\. It does not say which processor"):
+        Cells(str(tmp_path), verify="n=9").get(unnamed, lambda: {**compute(), "steps": 463}, "m n=9 unnamed")
+    nearly = lambda: {**compute(), "steps": 464, "test": [0.125, 0.75000001]}
+    assert Cells(str(tmp_path), verify="n=9").get(unnamed, nearly, "m n=9 unnamed")["test"] == [0.125, 0.75]
 
 
 def test_a_grown_cell_checks_its_base_grid_and_its_growth(tmp_path):
