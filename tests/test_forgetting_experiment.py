@@ -81,6 +81,10 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     capsys.readouterr()
     forgetting.main([*common, "--variants", "wiseft"])
     assert capsys.readouterr().out.count("strategy (B_plain_lr0.001_s0)") == 1 and numbers() == before
+    rewritten = out.read_text()   # the same tables; only the run line's training time (the new cells' seconds)
+    moved = [old for old, new in zip(again.splitlines(), rewritten.splitlines()) if old != new]
+    assert len(again.splitlines()) == len(rewritten.splitlines()) and all(m.startswith("Written by") for m in moved)
+    again = rewritten
 
     # --verify: A and plain's run are trained again from step 0 (their run directories started over)
     # and must give the cached numbers exactly; the file stays the same.
