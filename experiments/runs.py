@@ -324,8 +324,8 @@ class Cells:
                           == json.dumps(fresh.get(k), sort_keys=True))      # key order aside
         differ = sorted(k for k in (set(cached) | set(fresh)) - self.unchecked if not same(k))
         here, there = cpu_description(), cached.get("machine")
+        worst = relative_difference({k: cached.get(k) for k in differ}, {k: fresh.get(k) for k in differ})
         if differ and there != here:
-            worst = relative_difference({k: cached.get(k) for k in differ}, {k: fresh.get(k) for k in differ})
             if worst <= ROUNDING_RTOL:
                 print(f"{label}: within rounding of {os.path.basename(path)}, computed on "
                       f"{there or 'a processor it does not name'} (this one: {here}): largest relative difference "
@@ -335,10 +335,13 @@ class Cells:
                     self._checked.add(path)
                 return cached
         if differ:
+            beyond = (f"Its largest relative difference, {worst:.1e}, is more than the {ROUNDING_RTOL:g} allowed "
+                      "for rounding. " if math.isfinite(worst) else
+                      "Something other than a float differs, which rounding cannot explain. ")
             machine = (f"It was computed on {there}, this machine is {here}: other vector extensions round "
-                       "differently. " if there and there != here else
-                       f"It was computed on this processor ({here}). " if there else
-                       f"It does not say which processor computed it (this one: {here}). ")
+                       "differently, but not that far. " + beyond if there and there != here else
+                       f"It was computed on this processor ({here}), which must give it bit for bit. " if there else
+                       f"It does not say which processor computed it (this one: {here}). " + beyond)
             raise CellMismatch(f"cell {label!r} ({path}) trained again differs from its file in "
                                + "; ".join(f"{k}: now {fresh.get(k)}, file {cached.get(k)}" for k in differ)
                                + ". " + machine + "The file came from other code, settings or another machine: "
