@@ -321,8 +321,10 @@ def chosen_alphas(curves: dict[float, dict[int, dict]]) -> dict[str, float]:
             for head in ("own", "refit")}
 
 
-def run_variant(exp: Experiment, name: str, lr: str) -> None:
-    args, lr_override = exp.args, [f"optim.learning_rate={lr[2:]}"]
+def run_variant(exp: Experiment, name: str, lr: str | None) -> None:
+    """Train (or read) every cell of method ``name``; ``lr`` is plain's chosen rate (``lr0.0005``), which
+    every method but LoRA trains with (None when LoRA is all that runs)."""
+    args, lr_override = exp.args, [f"optim.learning_rate={lr[2:]}"] if lr else None
     if name == "plain":
         trained_variant(exp, "plain", {lr: lr_override}, "b")
     elif name in ("l2sp", "l2sp_decoupled"):

@@ -100,6 +100,12 @@ def test_quick_forgetting_writes_every_table_and_reruns_only_what_is_missing(tin
     from runs import CellMismatch
     with pytest.raises(CellMismatch, match=r"cell 'plain/lr0.001/seed0' .* differs from its file in b_test"):
         forgetting.main([*common, "--variants", "plain", "--verify", "plain/"])
+    plain.write_text(json.dumps(record))
+
+    # LoRA alone: its own learning-rate grid, no need for plain's rate; the file keeps every method.
+    forgetting.main([*common, "--variants", "lora", "--lora-learning-rates", "1e-3"])
+    with_lora = out.read_text()
+    assert "| LoRA | lr0.001 |" in with_lora and "| plain | lr0.001 |" in with_lora
 
 
 def test_claims_pair_each_method_with_plain_on_common_seeds():
