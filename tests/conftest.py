@@ -16,16 +16,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _JIT_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxtune-test-jit-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The tests check results, not speed: they compile with the bench smoke's XLA flags (SMOKE_XLA_FLAGS, each
-# with its reason): XLA:CPU skips LLVM's optimisation passes (a tiny model's step compiles about 3x faster)
-# and uses its older fusion emitter (the freezing experiment's quick test: 63 -> 46 s of XLA compilation,
-# 2026-12-02). Compiling is most of the suite's time. Importing the module starts no JAX backend, which
-# reads XLA_FLAGS when it starts. Subprocesses inherit these; tests that set XLA_FLAGS for a subprocess add
-# theirs to them (tests/test_multihost.py, test_train.py, test_checkpoint.py). A flag already set wins.
-from jaxtune.bench.xla_flags import SMOKE_XLA_FLAGS  # noqa: E402
+# with its reason), set as the smoke suite sets them: XLA:CPU skips LLVM's optimisation passes (a tiny
+# model's step compiles about 3x faster) and uses its older fusion emitter (the freezing experiment's quick
+# test: 63 -> 46 s of XLA compilation, 2026-12-02). Compiling is most of the suite's time. Importing the
+# module starts no JAX backend, which reads XLA_FLAGS when it starts. Subprocesses inherit these; tests that
+# set XLA_FLAGS for a subprocess add theirs to them (tests/test_multihost.py, test_train.py,
+# test_checkpoint.py). A flag already set wins.
+from jaxtune.bench.xla_flags import apply_environment  # noqa: E402
 
-for _flag, (_value, _why) in SMOKE_XLA_FLAGS.items():
-    if f"--{_flag}=" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_flag}={_value}".strip()
+apply_environment("smoke", threads=None)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
