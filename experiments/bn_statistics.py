@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(f"{stem}.png", results, seeds)
     lines += ["", f"![test accuracy with running and re-estimated statistics]({os.path.basename(stem)}.png)"]
     print(protocol.write_results(out, lines, title="Batch-norm statistics after a short fine-tuning",
-                                 command=command, claims=found), end="")
+                                 command=command, claims=found, compute=cells.compute()), end="")
     return 0
 
 

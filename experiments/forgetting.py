@@ -53,7 +53,7 @@ from jaxtune.experiment import build, epoch_batches, evaluate, finetune
 from jaxtune.models import bert
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from protocol import (command_line, cpu_description, format_interval, format_mean_std,  # noqa: E402
+from protocol import (command_line, compute_summary, cpu_description, format_interval, format_mean_std,  # noqa: E402
                       markdown_table, mean_std, paired_interval, verdict, write_results)
 from runs import Cells, add_verify_argument, processors, shown_path, write_json  # noqa: E402
 
@@ -459,13 +459,24 @@ def training_time(cache: str) -> str:
 
         training_time("runs/cache")   # '60 results, computed in 101.2 min on AMD EPYC (x86_64: avx2, fma)'
     """
-    records = [_load(os.path.join(folder, name)) for folder, _, files in sorted(os.walk(cache))
-               for name in sorted(f for f in files if f.endswith(".json") and f != "selection.json")]
+    records = cached_records(cache)
     seconds, machines = [r.get("seconds") for r in records], [r.get("machine") for r in records]
     unrecorded = sum(s is None for s in seconds)
     return (f"{len(seconds)} results, computed in {sum(s for s in seconds if s is not None) / 60:.1f} min"
             + (f" {processors(machines)}" if any(machines) else "")
             + (f" ({unrecorded} of them written before results recorded their time)" if unrecorded else ""))
+
+
+def cached_records(cache: str) -> list[dict]:
+    """Every result the cache holds (its JSON files but the selections), in a fixed order."""
+    return [_load(os.path.join(folder, name)) for folder, _, files in sorted(os.walk(cache))
+            for name in sorted(f for f in files if f.endswith(".json") and f != "selection.json")]
+
+
+def cache_compute(cache: str) -> dict:
+    """The sidecar's ``"compute"`` of the cache's results (``protocol.compute_summary``)."""
+    records = cached_records(cache)
+    return compute_summary([r.get("seconds") for r in records], [r.get("machine") for r in records])
 
 
 def write_report(exp: Experiment) -> None:
@@ -525,7 +536,8 @@ def write_report(exp: Experiment) -> None:
     if found:
         lines += ["", "## Claims", "", *(f"- {c['claim']}: **{c['verdict']}** ({c['summary']})." for c in found)]
         print(write_results(args.out, lines, title="Catastrophic forgetting: tweets then WNUT-16 NER (experiment 3)",
-                            command=args.command, claims=found), end="")
+                            command=args.command, claims=found,
+                            compute=cache_compute(args.cache)), end="")
         return
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -9,7 +9,9 @@ Each experiment under the protocol (``experiments/protocol.py``) writes, beside 
                  "sentence": "..."}]}
 
 (``sentence``, optional: the claim as the README states it, when the claim's own text does not read as
-one; a single claim may also be given flat: ``{"claim", "verdict", "summary", "command"}``). This
+one; a single claim may also be given flat: ``{"claim", "verdict", "summary", "command"}``; ``compute``,
+optional: ``{"results", "minutes", "unrecorded_times", "processors"}``, what a script with a per-cell
+cache cost, for the cost table against :data:`BUDGET_MINUTES`). This
 command reads them all, one row per claim, and lists every results file without a sidecar (and the
 README's demo, :data:`DEMO`) as "not under protocol", with the seeds it states. It writes the same
 findings, one sentence per claim and one line per result not under the protocol, into README.md between
@@ -35,6 +37,10 @@ _COMMAND = re.compile(r"`((?:python|jaxtune) [^`]+)`")
 README_START = "<!-- experiment findings: written by `python experiments/index.py`; do not edit -->"
 README_END = "<!-- end of experiment findings -->"
 # The demo's table lives in the README, not under results/: one seed, learning rates set by hand.
+# The protocol's budget (issue #15): about 45 minutes of training per experiment on the 2-core CI machine.
+BUDGET_MINUTES = 45
+_RUN_MINUTES = re.compile(r"^- run: [^,]+, ([0-9.]+) min,", re.M)
+_MACHINE = re.compile(r"^- machine: [^,]*, (.*), \d+ CPU cores$", re.M)
 DEMO = {"title": "The demo: linear probe vs full fine-tuning (LLRD) of all-MiniLM-L6-v2 on tweet sentiment, "
                  "equal steps", "seeds": "one seed", "command": "python -m jaxtune.demo --write-readme README.md",
         "results": "../README.md#quick-start"}
@@ -68,6 +74,11 @@ def read_sidecar(path: str) -> dict:
     record["title"] = record.get("title") or name
     if not record.get("command"):
         raise ValueError(f"{path} has no 'command'; a sidecar names the one command that writes its results")
+    compute = record.get("compute")
+    if compute is not None and not (isinstance(compute, dict) and {"results", "minutes", "unrecorded_times",
+                                                                    "processors"} <= set(compute)):
+        raise ValueError(f"{path}: 'compute' must be {{'results', 'minutes', 'unrecorded_times', 'processors'}} "
+                         f"(runs.Cells.compute()), not {compute!r}; rerun the experiment's command to rewrite it")
     for i, claim in enumerate(record["claims"]):
         missing = [k for k in ("claim", "verdict", "summary") if not claim.get(k)]
         if missing:
@@ -99,6 +110,38 @@ def legacy_entry(path: str) -> dict:
     command = _COMMAND.search(text)
     return {"title": title, "seeds": seeds, "command": command.group(1) if command else "not stated",
             "results": f"results/{os.path.basename(path)}"}
+
+
+def cost_row(record: dict, root: str) -> list[str]:
+    """One row of RESULTS.md's cost table: the experiment's results, its training time and where it was
+    computed, and how that compares with :data:`BUDGET_MINUTES`. From the sidecar's ``"compute"`` (the
+    sum of its cached results' recorded training times) or, for a script that trains everything on
+    every run, from its results file's run and machine lines.
+
+    Example::
+
+        cost_row(read_sidecar("experiments/results/freezing.json"), "experiments")
+        # ['[Freezing ...](results/freezing.md)', '20 cached results', '77.3 min', 'AMD EPYC (...): 20', 'over: 1.7x']
+    """
+    link = f"[{_cell(record['title'])}]({record['results']})"
+    compute = record.get("compute")
+    if compute:
+        minutes = compute["minutes"]
+        results = f"{compute['results']} cached results"
+        time = f"{minutes:.1f} min" + (f" ({compute['unrecorded_times']} results without a recorded time)"
+                                        if compute["unrecorded_times"] else "")
+        where = ", ".join(f"{_cell(machine)}: {count}" for machine, count in compute["processors"].items())
+    else:
+        path = os.path.join(root, record["results"])
+        text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+        run, machine = _RUN_MINUTES.search(text), _MACHINE.search(text)
+        if not run:
+            return [link, "trained in full by every run", "not stated (no run line)", "not stated", "not known"]
+        minutes = float(run.group(1))
+        results, time = "trained in full by every run", f"{minutes:.1f} min (its last run)"
+        where = _cell(machine.group(1)) if machine else "not stated"
+    budget = "within" if minutes <= BUDGET_MINUTES else f"over: {minutes / BUDGET_MINUTES:.1f}x"
+    return [link, results, time, where, budget]
 
 
 def _sources(root: str) -> tuple[list[dict], list[dict]]:
@@ -175,6 +218,15 @@ def render(root: str = HERE) -> str:
         for claim in record["claims"]:
             lines.append(f"| {_cell(claim['claim'])} | **{claim['verdict']}** | {_cell(claim['summary'])} | "
                          f"`{_cell(record['command'])}` | [{record['results']}]({record['results']}) |")
+    lines += ["", "## What each experiment costs", "",
+              f"Training time of each experiment under the protocol from scratch: the sum of its results' recorded "
+              f"training times (each cached result keeps the seconds its training took and the processor that "
+              f"computed it; times taken while other work shared the cores are longer than alone), or the last "
+              f"run's time for a script that trains everything on every run. The protocol's budget is about "
+              f"{BUDGET_MINUTES} min per experiment on the 2-core machine. `--verify` reproduces a result bit for "
+              "bit only on the processor that computed it.", "",
+              "| experiment | results | training time | computed on | budget |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(cost_row(record, root))} |" for record in records]
     lines += ["", "## Not under the protocol yet", "",
               "| results | what it measured | seeds | command |", "|---|---|---|---|"]
     for entry in legacy:

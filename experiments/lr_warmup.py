@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_panels(f"{stem}.png", grid, {key: exp.title(key) for key in args.datasets}, args.learning_rates, args.seeds,
                 exp.baselines, "all-MiniLM-L6-v2" if args.model == "minilm" else os.path.basename(args.model))
     print(protocol.write_results(args.out, lines, title="Learning rate x warm-up stability (experiment 4)",
-                                 command=args.command, claims=found), end="")
+                                 command=args.command, claims=found, compute=exp.cells.compute()), end="")
     return 0
 
 

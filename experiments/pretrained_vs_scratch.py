@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(f"{stem}.png", results, seeds)
     lines += ["", f"![test accuracy vs training-set size, one panel per model]({os.path.basename(stem)}.png)"]
     print(protocol.write_results(out, lines, title="Pretrained vs from scratch over size (experiment 1)",
-                                 command=command, claims=found), end="")
+                                 command=command, claims=found, compute=cells.compute()), end="")
     return 0
 
 

@@ -32,12 +32,14 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
 VERDICTS = ("shown", "not shown", "contradicted")
 SIDECAR_KEYS = ("claim", "verdict", "summary")
+COMPUTE_KEYS = ("results", "minutes", "unrecorded_times", "processors")   # a sidecar's "compute": runs.Cells.compute()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -468,7 +470,23 @@ def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", f"experiments/{script}", *kept])
 
 
-def write_sidecar(path: str, *, title: str, command: str, results: str, claims: Sequence[Mapping[str, str]]) -> str:
+def compute_summary(seconds: list, machines: list) -> dict:
+    """The sidecar's ``"compute"`` (:func:`write_sidecar`) of results whose records hold training
+    ``seconds`` (None where unrecorded) and ``machines`` (the processor, None where unnamed).
+
+    Example::
+
+        >>> compute_summary([60.0, 120.0, None], ["A (x86_64: avx2)", None, None])
+        {'results': 3, 'minutes': 3.0, 'unrecorded_times': 1, 'processors': {'A (x86_64: avx2)': 1, 'not recorded': 2}}
+    """
+    return {"results": len(seconds), "minutes": round(sum(s for s in seconds if s is not None) / 60, 1),
+            "unrecorded_times": sum(s is None for s in seconds),
+            "processors": dict(sorted(Counter(m or "not recorded" for m in machines).items(),
+                                      key=lambda mk: (mk[0] == "not recorded", mk[0])))}
+
+
+def write_sidecar(path: str, *, title: str, command: str, results: str, claims: Sequence[Mapping[str, str]],
+                  compute: Mapping | None = None) -> str:
     """Writes the machine-readable summary ``experiments/results/<name>.json`` that
     ``experiments/index.py`` lists in ``experiments/RESULTS.md``; returns ``path``.
 
@@ -479,8 +497,12 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
       claims: ``[{"claim": ..., "verdict": "shown" | "not shown" | "contradicted", "summary": ...}]``;
         the summary gives the numbers the verdict rests on. An optional ``"sentence"`` states the claim
         as the README's findings should read it (default: the claim's text).
+      compute: what the results cost to compute from scratch, for a script with a per-cell cache
+        (:meth:`runs.Cells.compute`: ``{"results", "minutes", "unrecorded_times", "processors"}``);
+        None for a script that trains everything on every run (its run line gives the time).
 
-    The file holds no date or timing, so a rerun with the same numbers rewrites the same bytes.
+    The file holds no date and no timing of this run (``compute`` sums the cells' recorded training
+    times), so a rerun with the same numbers rewrites the same bytes.
 
     Example::
 
@@ -502,6 +524,11 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
     if not checked:
         raise ValueError(f"{path}: a sidecar needs at least one claim")
     record = {"title": title, "command": command, "results": results, "claims": checked}
+    if compute is not None:
+        missing = [k for k in COMPUTE_KEYS if k not in compute]
+        if missing:
+            raise ValueError(f"{path}: 'compute' lacks {missing}; give runs.Cells.compute() or None")
+        record["compute"] = {k: compute[k] for k in COMPUTE_KEYS}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
@@ -509,9 +536,9 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
 
 
 def write_results(out: str, lines: Sequence[str], *, title: str, command: str,
-                  claims: Sequence[Mapping[str, str]]) -> str:
+                  claims: Sequence[Mapping[str, str]], compute: Mapping | None = None) -> str:
     """Writes an experiment's results file ``out`` (``lines`` joined) and its sidecar (``out`` with
-    ``.json``, see :func:`write_sidecar`); returns the results text.
+    ``.json``, see :func:`write_sidecar`, ``compute`` included); returns the results text.
 
     Example::
 
@@ -524,5 +551,5 @@ def write_results(out: str, lines: Sequence[str], *, title: str, command: str,
     with open(out, "w", encoding="utf-8") as f:
         f.write(text)
     write_sidecar(os.path.splitext(out)[0] + ".json", title=title, command=command,
-                  results=f"results/{os.path.basename(out)}", claims=claims)
+                  results=f"results/{os.path.basename(out)}", claims=claims, compute=compute)
     return text

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 import jaxtune as jt
-from protocol import cpu_description
+from protocol import compute_summary, cpu_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTEND = 2   # how many learning rates a grid may grow past its edge (``member_trainer.extend_past_edges``)
@@ -242,6 +242,7 @@ class Cells:
     def __init__(self, folder: str, verify: str | None = None, unchecked: tuple[str, ...] = ()):
         self.folder, self.trained = folder, 0
         self.read_seconds, self.read_machines = [], []                  # one entry per cell read (None: unrecorded)
+        self.written: list[tuple[float, str]] = []                      # (seconds, machine) of each cell trained now
         self.verify = re.compile(verify) if verify else None
         self.unchecked = {"seconds", "machine", *unchecked}
         self.verified: list[tuple[str, float]] = []                     # (label, seconds it took now)
@@ -376,6 +377,7 @@ class Cells:
         print(f"{label}: {shown}({record['seconds']:.0f} s)", flush=True)
         self._dump(path, record)
         self.trained += 1
+        self.written.append((record["seconds"], record["machine"]))
         return record
 
     @staticmethod
@@ -386,6 +388,19 @@ class Cells:
     def shown_folder(self) -> str:
         """The cache folder as the results file names it (:func:`shown_path`)."""
         return shown_path(self.folder)
+
+    def compute(self) -> dict:
+        """What the results file's cells cost, for its sidecar (:func:`protocol.write_sidecar`): how many
+        there are (read or trained now), their recorded training minutes summed, and how many each
+        processor computed (``"not recorded"`` for a cell without one). A rerun that reads every cell
+        gives the same dict.
+
+        Example::
+
+            cells.compute()   # {"results": 20, "minutes": 77.3, "processors": {"AMD EPYC (x86_64: avx2, fma)": 20}}
+        """
+        return compute_summary([*self.read_seconds, *(s for s, _ in self.written)],
+                               [*self.read_machines, *(m for _, m in self.written)])
 
     def note(self, what: str) -> str:
         """``"3 <what> trained now, 17 read from the cache `<folder>` (trained in 40.2 min)"``: for the run

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -138,6 +139,46 @@ def test_sidecar_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"lacks \['summary'\]"):
         protocol.write_sidecar(str(results / "y.json"), title="Y", command="c", results="r",
                                claims=[{"claim": "c", "verdict": "shown"}])
+
+
+def test_sidecar_keeps_what_the_results_cost_and_refuses_an_incomplete_account(tmp_path):
+    claim = {"claim": "A beats B", "verdict": "shown", "summary": "+0.03 [+0.01, +0.05]"}
+    compute = protocol.compute_summary([60.0, 90.0, None], ["EPYC (x86_64: avx2)", None, "EPYC (x86_64: avx2)"])
+    assert compute == {"results": 3, "minutes": 2.5, "unrecorded_times": 1,
+                       "processors": {"EPYC (x86_64: avx2)": 2, "not recorded": 1}}
+    path = str(tmp_path / "x.json")
+    protocol.write_sidecar(path, title="X", command="c", results="results/x.md", claims=[claim], compute=compute)
+    assert index.read_sidecar(path)["compute"] == compute
+    with pytest.raises(ValueError, match=r"'compute' lacks \['processors'\]"):
+        protocol.write_sidecar(path, title="X", command="c", results="r", claims=[claim],
+                               compute={"results": 1, "minutes": 1.0, "unrecorded_times": 0})
+    (tmp_path / "bad.json").write_text(json.dumps({"title": "B", "command": "c", "claims": [claim],
+                                                   "compute": {"minutes": 3}}))
+    with pytest.raises(ValueError, match="bad.json: 'compute' must be"):
+        index.read_sidecar(str(tmp_path / "bad.json"))
+
+
+def test_cost_table_sums_recorded_times_or_reads_the_run_line_and_compares_with_the_budget(tmp_path):
+    root, results = tmp_path / "experiments", tmp_path / "experiments" / "results"
+    results.mkdir(parents=True)
+    claim = {"claim": "x beats y", "verdict": "shown", "summary": "+0.1 [+0.05, +0.15]"}
+    protocol.write_sidecar(str(results / "cached.json"), title="Cached | one", command="python experiments/c.py",
+                           results="results/cached.md", claims=[claim],
+                           compute=protocol.compute_summary([3000.0, 2700.0, None], ["P (x86_64: avx2)", None, None]))
+    protocol.write_sidecar(str(results / "whole.json"), title="Whole", command="python experiments/w.py",
+                           results="results/whole.md", claims=[claim])
+    header = protocol.header_lines("Whole", "python experiments/w.py", [0, 1, 2], time.time() - 750.0, 0.5)
+    (results / "whole.md").write_text("\n".join(header) + "\n")
+    protocol.write_sidecar(str(results / "lost.json"), title="Lost", command="python experiments/l.py",
+                           results="results/lost.md", claims=[claim])
+    text = index.render(str(root))
+    table = text[text.index("## What each experiment costs"):text.index("## Not under the protocol yet")]
+    assert ("| [Cached \\| one](results/cached.md) | 3 cached results | 95.0 min (1 results without a recorded "
+            "time) | P (x86_64: avx2): 1, not recorded: 2 | over: 2.1x |") in table
+    assert (f"| [Whole](results/whole.md) | trained in full by every run | 12.5 min (its last run) | "
+            f"{protocol.cpu_description()} | within |") in table
+    assert "| [Lost](results/lost.md) | trained in full by every run | not stated (no run line) |" in table
+    assert f"about {index.BUDGET_MINUTES} min per experiment" in table
 
 
 def _readme(path, body="old findings\n"):
