@@ -112,6 +112,30 @@ def test_a_grown_cell_checks_its_base_grid_and_its_growth(tmp_path):
         Cells(str(tmp_path), verify="full").get_extended(paths, trained, grow, "m n=100 full")
 
 
+def test_compute_counts_every_cell_read_or_trained_with_its_recorded_time_and_processor(tmp_path):
+    compute = lambda: {"val": [0.5], "test": [0.25]}
+    cells = Cells(str(tmp_path))
+    paths = [cells.path("m", n, "full", [1]) for n in (100, 200, 300)]
+    for n, path in zip((100, 200, 300), paths):
+        cells.get(path, compute, f"m n={n} full")
+    _rewrite(paths[0], seconds=600.0, machine="Other (x86_64: avx2)")
+    _rewrite(paths[1], seconds=1200.0)
+    with open(paths[2], encoding="utf-8") as f:
+        unnamed = {k: v for k, v in json.load(f).items() if k not in ("machine", "seconds")}
+    with open(paths[2], "w", encoding="utf-8") as f:
+        json.dump(unnamed, f)                       # an older cell: no time, no processor
+
+    later = Cells(str(tmp_path))
+    for n, path in zip((100, 200, 300), paths):
+        later.get(path, lambda: pytest.fail("cached"), f"m n={n} full")
+    fresh = later.path("m", 400, "full", [1])
+    later.get(fresh, compute, "m n=400 full")       # trained now: counted with its own time
+    with open(fresh, encoding="utf-8") as f:
+        now = json.load(f)["seconds"]
+    assert later.compute() == {"results": 4, "minutes": round((1800.0 + now) / 60, 1), "unrecorded_times": 1,
+                               "processors": {"Other (x86_64: avx2)": 1, cpu_description(): 2, "not recorded": 1}}
+
+
 def test_runs_docstring_examples_hold():
     """runs.py's examples: cache paths, the cache note (read times summed, unrecorded ones counted),
     shown paths, step budgets, batch order."""
