@@ -446,6 +446,20 @@ def strip_run_line(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("- run: "))
 
 
+def strip_training_time(sidecar: str | bytes) -> dict:
+    """A sidecar's record without its ``compute`` minutes: what must be equal between reruns (a cell
+    trained again records the time it took now, as the run line does).
+
+    Example::
+
+        assert strip_training_time(open(a).read()) == strip_training_time(open(b).read())
+    """
+    record = json.loads(sidecar)
+    if "compute" in record:
+        record["compute"] = {k: v for k, v in record["compute"].items() if k != "minutes"}
+    return record
+
+
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
     """The command that reproduces this run: ``python experiments/<script> <args>``, without
     ``--verify REGEX`` (it trains cached cells again to check them; the file it writes is the same,

@@ -62,6 +62,9 @@ def test_quick_run_writes_everything_and_reruns_bit_for_bit(tiny_experiment_mode
     assert sidecar["results"] == "results/freezing.md" and len(sidecar["claims"]) == 2 * len(freezing.CLAIMS)
     assert all(c["verdict"] in protocol.VERDICTS for c in sidecar["claims"])
     assert json.loads(out.with_suffix(".json").read_text())["command"].startswith("python experiments/freezing.py --quick")
+    cost = sidecar["compute"]    # the 20 cells the file reads (the grown ones, whose time includes their base grid's)
+    assert cost["results"] == 20 and cost["unrecorded_times"] == 0
+    assert cost["processors"] == {protocol.cpu_description(): 20} and cost["minutes"] > 0
 
 
 def test_the_cache_folder_is_named_from_the_repository_root_on_every_machine(tmp_path):

@@ -149,6 +149,11 @@ def test_sidecar_keeps_what_the_results_cost_and_refuses_an_incomplete_account(t
     path = str(tmp_path / "x.json")
     protocol.write_sidecar(path, title="X", command="c", results="results/x.md", claims=[claim], compute=compute)
     assert index.read_sidecar(path)["compute"] == compute
+    retrained = path.replace("x.json", "x2.json")        # the same results, a cell trained again: other minutes
+    protocol.write_sidecar(retrained, title="X", command="c", results="results/x.md", claims=[claim],
+                           compute={**compute, "minutes": 7.5})
+    first, second = open(path).read(), open(retrained).read()
+    assert first != second and protocol.strip_training_time(first) == protocol.strip_training_time(second)
     with pytest.raises(ValueError, match=r"'compute' lacks \['processors'\]"):
         protocol.write_sidecar(path, title="X", command="c", results="r", claims=[claim],
                                compute={"results": 1, "minutes": 1.0, "unrecorded_times": 0})
