@@ -30,17 +30,20 @@ import posixpath
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from protocol import COMPUTE_KEYS  # noqa: E402  (experiments/protocol.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 VERDICTS = ("shown", "not shown", "contradicted")
 _COMMAND = re.compile(r"`((?:python|jaxtune) [^`]+)`")
 # The README's findings sit between these two lines; the rest of README.md is never touched.
 README_START = "<!-- experiment findings: written by `python experiments/index.py`; do not edit -->"
 README_END = "<!-- end of experiment findings -->"
-# The demo's table lives in the README, not under results/: one seed, learning rates set by hand.
 # The protocol's budget (issue #15): about 45 minutes of training per experiment on the 2-core CI machine.
 BUDGET_MINUTES = 45
 _RUN_MINUTES = re.compile(r"^- run: [^,]+, ([0-9.]+) min,", re.M)
 _MACHINE = re.compile(r"^- machine: [^,]*, (.*), \d+ CPU cores$", re.M)
+# The demo's table lives in the README, not under results/: one seed, learning rates set by hand.
 DEMO = {"title": "The demo: linear probe vs full fine-tuning (LLRD) of all-MiniLM-L6-v2 on tweet sentiment, "
                  "equal steps", "seeds": "one seed", "command": "python -m jaxtune.demo --write-readme README.md",
         "results": "../README.md#quick-start"}
@@ -75,10 +78,9 @@ def read_sidecar(path: str) -> dict:
     if not record.get("command"):
         raise ValueError(f"{path} has no 'command'; a sidecar names the one command that writes its results")
     compute = record.get("compute")
-    if compute is not None and not (isinstance(compute, dict) and {"results", "minutes", "unrecorded_times",
-                                                                    "processors"} <= set(compute)):
-        raise ValueError(f"{path}: 'compute' must be {{'results', 'minutes', 'unrecorded_times', 'processors'}} "
-                         f"(runs.Cells.compute()), not {compute!r}; rerun the experiment's command to rewrite it")
+    if compute is not None and not (isinstance(compute, dict) and set(COMPUTE_KEYS) <= set(compute)):
+        raise ValueError(f"{path}: 'compute' must hold {list(COMPUTE_KEYS)} (runs.Cells.compute()), not "
+                         f"{compute!r}; rerun the experiment's command to rewrite it")
     for i, claim in enumerate(record["claims"]):
         missing = [k for k in ("claim", "verdict", "summary") if not claim.get(k)]
         if missing:

@@ -515,8 +515,8 @@ def write_sidecar(path: str, *, title: str, command: str, results: str, claims: 
         (:meth:`runs.Cells.compute`: ``{"results", "minutes", "unrecorded_times", "processors"}``);
         None for a script that trains everything on every run (its run line gives the time).
 
-    The file holds no date and no timing of this run (``compute`` sums the cells' recorded training
-    times), so a rerun with the same numbers rewrites the same bytes.
+    The file holds no date and no timing of this run: a rerun that reads every cell rewrites the same
+    bytes; one that trains a cell again differs only in ``compute``'s minutes (:func:`strip_training_time`).
 
     Example::
 

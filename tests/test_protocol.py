@@ -159,7 +159,7 @@ def test_sidecar_keeps_what_the_results_cost_and_refuses_an_incomplete_account(t
                                compute={"results": 1, "minutes": 1.0, "unrecorded_times": 0})
     (tmp_path / "bad.json").write_text(json.dumps({"title": "B", "command": "c", "claims": [claim],
                                                    "compute": {"minutes": 3}}))
-    with pytest.raises(ValueError, match="bad.json: 'compute' must be"):
+    with pytest.raises(ValueError, match="bad.json: .compute. must hold"):
         index.read_sidecar(str(tmp_path / "bad.json"))
 
 
