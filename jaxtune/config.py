@@ -35,7 +35,6 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.epochs": "where training stops (only with optim.schedule 'constant'; see LENGTH_KEYS)",
     "train.log_every": "how often train metrics are logged",
     "train.progress": "whether a progress bar is drawn",
-    "train.plots": "whether the run directory gets its curve and test-report plots",
     "train.compilation_cache": "where compiled steps are cached (a cached program computes the same)",
     "train.gpu_threefry_kernel": "how random bits are lowered on GPU (a kernel or XLA ops: the same bits)",
     "model.remat": "what the backward pass recomputes instead of storing (the same gradients, the same checkpoints)",

@@ -201,9 +201,7 @@ class TrainConfig:
     :func:`jaxtune.use_gpu_threefry_kernel`). ``recompute_batch_stats``: a CNN's batch-norm statistics
     re-estimated over the first N training examples before every evaluation and the export, as PyTorch's
     ``update_bn`` (for few steps at a small momentum, or averaged weights; :mod:`jaxtune.run_batch_stats`);
-    None keeps the running statistics. ``plots``: the run directory's ``curves.png`` and
-    ``test_report.png`` (false skips them, about a second each, for sweeps of short runs; the metrics
-    stay in ``metrics.jsonl`` for :func:`jaxtune.plot_curves` to draw later).
+    None keeps the running statistics.
 
     Example::
 
@@ -219,7 +217,6 @@ class TrainConfig:
     seed: int = 0
     compute_dtype: str | None = None
     progress: bool = True
-    plots: bool = True
     parallel: str | None = None
     compilation_cache: bool | str = True
     gpu_threefry_kernel: bool = True

@@ -79,21 +79,19 @@ def write_outputs(setup: Setup, plan: RunDirPlan, state: TrainState, result: Run
 
 def _write_run_files(setup: Setup, jsonl_path: str, headline: str, test_scores: dict[str, float],
                      predictions: np.ndarray, references: np.ndarray, exported: dict | None) -> dict[str, str]:
-    """Writes the curve plot, the test report (and its plot; no plots with ``train.plots`` false) and,
-    given the weights ``exported``, the HF export into the run directory; returns their paths."""
+    """Writes the curve plot, the test report (and its plot) and, given the weights ``exported``, the
+    HF export into the run directory; returns their paths."""
     from jaxtune.models.family import export_labels
 
     cfg, data, task, run_dir = setup.config, setup.data, setup.task, setup.run_dir
-    plots = cfg.train.plots
-    paths = {"plot": plot_curves(jsonl_path, os.path.join(run_dir, "curves.png"), title=cfg.name)} if plots else {}
+    paths = {"plot": plot_curves(jsonl_path, os.path.join(run_dir, "curves.png"), title=cfg.name)}
     report_lines = [headline, data.description, "", setup.strategy_table, "",
                     "test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_scores.items())]
     if task.name in ("sequence_classification", "pair_classification", "image_classification"):
         class_report = M.classification_report(references, predictions, data.label_names)
         report_lines += ["", str(class_report)]
-        if plots:
-            paths["class_report_plot"] = plot_classification_report(
-                class_report, os.path.join(run_dir, "test_report.png"), title=f"{cfg.name}: test")
+        paths["class_report_plot"] = plot_classification_report(
+            class_report, os.path.join(run_dir, "test_report.png"), title=f"{cfg.name}: test")
     paths["report"] = os.path.join(run_dir, "report.txt")
     with open(paths["report"], "w", encoding="utf-8") as f:
         f.write("\n".join(report_lines) + "\n")

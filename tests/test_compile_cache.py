@@ -76,7 +76,7 @@ def test_second_identical_run_compiles_from_the_persistent_cache(tiny_model_dir,
     cache = str(tmp_path / "jit")
     overrides = [f"output_dir={tmp_path}", f"model.path={tiny_model_dir}", "data.max_length=16", "data.batch_size=8",
                  "data.eval_batch_size=16", "data.train_limit=8", "data.eval_limit=8", "data.test_limit=8",
-                 "optim.schedule=constant", "train.max_steps=1", "train.eval_every=1", "train.progress=false", "train.plots=false",
+                 "optim.schedule=constant", "train.max_steps=1", "train.eval_every=1", "train.progress=false",
                  "early_stopping.enabled=false", f"train.compilation_cache={cache}"]
     data = prepare_data(jt.load_config(None, overrides).data, tiny_model_dir)
     first = finetune(jt.load_config(None, ["name=first", *overrides]), data=data)

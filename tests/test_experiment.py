@@ -36,7 +36,7 @@ def _config(model_dir, out, name, **optim):
         "data": {"dataset": "tweet_sentiment", "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
                  "train_limit": 64, "eval_limit": 32, "test_limit": 32},
         "optim": {"learning_rate": 1e-3, "schedule": "constant", **optim},
-        "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False, "plots": False},
+        "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False},
         "early_stopping": {"enabled": False, "monitor": "val_loss"},
         "checkpoint": {"keep_latest": 1, "keep_best": 1},
     }
@@ -71,7 +71,7 @@ def test_runner_resume_equals_uninterrupted_run(tiny_model_dir, data, tmp_path):
     for a, b in zip(jax.tree.leaves(_latest_params(resumed.paths["run_dir"], template)),
                     jax.tree.leaves(_latest_params(straight.paths["run_dir"], template))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for key in ("report", "metrics", "config"):   # plots: test_plots_are_written_unless_train_plots_is_false
+    for key in ("plot", "report", "metrics", "config", "class_report_plot"):
         assert os.path.exists(straight.paths[key]), key
     assert "negative" in open(straight.paths["report"]).read()  # per-class report
 
@@ -150,22 +150,6 @@ def test_l2_sp_and_weight_averaging_from_config(tiny_model_dir, data, tmp_path, 
     np.testing.assert_allclose(evaluate_run(averaged.paths["run_dir"])["loss"], averaged.test_metrics["loss"], rtol=1e-6)
     with pytest.raises(ValueError, match="optim.weight_average is 'swa'"):
         finetune(_config(tiny_model_dir, tmp_path, "bad", weight_average="swa"), data=data)
-
-
-def test_plots_are_written_unless_train_plots_is_false(tiny_model_dir, data, tmp_path):
-    """``train.plots: false`` (this file's runs) skips curves.png and test_report.png, nothing else; the
-    default draws both, from the same metrics.jsonl."""
-    quiet = finetune(_config(tiny_model_dir, tmp_path, "quiet"), data=data)
-    assert "plot" not in quiet.paths and "class_report_plot" not in quiet.paths
-    assert not [f for f in os.listdir(quiet.paths["run_dir"]) if f.endswith(".png")]
-    assert os.path.exists(quiet.paths["report"]) and os.path.exists(quiet.paths["metrics"])
-    config = _config(tiny_model_dir, tmp_path, "drawn")
-    config["train"]["plots"] = True
-    drawn = finetune(config, data=data)
-    assert drawn.paths["plot"] == os.path.join(drawn.paths["run_dir"], "curves.png")
-    assert drawn.paths["class_report_plot"] == os.path.join(drawn.paths["run_dir"], "test_report.png")
-    assert all(open(drawn.paths[k], "rb").read(8) == b"\x89PNG\r\n\x1a\n" for k in ("plot", "class_report_plot"))
-    assert drawn.test_metrics == quiet.test_metrics
 
 
 def test_weight_averaging_with_structural_unfreezing(tiny_model_dir, data, tmp_path):

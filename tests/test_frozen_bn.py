@@ -204,7 +204,7 @@ def _runner_config(model_dir, tmp_path, **optim):
             "data": {"dataset": "mnist_digits", "batch_size": 4, "eval_batch_size": 8},
             "optim": {"learning_rate": 0.1, "optimizer": "sgd", "schedule": "constant",
                       "rules": [{"pattern": "classifier/.*"}, {"pattern": ".*", "frozen": True}], **optim},
-            "train": {"max_steps": 2, "progress": False, "plots": False}}
+            "train": {"max_steps": 2, "progress": False}}
 
 
 def _runner_step_changes(setup, stage):

@@ -26,7 +26,7 @@ def _base(model_dir, out, name="s", **train):
             "data": {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, "train_limit": 24, "eval_limit": 16,
                      "test_limit": 16},
             "optim": {"schedule": "constant", "learning_rate": 1e-3},
-            "train": {"max_steps": 4, "eval_every": 2, "progress": False, "plots": False, **train},
+            "train": {"max_steps": 4, "eval_every": 2, "progress": False, **train},
             "early_stopping": {"enabled": False, "monitor": "val_accuracy", "mode": "max"}}
 
 

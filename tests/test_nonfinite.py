@@ -196,7 +196,7 @@ def _config(model_dir, out, name, **train):
         "data": {"dataset": "tweet_sentiment", "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
                  "train_limit": 64, "eval_limit": 32, "test_limit": 32},
         "optim": {"optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 0.0, "schedule": "constant"},
-        "train": {"max_steps": 8, "eval_every": 2, "log_every": 4, "progress": False, "plots": False, **train},
+        "train": {"max_steps": 8, "eval_every": 2, "log_every": 4, "progress": False, **train},
         "early_stopping": {"enabled": False, "monitor": "val_loss"},
         "checkpoint": {"keep_latest": 1, "keep_best": 1},
     }

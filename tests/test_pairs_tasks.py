@@ -175,7 +175,7 @@ def _config(model_dir, out, name, dataset, **data):
         "data": {"dataset": dataset, "max_length": 32, "batch_size": 8, "eval_batch_size": 32,
                  "train_limit": 32, "eval_limit": 16, "test_limit": 16, **data},
         "optim": {"learning_rate": 1e-3, "schedule": "constant"},
-        "train": {"max_steps": 2, "eval_every": 2, "log_every": 1, "progress": False, "plots": False},
+        "train": {"max_steps": 2, "eval_every": 2, "log_every": 1, "progress": False},
         "early_stopping": {"enabled": False, "monitor": "val_loss"},
     }
 

@@ -54,7 +54,7 @@ def _config(model_dir, out, name, head_from, **rehearsal):
         "data": {"dataset": "wnut_ner", "max_length": 16, "batch_size": 8, "eval_batch_size": 32,
                  "train_limit": 48, "eval_limit": 16, "test_limit": 16},
         "optim": {"learning_rate": 1e-2, "schedule": "constant"},
-        "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False, "plots": False},
+        "train": {"max_steps": 4, "eval_every": 2, "log_every": 1, "progress": False},
         "early_stopping": {"enabled": False},
         "checkpoint": {"export_best_hf": True},
         "rehearsal": {"data": {"dataset": "tweet_sentiment", "max_length": 16, "eval_batch_size": 32,

@@ -21,7 +21,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "ex
 def _overrides(tmp_path, model_path, *extra):
     return [f"model.path={model_path}", "data.image_size=16", "data.train_limit=40", "data.eval_limit=16",
             "data.test_limit=16", "data.batch_size=8", "data.eval_batch_size=16", "train.max_steps=4",
-            "train.eval_every=2", "train.progress=false", "train.plots=false", "checkpoint.export_best_hf=true", "optim.layer_decay=null",
+            "train.eval_every=2", "train.progress=false", "checkpoint.export_best_hf=true", "optim.layer_decay=null",
             f"output_dir={tmp_path}", *extra]
 
 

@@ -28,8 +28,8 @@ def test_fingerprint_is_the_config_minus_resumable_keys():
     assert len(digest) == 64 and int(digest, 16) >= 0
     assert keys["optim.learning_rate"] == 5e-5 and keys["train.seed"] == 0 and keys["model.path"] == "minilm"
     assert not set(RESUMABLE_KEYS) & set(keys)  # constant schedule: the run length is resumable too
-    same = ["name=b", "output_dir=elsewhere", "train.log_every=3", "train.progress=false", "train.plots=false",
-            "train.max_steps=9", "data.eval_batch_size=7", "checkpoint.keep_latest=4", "checkpoint.export_best_hf=true"]
+    same = ["name=b", "output_dir=elsewhere", "train.log_every=3", "train.progress=false", "train.max_steps=9",
+            "data.eval_batch_size=7", "checkpoint.keep_latest=4", "checkpoint.export_best_hf=true"]
     assert jt.run_fingerprint(_cfg(*same))[0] == digest
     for key in ("optim.learning_rate=1e-4", "train.seed=1", "data.seed=2", "model.path=other", "train.eval_every=5",
                 "early_stopping.patience=9", "data.train_limit=10"):

@@ -24,7 +24,7 @@ def _cfg(model_dir, out, name, *overrides):
     return jt.load_config(None, [f"name={name}", f"output_dir={out}", f"model.path={model_dir}", *LIMITS,
                                  "data.batch_size=8", "data.eval_batch_size=16", "optim.learning_rate=1e-3",
                                  "optim.schedule=constant", "train.max_steps=3", "train.eval_every=3",
-                                 "train.progress=false", "train.plots=false", "early_stopping.enabled=false", *overrides])
+                                 "train.progress=false", "early_stopping.enabled=false", *overrides])
 
 
 @pytest.fixture(scope="module")

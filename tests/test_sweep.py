@@ -143,7 +143,7 @@ def _base(model_dir, out):
             "data": {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, "train_limit": 16, "eval_limit": 16,
                      "test_limit": 16},
             "optim": {"schedule": "constant"},
-            "train": {"max_steps": 2, "eval_every": 2, "progress": False, "plots": False},
+            "train": {"max_steps": 2, "eval_every": 2, "progress": False},
             "early_stopping": {"enabled": False, "monitor": "val_accuracy", "mode": "max"}}
 
 

@@ -120,8 +120,7 @@ def _t5_config(dataset, model_dir, out, steps, monitor):
         "data": {"dataset": dataset, "max_length": 16, "batch_size": 8, "eval_batch_size": 8,
                  "train_limit": 16, "eval_limit": 8, "test_limit": 8},
         "optim": {"learning_rate": 1e-2, "schedule": "constant"},
-        "train": {"max_steps": steps, "eval_every": steps // 2, "log_every": steps // 2, "progress": False,
-                  "plots": False},
+        "train": {"max_steps": steps, "eval_every": steps // 2, "log_every": steps // 2, "progress": False},
         "early_stopping": {"enabled": True, "monitor": monitor, "mode": "max", "patience": 5},
         "checkpoint": {"export_best_hf": True},
     }
